@@ -1,0 +1,537 @@
+/// \file
+/// Kernel benchmark for Star, measured in one run so that every ratio below comes from the
+/// same machine state:
+///
+///  * `BM_FmaPeak/chains:N`   single-core FP32 FMA peak, probed with `xsimd::batch<float>` at
+///                            the default (compile-time best) arch, N independent chains.
+///  * `BM_GlobalCausal/T/d/threads`  exact causal `star::global_attention(q, k, v)`.
+///  * `BM_NaiveEigen/T/d`     naive Eigen baseline (full T x T score matrix), single thread.
+///
+/// A summary table (medians over repetitions) is printed at the end. The `other_cores`
+/// counter, the quiet gate and the collecting reporter come from bench_support.hpp (shared
+/// with bench_algorithms).
+///
+/// Every attention benchmark uses Hq = Hkv = kHeads = 4: plain multi-head attention, no GQA,
+/// the same setting for all sizes. FLOPs are counted as 4 * d * Hq * T(T+1)/2 for both the
+/// kernel and the naive baseline (QK^T and PV, 2 flops per multiply-add, over the visible
+/// causal pairs) -- the naive baseline actually does the full T*T work, but it is credited
+/// with the causal FLOPs so that GFLOP/s compare like for like (a ratio of rates is then an
+/// inverse ratio of times).
+
+#include <star/star.hpp>
+
+#include "bench_support.hpp"
+
+#include <benchmark/benchmark.h>
+#include <tbb/task_arena.h>
+#include <xsimd/xsimd.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+namespace {
+
+using Index = Eigen::Index;
+
+// ----------------------------------------------------------------------------------------
+// Settings
+// ----------------------------------------------------------------------------------------
+
+/// Query heads = key/value heads (no grouped-query attention), one setting for every size.
+constexpr Index kHeads = 4;
+constexpr std::array<Index, 5> kTokens{1024, 2048, 4096, 8192, 16384};
+constexpr std::array<Index, 2> kHeadDims{64, 128};
+constexpr std::array<int, 2> kThreads{1, 2};
+
+/// The naive baseline is run up to this many tokens (its score matrix is T*T*4 bytes per
+/// head, 1 GiB at 16K; it is reused across heads).
+constexpr Index kNaiveMaxTokens = 16384;
+
+/// Repetitions per attention benchmark (odd, so the median is a measured sample) and the
+/// minimum measuring time per repetition; the big sizes run a single iteration each.
+constexpr int kRepetitions = 3;
+constexpr double kMinTime = 0.5;
+
+/// FMA probe: chain counts, FMA steps per chain per benchmark iteration, repetitions.
+constexpr std::int64_t kFmaInner = 1 << 14;
+constexpr int kFmaRepetitions = 3;
+constexpr double kFmaMinTime = 0.25;
+/// Chain counts that should be enough to hide FMA latency (latency 4 x 2 pipes = 8 in
+/// flight on Zen 4/5); the peak is the best median among these.
+constexpr std::size_t kFmaMinPeakChains = 8;
+
+double causal_flops(Index tokens, Index head_dim)
+{
+    const double t = static_cast<double>(tokens);
+    return 4.0 * static_cast<double>(head_dim) * static_cast<double>(kHeads) * (t * (t + 1.0) / 2.0);
+}
+
+// Foreign load (`other_cores`), quiet gate, collecting reporter and median: shared with
+// bench_algorithms, see bench_support.hpp.
+using star_bench::CollectingReporter;
+using star_bench::ForeignLoad;
+using star_bench::median;
+using star_bench::report_foreign_load;
+using star_bench::Series;
+using star_bench::wait_for_quiet;
+
+// ----------------------------------------------------------------------------------------
+// 1. FMA peak probe
+// ----------------------------------------------------------------------------------------
+
+using Batch = xsimd::batch<float>;
+
+template <std::size_t Chains, std::size_t... I>
+inline void fma_step(std::array<Batch, Chains>& acc, const Batch& a, const Batch& b,
+                     std::index_sequence<I...>)
+{
+    // One FMA per chain; the chains are independent, so they overlap in the pipelines.
+    ((acc[I] = xsimd::fma(acc[I], a, b)), ...);
+}
+
+template <std::size_t Chains>
+void BM_FmaPeak(benchmark::State& state)
+{
+    // acc <- acc * a + b converges to b / (1 - a) = 1: the values stay normal (no denormal
+    // or infinity slow paths). The seeds go through DoNotOptimize so nothing is folded.
+    float fa = 0.999f;
+    float fb = 0.001f;
+    float f0 = 0.5f;
+    benchmark::DoNotOptimize(fa);
+    benchmark::DoNotOptimize(fb);
+    benchmark::DoNotOptimize(f0);
+    const Batch a(fa);
+    const Batch b(fb);
+    std::array<Batch, Chains> acc;
+    for (std::size_t i = 0; i < Chains; ++i)
+        acc[i] = Batch(f0 + 0.01f * static_cast<float>(i));
+
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        for (std::int64_t it = 0; it < kFmaInner; ++it)
+            fma_step(acc, a, b, std::make_index_sequence<Chains>());
+        for (auto& x : acc)
+            benchmark::DoNotOptimize(x);
+    }
+    report_foreign_load(state, load);
+
+    const double flops = 2.0 * static_cast<double>(Batch::size) * static_cast<double>(Chains) *
+                         static_cast<double>(kFmaInner);
+    // kAvgThreads: with ->Threads(n) the per-thread counters are summed, so averaging them
+    // and dividing by wall time gives the aggregate rate of all threads.
+    state.counters["FLOPS"] = benchmark::Counter(
+        flops, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kAvgThreads);
+    state.SetLabel(std::string(Batch::arch_type::name()) + " x" + std::to_string(Batch::size));
+}
+
+// ----------------------------------------------------------------------------------------
+// Inputs, shared by the kernel and the naive baseline of one (T, d)
+// ----------------------------------------------------------------------------------------
+
+struct Inputs {
+    Index tokens = 0;
+    Index head_dim = 0;
+    star::Tensor3<float> q, k, v;
+};
+
+void fill_normal(star::Tensor3<float>& t, std::mt19937& rng)
+{
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (Index i = 0; i < t.size(); ++i)
+        t.data()[i] = dist(rng);
+}
+
+/// Random N(0, 1) inputs of shape [T, kHeads, d]. One slot: the benchmarks are registered
+/// grouped by (T, d), so consecutive benchmarks reuse it.
+const Inputs& inputs(Index tokens, Index head_dim)
+{
+    static std::unique_ptr<Inputs> slot;
+    if (!slot || slot->tokens != tokens || slot->head_dim != head_dim) {
+        slot.reset(); // free the previous set first
+        auto in = std::make_unique<Inputs>();
+        in->tokens = tokens;
+        in->head_dim = head_dim;
+        std::mt19937 rng(static_cast<std::uint32_t>(tokens * 1000 + head_dim));
+        for (star::Tensor3<float>* t : {&in->q, &in->k, &in->v}) {
+            *t = star::Tensor3<float>(tokens, kHeads, head_dim);
+            fill_normal(*t, rng);
+        }
+        slot = std::move(in);
+    }
+    return *slot;
+}
+
+// ----------------------------------------------------------------------------------------
+// 2. The library kernel
+// ----------------------------------------------------------------------------------------
+
+void BM_GlobalCausal(benchmark::State& state)
+{
+    const Index tokens = state.range(0);
+    const Index head_dim = state.range(1);
+    const int threads = static_cast<int>(state.range(2));
+    const Inputs& in = inputs(tokens, head_dim);
+
+    tbb::task_arena arena(threads);
+    // Untimed warm-up on a short prefix (tokens are outermost, so a prefix is a plain view):
+    // brings up the arena's worker threads and touches the code paths.
+    {
+        const Index warm = std::min<Index>(tokens, 256);
+        const star::ConstView3<float> q(in.q.data(), warm, kHeads, head_dim);
+        const star::ConstView3<float> k(in.k.data(), warm, kHeads, head_dim);
+        const star::ConstView3<float> v(in.v.data(), warm, kHeads, head_dim);
+        arena.execute([&] {
+            star::AttentionState out = star::global_attention(q, k, v);
+            benchmark::DoNotOptimize(out.output.data());
+        });
+    }
+
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        arena.execute([&] {
+            star::AttentionState out =
+                star::global_attention(star::view(in.q), star::view(in.k), star::view(in.v));
+            benchmark::DoNotOptimize(out.output.data());
+            benchmark::DoNotOptimize(out.lse.data());
+            benchmark::ClobberMemory();
+        });
+    }
+    report_foreign_load(state, load);
+    state.counters["FLOPS"] =
+        benchmark::Counter(causal_flops(tokens, head_dim), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ----------------------------------------------------------------------------------------
+// 3. Naive Eigen baseline
+// ----------------------------------------------------------------------------------------
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using HeadMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+using HeadMapOut = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
+
+/// Workspace of the naive baseline: the full score matrix and the per-row max / sum.
+struct NaiveWorkspace {
+    Eigen::MatrixXf scores;
+    Eigen::VectorXf row_max;
+    Eigen::VectorXf row_sum;
+
+    explicit NaiveWorkspace(Index tokens) : scores(tokens, tokens), row_max(tokens), row_sum(tokens) {}
+};
+
+/// Per head: S = scale * Q K^T (full T x T GEMM), upper triangle set to -inf, row softmax,
+/// O = P V. Writes `out` [T, H, d] and, if given, the natural-log LSE [T, H].
+void naive_attention(const Inputs& in, NaiveWorkspace& ws, star::Tensor3<float>& out,
+                     star::Tensor2f* lse = nullptr)
+{
+    const Index tokens = in.q.dimension(0);
+    const Index heads = in.q.dimension(1);
+    const Index d = in.q.dimension(2);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    const Eigen::OuterStride<> stride(heads * d);
+    Eigen::MatrixXf& s = ws.scores;
+
+    for (Index h = 0; h < heads; ++h) {
+        const HeadMap q(in.q.data() + h * d, tokens, d, stride);
+        const HeadMap k(in.k.data() + h * d, tokens, d, stride);
+        const HeadMap v(in.v.data() + h * d, tokens, d, stride);
+        HeadMapOut o(out.data() + h * d, tokens, d, stride);
+
+        s.noalias() = (scale * q) * k.transpose();
+        s.triangularView<Eigen::StrictlyUpper>().setConstant(neg_inf);
+        ws.row_max = s.rowwise().maxCoeff();
+        s.array() = (s.array().colwise() - ws.row_max.array()).exp();
+        // Eigen's vectorised exp clamps its argument at -88.7, so exp(-inf) comes out as a
+        // denormal (~3e-39) instead of 0; put exact zeros back so no denormals reach the
+        // P V GEMM (numerically it changes nothing).
+        s.triangularView<Eigen::StrictlyUpper>().setZero();
+        ws.row_sum = s.rowwise().sum();
+        o.noalias() = s * v;
+        o.array().colwise() /= ws.row_sum.array();
+        if (lse != nullptr)
+            for (Index i = 0; i < tokens; ++i)
+                (*lse)(i, h) = ws.row_max(i) + std::log(ws.row_sum(i));
+    }
+}
+
+void BM_NaiveEigen(benchmark::State& state)
+{
+    const Index tokens = state.range(0);
+    const Index head_dim = state.range(1);
+    const Inputs& in = inputs(tokens, head_dim);
+    NaiveWorkspace ws(tokens);
+    ws.scores.setZero(); // fault the pages in before timing
+    star::Tensor3<float> out(tokens, kHeads, head_dim);
+
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        naive_attention(in, ws, out);
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+    }
+    report_foreign_load(state, load);
+    state.counters["FLOPS"] =
+        benchmark::Counter(causal_flops(tokens, head_dim), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ----------------------------------------------------------------------------------------
+// Correctness cross-check (untimed): kernel vs naive on small sizes, so the benchmark is
+// known to time the right computation.
+// ----------------------------------------------------------------------------------------
+
+bool cross_check()
+{
+    bool ok = true;
+    std::printf("Cross-check star::global_attention vs naive Eigen (Hq = Hkv = %ld, causal):\n",
+                static_cast<long>(kHeads));
+    for (const Index d : kHeadDims) {
+        for (const Index tokens : {Index{1024}, Index{2048}}) {
+            const Inputs& in = inputs(tokens, d);
+            NaiveWorkspace ws(tokens);
+            star::Tensor3<float> ref(tokens, kHeads, d);
+            star::Tensor2f ref_lse(tokens, kHeads);
+            naive_attention(in, ws, ref, &ref_lse);
+            const star::AttentionState got =
+                star::global_attention(star::view(in.q), star::view(in.k), star::view(in.v));
+            float max_out = 0.0f;
+            float max_lse = 0.0f;
+            for (Index i = 0; i < ref.size(); ++i)
+                max_out = std::max(max_out, std::abs(got.output.data()[i] - ref.data()[i]));
+            for (Index i = 0; i < ref_lse.size(); ++i)
+                max_lse = std::max(max_lse, std::abs(got.lse.data()[i] - ref_lse.data()[i]));
+            const bool pass = max_out < 1e-3f && max_lse < 1e-3f;
+            ok = ok && pass;
+            std::printf("  T=%-6ld d=%-4ld max|dO|=%.3g  max|dLSE|=%.3g  %s\n", static_cast<long>(tokens),
+                        static_cast<long>(d), static_cast<double>(max_out), static_cast<double>(max_lse),
+                        pass ? "ok" : "MISMATCH");
+        }
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+    return ok;
+}
+
+/// Median time and median rate of the series `function_name` with exactly `args`.
+struct Stat {
+    bool found = false;
+    double time = 0.0;   // ms for the attention benchmarks
+    double gflops = 0.0; // GFLOP/s
+    double other = 0.0;  // cores taken by other processes (median)
+};
+
+Stat find_stat(const std::map<std::string, Series>& all, const std::string& function_name,
+               const std::vector<long>& args, int threads = 1)
+{
+    for (const auto& [key, s] : all)
+        if (s.function_name == function_name && s.args == args && s.threads == threads)
+            return {true, median(s.real_time), median(s.counter("FLOPS")) * 1e-9,
+                    median(s.counter("other_cores"))};
+    return {};
+}
+
+/// `value` right-aligned in `width` columns with `precision` decimals, or "n/a".
+void print_cell(double value, bool found, int width, int precision)
+{
+    if (found)
+        std::printf("%*.*f", width, precision, value);
+    else
+        std::printf("%*s", width, "n/a");
+}
+
+void print_summary(const std::map<std::string, Series>& all)
+{
+    std::printf("\n==================================== Summary (medians of %d repetitions) "
+                "====================================\n",
+                kRepetitions);
+
+    // FMA probe.
+    std::printf("\nFP32 FMA probe, xsimd::batch<float> (%s, %zu lanes), %lld FMAs per chain per iteration:\n",
+                Batch::arch_type::name(), Batch::size, static_cast<long long>(kFmaInner));
+    struct FmaRow {
+        std::size_t chains;
+        int threads;
+        double gflops;
+        double other;
+    };
+    std::vector<FmaRow> fma;
+    for (const auto& [key, s] : all) {
+        const std::size_t colon = s.function_name.find("chains:");
+        if (s.function_name.rfind("BM_FmaPeak", 0) != 0 || colon == std::string::npos)
+            continue;
+        fma.push_back({std::stoul(s.function_name.substr(colon + 7)), s.threads,
+                       median(s.counter("FLOPS")) * 1e-9, median(s.counter("other_cores"))});
+    }
+    std::sort(fma.begin(), fma.end(), [](const FmaRow& a, const FmaRow& b) {
+        return std::pair(a.threads, a.chains) < std::pair(b.threads, b.chains);
+    });
+    double peak = 0.0;
+    std::string peak_name;
+    double one_chain = 0.0;
+    double two_threads = 0.0;
+    for (const FmaRow& r : fma) {
+        std::printf("  chains=%-3zu threads=%d  %8.1f GFLOP/s   (other processes: %.2f cores)\n", r.chains,
+                    r.threads, r.gflops, r.other);
+        if (r.threads == 1 && r.chains == 1)
+            one_chain = r.gflops;
+        if (r.threads == 2)
+            two_threads = std::max(two_threads, r.gflops);
+        if (r.threads == 1 && r.chains >= kFmaMinPeakChains && r.gflops > peak) {
+            peak = r.gflops;
+            peak_name = "chains=" + std::to_string(r.chains);
+        }
+    }
+    if (one_chain > 0.0 && peak > 0.0)
+        std::printf("  peak / 1-chain rate = %.1f FMAs in flight needed (= FMA latency x FMA pipes)\n",
+                    peak / one_chain);
+    if (two_threads > 0.0 && peak > 0.0)
+        std::printf("  2-thread aggregate / 1-thread peak = %.2f\n", two_threads / peak);
+    std::printf("  => single-core peak used below: %.1f GFLOP/s (%s)\n\n", peak, peak_name.c_str());
+
+    std::printf("Attention, Hq = Hkv = %ld (no GQA), causal FLOPs = 4*d*Hq*T(T+1)/2 for kernel and "
+                "naive alike.\n",
+                static_cast<long>(kHeads));
+    std::printf("k1/k2 = star::global_attention at 1/2 TBB threads; naive = Eigen full-matrix, 1 thread.\n");
+    std::printf("%6s %4s | %8s %8s %8s | %9s %9s %9s | %7s %6s %9s %8s | %s\n", "T", "d", "k1 GF/s",
+                "k2 GF/s", "nv GF/s", "k1 ms", "k2 ms", "naive ms", "k1/peak", "k2/k1", "t_k1/t_nv", "nv/k1",
+                "other k1/k2/nv");
+    std::printf("%s\n", std::string(117, '-').c_str());
+    for (const Index d : kHeadDims) {
+        for (const Index tokens : kTokens) {
+            const std::vector<long> a1{static_cast<long>(tokens), static_cast<long>(d), 1};
+            const std::vector<long> a2{static_cast<long>(tokens), static_cast<long>(d), 2};
+            const std::vector<long> an{static_cast<long>(tokens), static_cast<long>(d)};
+            const Stat k1 = find_stat(all, "BM_GlobalCausal", a1);
+            const Stat k2 = find_stat(all, "BM_GlobalCausal", a2);
+            const Stat nv = find_stat(all, "BM_NaiveEigen", an);
+            if (!k1.found && !k2.found && !nv.found)
+                continue;
+            std::printf("%6ld %4ld | ", static_cast<long>(tokens), static_cast<long>(d));
+            print_cell(k1.gflops, k1.found, 8, 1);
+            std::printf(" ");
+            print_cell(k2.gflops, k2.found, 8, 1);
+            std::printf(" ");
+            print_cell(nv.gflops, nv.found, 8, 1);
+            std::printf(" | ");
+            print_cell(k1.time, k1.found, 9, 1);
+            std::printf(" ");
+            print_cell(k2.time, k2.found, 9, 1);
+            std::printf(" ");
+            print_cell(nv.time, nv.found, 9, 1);
+            std::printf(" | ");
+            print_cell(k1.gflops / peak, k1.found && peak > 0.0, 7, 3);
+            std::printf(" ");
+            print_cell(k1.time / k2.time, k1.found && k2.found, 6, 2);
+            std::printf(" ");
+            print_cell(k1.time / nv.time, k1.found && nv.found, 9, 4);
+            std::printf(" ");
+            print_cell(nv.time / k1.time, k1.found && nv.found, 6, 1);
+            std::printf("x");
+            std::printf(" | %.2f/%.2f/", k1.found ? k1.other : 0.0, k2.found ? k2.other : 0.0);
+            if (nv.found)
+                std::printf("%.2f", nv.other);
+            else if (tokens > kNaiveMaxTokens)
+                std::printf("-  (naive capped at T=%ld)", static_cast<long>(kNaiveMaxTokens));
+            else
+                std::printf("-");
+            std::printf("\n");
+        }
+    }
+    std::printf("\nk1/peak = 1-thread kernel GFLOP/s / measured single-core FMA peak; k2/k1 = 2-thread "
+                "speed-up (ratio of median times);\nt_k1/t_nv = 1-thread kernel time / naive time (same FLOP "
+                "count, so also nv GF/s / k1 GF/s); nv/k1 = its inverse (kernel speed-up over naive);\n"
+                "other = median number of cores other processes/steal took while k1, k2, naive were measured "
+                "(clean: ~0; ~1 means the 2-thread numbers are not a valid speed-up).\n");
+    star_bench::print_quiet_gate_summary();
+}
+
+// ----------------------------------------------------------------------------------------
+// Registration
+// ----------------------------------------------------------------------------------------
+
+template <std::size_t Chains>
+void register_fma(int threads)
+{
+    auto* b = benchmark::RegisterBenchmark(("BM_FmaPeak/chains:" + std::to_string(Chains)).c_str(),
+                                           &BM_FmaPeak<Chains>);
+    b->MinTime(kFmaMinTime)->Repetitions(kFmaRepetitions)->UseRealTime();
+    if (threads > 1)
+        b->Threads(threads);
+}
+
+void register_all()
+{
+    // Few chains are latency-bound (validation of the probe: rate grows ~linearly with the
+    // chain count until both FMA pipes are full, then stays flat).
+    register_fma<1>(1);
+    register_fma<2>(1);
+    register_fma<4>(1);
+    register_fma<8>(1);
+    register_fma<10>(1);
+    register_fma<12>(1);
+    register_fma<16>(1);
+    register_fma<24>(1);
+    // Both cores at once: should be ~2x if the 2 vCPUs are separate physical cores.
+    register_fma<12>(2);
+
+    // Grouped by (d, T) so the kernel and the baseline of one size run back to back.
+    for (const Index d : kHeadDims) {
+        for (const Index tokens : kTokens) {
+            for (const int threads : kThreads)
+                benchmark::RegisterBenchmark("BM_GlobalCausal", &BM_GlobalCausal)
+                    ->Args({tokens, d, threads})
+                    ->Unit(benchmark::kMillisecond)
+                    ->UseRealTime()
+                    ->MinTime(kMinTime)
+                    ->Repetitions(kRepetitions);
+            if (tokens <= kNaiveMaxTokens)
+                benchmark::RegisterBenchmark("BM_NaiveEigen", &BM_NaiveEigen)
+                    ->Args({tokens, d})
+                    ->Unit(benchmark::kMillisecond)
+                    ->UseRealTime()
+                    ->MinTime(kMinTime)
+                    ->Repetitions(kRepetitions);
+        }
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv))
+        return 1;
+
+    std::printf("Star kernel benchmark: Hq = Hkv = %ld (no GQA), T in {1K..16K}, d in {64, 128}, "
+                "threads in {1, 2}; naive baseline up to T = %ld; Eigen SIMD: %s; xsimd arch: %s\n\n",
+                static_cast<long>(kHeads), static_cast<long>(kNaiveMaxTokens), Eigen::SimdInstructionSetsInUse(),
+                Batch::arch_type::name());
+    const bool ok = cross_check();
+
+    register_all();
+    const auto options = isatty(STDOUT_FILENO) != 0 ? benchmark::ConsoleReporter::OO_ColorTabular
+                                                    : benchmark::ConsoleReporter::OO_Tabular;
+    CollectingReporter reporter(options);
+    benchmark::RunSpecifiedBenchmarks(&reporter);
+    print_summary(reporter.series());
+    benchmark::Shutdown();
+    return ok ? 0 : 2;
+}

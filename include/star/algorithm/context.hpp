@@ -1,0 +1,106 @@
+#pragma once
+/// \file
+/// What a host holds of the context, and what a distributed algorithm returns per host.
+
+#include <vector>
+
+#include "../policy/block.hpp"
+#include "../state.hpp"
+#include "../tensor.hpp"
+
+namespace star {
+
+/// Q/K/V of the tokens `[first_token, first_token + q.dimension(0))` of the context.
+template <KVElement KV>
+struct ContextPiece {
+    index first_token = 0;
+    ConstView3<float> q{nullptr, 0, 0, 0};
+    ConstView3<KV> k{nullptr, 0, 0, 0};
+    ConstView3<KV> v{nullptr, 0, 0, 0};
+};
+
+/// Q/K/V of one token range, as views into a `HostContext`'s memory.
+template <KVElement KV>
+struct ContextSlice {
+    ConstView3<float> q;
+    ConstView3<KV> k;
+    ConstView3<KV> v;
+};
+
+/// The pieces of the context one host holds: in-process every host can see the whole
+/// context (one piece from token 0); across processes a host holds the pieces it needs.
+template <KVElement KV>
+class HostContext {
+public:
+    HostContext() = default;
+
+    /// The whole context `q`/`k`/`v`, from token 0.
+    HostContext(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v)
+    {
+        add(0, q, k, v);
+    }
+
+    /// Adds the tokens `[first_token, first_token + q.dimension(0))`.
+    void add(index first_token, const ConstView3<float>& q, const ConstView3<KV>& k,
+             const ConstView3<KV>& v)
+    {
+        if (q.dimension(0) != k.dimension(0) || k.dimension(0) != v.dimension(0))
+            detail::fail("HostContext: q, k and v must have the same token count, got ",
+                         q.dimension(0), ", ", k.dimension(0), " and ", v.dimension(0));
+        if (first_token < 0)
+            detail::fail("HostContext: first token ", first_token, " is negative");
+        pieces_.push_back({first_token, q, k, v});
+    }
+
+    /// Views of `range`, which must lie inside one piece.
+    [[nodiscard]] ContextSlice<KV> slice(TokenRange range) const
+    {
+        for (const auto& p : pieces_) {
+            const index offset = range.begin - p.first_token;
+            if (offset >= 0 && range.end <= p.first_token + p.q.dimension(0))
+                return {token_slice(p.q, offset, range.size()), token_slice(p.k, offset, range.size()),
+                        token_slice(p.v, offset, range.size())};
+        }
+        detail::fail("HostContext: this host does not hold context tokens [", range.begin, ", ",
+                     range.end, ")");
+    }
+
+private:
+    std::vector<ContextPiece<KV>> pieces_;
+};
+
+/// The attention output of one range of query tokens, as a host returns it.
+struct RangeOutput {
+    TokenRange tokens;
+    AttentionState state;
+};
+
+/// Puts the per-host range outputs of an in-process run back into context order.
+/// \throws star::error if the ranges do not cover `[0, shape.tokens)` exactly once.
+template <class PerHostOutputs>
+AttentionState assemble(const PerHostOutputs& outputs, Shape shape)
+{
+    AttentionState whole(shape.tokens, shape.heads, shape.head_dim);
+    std::vector<char> covered(static_cast<std::size_t>(shape.tokens), 0);
+    const index row = shape.heads * shape.head_dim;
+    for (int r = outputs.first_rank(); r < outputs.end_rank(); ++r)
+        for (const RangeOutput& out : outputs[r]) {
+            if (out.tokens.begin < 0 || out.tokens.end > shape.tokens ||
+                out.state.shape() != Shape{out.tokens.size(), shape.heads, shape.head_dim})
+                detail::fail("assemble: host ", r, " returned tokens [", out.tokens.begin, ", ",
+                             out.tokens.end, ") that do not fit the context");
+            for (index t = out.tokens.begin; t < out.tokens.end; ++t) {
+                if (covered[static_cast<std::size_t>(t)]++)
+                    detail::fail("assemble: token ", t, " is returned twice");
+            }
+            std::copy_n(out.state.output.data(), out.state.output.size(),
+                        whole.output.data() + out.tokens.begin * row);
+            std::copy_n(out.state.lse.data(), out.state.lse.size(),
+                        whole.lse.data() + out.tokens.begin * shape.heads);
+        }
+    if (std::find(covered.begin(), covered.end(), 0) != covered.end())
+        detail::fail("assemble: some context tokens are returned by no host");
+    return whole;
+}
+
+} // namespace star

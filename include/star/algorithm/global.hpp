@@ -1,0 +1,37 @@
+#pragma once
+/// \file
+/// Global (dense) attention: the exact baseline every approximation is measured against.
+
+#include <optional>
+
+#include "../kernel/attention.hpp"
+
+namespace star {
+
+/// Options of global attention.
+struct GlobalOptions {
+    /// Causal self-attention (token `i` sees tokens `0..i`) when true; every query sees
+    /// every key when false.
+    bool causal = true;
+    /// Softmax scale; `1/sqrt(head_dim)` when empty.
+    std::optional<float> scale;
+};
+
+/// Exact attention of one layer over one sequence: `q` `[L, Hq, d]`, `k`/`v` `[L, Hkv, d]`.
+/// Causal self-attention requires as many queries as keys; for a query chunk that follows
+/// cached keys, call `attention` with a `CausalMask` carrying the offset.
+/// \throws star::error as `attention`, and when causal with `q` and `k` token counts differing.
+template <KVElement KV>
+AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
+                                const ConstView3<KV>& v, const GlobalOptions& options = {})
+{
+    const AttentionOptions kernel_options{options.scale};
+    if (!options.causal)
+        return attention(q, k, v, NoMask{}, kernel_options);
+    if (q.dimension(0) != k.dimension(0))
+        detail::fail("global_attention: causal self-attention needs as many queries as keys, got ",
+                     q.dimension(0), " query tokens and ", k.dimension(0), " key tokens");
+    return attention(q, k, v, CausalMask{}, kernel_options);
+}
+
+} // namespace star

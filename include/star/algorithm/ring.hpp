@@ -1,0 +1,149 @@
+#pragma once
+/// \file
+/// Ring Attention: exact causal attention over hosts that each keep one shard of the
+/// queries and pass the K/V shards around a ring for `H - 1` steps, merging the partial
+/// states with the same LSE rule as Star's phase 2. The exact distributed baseline.
+
+#include <optional>
+#include <vector>
+
+#include "../comm/communicator.hpp"
+#include "../kernel/attention.hpp"
+#include "../policy/block.hpp"
+#include "context.hpp"
+
+namespace star {
+
+/// How the sequence is sharded over the ring.
+enum class RingLayout {
+    /// Host `r` holds the `r`-th of `H` contiguous shards (the paper's baseline). Under the
+    /// causal mask host `r` has work in only `r + 1` of the `H` steps.
+    plain,
+    /// The sequence is cut into `2H` chunks and host `r` holds chunks `r` and `2H-1-r`, so
+    /// every host has the same causal work.
+    zigzag,
+};
+
+struct RingOptions {
+    RingLayout layout = RingLayout::plain;
+    /// Softmax scale; `1/sqrt(head_dim)` when empty.
+    std::optional<float> scale;
+};
+
+class RingAttention {
+public:
+    RingAttention() = default;
+    explicit RingAttention(RingOptions options) : options_(options) {}
+
+    /// The token ranges host `r` holds (queries and, at step 0, keys/values), for every host.
+    [[nodiscard]] std::vector<std::vector<TokenRange>> shards(index tokens, int hosts) const
+    {
+        if (hosts <= 0)
+            detail::fail("RingAttention: the number of hosts must be at least 1, got ", hosts);
+        if (tokens <= 0)
+            detail::fail("RingAttention: the sequence must hold at least 1 token, got ", tokens);
+        const index pieces = options_.layout == RingLayout::plain ? hosts : 2 * index{hosts};
+        std::vector<TokenRange> chunks;
+        index begin = 0;
+        for (index i = 0; i < pieces; ++i) {
+            const index size = tokens / pieces + (i < tokens % pieces ? 1 : 0);
+            chunks.push_back({begin, begin + size});
+            begin += size;
+        }
+        std::vector<std::vector<TokenRange>> result(static_cast<std::size_t>(hosts));
+        for (int r = 0; r < hosts; ++r) {
+            auto& mine = result[static_cast<std::size_t>(r)];
+            mine.push_back(chunks[static_cast<std::size_t>(r)]);
+            if (options_.layout == RingLayout::zigzag)
+                mine.push_back(chunks[static_cast<std::size_t>(pieces - 1 - r)]);
+        }
+        return result;
+    }
+
+    /// Causal self-attention of a sequence of `tokens` tokens. `contexts[r]` must hold host
+    /// `r`'s shards (see `shards`). Returns each host's outputs for its query shards.
+    template <KVElement KV, Communicator C>
+    PerHost<std::vector<RangeOutput>> run(C& comm, index tokens,
+                                          const PerHost<HostContext<KV>>& contexts) const
+    {
+        const int hosts = comm.size();
+        const auto layout = shards(tokens, hosts);
+        const AttentionOptions kernel_options{options_.scale};
+
+        // Each host starts with its own K/V shards, concatenated in shard order.
+        auto keys = comm.template local<std::vector<KV>>();
+        auto values = comm.template local<std::vector<KV>>();
+        auto partial = comm.template local<std::vector<RangeOutput>>();
+        comm.for_each_host([&](int rank) {
+            for (const TokenRange& range : layout[static_cast<std::size_t>(rank)]) {
+                if (range.empty())
+                    continue;
+                const ContextSlice<KV> s = contexts[rank].slice(range);
+                detail::check_qkv(s.q, s.k, s.v, options_.scale, "RingAttention::run");
+                keys[rank].insert(keys[rank].end(), s.k.data(), s.k.data() + s.k.size());
+                values[rank].insert(values[rank].end(), s.v.data(), s.v.data() + s.v.size());
+                partial[rank].push_back(
+                    {range, AttentionState(range.size(), s.q.dimension(1), s.q.dimension(2))});
+            }
+        });
+
+        auto routes = comm.template local<Route>();
+        for (int r = routes.first_rank(); r < routes.end_rank(); ++r)
+            routes[r] = {(r + 1) % hosts, (r + hosts - 1) % hosts};
+
+        for (int step = 0; step < hosts; ++step) {
+            comm.for_each_host([&](int rank) {
+                const int source = (rank + hosts - step) % hosts;
+                index offset = 0; // tokens of the held buffer before the current shard
+                for (const TokenRange& kv_range : layout[static_cast<std::size_t>(source)]) {
+                    for (RangeOutput& out : partial[rank]) {
+                        if (kv_range.empty() || kv_range.begin > out.tokens.end - 1)
+                            continue; // keys all in the future of these queries
+                        const ContextSlice<KV> own = contexts[rank].slice(out.tokens);
+                        const index row = own.k.dimension(1) * own.k.dimension(2);
+                        const auto held = [&](const std::vector<KV>& buffer) {
+                            return ConstView3<KV>(buffer.data() + offset * row, kv_range.size(),
+                                                  own.k.dimension(1), own.k.dimension(2));
+                        };
+                        if (static_cast<index>(keys[rank].size()) < (offset + kv_range.size()) * row)
+                            detail::fail("RingAttention: host ", rank, " received ",
+                                         keys[rank].size(), " key values from host ", source,
+                                         ", too few for its shards");
+                        merge_into(out.state,
+                                   attention(own.q, held(keys[rank]), held(values[rank]),
+                                             CausalMask{out.tokens.begin, kv_range.begin},
+                                             kernel_options));
+                    }
+                    offset += kv_range.size();
+                }
+            });
+            if (step + 1 < hosts) {
+                keys = comm.exchange(keys, routes);
+                values = comm.exchange(values, routes);
+            }
+        }
+        return partial;
+    }
+
+    /// In-process: every host sees the whole sequence `q`/`k`/`v`.
+    template <KVElement KV, Communicator C>
+    PerHost<std::vector<RangeOutput>> run(C& comm, const ConstView3<float>& q,
+                                          const ConstView3<KV>& k, const ConstView3<KV>& v) const
+    {
+        detail::check_qkv(q, k, v, options_.scale, "RingAttention::run");
+        if (q.dimension(0) != k.dimension(0))
+            detail::fail("RingAttention::run: causal self-attention needs as many queries as keys, "
+                         "got ", q.dimension(0), " and ", k.dimension(0));
+        auto contexts = comm.template local<HostContext<KV>>();
+        for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
+            contexts[r] = HostContext<KV>(q, k, v);
+        return run(comm, q.dimension(0), contexts);
+    }
+
+    [[nodiscard]] const RingOptions& options() const noexcept { return options_; }
+
+private:
+    RingOptions options_;
+};
+
+} // namespace star

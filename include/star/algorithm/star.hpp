@@ -1,0 +1,294 @@
+#pragma once
+/// \file
+/// Star Attention (Acharya, Jia, Ginsburg 2024): block-sparse context encoding with an
+/// anchor block (phase 1), then exact query encoding and decoding over every host's cache
+/// (phase 2). See docs/ and ../shared/docs/star-attention.md for the method.
+///
+/// `StarAttention<Block, Anchor, Partition, Merge>` reads as a sentence: cut the context
+/// into blocks like this, let each see this anchor, give blocks to hosts like that, and
+/// bring phase-2 partials together like so. The defaults are the paper's method.
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "../comm/communicator.hpp"
+#include "../kernel/attention.hpp"
+#include "../kv_cache.hpp"
+#include "../policy/anchor.hpp"
+#include "../policy/block.hpp"
+#include "../policy/merge.hpp"
+#include "../policy/partition.hpp"
+#include "context.hpp"
+
+namespace star {
+
+/// Where the blocks of one context go: computed once by `StarAttention::plan`, shared by
+/// phase 1 and phase 2 on every host.
+struct StarPlan {
+    index context_tokens = 0;
+    int hosts = 0;
+    int query_host = 0;
+    std::vector<TokenRange> blocks;
+    std::vector<int> owner;          // owner[i]: host of blocks[i]
+    std::vector<TokenRange> anchors; // anchors[i]: earlier keys block i also sees
+    AnchorSource anchor_source = AnchorSource::compute;
+
+    /// Indices of the blocks `host` owns, in context order.
+    [[nodiscard]] std::vector<std::size_t> blocks_of(int host) const
+    {
+        std::vector<std::size_t> mine;
+        for (std::size_t i = 0; i < blocks.size(); ++i)
+            if (owner[i] == host)
+                mine.push_back(i);
+        return mine;
+    }
+
+    /// The union of all anchors, `[0, a)`, for a received anchor.
+    [[nodiscard]] TokenRange shared_anchor() const
+    {
+        index end = 0;
+        for (const auto& a : anchors)
+            end = std::max(end, a.end);
+        return {0, end};
+    }
+};
+
+template <Block B = FixedBlocks, Anchor A = FirstTokens, Partition P = Contiguous,
+          Merge M = GatherToQueryHost>
+class StarAttention {
+public:
+    StarAttention() = default;
+    explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
+                           std::optional<float> scale = {})
+        : block_(std::move(block)), anchor_(std::move(anchor)), partition_(std::move(partition)),
+          merge_(std::move(merge)), scale_(scale)
+    {
+    }
+
+    /// Cuts a context of `context_tokens` tokens into blocks, gives them to `hosts` hosts
+    /// and picks their anchors. Every host must compute the same plan.
+    /// \throws star::error for an empty context, zero hosts, a bad block size, an anchor
+    /// larger than the context, a query host or block owner out of range.
+    [[nodiscard]] StarPlan plan(index context_tokens, int hosts) const
+    {
+        if (hosts <= 0)
+            detail::fail("StarAttention: the number of hosts must be at least 1, got ", hosts);
+        if (context_tokens <= 0)
+            detail::fail("StarAttention: the context must hold at least 1 token, got ",
+                         context_tokens);
+        anchor_.check(context_tokens);
+        StarPlan p;
+        p.context_tokens = context_tokens;
+        p.hosts = hosts;
+        p.query_host = partition_.query_host(hosts);
+        p.blocks = block_.blocks(context_tokens);
+        check_blocks(p.blocks, context_tokens);
+        p.owner = partition_.assign(p.blocks, hosts);
+        if (p.owner.size() != p.blocks.size())
+            detail::fail("StarAttention: the partition assigned ", p.owner.size(), " of ",
+                         p.blocks.size(), " blocks");
+        for (const int o : p.owner)
+            detail::check_rank(o, hosts, "StarAttention: block owner");
+        p.anchor_source = anchor_.source();
+        for (std::size_t i = 0; i < p.blocks.size(); ++i) {
+            const TokenRange a = anchor_.anchor_for(p.blocks, static_cast<index>(i));
+            if (!a.empty() && (a.begin < 0 || a.end > p.blocks[i].begin))
+                detail::fail("StarAttention: the anchor of block ", i, " is [", a.begin, ", ",
+                             a.end, "), not before the block's start ", p.blocks[i].begin);
+            if (p.anchor_source == AnchorSource::receive && !a.empty() && a.begin != 0)
+                detail::fail("StarAttention: a received anchor must be a prefix of the context; "
+                             "block ", i, " has [", a.begin, ", ", a.end, ")");
+            p.anchors.push_back(a.empty() ? TokenRange{} : a);
+        }
+        return p;
+    }
+
+    /// Phase 1 for one layer: every host attends over each of its blocks with the block's
+    /// anchor (the anchor's own outputs are never computed) and appends the block's K/V to
+    /// its cache. Returns each host's block outputs. `contexts[r]` holds what host `r` has
+    /// of the context: its blocks, and the anchor tokens when the anchor is computed.
+    template <KVElement KV, Communicator C>
+    PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
+                                                     PerHost<KVCache<KV>>& caches,
+                                                     const PerHost<HostContext<KV>>& contexts) const
+    {
+        check_group(comm, plan);
+        const AnchorKV<KV> received = plan.anchor_source == AnchorSource::receive
+                                          ? receive_anchor(comm, plan, contexts)
+                                          : AnchorKV<KV>{};
+        auto outputs = comm.template local<std::vector<RangeOutput>>();
+        comm.for_each_host([&](int rank) {
+            for (const std::size_t i : plan.blocks_of(rank)) {
+                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks[i]);
+                const AttentionOptions options{scale_};
+                AttentionState state = attention(block.q, block.k, block.v, CausalMask{}, options);
+                if (const TokenRange a = plan.anchors[i]; !a.empty()) {
+                    const auto [k, v] = plan.anchor_source == AnchorSource::receive
+                                            ? received.prefix(rank, a.end, block.k)
+                                            : kv_of(contexts[rank].slice(a));
+                    // The anchor precedes the block, so every block query sees all of it.
+                    merge_into(state, attention(block.q, k, v, NoMask{}, options));
+                }
+                caches[rank].append(block.k, block.v);
+                outputs[rank].push_back({plan.blocks[i], std::move(state)});
+            }
+        });
+        return outputs;
+    }
+
+    /// Phase 1 in-process, every host seeing the whole context `q`/`k`/`v`
+    /// (`[L, Hq, d]` and `[L, Hkv, d]`).
+    template <KVElement KV, Communicator C>
+    PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
+                                                     PerHost<KVCache<KV>>& caches,
+                                                     const ConstView3<float>& q,
+                                                     const ConstView3<KV>& k,
+                                                     const ConstView3<KV>& v) const
+    {
+        detail::check_qkv(q, k, v, scale_, "StarAttention::encode_context");
+        if (q.dimension(0) != plan.context_tokens || k.dimension(0) != plan.context_tokens)
+            detail::fail("StarAttention::encode_context: the plan is for ", plan.context_tokens,
+                         " context tokens, q has ", q.dimension(0), " and k ", k.dimension(0));
+        auto contexts = comm.template local<HostContext<KV>>();
+        for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
+            contexts[r] = HostContext<KV>(q, k, v);
+        return encode_context(comm, plan, caches, contexts);
+    }
+
+    /// Phase 2 for one layer, also one decode step (`Lq = 1`): the query `q` `[Lq, Hq, d]`
+    /// with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every host; each attends
+    /// to all its cached keys, the query host first appends `k`/`v` to its cache and
+    /// attends to them causally; the partials are merged exactly by the Merge policy.
+    /// Returns the merged state at the query host (and wherever the Merge policy puts it).
+    template <KVElement KV, Communicator C>
+    PerHost<std::optional<AttentionState>> attend_query(C& comm, const StarPlan& plan,
+                                                        PerHost<KVCache<KV>>& caches,
+                                                        const ConstView3<float>& q,
+                                                        const ConstView3<KV>& k,
+                                                        const ConstView3<KV>& v) const
+    {
+        check_group(comm, plan);
+        detail::check_qkv(q, k, v, scale_, "StarAttention::attend_query");
+        if (q.dimension(0) != k.dimension(0))
+            detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
+                         " tokens but k has ", k.dimension(0));
+        const AttentionOptions options{scale_};
+        auto partials = comm.template local<AttentionState>();
+        comm.for_each_host([&](int rank) {
+            KVCache<KV>& cache = caches[rank];
+            if (cache.tokens() > 0 && (cache.kv_heads() != k.dimension(1) ||
+                                       cache.head_dim() != k.dimension(2)))
+                detail::fail("StarAttention::attend_query: host ", rank, "'s cache holds ",
+                             cache.kv_heads(), " kv heads of head_dim ", cache.head_dim(),
+                             ", the query's k has ", k.dimension(1), " of head_dim ",
+                             k.dimension(2));
+            if (rank == plan.query_host) {
+                const index before = cache.tokens();
+                cache.append(k, v);
+                partials[rank] = attention(q, cache.keys(), cache.values(),
+                                           CausalMask{before, 0}, options);
+            } else if (cache.tokens() > 0) {
+                partials[rank] = attention(q, cache.keys(), cache.values(), NoMask{}, options);
+            } else {
+                partials[rank] = AttentionState(q.dimension(0), q.dimension(1), q.dimension(2));
+            }
+        });
+        return merge_.combine(comm, partials, plan.query_host);
+    }
+
+    [[nodiscard]] const B& block_policy() const noexcept { return block_; }
+    [[nodiscard]] const A& anchor_policy() const noexcept { return anchor_; }
+    [[nodiscard]] const P& partition_policy() const noexcept { return partition_; }
+    [[nodiscard]] const M& merge_policy() const noexcept { return merge_; }
+
+private:
+    // K/V of the shared anchor `[0, a)` as received by every local host.
+    template <KVElement KV>
+    struct AnchorKV {
+        PerHost<std::vector<KV>> keys;
+        PerHost<std::vector<KV>> values;
+
+        // The first `tokens` anchor tokens, laid out like `like` (the host's own block).
+        [[nodiscard]] std::pair<ConstView3<KV>, ConstView3<KV>>
+        prefix(int rank, index tokens, const ConstView3<KV>& like) const
+        {
+            const index heads = like.dimension(1), d = like.dimension(2);
+            if (static_cast<index>(keys[rank].size()) < tokens * heads * d)
+                detail::fail("StarAttention: host ", rank, " received ", keys[rank].size(),
+                             " anchor key values, fewer than ", tokens, " tokens x ", heads,
+                             " kv heads x head_dim ", d);
+            return {ConstView3<KV>(keys[rank].data(), tokens, heads, d),
+                    ConstView3<KV>(values[rank].data(), tokens, heads, d)};
+        }
+    };
+
+    template <KVElement KV>
+    static std::pair<ConstView3<KV>, ConstView3<KV>> kv_of(const ContextSlice<KV>& s)
+    {
+        return {s.k, s.v};
+    }
+
+    // The owners of the anchor tokens broadcast them, block by block, to every host.
+    template <KVElement KV, Communicator C>
+    static AnchorKV<KV> receive_anchor(C& comm, const StarPlan& plan,
+                                       const PerHost<HostContext<KV>>& contexts)
+    {
+        AnchorKV<KV> anchor{comm.template local<std::vector<KV>>(),
+                            comm.template local<std::vector<KV>>()};
+        const TokenRange shared = plan.shared_anchor();
+        for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
+            const TokenRange part{plan.blocks[i].begin, std::min(plan.blocks[i].end, shared.end)};
+            if (part.empty())
+                continue;
+            const int root = plan.owner[i];
+            auto keys = comm.template local<std::vector<KV>>();
+            auto values = comm.template local<std::vector<KV>>();
+            if (keys.holds(root)) {
+                const ContextSlice<KV> s = contexts[root].slice(part);
+                keys[root].assign(s.k.data(), s.k.data() + s.k.size());
+                values[root].assign(s.v.data(), s.v.data() + s.v.size());
+            }
+            comm.broadcast(keys, root);
+            comm.broadcast(values, root);
+            for (int r = keys.first_rank(); r < keys.end_rank(); ++r) {
+                anchor.keys[r].insert(anchor.keys[r].end(), keys[r].begin(), keys[r].end());
+                anchor.values[r].insert(anchor.values[r].end(), values[r].begin(),
+                                        values[r].end());
+            }
+        }
+        return anchor;
+    }
+
+    template <Communicator C>
+    static void check_group(const C& comm, const StarPlan& plan)
+    {
+        if (comm.size() != plan.hosts)
+            detail::fail("StarAttention: the plan is for ", plan.hosts,
+                         " hosts but the communicator has ", comm.size());
+    }
+
+    static void check_blocks(const std::vector<TokenRange>& blocks, index context_tokens)
+    {
+        index expected = 0;
+        for (std::size_t i = 0; i < blocks.size(); ++i) {
+            if (blocks[i].begin != expected || blocks[i].empty())
+                detail::fail("StarAttention: the block policy returned block ", i, " = [",
+                             blocks[i].begin, ", ", blocks[i].end,
+                             "); blocks must be non-empty, consecutive and start at 0");
+            expected = blocks[i].end;
+        }
+        if (expected != context_tokens)
+            detail::fail("StarAttention: the blocks cover ", expected, " of ", context_tokens,
+                         " context tokens");
+    }
+
+    B block_{};
+    A anchor_{};
+    P partition_{};
+    M merge_{};
+    std::optional<float> scale_;
+};
+
+} // namespace star

@@ -1,0 +1,146 @@
+#pragma once
+/// \file
+/// The communicator concept: how the hosts of a distributed algorithm move data.
+///
+/// Algorithms are written once, in bulk-synchronous steps, for "the hosts this process
+/// runs": every host in-process (comm/local.hpp), one host per MPI rank (comm/mpi.hpp).
+/// A step is either local work, run for every local host by `for_each_host`, or a
+/// collective that every host reaches at the same point of the algorithm. Per-host data
+/// lives in `PerHost<T>`, which holds one value for each local host. Nothing ever blocks
+/// inside `for_each_host` waiting for another host, so any number of hosts runs on any
+/// number of cores without deadlock.
+
+#include <concepts>
+#include <cstddef>
+#include <functional>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../error.hpp"
+
+namespace star {
+
+/// One value for each host this process runs: hosts `[first_rank, first_rank + count)`.
+template <class T>
+class PerHost {
+public:
+    PerHost() = default;
+    PerHost(int first_rank, int count, const T& value = T{})
+        : first_rank_(first_rank), values_(static_cast<std::size_t>(count), value)
+    {
+    }
+
+    [[nodiscard]] int first_rank() const noexcept { return first_rank_; }
+    [[nodiscard]] int count() const noexcept { return static_cast<int>(values_.size()); }
+    [[nodiscard]] int end_rank() const noexcept { return first_rank_ + count(); }
+    [[nodiscard]] bool holds(int rank) const noexcept
+    {
+        return rank >= first_rank_ && rank < end_rank();
+    }
+
+    /// The value of host `rank`, which must be local.
+    T& operator[](int rank)
+    {
+        check(rank);
+        return values_[static_cast<std::size_t>(rank - first_rank_)];
+    }
+    const T& operator[](int rank) const
+    {
+        check(rank);
+        return values_[static_cast<std::size_t>(rank - first_rank_)];
+    }
+
+private:
+    void check(int rank) const
+    {
+        if (!holds(rank))
+            detail::fail("PerHost: host ", rank, " is not run by this process (it runs hosts [",
+                         first_rank_, ", ", end_rank(), "))");
+    }
+
+    int first_rank_ = 0;
+    std::vector<T> values_;
+};
+
+/// Where one host sends and from where it receives in a point-to-point step;
+/// `no_host` for neither.
+struct Route {
+    static constexpr int no_host = -1;
+    int send_to = no_host;
+    int receive_from = no_host;
+};
+
+/// Element types that may travel in a message: copied as bytes, never converted, so bf16
+/// and half K/V travel as they are stored.
+template <class T>
+concept Message = std::is_trivially_copyable_v<T>;
+
+/// A group of `size()` hosts, ranks `0..size()-1`, of which this process runs
+/// `[local.first_rank(), local.end_rank())` for any `PerHost local` it hands out.
+///
+/// - `size()`: number of hosts.
+/// - `local<T>()`: a `PerHost<T>` over the hosts this process runs, values default-built.
+/// - `for_each_host(f)`: calls `f(rank)` once for every local host, possibly concurrently,
+///   and returns when all calls have; an exception from any call is rethrown. `f` may use
+///   parallelism itself but must not call the communicator.
+/// - Collectives, which every host of the group reaches in the same order (data travels as
+///   `std::vector<T>` of a `Message` type T; a receiving host's vector is resized to what
+///   arrives):
+///   - `broadcast(buffers, root)`: every host's buffer becomes a copy of `root`'s.
+///   - `gather(buffers, root)`: `root` receives all `size()` buffers in rank order; other
+///     hosts receive nothing.
+///   - `all_gather(buffers)`: every host receives all `size()` buffers in rank order.
+///   - `exchange(buffers, routes)`: every host sends its buffer to `routes[r].send_to`
+///     and receives into the result from `routes[r].receive_from`; routes must pair up
+///     (if `a` sends to `b`, `b` receives from `a`). Used for the ring and tree steps.
+///   - `barrier()`.
+/// The requirements are spelled out for `float` messages; implementations provide every
+/// `Message` type.
+template <class C>
+concept Communicator = requires(C& c, const C& cc, PerHost<std::vector<float>>& buffers,
+                                const PerHost<Route>& routes, std::function<void(int)> step) {
+    { cc.size() } -> std::same_as<int>;
+    { cc.template local<int>() } -> std::same_as<PerHost<int>>;
+    c.for_each_host(step);
+    c.broadcast(buffers, 0);
+    { c.gather(buffers, 0) } -> std::same_as<PerHost<std::vector<std::vector<float>>>>;
+    { c.all_gather(buffers) } -> std::same_as<PerHost<std::vector<std::vector<float>>>>;
+    { c.exchange(buffers, routes) } -> std::same_as<PerHost<std::vector<float>>>;
+    c.barrier();
+};
+
+namespace detail {
+
+/// The least a Communicator provides, for checking concepts that take one (a Merge policy
+/// must work with every communicator, so it is checked against this stand-in). Declared
+/// only: it is never called.
+struct CommunicatorArchetype {
+    [[nodiscard]] int size() const;
+    template <class T>
+    [[nodiscard]] PerHost<T> local() const;
+    template <class F>
+    void for_each_host(F&& step);
+    template <Message T>
+    void broadcast(PerHost<std::vector<T>>& buffers, int root);
+    template <Message T>
+    PerHost<std::vector<std::vector<T>>> gather(const PerHost<std::vector<T>>& buffers, int root);
+    template <Message T>
+    PerHost<std::vector<std::vector<T>>> all_gather(const PerHost<std::vector<T>>& buffers);
+    template <Message T>
+    PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
+                                     const PerHost<Route>& routes);
+    void barrier();
+};
+static_assert(Communicator<CommunicatorArchetype>);
+
+/// Rejects a rank outside `[0, size)` with a message naming `what`.
+inline void check_rank(int rank, int size, const char* what)
+{
+    if (rank < 0 || rank >= size)
+        fail(what, " ", rank, " is out of range: the group has ", size, " hosts (ranks 0..",
+             size - 1, ")");
+}
+
+} // namespace detail
+} // namespace star

@@ -1,0 +1,136 @@
+#pragma once
+/// \file
+/// In-process hosts: every host is a TBB task with its own state, in one address space.
+///
+/// Local work runs as one TBB task per host, so 64 hosts share 2 cores without trouble:
+/// no task ever waits for another (collectives happen between steps, on the calling
+/// thread, where they are plain moves of buffers between hosts).
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include "communicator.hpp"
+
+namespace star {
+
+/// `hosts` in-process hosts, ranks `0..hosts-1`, all run by this process.
+class LocalCommunicator {
+public:
+    /// \param max_threads caps the threads host tasks may use (0: TBB's default).
+    explicit LocalCommunicator(int hosts, int max_threads = 0) : size_(hosts)
+    {
+        if (hosts <= 0)
+            detail::fail("LocalCommunicator: the number of hosts must be at least 1, got ", hosts);
+        if (max_threads < 0)
+            detail::fail("LocalCommunicator: max_threads must be 0 (default) or positive, got ",
+                         max_threads);
+        if (max_threads > 0)
+            arena_.emplace(max_threads);
+    }
+
+    [[nodiscard]] int size() const noexcept { return size_; }
+
+    template <class T>
+    [[nodiscard]] PerHost<T> local() const
+    {
+        return PerHost<T>(0, size_);
+    }
+
+    template <class F>
+    void for_each_host(F&& step)
+    {
+        const auto run = [&] {
+            tbb::parallel_for(0, size_, [&](int rank) { step(rank); });
+        };
+        if (arena_)
+            arena_->execute(run);
+        else
+            run();
+    }
+
+    template <Message T>
+    void broadcast(PerHost<std::vector<T>>& buffers, int root)
+    {
+        check_local(buffers, "broadcast");
+        detail::check_rank(root, size_, "broadcast: root");
+        for (int r = 0; r < size_; ++r)
+            if (r != root)
+                buffers[r] = buffers[root];
+    }
+
+    template <Message T>
+    PerHost<std::vector<std::vector<T>>> gather(const PerHost<std::vector<T>>& buffers, int root)
+    {
+        check_local(buffers, "gather");
+        detail::check_rank(root, size_, "gather: root");
+        auto received = local<std::vector<std::vector<T>>>();
+        received[root].reserve(static_cast<std::size_t>(size_));
+        for (int r = 0; r < size_; ++r)
+            received[root].push_back(buffers[r]);
+        return received;
+    }
+
+    template <Message T>
+    PerHost<std::vector<std::vector<T>>> all_gather(const PerHost<std::vector<T>>& buffers)
+    {
+        check_local(buffers, "all_gather");
+        std::vector<std::vector<T>> all;
+        all.reserve(static_cast<std::size_t>(size_));
+        for (int r = 0; r < size_; ++r)
+            all.push_back(buffers[r]);
+        auto received = local<std::vector<std::vector<T>>>();
+        for (int r = 0; r < size_; ++r)
+            received[r] = all;
+        return received;
+    }
+
+    template <Message T>
+    PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
+                                     const PerHost<Route>& routes)
+    {
+        check_local(buffers, "exchange");
+        check_local(routes, "exchange");
+        for (int r = 0; r < size_; ++r) {
+            const Route route = routes[r];
+            if (route.send_to != Route::no_host) {
+                detail::check_rank(route.send_to, size_, "exchange: destination");
+                if (routes[route.send_to].receive_from != r)
+                    detail::fail("exchange: host ", r, " sends to host ", route.send_to,
+                                 ", which does not receive from it");
+            }
+            if (route.receive_from != Route::no_host) {
+                detail::check_rank(route.receive_from, size_, "exchange: source");
+                if (routes[route.receive_from].send_to != r)
+                    detail::fail("exchange: host ", r, " receives from host ", route.receive_from,
+                                 ", which does not send to it");
+            }
+        }
+        auto received = local<std::vector<T>>();
+        for (int r = 0; r < size_; ++r)
+            if (routes[r].receive_from != Route::no_host)
+                received[r] = buffers[routes[r].receive_from];
+        return received;
+    }
+
+    void barrier() noexcept {}
+
+private:
+    template <class T>
+    void check_local(const PerHost<T>& values, const char* where) const
+    {
+        if (values.first_rank() != 0 || values.count() != size_)
+            detail::fail(where, ": expected one value for each of the ", size_,
+                         " hosts, got hosts [", values.first_rank(), ", ", values.end_rank(), ")");
+    }
+
+    int size_;
+    std::optional<tbb::task_arena> arena_;
+};
+
+static_assert(Communicator<LocalCommunicator>);
+
+} // namespace star

@@ -1,0 +1,73 @@
+#pragma once
+/// \file
+/// Masks: which keys a query may see, told to the kernel one tile at a time.
+///
+/// The kernel never builds an `Lq x Lk` matrix. It asks a mask about a rectangle of
+/// (query, key) index pairs; rectangles that are wholly hidden are skipped, wholly visible
+/// ones are computed without per-element tests, and only the few that are cut by the
+/// mask's boundary are tested element by element with `visible`. Indices are the row
+/// numbers in the `q` and `k` tensors handed to the kernel; a mask that needs absolute
+/// positions carries its own offsets.
+
+#include <concepts>
+
+#include "../tensor.hpp"
+
+namespace star {
+
+/// How much of a rectangle of (query, key) pairs a mask lets through.
+enum class Coverage { none, partial, full };
+
+/// A mask over the (query, key) pairs of one kernel call.
+///
+/// - `coverage(q_begin, q_end, k_begin, k_end)` classifies the rectangle of queries
+///   `[q_begin, q_end)` and keys `[k_begin, k_end)`. It must be exact for `none` and
+///   `full`; answering `partial` is always safe (it only costs speed).
+/// - `visible(i, j)` says whether query `i` sees key `j`; called only inside rectangles
+///   classified `partial`.
+///
+/// Masks are small value types, copied freely and called from several threads at once.
+template <class M>
+concept Mask = std::copy_constructible<M> && requires(const M& m, index i, index j) {
+    { m.coverage(i, i, j, j) } -> std::same_as<Coverage>;
+    { m.visible(i, j) } -> std::convertible_to<bool>;
+};
+
+/// Every query sees every key.
+struct NoMask {
+    [[nodiscard]] constexpr Coverage coverage(index, index, index, index) const noexcept
+    {
+        return Coverage::full;
+    }
+    [[nodiscard]] constexpr bool visible(index, index) const noexcept { return true; }
+};
+
+/// Causal attention with position offsets: query `i` sits at position `query_offset + i`,
+/// key `j` at `key_offset + j`, and a query sees the keys at positions up to its own.
+/// Self-attention over one sequence uses zero offsets; a query chunk that follows `n`
+/// cached keys uses `query_offset = n`.
+struct CausalMask {
+    index query_offset = 0;
+    index key_offset = 0;
+
+    [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
+                                              index k_end) const noexcept
+    {
+        const index first_query = query_offset + q_begin;
+        const index last_query = query_offset + q_end - 1;
+        if (key_offset + k_end - 1 <= first_query)
+            return Coverage::full;
+        if (key_offset + k_begin > last_query)
+            return Coverage::none;
+        return Coverage::partial;
+    }
+    [[nodiscard]] constexpr bool visible(index i, index j) const noexcept
+    {
+        return key_offset + j <= query_offset + i;
+    }
+};
+
+static_assert(Mask<NoMask>);
+static_assert(Mask<CausalMask>);
+
+} // namespace star

@@ -1,0 +1,68 @@
+#pragma once
+/// \file
+/// A host's key/value cache for one layer: keys and values of the tokens it keeps, in
+/// the order they were appended, stored in the K/V element type.
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace star {
+
+template <KVElement KV>
+class KVCache {
+public:
+    /// Tokens appended so far.
+    [[nodiscard]] index tokens() const noexcept { return tokens_; }
+    [[nodiscard]] index kv_heads() const noexcept { return heads_; }
+    [[nodiscard]] index head_dim() const noexcept { return head_dim_; }
+
+    /// Bytes of K and V held.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return 2 * static_cast<std::size_t>(tokens_ * heads_ * head_dim_) * sizeof(KV);
+    }
+
+    /// Appends the tokens of `k` and `v`. The first append fixes the head count and
+    /// head_dim; later ones must match. Views from `keys()`/`values()` taken before an
+    /// append are invalid after it.
+    void append(const ConstView3<KV>& k, const ConstView3<KV>& v)
+    {
+        if (k.dimension(0) != v.dimension(0) || k.dimension(1) != v.dimension(1) ||
+            k.dimension(2) != v.dimension(2))
+            detail::fail("KVCache::append: k is [", k.dimension(0), ", ", k.dimension(1), ", ",
+                         k.dimension(2), "] but v is [", v.dimension(0), ", ", v.dimension(1),
+                         ", ", v.dimension(2), "]");
+        if (tokens_ == 0 && keys_.empty()) {
+            heads_ = k.dimension(1);
+            head_dim_ = k.dimension(2);
+        } else if (k.dimension(1) != heads_ || k.dimension(2) != head_dim_) {
+            detail::fail("KVCache::append: the cache holds ", heads_, " kv heads of head_dim ",
+                         head_dim_, ", the new tokens have ", k.dimension(1), " of head_dim ",
+                         k.dimension(2));
+        }
+        keys_.insert(keys_.end(), k.data(), k.data() + k.size());
+        values_.insert(values_.end(), v.data(), v.data() + v.size());
+        tokens_ += k.dimension(0);
+    }
+
+    [[nodiscard]] ConstView3<KV> keys() const
+    {
+        return ConstView3<KV>(keys_.data(), tokens_, heads_, head_dim_);
+    }
+    [[nodiscard]] ConstView3<KV> values() const
+    {
+        return ConstView3<KV>(values_.data(), tokens_, heads_, head_dim_);
+    }
+
+private:
+    std::vector<KV> keys_;
+    std::vector<KV> values_;
+    index tokens_ = 0;
+    index heads_ = 0;
+    index head_dim_ = 0;
+};
+
+} // namespace star

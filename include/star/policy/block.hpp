@@ -1,0 +1,72 @@
+#pragma once
+/// \file
+/// Block policies: how the context is cut into blocks.
+
+#include <concepts>
+#include <span>
+#include <vector>
+
+#include "../tensor.hpp"
+
+namespace star {
+
+/// Tokens `[begin, end)` of the context.
+struct TokenRange {
+    index begin = 0;
+    index end = 0;
+
+    [[nodiscard]] constexpr index size() const noexcept { return end - begin; }
+    [[nodiscard]] constexpr bool empty() const noexcept { return end <= begin; }
+    friend constexpr bool operator==(const TokenRange&, const TokenRange&) = default;
+};
+
+/// A Block policy cuts a context of `tokens` tokens into blocks: `blocks(tokens)` returns
+/// non-empty, consecutive ranges covering `[0, tokens)` in order (none for an empty context).
+/// It is called once per plan, and should reject its own bad configuration (say a size of 0)
+/// with `star::error`.
+template <class B>
+concept Block = std::copy_constructible<B> && requires(const B& b, index tokens) {
+    { b.blocks(tokens) } -> std::same_as<std::vector<TokenRange>>;
+};
+
+/// Blocks of `size` tokens; the last one is short when `size` does not divide the context.
+/// The paper's choice, with `size = L/4` its recommended trade-off.
+struct FixedBlocks {
+    index size = 0;
+
+    [[nodiscard]] std::vector<TokenRange> blocks(index tokens) const
+    {
+        if (size <= 0)
+            detail::fail("FixedBlocks: block size must be at least 1, got ", size);
+        std::vector<TokenRange> result;
+        for (index begin = 0; begin < tokens; begin += size)
+            result.push_back({begin, std::min(begin + size, tokens)});
+        return result;
+    }
+};
+
+/// `count` blocks whose sizes differ by at most one token (the first `tokens mod count`
+/// are one longer); fewer, of one token each, when the context is shorter than `count`.
+struct EqualBlocks {
+    index count = 0;
+
+    [[nodiscard]] std::vector<TokenRange> blocks(index tokens) const
+    {
+        if (count <= 0)
+            detail::fail("EqualBlocks: block count must be at least 1, got ", count);
+        const index n = std::min(count, tokens);
+        std::vector<TokenRange> result;
+        index begin = 0;
+        for (index i = 0; i < n; ++i) {
+            const index size = tokens / n + (i < tokens % n ? 1 : 0);
+            result.push_back({begin, begin + size});
+            begin += size;
+        }
+        return result;
+    }
+};
+
+static_assert(Block<FixedBlocks>);
+static_assert(Block<EqualBlocks>);
+
+} // namespace star

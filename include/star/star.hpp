@@ -1,0 +1,21 @@
+#pragma once
+/// \file
+/// Umbrella header: every public header of the library, nothing else.
+
+#include "error.hpp"
+#include "tensor.hpp"
+#include "state.hpp"
+#include "kv_cache.hpp"
+#include "kernel/mask.hpp"
+#include "kernel/online_softmax.hpp"
+#include "kernel/attention.hpp"
+#include "policy/block.hpp"
+#include "policy/anchor.hpp"
+#include "policy/partition.hpp"
+#include "policy/merge.hpp"
+#include "comm/communicator.hpp"
+#include "comm/local.hpp"
+#include "algorithm/context.hpp"
+#include "algorithm/global.hpp"
+#include "algorithm/ring.hpp"
+#include "algorithm/star.hpp"

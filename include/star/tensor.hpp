@@ -1,0 +1,82 @@
+#pragma once
+/// \file
+/// Tensors of one attention layer: `[tokens, heads, head_dim]`, row-major.
+///
+/// Inputs are views (`Eigen::TensorMap`) over memory the caller owns, so nothing is copied
+/// on the way into a kernel; results are owning `Eigen::Tensor`s. K/V may be stored as
+/// `float`, `Eigen::bfloat16` or `Eigen::half`; arithmetic is always done in `float`.
+
+#include <concepts>
+#include <cstdint>
+#include <type_traits>
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include "error.hpp"
+
+namespace star {
+
+using index = Eigen::Index;
+
+/// Owning tensor `[tokens, heads, head_dim]`, row-major: one token's heads are contiguous.
+template <class T>
+using Tensor3 = Eigen::Tensor<T, 3, Eigen::RowMajor, index>;
+
+/// Owning tensor `[tokens, heads]`, used for log-sum-exp values.
+using Tensor2f = Eigen::Tensor<float, 2, Eigen::RowMajor, index>;
+
+/// Read-only view of caller memory laid out as `[tokens, heads, head_dim]`.
+template <class T>
+using ConstView3 = Eigen::TensorMap<const Tensor3<T>>;
+
+/// Writable view of caller memory laid out as `[tokens, heads, head_dim]`.
+template <class T>
+using View3 = Eigen::TensorMap<Tensor3<T>>;
+
+/// Element types accepted for keys and values.
+template <class T>
+concept KVElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> ||
+                    std::same_as<T, Eigen::half>;
+
+/// Sizes of one `[tokens, heads, head_dim]` tensor.
+struct Shape {
+    index tokens = 0;
+    index heads = 0;
+    index head_dim = 0;
+
+    friend bool operator==(const Shape&, const Shape&) = default;
+};
+
+template <class T>
+Shape shape_of(const Eigen::TensorMap<const Tensor3<T>>& t)
+{
+    return {t.dimension(0), t.dimension(1), t.dimension(2)};
+}
+
+/// A view over `data`, which must hold `tokens * heads * head_dim` elements.
+template <class T>
+ConstView3<T> view(const T* data, Shape s)
+{
+    return ConstView3<T>(data, s.tokens, s.heads, s.head_dim);
+}
+
+/// A read-only view of an owning tensor.
+template <class T>
+ConstView3<T> view(const Tensor3<T>& t)
+{
+    return ConstView3<T>(t.data(), t.dimension(0), t.dimension(1), t.dimension(2));
+}
+
+/// A read-only view of tokens `[begin, begin + count)` of `t`; no copy, since tokens are outermost.
+template <class T>
+ConstView3<T> token_slice(const ConstView3<T>& t, index begin, index count)
+{
+    if (begin < 0 || count < 0 || begin + count > t.dimension(0))
+        detail::fail("token_slice: tokens [", begin, ", ", begin + count, ") out of range [0, ",
+                     t.dimension(0), ")");
+    return ConstView3<T>(t.data() + begin * t.dimension(1) * t.dimension(2), count, t.dimension(1),
+                         t.dimension(2));
+}
+
+} // namespace star

@@ -1,0 +1,192 @@
+#pragma once
+// Naive double-precision attention and random inputs: the yardstick every test measures
+// the library against.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <star/star.hpp>
+
+namespace star::test {
+
+using Visible = std::function<bool(index query, index key)>;
+
+struct ReferenceResult {
+    Eigen::Tensor<double, 3, Eigen::RowMajor, index> output;
+    Eigen::Tensor<double, 2, Eigen::RowMajor, index> lse;
+    // Largest `scale * sum_i |q_i k_i|` over visible pairs: what the float rounding error
+    // of one score is proportional to.
+    double max_abs_dot = 0.0;
+    double max_abs_value = 0.0;
+};
+
+/// Attention in double, one (query, head) row at a time, with the full score row.
+template <class KV>
+ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
+                                    const ConstView3<KV>& v, const Visible& visible,
+                                    double scale)
+{
+    const index lq = q.dimension(0), hq = q.dimension(1), d = q.dimension(2);
+    const index lk = k.dimension(0), hkv = k.dimension(1);
+    const index group = hq / hkv;
+    ReferenceResult r;
+    r.output.resize(lq, hq, d);
+    r.output.setZero();
+    r.lse.resize(lq, hq);
+    std::vector<double> scores(static_cast<std::size_t>(lk));
+    for (index j = 0; j < lk; ++j)
+        for (index h = 0; h < hkv; ++h)
+            for (index c = 0; c < d; ++c)
+                r.max_abs_value =
+                    std::max(r.max_abs_value, std::abs(static_cast<double>(float(v(j, h, c)))));
+    for (index i = 0; i < lq; ++i) {
+        for (index h = 0; h < hq; ++h) {
+            const index kh = h / group;
+            double max_score = -std::numeric_limits<double>::infinity();
+            for (index j = 0; j < lk; ++j) {
+                if (!visible(i, j)) {
+                    scores[j] = -std::numeric_limits<double>::infinity();
+                    continue;
+                }
+                double dot = 0.0, abs_dot = 0.0;
+                for (index c = 0; c < d; ++c) {
+                    const double p = double(q(i, h, c)) * double(float(k(j, kh, c)));
+                    dot += p;
+                    abs_dot += std::abs(p);
+                }
+                scores[j] = scale * dot;
+                r.max_abs_dot = std::max(r.max_abs_dot, scale * abs_dot);
+                max_score = std::max(max_score, scores[j]);
+            }
+            if (max_score == -std::numeric_limits<double>::infinity()) {
+                r.lse(i, h) = max_score;
+                continue;
+            }
+            double sum = 0.0;
+            for (index j = 0; j < lk; ++j)
+                sum += std::exp(scores[j] - max_score);
+            for (index j = 0; j < lk; ++j) {
+                const double p = std::exp(scores[j] - max_score) / sum;
+                if (p == 0.0)
+                    continue;
+                for (index c = 0; c < d; ++c)
+                    r.output(i, h, c) += p * double(float(v(j, kh, c)));
+            }
+            r.lse(i, h) = max_score + std::log(sum);
+        }
+    }
+    return r;
+}
+
+/// Float error bounds for comparing the kernel with the reference.
+///
+/// A score `s = scale * q.k` summed in float over `d` terms carries a rounding error of
+/// about `u * sqrt(d) * scale * sum|q_i k_i|` (random-walk model, factor 4 of margin).
+/// Each probability inherits that error relatively, twice (numerator and normaliser), and
+/// the value sum over `Lk` keys adds `u * sqrt(Lk)` relative to `max|v|`; `exp` adds a few
+/// ulps. The LSE has the score error plus the sum's.
+struct Tolerance {
+    double output;
+    double lse;
+};
+
+inline Tolerance tolerance(const ReferenceResult& r, index head_dim, index key_count)
+{
+    constexpr double u = std::numeric_limits<float>::epsilon() / 2;
+    const double score_error = 4 * u * std::sqrt(double(head_dim)) * r.max_abs_dot;
+    const double sum_error = 4 * u * (std::sqrt(double(key_count)) + 4);
+    return {(2 * score_error + sum_error) * std::max(1.0, r.max_abs_value) + 1e-7,
+            score_error + sum_error + 1e-7};
+}
+
+/// Max |kernel - reference| over outputs and LSEs; -inf LSEs must match exactly.
+struct Deviation {
+    double output = 0.0;
+    double lse = 0.0;
+    bool infinities_match = true;
+    bool all_finite = true;
+};
+
+inline Deviation deviation(const AttentionState& s, const ReferenceResult& r)
+{
+    Deviation dev;
+    for (index n = 0; n < s.output.size(); ++n) {
+        if (!std::isfinite(s.output.data()[n]))
+            dev.all_finite = false;
+        dev.output = std::max(dev.output, std::abs(s.output.data()[n] - r.output.data()[n]));
+    }
+    for (index n = 0; n < s.lse.size(); ++n) {
+        const double a = s.lse.data()[n], b = r.lse.data()[n];
+        if (std::isnan(a))
+            dev.all_finite = false;
+        if (std::isinf(a) || std::isinf(b)) {
+            if (a != b)
+                dev.infinities_match = false;
+            continue;
+        }
+        dev.lse = std::max(dev.lse, std::abs(a - b));
+    }
+    return dev;
+}
+
+/// Fresh inputs every run; the seed is printed so that a failure can be replayed with
+/// `STAR_TEST_SEED=<seed>`.
+inline std::mt19937_64& rng()
+{
+    static std::mt19937_64 engine = [] {
+        const char* fixed = std::getenv("STAR_TEST_SEED");
+        const auto seed = fixed ? std::strtoull(fixed, nullptr, 10) : std::random_device{}();
+        std::cerr << "random seed " << seed << " (set STAR_TEST_SEED to replay)\n";
+        return std::mt19937_64(seed);
+    }();
+    return engine;
+}
+
+/// A tensor of independent normal values times `scale`, rounded to `T`.
+template <class T>
+Tensor3<T> random_tensor(index tokens, index heads, index d, float scale = 1.0f)
+{
+    std::normal_distribution<float> normal(0.0f, scale);
+    Tensor3<T> t(tokens, heads, d);
+    for (index n = 0; n < t.size(); ++n)
+        t.data()[n] = T(normal(rng()));
+    return t;
+}
+
+/// The tokens of `a` followed by those of `b`, which must have the same heads and head_dim.
+template <class T>
+Tensor3<T> concat_tokens(const Tensor3<T>& a, const Tensor3<T>& b)
+{
+    Tensor3<T> both(a.dimension(0) + b.dimension(0), a.dimension(1), a.dimension(2));
+    std::copy_n(a.data(), a.size(), both.data());
+    std::copy_n(b.data(), b.size(), both.data() + a.size());
+    return both;
+}
+
+/// Star Attention's phase 1 at one layer, as a mask over the whole context: query `i`
+/// belongs to the block `n` whose range holds it, and sees the keys of block `n` up to
+/// itself plus every key of `anchors[n]` (which lies before the block). With `anchors[0]`
+/// empty, block 0 is plain causal. `blocks` must tile `[0, L)` in order.
+inline Visible block_sparse_visible(const std::vector<TokenRange>& blocks,
+                                    const std::vector<TokenRange>& anchors)
+{
+    const index tokens = blocks.empty() ? 0 : blocks.back().end;
+    std::vector<std::size_t> block_of(static_cast<std::size_t>(tokens));
+    for (std::size_t n = 0; n < blocks.size(); ++n)
+        for (index t = blocks[n].begin; t < blocks[n].end; ++t)
+            block_of[static_cast<std::size_t>(t)] = n;
+    return [block_of = std::move(block_of), blocks, anchors](index i, index j) {
+        const std::size_t n = block_of[static_cast<std::size_t>(i)];
+        const bool own_block = j >= blocks[n].begin && j <= i;
+        const bool anchor = j >= anchors[n].begin && j < anchors[n].end;
+        return own_block || anchor;
+    };
+}
+
+} // namespace star::test

@@ -1,0 +1,345 @@
+// LocalCommunicator: in-process hosts, their collectives and their per-host steps.
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace star::test {
+namespace {
+
+template <class F>
+void expect_error(F&& call, const std::string& fragment)
+{
+    try {
+        call();
+        ADD_FAILURE() << "no exception; expected one mentioning '" << fragment << "'";
+    } catch (const star::error& e) {
+        EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+            << "the message '" << e.what() << "' does not mention '" << fragment << "'";
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << "wrong exception type: " << e.what();
+    }
+}
+
+// A message for host `rank` that no other host's equals: rank + 1 elements, all distinct.
+template <class T>
+std::vector<T> message_of(int rank)
+{
+    std::vector<T> m;
+    for (int n = 0; n <= rank; ++n)
+        m.push_back(T(static_cast<float>(100 * rank + n) * 0.5f));
+    return m;
+}
+
+// Element types compare by their bytes: a message travels as it is stored, never converted.
+template <class T>
+bool same_bytes(const std::vector<T>& a, const std::vector<T>& b)
+{
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+template <class T>
+PerHost<std::vector<T>> messages(LocalCommunicator& comm)
+{
+    auto buffers = comm.local<std::vector<T>>();
+    comm.for_each_host([&](int rank) { buffers[rank] = message_of<T>(rank); });
+    return buffers;
+}
+
+template <class T>
+class Collectives : public ::testing::Test {};
+using MessageTypes = ::testing::Types<float, int, Eigen::bfloat16>;
+struct MessageNames {
+    template <class T>
+    static std::string GetName(int)
+    {
+        if constexpr (std::is_same_v<T, float>)
+            return "float";
+        else if constexpr (std::is_same_v<T, int>)
+            return "int";
+        else
+            return "bfloat16";
+    }
+};
+TYPED_TEST_SUITE(Collectives, MessageTypes, MessageNames);
+
+TYPED_TEST(Collectives, BroadcastCopiesTheRootBufferToEveryHost)
+{
+    for (const int root : {0, 2, 4}) {
+        LocalCommunicator comm(5);
+        auto buffers = messages<TypeParam>(comm);
+        comm.broadcast(buffers, root);
+        for (int r = 0; r < 5; ++r)
+            EXPECT_TRUE(same_bytes(buffers[r], message_of<TypeParam>(root)))
+                << "root " << root << ", host " << r;
+    }
+}
+
+TYPED_TEST(Collectives, GatherDeliversEveryBufferInRankOrderToTheRootOnly)
+{
+    for (const int root : {0, 3}) {
+        LocalCommunicator comm(4);
+        const auto buffers = messages<TypeParam>(comm);
+        const auto received = comm.gather(buffers, root);
+        ASSERT_EQ(received[root].size(), 4u);
+        for (int r = 0; r < 4; ++r)
+            EXPECT_TRUE(same_bytes(received[root][static_cast<std::size_t>(r)],
+                                   message_of<TypeParam>(r)))
+                << "buffer of host " << r;
+        for (int r = 0; r < 4; ++r) {
+            if (r != root) {
+                EXPECT_TRUE(received[r].empty()) << "host " << r << " is not the root";
+            }
+        }
+        // the senders keep their buffers
+        for (int r = 0; r < 4; ++r)
+            EXPECT_TRUE(same_bytes(buffers[r], message_of<TypeParam>(r)));
+    }
+}
+
+TYPED_TEST(Collectives, AllGatherDeliversEveryBufferInRankOrderToEveryHost)
+{
+    LocalCommunicator comm(4);
+    const auto received = comm.all_gather(messages<TypeParam>(comm));
+    for (int host = 0; host < 4; ++host) {
+        ASSERT_EQ(received[host].size(), 4u) << "host " << host;
+        for (int r = 0; r < 4; ++r)
+            EXPECT_TRUE(same_bytes(received[host][static_cast<std::size_t>(r)],
+                                   message_of<TypeParam>(r)))
+                << "host " << host << ", buffer of host " << r;
+    }
+}
+
+TYPED_TEST(Collectives, ExchangeAlongARingShift)
+{
+    for (const int shift : {1, 2}) {
+        const int hosts = 5;
+        LocalCommunicator comm(hosts);
+        auto routes = comm.local<Route>();
+        for (int r = 0; r < hosts; ++r)
+            routes[r] = {(r + shift) % hosts, (r - shift + hosts) % hosts};
+        const auto received = comm.exchange(messages<TypeParam>(comm), routes);
+        for (int r = 0; r < hosts; ++r)
+            EXPECT_TRUE(same_bytes(received[r], message_of<TypeParam>((r - shift + hosts) % hosts)))
+                << "shift " << shift << ", host " << r;
+    }
+}
+
+TYPED_TEST(Collectives, ExchangeBetweenSomeHostsLeavesTheOthersEmpty)
+{
+    LocalCommunicator comm(4);
+    auto routes = comm.local<Route>();
+    routes[0].send_to = 3;
+    routes[3].receive_from = 0;
+    routes[2].send_to = 1;
+    routes[1].receive_from = 2;
+    const auto received = comm.exchange(messages<TypeParam>(comm), routes);
+    EXPECT_TRUE(same_bytes(received[3], message_of<TypeParam>(0)));
+    EXPECT_TRUE(same_bytes(received[1], message_of<TypeParam>(2)));
+    EXPECT_TRUE(received[0].empty());
+    EXPECT_TRUE(received[2].empty());
+}
+
+TEST(LocalCommunicator, SizeAndLocalValuesCoverEveryHost)
+{
+    LocalCommunicator comm(7);
+    EXPECT_EQ(comm.size(), 7);
+    const auto values = comm.local<int>();
+    EXPECT_EQ(values.first_rank(), 0);
+    EXPECT_EQ(values.count(), 7);
+    EXPECT_EQ(values.end_rank(), 7);
+    for (int r = 0; r < 7; ++r)
+        EXPECT_TRUE(values.holds(r));
+    EXPECT_FALSE(values.holds(-1));
+    EXPECT_FALSE(values.holds(7));
+    comm.barrier();
+}
+
+TEST(LocalCommunicator, OneHostCollectivesAreIdentities)
+{
+    LocalCommunicator comm(1);
+    auto buffers = messages<float>(comm);
+    comm.broadcast(buffers, 0);
+    EXPECT_EQ(buffers[0], message_of<float>(0));
+    EXPECT_EQ(comm.gather(buffers, 0)[0], std::vector<std::vector<float>>{message_of<float>(0)});
+    EXPECT_EQ(comm.all_gather(buffers)[0], std::vector<std::vector<float>>{message_of<float>(0)});
+    auto routes = comm.local<Route>();
+    routes[0] = {0, 0}; // to itself
+    EXPECT_EQ(comm.exchange(buffers, routes)[0], message_of<float>(0));
+}
+
+TEST(LocalCommunicator, ExchangeWithUnpairedRoutesThrows)
+{
+    LocalCommunicator comm(3);
+    const auto buffers = messages<float>(comm);
+    {
+        auto routes = comm.local<Route>();
+        routes[0].send_to = 1; // host 1 does not receive
+        expect_error([&] { (void)comm.exchange(buffers, routes); },
+                     "host 0 sends to host 1, which does not receive from it");
+    }
+    {
+        auto routes = comm.local<Route>();
+        routes[0].send_to = 1;
+        routes[1].receive_from = 2; // from someone else
+        routes[2].send_to = 1;
+        expect_error([&] { (void)comm.exchange(buffers, routes); }, "does not receive from it");
+    }
+    {
+        auto routes = comm.local<Route>();
+        routes[2].receive_from = 0; // host 0 does not send
+        expect_error([&] { (void)comm.exchange(buffers, routes); },
+                     "host 2 receives from host 0, which does not send to it");
+    }
+}
+
+TEST(LocalCommunicator, RanksOutOfRangeThrow)
+{
+    LocalCommunicator comm(3);
+    auto buffers = messages<float>(comm);
+    expect_error([&] { comm.broadcast(buffers, 3); }, "root 3 is out of range");
+    expect_error([&] { comm.broadcast(buffers, -1); }, "root -1 is out of range");
+    expect_error([&] { (void)comm.gather(buffers, 3); }, "root 3 is out of range");
+    expect_error([&] { (void)comm.gather(buffers, -1); }, "out of range");
+    auto routes = comm.local<Route>();
+    routes[0].send_to = 5;
+    expect_error([&] { (void)comm.exchange(buffers, routes); }, "destination 5 is out of range");
+    routes[0] = {Route::no_host, 7};
+    expect_error([&] { (void)comm.exchange(buffers, routes); }, "source 7 is out of range");
+}
+
+TEST(LocalCommunicator, BuffersForAnotherGroupSizeThrow)
+{
+    LocalCommunicator comm(3);
+    PerHost<std::vector<float>> wrong(0, 2);
+    expect_error([&] { comm.broadcast(wrong, 0); }, "expected one value for each of the 3 hosts");
+    expect_error([&] { (void)comm.gather(wrong, 0); }, "expected one value for each");
+    expect_error([&] { (void)comm.all_gather(wrong); }, "expected one value for each");
+    const PerHost<Route> routes(0, 3);
+    expect_error([&] { (void)comm.exchange(wrong, routes); }, "expected one value for each");
+}
+
+TEST(LocalCommunicator, ZeroOrNegativeHostsThrow)
+{
+    expect_error([] { LocalCommunicator comm(0); }, "at least 1");
+    expect_error([] { LocalCommunicator comm(-2); }, "at least 1");
+    expect_error([] { LocalCommunicator comm(4, -1); }, "max_threads");
+}
+
+TEST(PerHost, AccessOutsideTheLocalHostsThrows)
+{
+    LocalCommunicator comm(4);
+    auto values = comm.local<int>();
+    const auto& constant = values;
+    expect_error([&] { (void)values[4]; }, "host 4 is not run by this process");
+    expect_error([&] { (void)values[-1]; }, "host -1 is not run by this process");
+    expect_error([&] { (void)constant[4]; }, "is not run by this process");
+    PerHost<int> shifted(3, 2, 9); // hosts 3 and 4
+    EXPECT_EQ(shifted[3], 9);
+    EXPECT_EQ(shifted[4], 9);
+    expect_error([&] { (void)shifted[2]; }, "it runs hosts [3, 5)");
+}
+
+// Every rank runs exactly once, and never more at a time than the thread cap allows.
+void expect_every_host_runs_once(LocalCommunicator& comm, int max_concurrency)
+{
+    const int hosts = comm.size();
+    std::vector<std::atomic<int>> runs(static_cast<std::size_t>(hosts));
+    std::atomic<int> running{0}, peak{0};
+    comm.for_each_host([&](int rank) {
+        const int now = ++running;
+        int seen = peak.load();
+        while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+        }
+        // a little work, so that hosts overlap when they can
+        volatile double sink = 0;
+        for (int n = 0; n < 20000; ++n)
+            sink = sink + n * 1e-9;
+        ++runs[static_cast<std::size_t>(rank)];
+        --running;
+    });
+    for (int r = 0; r < hosts; ++r)
+        EXPECT_EQ(runs[static_cast<std::size_t>(r)].load(), 1) << "host " << r;
+    EXPECT_LE(peak.load(), max_concurrency);
+}
+
+TEST(ForEachHost, SixtyFourHostsEachRunExactlyOnce)
+{
+    LocalCommunicator comm(64);
+    expect_every_host_runs_once(comm, 64);
+    expect_every_host_runs_once(comm, 64); // and again: a communicator is reusable
+}
+
+TEST(ForEachHost, SixtyFourHostsOnOneThread)
+{
+    LocalCommunicator comm(64, 1);
+    expect_every_host_runs_once(comm, 1);
+}
+
+TEST(ForEachHost, SixtyFourHostsOnTwoThreads)
+{
+    LocalCommunicator comm(64, 2);
+    expect_every_host_runs_once(comm, 2);
+}
+
+TEST(ForEachHost, StepsMayUseParallelismThemselves)
+{
+    // Each host runs a parallel kernel inside its step, as StarAttention does.
+    LocalCommunicator comm(16, 2);
+    const auto q = random_tensor<float>(40, 2, 16);
+    const auto k = random_tensor<float>(300, 1, 16);
+    const auto v = random_tensor<float>(300, 1, 16);
+    const AttentionState alone = attention(view(q), view(k), view(v));
+    auto states = comm.local<AttentionState>();
+    comm.for_each_host([&](int rank) { states[rank] = attention(view(q), view(k), view(v)); });
+    for (int r = 0; r < 16; ++r)
+        for (index n = 0; n < alone.output.size(); ++n)
+            ASSERT_EQ(states[r].output.data()[n], alone.output.data()[n]) << "host " << r;
+}
+
+struct HostFailure : std::runtime_error {
+    int rank;
+    explicit HostFailure(int r) : std::runtime_error("host failed"), rank(r) {}
+};
+
+TEST(ForEachHost, AnExceptionInOneHostPropagatesAsThatException)
+{
+    for (const int threads : {0, 1, 2}) {
+        LocalCommunicator comm(64, threads);
+        try {
+            comm.for_each_host([](int rank) {
+                if (rank == 37)
+                    throw HostFailure(rank);
+            });
+            ADD_FAILURE() << "no exception with max_threads " << threads;
+        } catch (const HostFailure& e) {
+            EXPECT_EQ(e.rank, 37);
+        } catch (...) {
+            ADD_FAILURE() << "another exception type with max_threads " << threads;
+        }
+    }
+    LocalCommunicator comm(8);
+    expect_error([&] { comm.for_each_host([](int rank) { (void)PerHost<int>(0, 2)[rank + 5]; }); },
+                 "is not run by this process");
+}
+
+TEST(ForEachHost, CommunicatorStillWorksAfterAStepThrew)
+{
+    LocalCommunicator comm(8, 2);
+    EXPECT_THROW(comm.for_each_host([](int rank) {
+        if (rank == 3)
+            throw HostFailure(rank);
+    }),
+                 HostFailure);
+    expect_every_host_runs_once(comm, 2);
+}
+
+} // namespace
+} // namespace star::test
