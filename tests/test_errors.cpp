@@ -1,27 +1,13 @@
 // Every rejected input throws star::error with a message naming the problem.
 
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace star::test {
 namespace {
 
-using ::testing::HasSubstr;
-
-template <class F>
-void expect_error(F&& call, const std::string& fragment)
-{
-    try {
-        call();
-        ADD_FAILURE() << "no exception; expected one mentioning '" << fragment << "'";
-    } catch (const star::error& e) {
-        EXPECT_THAT(e.what(), HasSubstr(fragment));
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "wrong exception type: " << e.what();
-    }
-}
 
 struct Inputs {
     Tensor3<float> q = random_tensor<float>(4, 4, 8);

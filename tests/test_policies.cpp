@@ -10,24 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace star::test {
 namespace {
-
-template <class F>
-void expect_error(F&& call, const std::string& fragment)
-{
-    try {
-        call();
-        ADD_FAILURE() << "no exception; expected one mentioning '" << fragment << "'";
-    } catch (const star::error& e) {
-        EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-            << "the message '" << e.what() << "' does not mention '" << fragment << "'";
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "wrong exception type: " << e.what();
-    }
-}
 
 std::vector<index> sizes_of(const std::vector<TokenRange>& blocks)
 {
@@ -114,8 +101,7 @@ TEST(FixedBlocks, EveryBlockButTheLastHasTheGivenSize)
 TEST(FixedBlocks, SizeBelowOneThrows)
 {
     for (const index size : {0, -1, -100})
-        expect_error([&] { (void)FixedBlocks{size}.blocks(517); },
-                     "block size must be at least 1");
+        expect_error([&] { (void)FixedBlocks{size}.blocks(517); }, "block size must be at least 1");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,7 +507,8 @@ void expect_phase_one_matches(const Star& star, index tokens, int hosts,
     const StarPlan plan = star.plan(tokens, hosts);
     ASSERT_EQ(plan.blocks, blocks);
     for (std::size_t i = 0; i < blocks.size(); ++i)
-        EXPECT_TRUE(plan.anchors[i] == anchors[i] || (plan.anchors[i].empty() && anchors[i].empty()))
+        EXPECT_TRUE(plan.anchors[i] == anchors[i] ||
+                    (plan.anchors[i].empty() && anchors[i].empty()))
             << "block " << i << ": plan anchor [" << plan.anchors[i].begin << ", "
             << plan.anchors[i].end << ")";
     const Context c = random_context(tokens);
@@ -659,7 +646,8 @@ TEST(UserPolicies, ContractViolationsAreRejectedByPlan)
 {
     expect_error([] { (void)StarAttention(Overlapping{}).plan(100, 2); },
                  "blocks must be non-empty, consecutive");
-    expect_error([] { (void)StarAttention(TooShort{}).plan(100, 2); }, "the blocks cover 99 of 100");
+    expect_error([] { (void)StarAttention(TooShort{}).plan(100, 2); },
+                 "the blocks cover 99 of 100");
     expect_error(
         [] { (void)StarAttention(FixedBlocks{10}, FirstTokens{}, OwnerOutOfRange{}).plan(100, 2); },
         "block owner 2 is out of range");

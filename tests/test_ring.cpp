@@ -6,24 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace star::test {
 namespace {
-
-template <class F>
-void expect_error(F&& call, const std::string& fragment)
-{
-    try {
-        call();
-        ADD_FAILURE() << "no exception; expected one mentioning '" << fragment << "'";
-    } catch (const star::error& e) {
-        EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-            << "the message '" << e.what() << "' does not mention '" << fragment << "'";
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "wrong exception type: " << e.what();
-    }
-}
 
 const char* name_of(RingLayout layout)
 {
@@ -42,11 +29,13 @@ template <class KV>
 Sequence<KV> random_sequence(index tokens, index q_heads, index kv_heads, index d,
                              std::optional<double> scale = {})
 {
-    Sequence<KV> s{random_tensor<float>(tokens, q_heads, d), random_tensor<KV>(tokens, kv_heads, d),
-                   random_tensor<KV>(tokens, kv_heads, d), {},
+    Sequence<KV> s{random_tensor<float>(tokens, q_heads, d),
+                   random_tensor<KV>(tokens, kv_heads, d),
+                   random_tensor<KV>(tokens, kv_heads, d),
+                   {},
                    scale.value_or(1.0 / std::sqrt(double(d)))};
-    s.causal = reference_attention(view(s.q), view(s.k), view(s.v),
-                                   [](index i, index j) { return j <= i; }, s.scale);
+    s.causal = reference_attention(
+        view(s.q), view(s.k), view(s.v), [](index i, index j) { return j <= i; }, s.scale);
     return s;
 }
 
@@ -221,8 +210,8 @@ TEST(RingShards, ZigzagBalancesCausalWork)
             } else {
                 // Chunks differ by at most one token, so each host's pair of chunks is within
                 // a token or two of every other's: less than two query rows of work apart.
-                EXPECT_LE(*most - *least, 2 * tokens) << tokens << " tokens on " << hosts
-                                                      << " hosts";
+                EXPECT_LE(*most - *least, 2 * tokens)
+                    << tokens << " tokens on " << hosts << " hosts";
             }
         }
 }
@@ -242,7 +231,8 @@ TEST(RingShards, PlainIsUnbalancedUnderTheCausalMask)
 
 TEST(RingErrors, ZeroHosts)
 {
-    expect_error([] { (void)RingAttention{}.shards(517, 0); }, "number of hosts must be at least 1");
+    expect_error([] { (void)RingAttention{}.shards(517, 0); },
+                 "number of hosts must be at least 1");
     expect_error([] { LocalCommunicator comm(0); }, "at least 1");
 }
 

@@ -131,8 +131,15 @@ public:
                     // The anchor precedes the block, so every block query sees all of it.
                     merge_into(state, attention(block.q, k, v, NoMask{}, options));
                 }
-                caches[rank].append(block.k, block.v);
                 outputs[rank].push_back({plan.blocks[i], std::move(state)});
+            }
+        });
+        // Caches change only once every host has succeeded: a failed phase 1 leaves none
+        // half-filled.
+        comm.for_each_host([&](int rank) {
+            for (const std::size_t i : plan.blocks_of(rank)) {
+                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks[i]);
+                caches[rank].append(block.k, block.v);
             }
         });
         return outputs;
@@ -159,9 +166,12 @@ public:
 
     /// Phase 2 for one layer, also one decode step (`Lq = 1`): the query `q` `[Lq, Hq, d]`
     /// with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every host; each attends
-    /// to all its cached keys, the query host first appends `k`/`v` to its cache and
-    /// attends to them causally; the partials are merged exactly by the Merge policy.
+    /// to all its cached keys (no causal mask: the query follows the whole context), the
+    /// query host also to `k`/`v` causally; the partials are merged exactly by the Merge
+    /// policy, and the query host alone appends `k`/`v` to its cache.
     /// Returns the merged state at the query host (and wherever the Merge policy puts it).
+    /// \throws star::error on shapes that disagree with the query or the caches; a failed
+    /// call changes no cache.
     template <KVElement KV, Communicator C>
     PerHost<std::optional<AttentionState>> attend_query(C& comm, const StarPlan& plan,
                                                         PerHost<KVCache<KV>>& caches,
@@ -174,28 +184,31 @@ public:
         if (q.dimension(0) != k.dimension(0))
             detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
                          " tokens but k has ", k.dimension(0));
-        const AttentionOptions options{scale_};
-        auto partials = comm.template local<AttentionState>();
-        comm.for_each_host([&](int rank) {
-            KVCache<KV>& cache = caches[rank];
+        for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
+            const KVCache<KV>& cache = caches[rank];
             if (cache.tokens() > 0 && (cache.kv_heads() != k.dimension(1) ||
                                        cache.head_dim() != k.dimension(2)))
                 detail::fail("StarAttention::attend_query: host ", rank, "'s cache holds ",
                              cache.kv_heads(), " kv heads of head_dim ", cache.head_dim(),
                              ", the query's k has ", k.dimension(1), " of head_dim ",
                              k.dimension(2));
-            if (rank == plan.query_host) {
-                const index before = cache.tokens();
-                cache.append(k, v);
-                partials[rank] = attention(q, cache.keys(), cache.values(),
-                                           CausalMask{before, 0}, options);
-            } else if (cache.tokens() > 0) {
-                partials[rank] = attention(q, cache.keys(), cache.values(), NoMask{}, options);
-            } else {
-                partials[rank] = AttentionState(q.dimension(0), q.dimension(1), q.dimension(2));
-            }
+        }
+        const AttentionOptions options{scale_};
+        auto partials = comm.template local<AttentionState>();
+        comm.for_each_host([&](int rank) {
+            const KVCache<KV>& cache = caches[rank];
+            partials[rank] = cache.tokens() > 0
+                                 ? attention(q, cache.keys(), cache.values(), NoMask{}, options)
+                                 : AttentionState(q.dimension(0), q.dimension(1), q.dimension(2));
+            // The query host also sees the query's own keys, causally. They join its cache
+            // only once the whole step has succeeded, so a failed step changes no cache.
+            if (rank == plan.query_host)
+                merge_into(partials[rank], attention(q, k, v, CausalMask{}, options));
         });
-        return merge_.combine(comm, partials, plan.query_host);
+        auto merged = merge_.combine(comm, partials, plan.query_host);
+        if (caches.holds(plan.query_host))
+            caches[plan.query_host].append(k, v);
+        return merged;
     }
 
     [[nodiscard]] const B& block_policy() const noexcept { return block_; }
