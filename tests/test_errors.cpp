@@ -8,7 +8,6 @@
 namespace star::test {
 namespace {
 
-
 struct Inputs {
     Tensor3<float> q = random_tensor<float>(4, 4, 8);
     Tensor3<float> k = random_tensor<float>(6, 2, 8);
