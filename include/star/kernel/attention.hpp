@@ -92,19 +92,19 @@ void attend_query_tile(const ConstView3<float>& q, const ConstView3<KV>& k,
     const index kv_heads = k.dimension(1);
     const index group = q_heads / kv_heads;
     const index rows = q_count * group;
-    const index columns = ws.padded_rows;
+    const index columns = round_up_to_batch(rows); // a short last tile or a decode step is narrow
     const index key_count = k.dimension(0);
     const index first_head = kv_head * group;
     const index kv_row_stride = kv_heads * d;
 
     // Q^T, scaled; padding columns stay 0 and their results are never read.
-    std::fill(ws.queries_t.begin(), ws.queries_t.end(), 0.0f);
+    std::fill_n(ws.queries_t.begin(), d * columns, 0.0f);
     for (index r = 0; r < rows; ++r) {
         const float* src = q.data() + ((q_first + r / group) * q_heads + first_head + r % group) * d;
         for (index c = 0; c < d; ++c)
             ws.queries_t[static_cast<std::size_t>(c * columns + r)] = scale * src[c];
     }
-    std::fill(ws.accumulator.begin(), ws.accumulator.end(), 0.0f);
+    std::fill_n(ws.accumulator.begin(), rows * ws.padded_dim, 0.0f);
     ws.softmax.reset(columns);
 
     for (index k_first = 0; k_first < key_count; k_first += tiles.keys) {
