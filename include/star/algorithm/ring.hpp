@@ -43,13 +43,7 @@ public:
         if (tokens <= 0)
             detail::fail("RingAttention: the sequence must hold at least 1 token, got ", tokens);
         const index pieces = options_.layout == RingLayout::plain ? hosts : 2 * index{hosts};
-        std::vector<TokenRange> chunks;
-        index begin = 0;
-        for (index i = 0; i < pieces; ++i) {
-            const index size = tokens / pieces + (i < tokens % pieces ? 1 : 0);
-            chunks.push_back({begin, begin + size});
-            begin += size;
-        }
+        const std::vector<TokenRange> chunks = detail::near_equal_ranges(tokens, pieces);
         std::vector<std::vector<TokenRange>> result(static_cast<std::size_t>(hosts));
         for (int r = 0; r < hosts; ++r) {
             auto& mine = result[static_cast<std::size_t>(r)];

@@ -2,6 +2,7 @@
 /// \file
 /// Block policies: how the context is cut into blocks.
 
+#include <algorithm>
 #include <concepts>
 #include <span>
 #include <vector>
@@ -45,6 +46,24 @@ struct FixedBlocks {
     }
 };
 
+namespace detail {
+
+/// `pieces` consecutive ranges covering `[0, tokens)` whose sizes differ by at most one
+/// (the first `tokens mod pieces` are one longer); some are empty when `tokens < pieces`.
+inline std::vector<TokenRange> near_equal_ranges(index tokens, index pieces)
+{
+    std::vector<TokenRange> result;
+    index begin = 0;
+    for (index i = 0; i < pieces; ++i) {
+        const index size = tokens / pieces + (i < tokens % pieces ? 1 : 0);
+        result.push_back({begin, begin + size});
+        begin += size;
+    }
+    return result;
+}
+
+} // namespace detail
+
 /// `count` blocks whose sizes differ by at most one token (the first `tokens mod count`
 /// are one longer); fewer, of one token each, when the context is shorter than `count`.
 struct EqualBlocks {
@@ -54,15 +73,7 @@ struct EqualBlocks {
     {
         if (count <= 0)
             detail::fail("EqualBlocks: block count must be at least 1, got ", count);
-        const index n = std::min(count, tokens);
-        std::vector<TokenRange> result;
-        index begin = 0;
-        for (index i = 0; i < n; ++i) {
-            const index size = tokens / n + (i < tokens % n ? 1 : 0);
-            result.push_back({begin, begin + size});
-            begin += size;
-        }
-        return result;
+        return detail::near_equal_ranges(tokens, std::min(count, tokens));
     }
 };
 
