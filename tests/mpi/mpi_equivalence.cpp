@@ -1,0 +1,143 @@
+// Star (phases 1 and 2, decode steps, every Merge policy) and Ring (plain, zig-zag) over
+// MPI, one host per rank, must give bit for bit what the in-process runtime gives: the
+// per-host computations and the merge orders are the same, only the transport differs.
+// Run under mpiexec; every rank checks its own hosts' results and the job fails if any
+// rank finds a difference.
+
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <random>
+#include <string>
+
+#include <star/comm/mpi.hpp> // first: it includes <mpi.h> without the C++ bindings
+#include <star/star.hpp>
+
+namespace {
+
+int failures = 0;
+int checks = 0;
+
+star::Tensor3<float> random_tensor(star::index tokens, star::index heads, star::index d,
+                                   std::mt19937_64& rng)
+{
+    std::normal_distribution<float> normal;
+    star::Tensor3<float> t(tokens, heads, d);
+    for (star::index n = 0; n < t.size(); ++n)
+        t.data()[n] = normal(rng);
+    return t;
+}
+
+void expect_identical(const star::AttentionState& a, const star::AttentionState& b, int rank,
+                      const std::string& what)
+{
+    ++checks;
+    const bool same = a.shape() == b.shape() &&
+                      std::memcmp(a.output.data(), b.output.data(), sizeof(float) * a.output.size()) == 0 &&
+                      std::memcmp(a.lse.data(), b.lse.data(), sizeof(float) * a.lse.size()) == 0;
+    if (!same) {
+        ++failures;
+        std::cerr << "rank " << rank << ": " << what << " differs from the in-process run\n";
+    }
+}
+
+void expect_identical(const std::vector<star::RangeOutput>& a, const std::vector<star::RangeOutput>& b,
+                      int rank, const std::string& what)
+{
+    ++checks;
+    if (a.size() != b.size()) {
+        ++failures;
+        std::cerr << "rank " << rank << ": " << what << ": " << a.size() << " ranges vs " << b.size() << "\n";
+        return;
+    }
+    for (std::size_t i = 0; i < a.size(); ++i)
+        expect_identical(a[i].state, b[i].state, rank, what + " range " + std::to_string(i));
+}
+
+template <star::Merge M>
+void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const std::string& name)
+{
+    const int rank = mpi.rank(), hosts = mpi.size();
+    const star::index context = 701, q_heads = 8, kv_heads = 2, d = 32;
+    std::mt19937_64 rng(2024); // the same seed on every rank: every rank makes the same layer
+    const auto q = random_tensor(context, q_heads, d, rng);
+    const auto k = random_tensor(context, kv_heads, d, rng);
+    const auto v = random_tensor(context, kv_heads, d, rng);
+
+    const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous, M> star_attention(
+        star::FixedBlocks{150}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, merge);
+    const star::StarPlan plan = star_attention.plan(context, hosts);
+    star::LocalCommunicator local(hosts);
+
+    auto mpi_caches = mpi.local<star::KVCache<float>>();
+    auto local_caches = local.local<star::KVCache<float>>();
+    const auto mpi_p1 = star_attention.encode_context(mpi, plan, mpi_caches, star::view(q), star::view(k), star::view(v));
+    const auto local_p1 = star_attention.encode_context(local, plan, local_caches, star::view(q), star::view(k), star::view(v));
+    expect_identical(mpi_p1[rank], local_p1[rank], rank, name + " phase 1");
+
+    for (int step = 0; step < 4; ++step) {
+        const star::index tokens = step == 0 ? 9 : 1;
+        const auto nq = random_tensor(tokens, q_heads, d, rng);
+        const auto nk = random_tensor(tokens, kv_heads, d, rng);
+        const auto nv = random_tensor(tokens, kv_heads, d, rng);
+        const auto mpi_out = star_attention.attend_query(mpi, plan, mpi_caches, star::view(nq), star::view(nk), star::view(nv));
+        const auto local_out = star_attention.attend_query(local, plan, local_caches, star::view(nq), star::view(nk), star::view(nv));
+        const std::string what = name + (step == 0 ? " phase 2 query" : " decode step " + std::to_string(step));
+        ++checks;
+        if (mpi_out[rank].has_value() != local_out[rank].has_value()) {
+            ++failures;
+            std::cerr << "rank " << rank << ": " << what << ": result present on one side only\n";
+        } else if (mpi_out[rank]) {
+            expect_identical(*mpi_out[rank], *local_out[rank], rank, what);
+        }
+        ++checks;
+        if (mpi_caches[rank].tokens() != local_caches[rank].tokens()) {
+            ++failures;
+            std::cerr << "rank " << rank << ": " << what << ": cache holds " << mpi_caches[rank].tokens()
+                      << " tokens, in-process " << local_caches[rank].tokens() << "\n";
+        }
+    }
+}
+
+void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout, const std::string& name)
+{
+    const int rank = mpi.rank();
+    std::mt19937_64 rng(7);
+    const auto q = random_tensor(333, 4, 2 * 8, rng);
+    const auto k = random_tensor(333, 2, 2 * 8, rng);
+    const auto v = random_tensor(333, 2, 2 * 8, rng);
+    const star::RingAttention ring({layout, {}});
+    star::LocalCommunicator local(mpi.size());
+    const auto over_mpi = ring.run(mpi, star::view(q), star::view(k), star::view(v));
+    const auto in_process = ring.run(local, star::view(q), star::view(k), star::view(v));
+    expect_identical(over_mpi[rank], in_process[rank], rank, name);
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    MPI_Init(&argc, &argv);
+    int rank = 0;
+    try {
+        star::MpiCommunicator mpi(MPI_COMM_WORLD);
+        rank = mpi.rank();
+        star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather");
+        star_equals_in_process(mpi, star::AllGather{}, "star/all-gather");
+        star_equals_in_process(mpi, star::TreeReduction{}, "star/tree");
+        ring_equals_in_process(mpi, star::RingLayout::plain, "ring/plain");
+        ring_equals_in_process(mpi, star::RingLayout::zigzag, "ring/zig-zag");
+    } catch (const std::exception& e) {
+        std::cerr << "rank " << rank << ": " << e.what() << "\n";
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    int total_failures = 0, total_checks = 0;
+    MPI_Reduce(&failures, &total_failures, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+    MPI_Reduce(&checks, &total_checks, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+    MPI_Bcast(&total_failures, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (rank == 0)
+        std::cout << "MPI vs in-process: " << total_checks - total_failures << " identical, "
+                  << total_failures << " different\n";
+    MPI_Finalize();
+    return total_failures == 0 ? 0 : 1;
+}
