@@ -50,22 +50,19 @@ struct TileShape {
 /// query and the products need no packing of K or of the probabilities.
 template <class KV>
 struct Workspace {
-    index rows;          // query rows of a full tile
-    index padded_rows;   // rounded up to a SIMD batch
     index head_dim;
     index padded_dim;    // head_dim rounded up to a SIMD batch
-    aligned_vector<float> queries_t;   // [head_dim, padded_rows], scaled
-    aligned_vector<float> scores_t;    // [keys, padded_rows]
+    aligned_vector<float> queries_t;   // [head_dim, query rows rounded up to a batch], scaled
+    aligned_vector<float> scores_t;    // [keys, query rows rounded up to a batch]
     aligned_vector<float> accumulator; // [rows, padded_dim]
     aligned_vector<float> keys;        // [keys, head_dim], bf16/half converted to float
     aligned_vector<float> values;      // [keys, padded_dim], converted and/or padded
     OnlineSoftmax softmax;
 
     Workspace(index tile_rows, index tile_keys, index d)
-        : rows(tile_rows), padded_rows(round_up_to_batch(tile_rows)), head_dim(d),
-          padded_dim(round_up_to_batch(d)),
-          queries_t(static_cast<std::size_t>(d * padded_rows)),
-          scores_t(static_cast<std::size_t>(tile_keys * padded_rows)),
+        : head_dim(d), padded_dim(round_up_to_batch(d)),
+          queries_t(static_cast<std::size_t>(d * round_up_to_batch(tile_rows))),
+          scores_t(static_cast<std::size_t>(tile_keys * round_up_to_batch(tile_rows))),
           accumulator(static_cast<std::size_t>(tile_rows * padded_dim)),
           keys(std::is_same_v<KV, float> ? 0 : static_cast<std::size_t>(tile_keys * d)),
           values(values_in_place() ? 0 : static_cast<std::size_t>(tile_keys * padded_dim), 0.0f)
