@@ -4,6 +4,7 @@
 // Run under mpiexec; every rank checks its own hosts' results and the job fails if any
 // rank finds a difference.
 
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <optional>
@@ -118,19 +119,21 @@ void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout,
 int main(int argc, char** argv)
 {
     MPI_Init(&argc, &argv);
+    // `--fail-on-rank R`: rank R throws in the middle of the run while the others wait in a
+    // collective for it; the job must end (non-zero, with R's message), not hang.
+    const int failing_rank = argc > 2 && std::string(argv[1]) == "--fail-on-rank" ? std::atoi(argv[2]) : -1;
     int rank = 0;
-    try {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    star::run_or_abort(MPI_COMM_WORLD, [&] {
         star::MpiCommunicator mpi(MPI_COMM_WORLD);
-        rank = mpi.rank();
         star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather");
+        if (rank == failing_rank)
+            throw star::error("injected failure");
         star_equals_in_process(mpi, star::AllGather{}, "star/all-gather");
         star_equals_in_process(mpi, star::TreeReduction{}, "star/tree");
         ring_equals_in_process(mpi, star::RingLayout::plain, "ring/plain");
         ring_equals_in_process(mpi, star::RingLayout::zigzag, "ring/zig-zag");
-    } catch (const std::exception& e) {
-        std::cerr << "rank " << rank << ": " << e.what() << "\n";
-        MPI_Abort(MPI_COMM_WORLD, 2);
-    }
+    });
     int total_failures = 0, total_checks = 0;
     MPI_Reduce(&failures, &total_failures, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
     MPI_Reduce(&checks, &total_checks, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);

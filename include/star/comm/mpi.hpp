@@ -8,6 +8,8 @@
 /// their element type (bf16/half K/V as stored, never converted).
 
 #include <climits>
+#include <cstdio>
+#include <exception>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -204,5 +206,29 @@ private:
 };
 
 static_assert(Communicator<MpiCommunicator>);
+
+/// Runs `body()` on this rank; if it throws, prints the error with the rank number to
+/// stderr and ends the whole job with `MPI_Abort`, so the ranks still waiting in a
+/// collective for this one do not hang. Returns what `body` returns.
+template <class F>
+decltype(auto) run_or_abort(MPI_Comm comm, F&& body)
+{
+    try {
+        return body();
+    } catch (const std::exception& e) {
+        int rank = -1;
+        MPI_Comm_rank(comm, &rank);
+        std::fprintf(stderr, "star: rank %d failed: %s\n", rank, e.what());
+        std::fflush(stderr);
+        MPI_Abort(comm, 1);
+    } catch (...) {
+        int rank = -1;
+        MPI_Comm_rank(comm, &rank);
+        std::fprintf(stderr, "star: rank %d failed with an unknown exception\n", rank);
+        std::fflush(stderr);
+        MPI_Abort(comm, 1);
+    }
+    std::terminate(); // MPI_Abort does not return
+}
 
 } // namespace star
