@@ -332,3 +332,31 @@ TEST(ForEachHost, CommunicatorStillWorksAfterAStepThrew)
 
 } // namespace
 } // namespace star::test
+
+namespace star::test {
+namespace {
+
+TEST(CheckAgreement, EqualSettingsPass)
+{
+    LocalCommunicator comm(5);
+    auto settings = comm.local<std::vector<std::int64_t>>();
+    for (int r = 0; r < 5; ++r)
+        settings[r] = {7, 8};
+    const char* const names[] = {"a", "b"};
+    detail::check_agreement(comm, settings, names, "here"); // no throw
+}
+
+TEST(CheckAgreement, TheFirstDisagreementIsNamedWithBothHosts)
+{
+    LocalCommunicator comm(4);
+    auto settings = comm.local<std::vector<std::int64_t>>();
+    for (int r = 0; r < 4; ++r)
+        settings[r] = {128, 64};
+    settings[3][1] = 80;
+    const char* const names[] = {"the block size", "head_dim"};
+    expect_error([&] { detail::check_agreement(comm, settings, names, "phase 1"); },
+                 "phase 1: the hosts disagree on head_dim: host 0 has 64, host 3 has 80");
+}
+
+} // namespace
+} // namespace star::test

@@ -56,7 +56,8 @@ void expect_identical(const std::vector<star::RangeOutput>& a, const std::vector
 }
 
 template <star::Merge M>
-void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const std::string& name)
+void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const std::string& name,
+                            star::index block_size = 150)
 {
     const int rank = mpi.rank(), hosts = mpi.size();
     const star::index context = 701, q_heads = 8, kv_heads = 2, d = 32;
@@ -66,7 +67,7 @@ void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const st
     const auto v = random_tensor(context, kv_heads, d, rng);
 
     const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous, M> star_attention(
-        star::FixedBlocks{150}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, merge);
+        star::FixedBlocks{block_size}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, merge);
     const star::StarPlan plan = star_attention.plan(context, hosts);
     star::LocalCommunicator local(hosts);
 
@@ -122,11 +123,16 @@ int main(int argc, char** argv)
     // `--fail-on-rank R`: rank R throws in the middle of the run while the others wait in a
     // collective for it; the job must end (non-zero, with R's message), not hang.
     const int failing_rank = argc > 2 && std::string(argv[1]) == "--fail-on-rank" ? std::atoi(argv[2]) : -1;
+    // `--mismatch-on-rank R`: rank R is configured with another block size; every rank must
+    // detect it at the start of phase 1 and the job must end with that message.
+    const int mismatched_rank =
+        argc > 2 && std::string(argv[1]) == "--mismatch-on-rank" ? std::atoi(argv[2]) : -1;
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     star::run_or_abort(MPI_COMM_WORLD, [&] {
         star::MpiCommunicator mpi(MPI_COMM_WORLD);
-        star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather");
+        star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather",
+                               rank == mismatched_rank ? 151 : 150);
         if (rank == failing_rank)
             throw star::error("injected failure");
         star_equals_in_process(mpi, star::AllGather{}, "star/all-gather");

@@ -9,6 +9,8 @@
 /// bring phase-2 partials together like so. The defaults are the paper's method.
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -115,6 +117,7 @@ public:
                                                      const PerHost<HostContext<KV>>& contexts) const
     {
         check_group(comm, plan);
+        agree(comm, plan, sizeof(KV), "StarAttention::encode_context");
         const AnchorKV<KV> received = plan.anchor_source == AnchorSource::receive
                                           ? receive_anchor(comm, plan, contexts)
                                           : AnchorKV<KV>{};
@@ -184,6 +187,8 @@ public:
         if (q.dimension(0) != k.dimension(0))
             detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
                          " tokens but k has ", k.dimension(0));
+        agree(comm, plan, sizeof(KV), "StarAttention::attend_query", q.dimension(0),
+              q.dimension(1), k.dimension(1), q.dimension(2));
         for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
             const KVCache<KV>& cache = caches[rank];
             if (cache.tokens() > 0 && (cache.kv_heads() != k.dimension(1) ||
@@ -272,6 +277,46 @@ private:
             }
         }
         return anchor;
+    }
+
+    // Every host must run the same configuration; across processes nothing else checks it.
+    // The plan stands for the policies (blocks, owners, anchors), the rest for the shapes.
+    template <Communicator C>
+    void agree(C& comm, const StarPlan& plan, std::size_t kv_bytes, const char* where,
+               index query_tokens = 0, index q_heads = 0, index kv_heads = 0,
+               index head_dim = 0) const
+    {
+        static constexpr const char* names[] = {
+            "the number of context tokens", "the query host", "the number of blocks",
+            "the block boundaries (digest)", "the block owners (digest)", "the anchors (digest)",
+            "the anchor source",
+            "the K/V element size", "the softmax scale (bits)", "the query length",
+            "the number of query heads", "the number of kv heads", "head_dim"};
+        // Order-sensitive digests of the block layout: equal layouts give equal values.
+        std::uint64_t bounds = 0, owners = 0, anchors = 0; // unsigned: wrapping is intended
+        for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
+            bounds = bounds * 1000003 + static_cast<std::uint64_t>(plan.blocks[i].end);
+            owners = owners * 1000003 + static_cast<std::uint64_t>(plan.owner[i]);
+            anchors = (anchors * 1000003 + static_cast<std::uint64_t>(plan.anchors[i].begin)) *
+                          1000003 +
+                      static_cast<std::uint64_t>(plan.anchors[i].end);
+        }
+        std::int64_t scale_bits = -1;
+        if (scale_) {
+            std::uint32_t bits = 0;
+            std::memcpy(&bits, &*scale_, sizeof bits);
+            scale_bits = bits;
+        }
+        const std::vector<std::int64_t> mine{
+            plan.context_tokens, plan.query_host, static_cast<std::int64_t>(plan.blocks.size()),
+            static_cast<std::int64_t>(bounds), static_cast<std::int64_t>(owners),
+            static_cast<std::int64_t>(anchors), static_cast<std::int64_t>(plan.anchor_source),
+            static_cast<std::int64_t>(kv_bytes), scale_bits, query_tokens, q_heads, kv_heads,
+            head_dim};
+        auto settings = comm.template local<std::vector<std::int64_t>>();
+        for (int r = settings.first_rank(); r < settings.end_rank(); ++r)
+            settings[r] = mine;
+        detail::check_agreement(comm, settings, names, where);
     }
 
     template <Communicator C>

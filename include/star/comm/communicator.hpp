@@ -12,6 +12,8 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
+#include <span>
 #include <functional>
 #include <type_traits>
 #include <utility>
@@ -133,6 +135,26 @@ struct CommunicatorArchetype {
     void barrier();
 };
 static_assert(Communicator<CommunicatorArchetype>);
+
+/// Checks that every host of the group was given the same configuration: `settings[r]`
+/// holds host `r`'s values of the settings named by `names`. All hosts exchange them
+/// (one small all-gather) and each throws the same `star::error`, naming the first setting
+/// on which two hosts disagree, so no host is left waiting for the others.
+template <class C>
+void check_agreement(C& comm, const PerHost<std::vector<std::int64_t>>& settings,
+                     std::span<const char* const> names, const char* where)
+{
+    const auto all = comm.all_gather(settings);
+    for (int r = all.first_rank(); r < all.end_rank(); ++r) {
+        const auto& hosts = all[r];
+        for (std::size_t h = 1; h < hosts.size(); ++h)
+            for (std::size_t i = 0; i < names.size(); ++i)
+                if (i >= hosts[h].size() || i >= hosts[0].size() || hosts[h][i] != hosts[0][i])
+                    fail(where, ": the hosts disagree on ", names[i], ": host 0 has ",
+                         i < hosts[0].size() ? hosts[0][i] : -1, ", host ", h, " has ",
+                         i < hosts[h].size() ? hosts[h][i] : -1);
+    }
+}
 
 /// Rejects a rank outside `[0, size)` with a message naming `what`.
 inline void check_rank(int rank, int size, const char* what)
