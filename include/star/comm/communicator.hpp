@@ -13,8 +13,8 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
-#include <span>
 #include <functional>
+#include <span>
 #include <type_traits>
 #include <utility>
 #include <vector>

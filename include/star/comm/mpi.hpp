@@ -8,9 +8,9 @@
 /// their element type (bf16/half K/V as stored, never converted).
 
 #include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <cstdint>
 #include <string>
 #include <vector>
 

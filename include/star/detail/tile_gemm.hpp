@@ -9,17 +9,14 @@
 /// accumulators stays in registers while one row of B's panel is loaded per step: no
 /// operand is packed, which is why this beats a general GEMM on attention-tile shapes.
 
-#include <xsimd/xsimd.hpp>
-
 #include "../tensor.hpp"
+#include "simd.hpp"
 
 namespace star::detail {
 
-using gemm_batch = xsimd::batch<float>;
-inline constexpr index gemm_width = static_cast<index>(gemm_batch::size);
 /// Accumulator rows: 8 x 3 batches + 3 for B fit AVX-512's 32 registers; 4 x 3 + 3 fit the
 /// 16 of AVX2 and SSE.
-inline constexpr int gemm_rows = gemm_width >= 16 ? 8 : 4;
+inline constexpr int gemm_rows = batch_width >= 16 ? 8 : 4;
 inline constexpr int gemm_packets = 3;
 
 /// Strides of the A operand: element `(r, k)` at `a[r * row + k * col]`.
@@ -32,24 +29,24 @@ template <int Rows, int Packets, bool Accumulate>
 inline void gemm_micro_tile(const float* a, Strides sa, const float* b, index ldb, float* c,
                             index ldc, index depth) noexcept
 {
-    gemm_batch acc[Rows][Packets];
+    float_batch acc[Rows][Packets];
     for (int r = 0; r < Rows; ++r)
         for (int p = 0; p < Packets; ++p)
-            acc[r][p] = Accumulate ? gemm_batch::load_unaligned(c + r * ldc + p * gemm_width)
-                                   : gemm_batch(0.0f);
+            acc[r][p] = Accumulate ? float_batch::load_unaligned(c + r * ldc + p * batch_width)
+                                   : float_batch(0.0f);
     for (index kk = 0; kk < depth; ++kk) {
-        gemm_batch row[Packets];
+        float_batch row[Packets];
         for (int p = 0; p < Packets; ++p)
-            row[p] = gemm_batch::load_unaligned(b + kk * ldb + p * gemm_width);
+            row[p] = float_batch::load_unaligned(b + kk * ldb + p * batch_width);
         for (int r = 0; r < Rows; ++r) {
-            const gemm_batch broadcast(a[r * sa.row + kk * sa.col]);
+            const float_batch broadcast(a[r * sa.row + kk * sa.col]);
             for (int p = 0; p < Packets; ++p)
                 acc[r][p] = xsimd::fma(broadcast, row[p], acc[r][p]);
         }
     }
     for (int r = 0; r < Rows; ++r)
         for (int p = 0; p < Packets; ++p)
-            acc[r][p].store_unaligned(c + r * ldc + p * gemm_width);
+            acc[r][p].store_unaligned(c + r * ldc + p * batch_width);
 }
 
 template <int Rows, int Packets, bool Accumulate>
@@ -78,22 +75,22 @@ inline void gemm_panel(const float* a, Strides sa, const float* b, index ldb, fl
 }
 
 /// `C[m x n] = A[m x depth] * B[depth x n]` (or `+=` when `Accumulate`); B and C row-major
-/// with row strides `ldb`, `ldc`; `n` must be a multiple of `gemm_width`.
+/// with row strides `ldb`, `ldc`; `n` must be a multiple of `batch_width`.
 template <bool Accumulate>
 inline void tile_gemm(const float* a, Strides sa, const float* b, index ldb, float* c, index ldc,
                       index m, index n, index depth) noexcept
 {
-    const index packets = n / gemm_width;
+    const index packets = n / batch_width;
     index p = 0;
     // Column panels outermost: one panel of B (depth x 3 batches) stays in L1 while every
     // row block of A streams past it.
     for (; p + gemm_packets <= packets; p += gemm_packets)
-        gemm_panel<gemm_packets, Accumulate>(a, sa, b + p * gemm_width, ldb, c + p * gemm_width,
+        gemm_panel<gemm_packets, Accumulate>(a, sa, b + p * batch_width, ldb, c + p * batch_width,
                                              ldc, m, depth);
     if (packets - p == 2)
-        gemm_panel<2, Accumulate>(a, sa, b + p * gemm_width, ldb, c + p * gemm_width, ldc, m, depth);
+        gemm_panel<2, Accumulate>(a, sa, b + p * batch_width, ldb, c + p * batch_width, ldc, m, depth);
     else if (packets - p == 1)
-        gemm_panel<1, Accumulate>(a, sa, b + p * gemm_width, ldb, c + p * gemm_width, ldc, m, depth);
+        gemm_panel<1, Accumulate>(a, sa, b + p * batch_width, ldb, c + p * batch_width, ldc, m, depth);
 }
 
 } // namespace star::detail

@@ -12,27 +12,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
-#include <xsimd/xsimd.hpp>
-
+#include "../detail/simd.hpp"
 #include "../tensor.hpp"
 
 namespace star::detail {
 
 inline constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
-
-using float_batch = xsimd::batch<float>;
-inline constexpr index batch_width = static_cast<index>(float_batch::size);
-
-template <class T>
-using aligned_vector = std::vector<T, xsimd::aligned_allocator<T>>;
-
-/// `n` rounded up to a whole number of SIMD batches.
-constexpr index round_up_to_batch(index n) noexcept
-{
-    return (n + batch_width - 1) / batch_width * batch_width;
-}
 
 /// `values[0..n) *= factor`.
 inline void scale_in_place(float* values, index n, float factor) noexcept
