@@ -136,6 +136,22 @@ TYPED_TEST(Collectives, ExchangeBetweenSomeHostsLeavesTheOthersEmpty)
     EXPECT_TRUE(received[2].empty());
 }
 
+// A communicator without `start_exchange` still serves algorithms that overlap: the
+// exchange happens at the start and `wait()` hands over its result.
+TYPED_TEST(Collectives, StartedExchangeFallsBackToTheBlockingOne)
+{
+    static_assert(!OverlappingExchange<LocalCommunicator>);
+    LocalCommunicator comm(3);
+    auto routes = comm.local<Route>();
+    for (int r = 0; r < 3; ++r)
+        routes[r] = {(r + 1) % 3, (r + 2) % 3};
+    const auto buffers = messages<TypeParam>(comm);
+    auto pending = detail::start_exchange(comm, buffers, routes);
+    const auto received = pending.wait();
+    for (int r = 0; r < 3; ++r)
+        EXPECT_TRUE(same_bytes(received[r], message_of<TypeParam>((r + 2) % 3))) << "host " << r;
+}
+
 TEST(LocalCommunicator, SizeAndLocalValuesCoverEveryHost)
 {
     LocalCommunicator comm(7);

@@ -5,6 +5,7 @@
 /// states with the same LSE rule as Star's phase 2. The exact distributed baseline.
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "../comm/communicator.hpp"
@@ -86,6 +87,14 @@ public:
             routes[r] = {(r + 1) % hosts, (r + hosts - 1) % hosts};
 
         for (int step = 0; step < hosts; ++step) {
+            // The next step's K/V travel while this step's are attended to (over MPI,
+            // non-blocking sends and receives); `keys`/`values` stay unchanged until then.
+            using Pending = decltype(detail::start_exchange(comm, keys, routes));
+            std::optional<Pending> next_keys, next_values;
+            if (step + 1 < hosts) {
+                next_keys.emplace(detail::start_exchange(comm, keys, routes));
+                next_values.emplace(detail::start_exchange(comm, values, routes));
+            }
             comm.for_each_host([&](int rank) {
                 const int source = (rank + hosts - step) % hosts;
                 index offset = 0; // tokens of the held buffer before the current shard
@@ -112,8 +121,10 @@ public:
                 }
             });
             if (step + 1 < hosts) {
-                keys = comm.exchange(keys, routes);
-                values = comm.exchange(values, routes);
+                auto received_keys = next_keys->wait();
+                auto received_values = next_values->wait();
+                keys = std::move(received_keys);
+                values = std::move(received_values);
             }
         }
         return partial;

@@ -112,6 +112,20 @@ concept Communicator = requires(C& c, const C& cc, PerHost<std::vector<float>>& 
     c.barrier();
 };
 
+/// Optional, for overlapping communication with compute: a communicator may also provide
+/// `start_exchange(buffers, routes)`, which starts the same exchange as `exchange` and
+/// returns at once a handle whose `wait()` returns what `exchange` would have. Between the
+/// two the caller computes; `buffers` must stay alive and unchanged until `wait()` returns.
+/// Every host starts and waits for its exchanges in the same order. A handle destroyed
+/// without `wait()` still completes its exchange first (the peers have posted theirs).
+/// Algorithms reach it through `detail::start_exchange`, which falls back to `exchange`.
+template <class C>
+concept OverlappingExchange =
+    Communicator<C> && requires(C& c, const PerHost<std::vector<float>>& buffers,
+                                const PerHost<Route>& routes) {
+        { c.start_exchange(buffers, routes).wait() } -> std::same_as<PerHost<std::vector<float>>>;
+    };
+
 namespace detail {
 
 /// The least a Communicator provides, for checking concepts that take one (a Merge policy
@@ -154,6 +168,29 @@ void check_agreement(C& comm, const PerHost<std::vector<std::int64_t>>& settings
                          i < hosts[0].size() ? hosts[0][i] : -1, ", host ", h, " has ",
                          i < hosts[h].size() ? hosts[h][i] : -1);
     }
+}
+
+/// An exchange that has already happened, for communicators without `start_exchange`.
+template <Message T>
+class CompletedExchange {
+public:
+    explicit CompletedExchange(PerHost<std::vector<T>> received) : received_(std::move(received)) {}
+    PerHost<std::vector<T>> wait() { return std::move(received_); }
+
+private:
+    PerHost<std::vector<T>> received_;
+};
+
+/// Starts `comm.exchange(buffers, routes)` so that it can travel while the caller
+/// computes, where the communicator can (`OverlappingExchange`); otherwise exchanges now.
+/// Either way `.wait()` on the result returns what was received.
+template <Message T, class C>
+auto start_exchange(C& comm, const PerHost<std::vector<T>>& buffers, const PerHost<Route>& routes)
+{
+    if constexpr (requires { comm.start_exchange(buffers, routes).wait(); })
+        return comm.start_exchange(buffers, routes);
+    else
+        return CompletedExchange<T>(comm.exchange(buffers, routes));
 }
 
 /// Rejects a rank outside `[0, size)` with a message naming `what`.

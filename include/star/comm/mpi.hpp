@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,21 @@
 namespace star {
 
 class MpiCommunicator {
+    // An MPI datatype of sizeof(T) bytes, so counts are in elements.
+    template <class T>
+    struct Elements {
+        MPI_Datatype handle{};
+        Elements()
+        {
+            check(MPI_Type_contiguous(static_cast<int>(sizeof(T)), MPI_BYTE, &handle),
+                  "MPI_Type_contiguous");
+            check(MPI_Type_commit(&handle), "MPI_Type_commit");
+        }
+        ~Elements() { MPI_Type_free(&handle); }
+        Elements(const Elements&) = delete;
+        Elements& operator=(const Elements&) = delete;
+    };
+
 public:
     /// `comm` stays the caller's (not duplicated, not freed); MPI must be initialised.
     explicit MpiCommunicator(MPI_Comm comm) : comm_(comm)
@@ -115,27 +131,87 @@ public:
     PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
                                      const PerHost<Route>& routes)
     {
-        const Route route = routes[rank_];
-        if (route.send_to != Route::no_host)
-            detail::check_rank(route.send_to, size_, "exchange: destination");
-        if (route.receive_from != Route::no_host)
-            detail::check_rank(route.receive_from, size_, "exchange: source");
-        const int to = route.send_to == Route::no_host ? MPI_PROC_NULL : route.send_to;
-        const int from = route.receive_from == Route::no_host ? MPI_PROC_NULL : route.receive_from;
+        const Endpoints ends = endpoints(routes);
         const std::vector<T>& mine = buffers[rank_];
-        std::uint64_t count = route.send_to == Route::no_host ? 0 : mine.size();
-        std::uint64_t incoming = 0;
-        check(MPI_Sendrecv(&count, 1, MPI_UINT64_T, to, tag, &incoming, 1, MPI_UINT64_T, from, tag,
-                           comm_, MPI_STATUS_IGNORE),
-              "MPI_Sendrecv");
+        const std::uint64_t count = ends.to == MPI_PROC_NULL ? 0 : mine.size();
+        const std::uint64_t incoming = exchange_counts(ends, count);
         auto received = local<std::vector<T>>();
         received[rank_].resize(static_cast<std::size_t>(incoming));
         const Elements<T> type;
-        check(MPI_Sendrecv(mine.data(), element_count(count), type.handle, to, tag,
-                           received[rank_].data(), element_count(incoming), type.handle, from, tag,
-                           comm_, MPI_STATUS_IGNORE),
+        check(MPI_Sendrecv(mine.data(), element_count(count), type.handle, ends.to, tag,
+                           received[rank_].data(), element_count(incoming), type.handle, ends.from,
+                           tag, comm_, MPI_STATUS_IGNORE),
               "MPI_Sendrecv");
         return received;
+    }
+
+    /// An exchange in flight (see `OverlappingExchange`): the data travel by MPI_Isend /
+    /// MPI_Irecv while the caller computes. How much actually moves before `wait()` is up to
+    /// the MPI library's progress engine (small messages, and shared memory with single-copy
+    /// transfers, move at once; large messages over TCP may wait for the next MPI call).
+    template <Message T>
+    class PendingExchange {
+    public:
+        PendingExchange(PendingExchange&&) noexcept = default;
+        PendingExchange& operator=(PendingExchange&&) = delete;
+        PendingExchange(const PendingExchange&) = delete;
+        PendingExchange& operator=(const PendingExchange&) = delete;
+        // The peers have posted the matching operations, so completing here cannot hang
+        // on a live job; unwinding past an exchange in flight would free its buffers.
+        ~PendingExchange()
+        {
+            if (state_ && !state_->done)
+                MPI_Waitall(2, state_->requests, MPI_STATUSES_IGNORE);
+        }
+
+        /// Blocks until this host's send and receive have completed; returns what arrived.
+        PerHost<std::vector<T>> wait()
+        {
+            if (!state_ || state_->done)
+                detail::fail("MpiCommunicator: an exchange was waited for twice");
+            state_->done = true;
+            check(MPI_Waitall(2, state_->requests, MPI_STATUSES_IGNORE), "MPI_Waitall");
+            return std::move(state_->received);
+        }
+
+    private:
+        friend class MpiCommunicator;
+        // Behind a pointer: MPI holds the addresses of the requests and the receive buffer.
+        struct State {
+            Elements<T> type;
+            MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+            PerHost<std::vector<T>> received;
+            bool done = false;
+        };
+        PendingExchange() : state_(std::make_unique<State>()) {}
+        std::unique_ptr<State> state_;
+    };
+
+    template <Message T>
+    PendingExchange<T> start_exchange(const PerHost<std::vector<T>>& buffers,
+                                      const PerHost<Route>& routes)
+    {
+        const Endpoints ends = endpoints(routes);
+        const std::vector<T>& mine = buffers[rank_];
+        const std::uint64_t count = ends.to == MPI_PROC_NULL ? 0 : mine.size();
+        const std::uint64_t incoming = exchange_counts(ends, count);
+        PendingExchange<T> pending;
+        auto& state = *pending.state_;
+        state.received = local<std::vector<T>>();
+        state.received[rank_].resize(static_cast<std::size_t>(incoming));
+        check(MPI_Irecv(state.received[rank_].data(), element_count(incoming), state.type.handle,
+                        ends.from, tag, comm_, &state.requests[0]),
+              "MPI_Irecv");
+        const int sent = MPI_Isend(mine.data(), element_count(count), state.type.handle, ends.to,
+                                   tag, comm_, &state.requests[1]);
+        if (sent != MPI_SUCCESS) {
+            // The receive may never be matched now: withdraw it rather than wait for it.
+            MPI_Cancel(&state.requests[0]);
+            MPI_Wait(&state.requests[0], MPI_STATUS_IGNORE);
+            state.done = true;
+            check(sent, "MPI_Isend");
+        }
+        return pending;
     }
 
     void barrier() { check(MPI_Barrier(comm_), "MPI_Barrier"); }
@@ -143,20 +219,37 @@ public:
 private:
     static constexpr int tag = 0x5a7;
 
-    // An MPI datatype of sizeof(T) bytes, so counts are in elements.
-    template <class T>
-    struct Elements {
-        MPI_Datatype handle{};
-        Elements()
-        {
-            check(MPI_Type_contiguous(static_cast<int>(sizeof(T)), MPI_BYTE, &handle),
-                  "MPI_Type_contiguous");
-            check(MPI_Type_commit(&handle), "MPI_Type_commit");
-        }
-        ~Elements() { MPI_Type_free(&handle); }
-        Elements(const Elements&) = delete;
-        Elements& operator=(const Elements&) = delete;
+    // This host's peers in an exchange, MPI_PROC_NULL for none.
+    struct Endpoints {
+        int to = MPI_PROC_NULL;
+        int from = MPI_PROC_NULL;
     };
+
+    Endpoints endpoints(const PerHost<Route>& routes) const
+    {
+        const Route route = routes[rank_];
+        Endpoints ends;
+        if (route.send_to != Route::no_host) {
+            detail::check_rank(route.send_to, size_, "exchange: destination");
+            ends.to = route.send_to;
+        }
+        if (route.receive_from != Route::no_host) {
+            detail::check_rank(route.receive_from, size_, "exchange: source");
+            ends.from = route.receive_from;
+        }
+        return ends;
+    }
+
+    // Sends how many elements go out, returns how many come in, so the receiver can size
+    // its buffer before the data arrive.
+    std::uint64_t exchange_counts(const Endpoints& ends, std::uint64_t count)
+    {
+        std::uint64_t incoming = 0;
+        check(MPI_Sendrecv(&count, 1, MPI_UINT64_T, ends.to, tag, &incoming, 1, MPI_UINT64_T,
+                           ends.from, tag, comm_, MPI_STATUS_IGNORE),
+              "MPI_Sendrecv");
+        return incoming;
+    }
 
     static int element_count(std::uint64_t count)
     {
@@ -206,6 +299,7 @@ private:
 };
 
 static_assert(Communicator<MpiCommunicator>);
+static_assert(OverlappingExchange<MpiCommunicator>);
 
 /// Runs `body()` on this rank; if it throws, prints the error with the rank number to
 /// stderr and ends the whole job with `MPI_Abort`, so the ranks still waiting in a
