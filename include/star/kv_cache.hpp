@@ -7,16 +7,23 @@
 #include <cstddef>
 #include <vector>
 
+#include "detail/check_inputs.hpp"
 #include "tensor.hpp"
 
 namespace star {
 
+/// The keys and values one host keeps for one layer, stored as `KV` (`float`, bf16 or half):
+/// Star's phase 1 appends the K/V of the host's blocks, phase 2 attends to all of them, and
+/// the query host also appends the query's and each generated token's K/V. `bytes()` is
+/// what the host's cache costs in memory.
 template <KVElement KV>
 class KVCache {
 public:
     /// Tokens appended so far.
     [[nodiscard]] index tokens() const noexcept { return tokens_; }
+    /// KV heads of the cached tokens; 0 before the first append.
     [[nodiscard]] index kv_heads() const noexcept { return heads_; }
+    /// head_dim of the cached tokens; 0 before the first append.
     [[nodiscard]] index head_dim() const noexcept { return head_dim_; }
 
     /// Bytes of K and V held.
@@ -43,15 +50,20 @@ public:
                          head_dim_, ", the new tokens have ", k.dimension(1), " of head_dim ",
                          k.dimension(2));
         }
+        // A cache holds only finite K/V, so the attention over it need not check them again.
+        detail::check_finite(k, "k", tokens_, "KVCache::append");
+        detail::check_finite(v, "v", tokens_, "KVCache::append");
         keys_.insert(keys_.end(), k.data(), k.data() + k.size());
         values_.insert(values_.end(), v.data(), v.data() + v.size());
         tokens_ += k.dimension(0);
     }
 
+    /// The cached keys `[tokens(), kv_heads(), head_dim()]`, in the order appended.
     [[nodiscard]] ConstView3<KV> keys() const
     {
         return ConstView3<KV>(keys_.data(), tokens_, heads_, head_dim_);
     }
+    /// The cached values `[tokens(), kv_heads(), head_dim()]`, in the order appended.
     [[nodiscard]] ConstView3<KV> values() const
     {
         return ConstView3<KV>(values_.data(), tokens_, heads_, head_dim_);

@@ -1,6 +1,11 @@
 #pragma once
 /// \file
 /// Umbrella header: every public header of the library, nothing else.
+/// `star/comm/mpi.hpp` is not included, since it needs MPI.
+
+/// \namespace star
+/// Everything public of the library. Internals live in `star::detail`, which is not part
+/// of the API.
 
 #include "error.hpp"
 #include "tensor.hpp"

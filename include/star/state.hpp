@@ -20,9 +20,10 @@ namespace star {
 /// over some set of keys. A row that saw no key has output 0 and `lse = -inf`, and weighs
 /// nothing in a merge.
 struct AttentionState {
-    Tensor3<float> output;
-    Tensor2f lse;
+    Tensor3<float> output; ///< Normalised attention output `[tokens, heads, head_dim]`.
+    Tensor2f lse;          ///< Natural-log log-sum-exp of the scaled scores `[tokens, heads]`.
 
+    /// An empty state: both tensors have size 0.
     AttentionState() = default;
 
     /// The state of attention over no keys: output 0, lse -inf.
@@ -33,6 +34,7 @@ struct AttentionState {
         lse.setConstant(-std::numeric_limits<float>::infinity());
     }
 
+    /// The shape of `output`.
     [[nodiscard]] Shape shape() const
     {
         return {output.dimension(0), output.dimension(1), output.dimension(2)};

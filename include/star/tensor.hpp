@@ -17,6 +17,8 @@
 
 namespace star {
 
+/// Signed integer type of every size, count and index in the library (Eigen's index type,
+/// `std::ptrdiff_t` unless Eigen is configured otherwise).
 using index = Eigen::Index;
 
 /// Owning tensor `[tokens, heads, head_dim]`, row-major: one token's heads are contiguous.
@@ -41,13 +43,15 @@ concept KVElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> |
 
 /// Sizes of one `[tokens, heads, head_dim]` tensor.
 struct Shape {
-    index tokens = 0;
-    index heads = 0;
-    index head_dim = 0;
+    index tokens = 0;   ///< Number of tokens (the outermost dimension).
+    index heads = 0;    ///< Number of heads.
+    index head_dim = 0; ///< Elements per head (the innermost, contiguous dimension).
 
+    /// Equal when all three sizes are.
     friend bool operator==(const Shape&, const Shape&) = default;
 };
 
+/// The sizes of the view `t`.
 template <class T>
 Shape shape_of(const Eigen::TensorMap<const Tensor3<T>>& t)
 {

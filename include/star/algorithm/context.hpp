@@ -13,18 +13,18 @@ namespace star {
 /// Q/K/V of the tokens `[first_token, first_token + q.dimension(0))` of the context.
 template <KVElement KV>
 struct ContextPiece {
-    index first_token = 0;
-    ConstView3<float> q{nullptr, 0, 0, 0};
-    ConstView3<KV> k{nullptr, 0, 0, 0};
-    ConstView3<KV> v{nullptr, 0, 0, 0};
+    index first_token = 0;                 ///< Context position of the piece's first token.
+    ConstView3<float> q{nullptr, 0, 0, 0}; ///< Queries `[tokens, Hq, head_dim]`.
+    ConstView3<KV> k{nullptr, 0, 0, 0};    ///< Keys `[tokens, Hkv, head_dim]`.
+    ConstView3<KV> v{nullptr, 0, 0, 0};    ///< Values `[tokens, Hkv, head_dim]`.
 };
 
 /// Q/K/V of one token range, as views into a `HostContext`'s memory.
 template <KVElement KV>
 struct ContextSlice {
-    ConstView3<float> q;
-    ConstView3<KV> k;
-    ConstView3<KV> v;
+    ConstView3<float> q; ///< Queries `[tokens, Hq, head_dim]`.
+    ConstView3<KV> k;    ///< Keys `[tokens, Hkv, head_dim]`.
+    ConstView3<KV> v;    ///< Values `[tokens, Hkv, head_dim]`.
 };
 
 /// The pieces of the context one host holds: in-process every host can see the whole
@@ -32,6 +32,7 @@ struct ContextSlice {
 template <KVElement KV>
 class HostContext {
 public:
+    /// Holds no piece.
     HostContext() = default;
 
     /// The whole context `q`/`k`/`v`, from token 0.
@@ -71,8 +72,8 @@ private:
 
 /// The attention output of one range of query tokens, as a host returns it.
 struct RangeOutput {
-    TokenRange tokens;
-    AttentionState state;
+    TokenRange tokens;    ///< The query tokens, as positions in the context.
+    AttentionState state; ///< Their attention output and LSE, `tokens.size()` rows.
 };
 
 /// Puts the per-host range outputs of an in-process run back into context order.

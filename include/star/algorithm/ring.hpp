@@ -25,18 +25,25 @@ enum class RingLayout {
     zigzag,
 };
 
+/// Options of Ring Attention.
 struct RingOptions {
-    RingLayout layout = RingLayout::plain;
+    RingLayout layout = RingLayout::plain; ///< How the sequence is sharded over the hosts.
     /// Softmax scale; `1/sqrt(head_dim)` when empty.
     std::optional<float> scale;
 };
 
+/// Ring Attention over the hosts of a `Communicator`: exact causal self-attention of one
+/// sequence, each host computing the outputs of its own query shards (`shards`). Holds only
+/// its options, so one object serves every layer and every host.
 class RingAttention {
 public:
+    /// Plain layout, softmax scale `1/sqrt(head_dim)`.
     RingAttention() = default;
+    /// Ring Attention with `options`.
     explicit RingAttention(RingOptions options) : options_(options) {}
 
     /// The token ranges host `r` holds (queries and, at step 0, keys/values), for every host.
+    /// \throws star::error if `tokens` or `hosts` is less than 1.
     [[nodiscard]] std::vector<std::vector<TokenRange>> shards(index tokens, int hosts) const
     {
         if (hosts <= 0)
@@ -57,13 +64,17 @@ public:
 
     /// Causal self-attention of a sequence of `tokens` tokens. `contexts[r]` must hold host
     /// `r`'s shards (see `shards`). Returns each host's outputs for its query shards.
+    /// \throws star::error on a bad number of tokens or hosts, Q/K/V the kernel rejects, or
+    /// a context that lacks one of its host's shards.
     template <KVElement KV, Communicator C>
     PerHost<std::vector<RangeOutput>> run(C& comm, index tokens,
                                           const PerHost<HostContext<KV>>& contexts) const
     {
         const int hosts = comm.size();
         const auto layout = shards(tokens, hosts);
-        const AttentionOptions kernel_options{options_.scale};
+        // Every host checks its own shards once below; what travels round the ring was
+        // checked by the host it came from.
+        const AttentionOptions kernel_options{options_.scale, false};
 
         // Each host starts with its own K/V shards, concatenated in shard order.
         auto keys = comm.template local<std::vector<KV>>();
@@ -75,6 +86,9 @@ public:
                     continue;
                 const ContextSlice<KV> s = contexts[rank].slice(range);
                 detail::check_qkv(s.q, s.k, s.v, options_.scale, "RingAttention::run");
+                detail::check_finite(s.q, "q", range.begin, "RingAttention::run: host ", rank);
+                detail::check_finite(s.k, "k", range.begin, "RingAttention::run: host ", rank);
+                detail::check_finite(s.v, "v", range.begin, "RingAttention::run: host ", rank);
                 keys[rank].insert(keys[rank].end(), s.k.data(), s.k.data() + s.k.size());
                 values[rank].insert(values[rank].end(), s.v.data(), s.v.data() + s.v.size());
                 partial[rank].push_back(
@@ -130,7 +144,10 @@ public:
         return partial;
     }
 
-    /// In-process: every host sees the whole sequence `q`/`k`/`v`.
+    /// In-process: every host sees the whole sequence `q` `[L, Hq, d]`, `k`/`v`
+    /// `[L, Hkv, d]`.
+    /// \throws star::error as the other overload, and if `q` and `k` have different token
+    /// counts.
     template <KVElement KV, Communicator C>
     PerHost<std::vector<RangeOutput>> run(C& comm, const ConstView3<float>& q,
                                           const ConstView3<KV>& k, const ConstView3<KV>& v) const
@@ -145,6 +162,7 @@ public:
         return run(comm, q.dimension(0), contexts);
     }
 
+    /// The options it was made with.
     [[nodiscard]] const RingOptions& options() const noexcept { return options_; }
 
 private:

@@ -29,13 +29,13 @@ namespace star {
 /// Where the blocks of one context go: computed once by `StarAttention::plan`, shared by
 /// phase 1 and phase 2 on every host.
 struct StarPlan {
-    index context_tokens = 0;
-    int hosts = 0;
-    int query_host = 0;
-    std::vector<TokenRange> blocks;
-    std::vector<int> owner;          // owner[i]: host of blocks[i]
-    std::vector<TokenRange> anchors; // anchors[i]: earlier keys block i also sees
-    AnchorSource anchor_source = AnchorSource::compute;
+    index context_tokens = 0;        ///< Tokens in the context.
+    int hosts = 0;                   ///< Hosts in the group.
+    int query_host = 0;              ///< Rank that receives the merged phase-2 result.
+    std::vector<TokenRange> blocks;  ///< The blocks, consecutive, covering the context.
+    std::vector<int> owner;          ///< `owner[i]`: the host of `blocks[i]`.
+    std::vector<TokenRange> anchors; ///< `anchors[i]`: earlier keys block `i` also sees.
+    AnchorSource anchor_source = AnchorSource::compute; ///< How hosts get the anchors' K/V.
 
     /// Indices of the blocks `host` owns, in context order.
     [[nodiscard]] std::vector<std::size_t> blocks_of(int host) const
@@ -57,11 +57,22 @@ struct StarPlan {
     }
 };
 
+/// Star Attention over the hosts of a `Communicator`, composed of four policies: `B` cuts
+/// the context into blocks (`Block`), `A` picks the earlier keys each block also sees
+/// (`Anchor`), `P` gives the blocks to hosts and names the query host (`Partition`), and `M`
+/// brings the phase-2 partial states together (`Merge`). The defaults are the paper's method.
+///
+/// For each layer: `plan` once per context, `encode_context` (phase 1) to fill every host's
+/// `KVCache`, then `attend_query` (phase 2) for the query and for each decode step. The object
+/// holds only its policies and the softmax scale; the state lives in the caches.
 template <Block B = FixedBlocks, Anchor A = FirstTokens, Partition P = Contiguous,
           Merge M = GatherToQueryHost>
 class StarAttention {
 public:
+    /// Default-built policies and scale. `FixedBlocks{}` and `EqualBlocks{}` have no size,
+    /// so with those block policies every `plan` throws: pass the block policy instead.
     StarAttention() = default;
+    /// The given policies and softmax scale (`1/sqrt(head_dim)` when empty).
     explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
                            std::optional<float> scale = {})
         : block_(std::move(block)), anchor_(std::move(anchor)), partition_(std::move(partition)),
@@ -125,9 +136,16 @@ public:
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
                 const ContextSlice<KV> block = contexts[rank].slice(plan.blocks[i]);
-                const AttentionOptions options{scale_};
+                check_finite(block, plan.blocks[i].begin, "StarAttention::encode_context: host ",
+                             rank);
+                // Inputs are checked once here (a received anchor was checked by its owner),
+                // not again by every kernel call.
+                const AttentionOptions options{scale_, false};
                 AttentionState state = attention(block.q, block.k, block.v, CausalMask{}, options);
                 if (const TokenRange a = plan.anchors[i]; !a.empty()) {
+                    if (plan.anchor_source == AnchorSource::compute)
+                        check_finite(contexts[rank].slice(a), a.begin,
+                                     "StarAttention::encode_context: host ", rank, ", anchor");
                     const auto [k, v] = plan.anchor_source == AnchorSource::receive
                                             ? received.prefix(rank, a.end, block.k)
                                             : kv_of(contexts[rank].slice(a));
@@ -187,6 +205,7 @@ public:
         if (q.dimension(0) != k.dimension(0))
             detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
                          " tokens but k has ", k.dimension(0));
+        check_finite(ContextSlice<KV>{q, k, v}, 0, "StarAttention::attend_query: query");
         agree(comm, plan, sizeof(KV), "StarAttention::attend_query", q.dimension(0),
               q.dimension(1), k.dimension(1), q.dimension(2));
         for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
@@ -198,7 +217,9 @@ public:
                              ", the query's k has ", k.dimension(1), " of head_dim ",
                              k.dimension(2));
         }
-        const AttentionOptions options{scale_};
+        // The caches hold only checked K/V (KVCache::append checks), the query was checked
+        // above.
+        const AttentionOptions options{scale_, false};
         auto partials = comm.template local<AttentionState>();
         comm.for_each_host([&](int rank) {
             const KVCache<KV>& cache = caches[rank];
@@ -216,9 +237,13 @@ public:
         return merged;
     }
 
+    /// The Block policy.
     [[nodiscard]] const B& block_policy() const noexcept { return block_; }
+    /// The Anchor policy.
     [[nodiscard]] const A& anchor_policy() const noexcept { return anchor_; }
+    /// The Partition policy.
     [[nodiscard]] const P& partition_policy() const noexcept { return partition_; }
+    /// The Merge policy.
     [[nodiscard]] const M& merge_policy() const noexcept { return merge_; }
 
 private:
@@ -241,6 +266,14 @@ private:
                     ConstView3<KV>(values[rank].data(), tokens, heads, d)};
         }
     };
+
+    template <KVElement KV, class... Where>
+    static void check_finite(const ContextSlice<KV>& s, index first_token, const Where&... where)
+    {
+        detail::check_finite(s.q, "q", first_token, where...);
+        detail::check_finite(s.k, "k", first_token, where...);
+        detail::check_finite(s.v, "v", first_token, where...);
+    }
 
     template <KVElement KV>
     static std::pair<ConstView3<KV>, ConstView3<KV>> kv_of(const ContextSlice<KV>& s)

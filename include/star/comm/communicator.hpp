@@ -27,26 +27,36 @@ namespace star {
 template <class T>
 class PerHost {
 public:
+    /// No hosts.
     PerHost() = default;
+    /// `count` copies of `value`, for hosts `[first_rank, first_rank + count)`. Usually made
+    /// by a communicator's `local<T>()` rather than directly.
     PerHost(int first_rank, int count, const T& value = T{})
         : first_rank_(first_rank), values_(static_cast<std::size_t>(count), value)
     {
     }
 
+    /// Rank of the first host held.
     [[nodiscard]] int first_rank() const noexcept { return first_rank_; }
+    /// Number of hosts held.
     [[nodiscard]] int count() const noexcept { return static_cast<int>(values_.size()); }
+    /// One past the rank of the last host held.
     [[nodiscard]] int end_rank() const noexcept { return first_rank_ + count(); }
+    /// Whether this process runs host `rank` (holds a value for it).
     [[nodiscard]] bool holds(int rank) const noexcept
     {
         return rank >= first_rank_ && rank < end_rank();
     }
 
     /// The value of host `rank`, which must be local.
+    /// \throws star::error if `holds(rank)` is false.
     T& operator[](int rank)
     {
         check(rank);
         return values_[static_cast<std::size_t>(rank - first_rank_)];
     }
+    /// The value of host `rank`, which must be local.
+    /// \throws star::error if `holds(rank)` is false.
     const T& operator[](int rank) const
     {
         check(rank);
@@ -68,9 +78,9 @@ private:
 /// Where one host sends and from where it receives in a point-to-point step;
 /// `no_host` for neither.
 struct Route {
-    static constexpr int no_host = -1;
-    int send_to = no_host;
-    int receive_from = no_host;
+    static constexpr int no_host = -1; ///< No peer: nothing sent, or nothing received.
+    int send_to = no_host;             ///< Rank this host sends its buffer to.
+    int receive_from = no_host;        ///< Rank this host receives from.
 };
 
 /// Element types that may travel in a message: copied as bytes, never converted, so bf16

@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include "../detail/parallel.hpp"
 #include "communicator.hpp"
 
 namespace star {
@@ -20,7 +20,9 @@ namespace star {
 /// `hosts` in-process hosts, ranks `0..hosts-1`, all run by this process.
 class LocalCommunicator {
 public:
+    /// A group of `hosts` hosts.
     /// \param max_threads caps the threads host tasks may use (0: TBB's default).
+    /// \throws star::error if `hosts` is less than 1 or `max_threads` is negative.
     explicit LocalCommunicator(int hosts, int max_threads = 0) : size_(hosts)
     {
         if (hosts <= 0)
@@ -32,19 +34,24 @@ public:
             arena_.emplace(max_threads);
     }
 
+    /// Number of hosts.
     [[nodiscard]] int size() const noexcept { return size_; }
 
+    /// One default-built `T` for every host: this process runs them all.
     template <class T>
     [[nodiscard]] PerHost<T> local() const
     {
         return PerHost<T>(0, size_);
     }
 
+    /// Runs `step(rank)` for every host as oneTBB tasks (in the arena capped by
+    /// `max_threads`, if one was given) and returns when all have; an exception thrown by a
+    /// step is rethrown here.
     template <class F>
     void for_each_host(F&& step)
     {
         const auto run = [&] {
-            tbb::parallel_for(0, size_, [&](int rank) { step(rank); });
+            detail::parallel_for(0, size_, [&](int rank) { step(rank); });
         };
         if (arena_)
             arena_->execute(run);
@@ -52,6 +59,8 @@ public:
             run();
     }
 
+    /// Copies `root`'s buffer to every other host.
+    /// \throws star::error if `root` is out of range or `buffers` is not over all hosts.
     template <Message T>
     void broadcast(PerHost<std::vector<T>>& buffers, int root)
     {
@@ -62,6 +71,9 @@ public:
                 buffers[r] = buffers[root];
     }
 
+    /// `root` receives a copy of every host's buffer, in rank order; the others receive
+    /// nothing.
+    /// \throws star::error if `root` is out of range or `buffers` is not over all hosts.
     template <Message T>
     PerHost<std::vector<std::vector<T>>> gather(const PerHost<std::vector<T>>& buffers, int root)
     {
@@ -74,6 +86,8 @@ public:
         return received;
     }
 
+    /// Every host receives a copy of every host's buffer, in rank order.
+    /// \throws star::error if `buffers` is not over all hosts.
     template <Message T>
     PerHost<std::vector<std::vector<T>>> all_gather(const PerHost<std::vector<T>>& buffers)
     {
@@ -88,6 +102,10 @@ public:
         return received;
     }
 
+    /// Each host receives a copy of the buffer of `routes[rank].receive_from` (an empty
+    /// vector when it receives from no host).
+    /// \throws star::error if `buffers` or `routes` is not over all hosts, a route names a
+    /// rank out of range, or the routes do not pair up.
     template <Message T>
     PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
                                      const PerHost<Route>& routes)
@@ -116,6 +134,8 @@ public:
         return received;
     }
 
+    /// Does nothing: every step of this communicator already ends only when all hosts have
+    /// finished it.
     void barrier() noexcept {}
 
 private:

@@ -18,9 +18,15 @@
 // Only MPI's C API is used; Open MPI's and MPICH's deprecated C++ bindings would just add
 // warnings (invalid function casts) to every user's build.
 #ifndef OMPI_SKIP_MPICXX
+/// Open MPI's switch: defined to 1 here, unless already defined, before `<mpi.h>` is
+/// included, so that Open MPI leaves out its deprecated C++ bindings. It stays defined in
+/// the including translation unit: where this header is the first to include `<mpi.h>`,
+/// the C++ bindings (`MPI::`) are not available; MPI's C API is.
 #define OMPI_SKIP_MPICXX 1
 #endif
 #ifndef MPICH_SKIP_MPICXX
+/// MPICH's switch, as `OMPI_SKIP_MPICXX` is Open MPI's: defined to 1 here, unless already
+/// defined, so that MPICH leaves out its deprecated C++ bindings.
 #define MPICH_SKIP_MPICXX 1
 #endif
 #include <mpi.h>
@@ -29,6 +35,12 @@
 
 namespace star {
 
+/// A `Communicator` over MPI: the group is the ranks of an `MPI_Comm`, and this process runs
+/// one host, the one whose rank is its MPI rank. Every rank must make the same sequence of
+/// collective calls. An MPI call that returns an error (under an error handler such as
+/// `MPI_ERRORS_RETURN`; MPI's default handler aborts the job itself) is reported as a
+/// `star::error` naming the call. Wrap each rank's work in `run_or_abort`, so that a rank
+/// that throws ends the job instead of leaving the others waiting.
 class MpiCommunicator {
     // An MPI datatype of sizeof(T) bytes, so counts are in elements.
     template <class T>
@@ -47,6 +59,7 @@ class MpiCommunicator {
 
 public:
     /// `comm` stays the caller's (not duplicated, not freed); MPI must be initialised.
+    /// \throws star::error if MPI is not initialised or an MPI call fails.
     explicit MpiCommunicator(MPI_Comm comm) : comm_(comm)
     {
         int initialised = 0;
@@ -57,21 +70,28 @@ public:
         check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
     }
 
+    /// Number of ranks in the communicator.
     [[nodiscard]] int size() const noexcept { return size_; }
+    /// This process's rank: the one host it runs.
     [[nodiscard]] int rank() const noexcept { return rank_; }
 
+    /// One default-built `T` for this process's host, `rank()`.
     template <class T>
     [[nodiscard]] PerHost<T> local() const
     {
         return PerHost<T>(rank_, 1);
     }
 
+    /// Runs `step(rank())` on the calling thread.
     template <class F>
     void for_each_host(F&& step)
     {
         step(rank_);
     }
 
+    /// `root`'s buffer replaces this rank's (`MPI_Bcast`).
+    /// \throws star::error if `root` is out of range, the message exceeds MPI's `int`
+    /// counts or an MPI call fails.
     template <Message T>
     void broadcast(PerHost<std::vector<T>>& buffers, int root)
     {
@@ -84,6 +104,10 @@ public:
         check(MPI_Bcast(mine.data(), element_count(count), type.handle, root, comm_), "MPI_Bcast");
     }
 
+    /// `root` receives every rank's buffer, in rank order (`MPI_Gatherv`); the others
+    /// receive nothing.
+    /// \throws star::error if `root` is out of range, a message exceeds MPI's `int` counts
+    /// or an MPI call fails.
     template <Message T>
     PerHost<std::vector<std::vector<T>>> gather(const PerHost<std::vector<T>>& buffers, int root)
     {
@@ -107,6 +131,8 @@ public:
         return received;
     }
 
+    /// Every rank receives every rank's buffer, in rank order (`MPI_Allgatherv`).
+    /// \throws star::error if a message exceeds MPI's `int` counts or an MPI call fails.
     template <Message T>
     PerHost<std::vector<std::vector<T>>> all_gather(const PerHost<std::vector<T>>& buffers)
     {
@@ -127,6 +153,11 @@ public:
         return received;
     }
 
+    /// Sends this rank's buffer to `routes[rank()].send_to` and receives from
+    /// `routes[rank()].receive_from` (`MPI_Sendrecv`; an empty vector when receiving from
+    /// no rank). Blocks until both are done.
+    /// \throws star::error if a route names a rank out of range, a message exceeds MPI's
+    /// `int` counts or an MPI call fails.
     template <Message T>
     PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
                                      const PerHost<Route>& routes)
@@ -152,10 +183,12 @@ public:
     template <Message T>
     class PendingExchange {
     public:
+        /// Takes over the exchange in flight; the moved-from handle holds none.
         PendingExchange(PendingExchange&&) noexcept = default;
         PendingExchange& operator=(PendingExchange&&) = delete;
         PendingExchange(const PendingExchange&) = delete;
         PendingExchange& operator=(const PendingExchange&) = delete;
+        /// Completes the exchange first if `wait()` was not called.
         // The peers have posted the matching operations, so completing here cannot hang
         // on a live job; unwinding past an exchange in flight would free its buffers.
         ~PendingExchange()
@@ -187,6 +220,11 @@ public:
         std::unique_ptr<State> state_;
     };
 
+    /// Starts the exchange `exchange(buffers, routes)` would do and returns at once
+    /// (`MPI_Irecv` and `MPI_Isend`); `buffers` must stay alive and unchanged until the
+    /// handle's `wait()` returns. See `OverlappingExchange`.
+    /// \throws star::error if a route names a rank out of range, a message exceeds MPI's
+    /// `int` counts or an MPI call fails.
     template <Message T>
     PendingExchange<T> start_exchange(const PerHost<std::vector<T>>& buffers,
                                       const PerHost<Route>& routes)
@@ -214,6 +252,8 @@ public:
         return pending;
     }
 
+    /// `MPI_Barrier` over the communicator.
+    /// \throws star::error if it fails.
     void barrier() { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
 private:

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <optional>
 
+#include <Eigen/Core>
+
 #include "../tensor.hpp"
 
 namespace star::detail {
@@ -20,6 +22,24 @@ void check_tensor(const ConstView3<T>& t, const char* name, const char* where)
         fail(where, ": ", name, " has a negative token count ", t.dimension(0));
     if (t.size() > 0 && t.data() == nullptr)
         fail(where, ": ", name, " views null memory but has ", t.size(), " elements");
+}
+
+/// Throws, naming `name`, its token (counted from `first_token`), head and element, if `t`
+/// holds a NaN or an infinity: the softmax would turn it into plausible-looking numbers in
+/// every row that sees it, so it is stopped at the door. One vectorised pass; the element
+/// is only searched for once one is known to be there.
+template <class T, class... Where>
+void check_finite(const ConstView3<T>& t, const char* name, index first_token, const Where&... where)
+{
+    const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> values(t.data(), t.size());
+    if (values.allFinite())
+        return;
+    const index row = t.dimension(1) * t.dimension(2);
+    for (index i = 0; i < t.size(); ++i)
+        if (!(Eigen::numext::isfinite)(values[i]))
+            fail(where..., ": ", name, " holds a non-finite value (", static_cast<float>(values[i]),
+                 ") at token ", first_token + i / row, ", head ", (i % row) / t.dimension(2),
+                 ", element ", i % t.dimension(2));
 }
 
 /// Checks the shapes of one attention call and returns the softmax scale to use.

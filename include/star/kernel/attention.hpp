@@ -11,13 +11,14 @@
 /// `Lq x Lk` is ever allocated.
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
-#include <tbb/parallel_for.h>
 
 #include "../detail/check_inputs.hpp"
+#include "../detail/parallel.hpp"
 #include "../detail/tile_gemm.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
@@ -30,6 +31,11 @@ namespace star {
 struct AttentionOptions {
     /// Softmax scale `tau` in `softmax(tau * q.k)`; `1/sqrt(head_dim)` when empty.
     std::optional<float> scale;
+    /// Check that q, k and v hold no NaN or infinity (one linear pass), throwing
+    /// `star::error` naming the first one found. Turn it off only in a hot loop whose inputs
+    /// are known to be finite: a non-finite input then gives unspecified values in the
+    /// output rows that see it (and possibly in rows of the same tile), never a crash.
+    bool check_finite = true;
 };
 
 namespace detail {
@@ -75,6 +81,14 @@ struct Workspace {
         return std::is_same_v<KV, float> && head_dim == padded_dim;
     }
 };
+
+/// Finite inputs can still overflow float: a score `scale * q.k` beyond 3.4e38, or an
+/// output `sum p * v` beyond it. The result would be garbage, so it is an error.
+[[noreturn]] inline void overflow(index token, index head, const char* what)
+{
+    fail("attention: the ", what, " of query token ", token, ", head ", head,
+         " overflow float (inputs too large for float arithmetic, or not finite)");
+}
 
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
 /// against all keys allowed by `mask`, written into `out`.
@@ -165,10 +179,15 @@ void attend_query_tile(const ConstView3<float>& q, const ConstView3<KV>& k,
         float* o = out.output.data() + (token * q_heads + head) * d;
         const float sum = ws.softmax.sum(r);
         const float* acc = ws.accumulator.data() + r * ws.padded_dim;
-        if (sum > 0.0f)
+        if (sum > 0.0f) {
             std::transform(acc, acc + d, o, [sum](float x) { return x / sum; });
-        else
-            std::fill_n(o, d, 0.0f);
+            if (!std::all_of(o, o + d, [](float x) { return std::isfinite(x); }))
+                overflow(token, head, "output");
+        } else if (ws.softmax.max(r) == minus_infinity) {
+            std::fill_n(o, d, 0.0f); // the row sees no key
+        } else {
+            overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
+        }
         out.lse(token, head) = ws.softmax.lse(r);
     }
 }
@@ -191,6 +210,11 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
                          const AttentionOptions& options = {})
 {
     const float scale = detail::check_qkv(q, k, v, options.scale, "attention");
+    if (options.check_finite) {
+        detail::check_finite(q, "q", 0, "attention");
+        detail::check_finite(k, "k", 0, "attention");
+        detail::check_finite(v, "v", 0, "attention");
+    }
     const index q_tokens = q.dimension(0);
     const index kv_heads = k.dimension(1);
     const index group = q.dimension(1) / kv_heads;
@@ -203,7 +227,7 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
     const index tile_tokens = tiles.query_tokens(group);
     const index query_tiles = (q_tokens + tile_tokens - 1) / tile_tokens;
     const index pairs = (query_tiles + 1) / 2;
-    tbb::parallel_for(index{0}, pairs * kv_heads, [&](index task) {
+    detail::parallel_for(index{0}, pairs * kv_heads, [&](index task) {
         const index kv_head = task % kv_heads;
         const index pair = task / kv_heads;
         detail::Workspace<KV> ws(tile_tokens * group, tiles.keys, d);

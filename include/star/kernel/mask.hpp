@@ -15,7 +15,9 @@
 
 namespace star {
 
-/// How much of a rectangle of (query, key) pairs a mask lets through.
+/// How much of a rectangle of (query, key) pairs a mask lets through: `none` (no pair is
+/// visible: the kernel skips the rectangle), `partial` (some pairs may be: the kernel asks
+/// `visible` for each) or `full` (every pair is visible).
 enum class Coverage { none, partial, full };
 
 /// A mask over the (query, key) pairs of one kernel call.
@@ -35,10 +37,12 @@ concept Mask = std::copy_constructible<M> && requires(const M& m, index i, index
 
 /// Every query sees every key.
 struct NoMask {
+    /// Always `Coverage::full`.
     [[nodiscard]] constexpr Coverage coverage(index, index, index, index) const noexcept
     {
         return Coverage::full;
     }
+    /// Always true.
     [[nodiscard]] constexpr bool visible(index, index) const noexcept { return true; }
 };
 
@@ -47,9 +51,11 @@ struct NoMask {
 /// Self-attention over one sequence uses zero offsets; a query chunk that follows `n`
 /// cached keys uses `query_offset = n`.
 struct CausalMask {
-    index query_offset = 0;
-    index key_offset = 0;
+    index query_offset = 0; ///< Position of query row 0.
+    index key_offset = 0;   ///< Position of key row 0.
 
+    /// `full` when every key of the rectangle is at or before its first query's position,
+    /// `none` when every key is after its last query's, `partial` otherwise.
     [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
                                               index k_end) const noexcept
     {
@@ -61,6 +67,7 @@ struct CausalMask {
             return Coverage::none;
         return Coverage::partial;
     }
+    /// Whether key `j`'s position is at or before query `i`'s.
     [[nodiscard]] constexpr bool visible(index i, index j) const noexcept
     {
         return key_offset + j <= query_offset + i;

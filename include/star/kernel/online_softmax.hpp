@@ -74,6 +74,8 @@ public:
 
     [[nodiscard]] float rescale(index c) const noexcept { return rescale_[static_cast<std::size_t>(c)]; }
     [[nodiscard]] float sum(index c) const noexcept { return sum_[static_cast<std::size_t>(c)]; }
+    /// The largest score query `c` has seen; `-inf` if it saw none.
+    [[nodiscard]] float max(index c) const noexcept { return max_[static_cast<std::size_t>(c)]; }
 
     /// `log sum_k exp(score_k)` over every key absorbed by query `c`; `-inf` if it saw none.
     [[nodiscard]] float lse(index c) const noexcept

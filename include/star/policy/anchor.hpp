@@ -40,15 +40,20 @@ concept Anchor = std::copy_constructible<A> &&
 /// by default as many as the first block holds (`a = b`). A block that starts before the
 /// anchor ends sees the part of the anchor before it, and the rest causally as its own.
 struct FirstTokens {
+    /// Anchor size in tokens; the first block's size when empty.
     std::optional<index> tokens;
-    AnchorSource from = AnchorSource::compute;
+    AnchorSource from = AnchorSource::compute; ///< How hosts get the anchor's K/V.
 
+    /// `[0, min(anchor size, blocks[i].begin))`: empty for the first block.
     [[nodiscard]] TokenRange anchor_for(std::span<const TokenRange> blocks, index i) const
     {
         const index size = tokens.value_or(blocks.empty() ? 0 : blocks.front().size());
         return {0, std::min(size, blocks[static_cast<std::size_t>(i)].begin)};
     }
+    /// `from`.
     [[nodiscard]] AnchorSource source() const noexcept { return from; }
+    /// Checks the anchor size against a context of `context_tokens` tokens.
+    /// \throws star::error if `tokens` is set and less than 1 or more than `context_tokens`.
     void check(index context_tokens) const
     {
         if (tokens && *tokens <= 0)
@@ -62,14 +67,18 @@ struct FirstTokens {
 
 /// Attention sinks: only the first `tokens` tokens (a handful) as the anchor.
 struct SinkTokens {
-    index tokens = 4;
-    AnchorSource from = AnchorSource::compute;
+    index tokens = 4;                          ///< Number of sink tokens.
+    AnchorSource from = AnchorSource::compute; ///< How hosts get the sinks' K/V.
 
+    /// `[0, min(tokens, blocks[i].begin))`: empty for the first block.
     [[nodiscard]] TokenRange anchor_for(std::span<const TokenRange> blocks, index i) const
     {
         return {0, std::min(tokens, blocks[static_cast<std::size_t>(i)].begin)};
     }
+    /// `from`.
     [[nodiscard]] AnchorSource source() const noexcept { return from; }
+    /// Checks the number of sinks against a context of `context_tokens` tokens.
+    /// \throws star::error if `tokens` is less than 1 or more than `context_tokens`.
     void check(index context_tokens) const
     {
         if (tokens <= 0)
@@ -82,19 +91,25 @@ struct SinkTokens {
 
 /// No anchor: each block attends to itself only (the paper's ablation).
 struct NoAnchor {
+    /// Always the empty range.
     [[nodiscard]] TokenRange anchor_for(std::span<const TokenRange>, index) const { return {}; }
+    /// `AnchorSource::compute` (there is nothing to receive).
     [[nodiscard]] AnchorSource source() const noexcept { return AnchorSource::compute; }
+    /// Accepts every context.
     void check(index) const noexcept {}
 };
 
 /// The previous block as the anchor (the paper's ablation); always computed locally, since
 /// every block needs a different one.
 struct PreviousBlock {
+    /// `blocks[i - 1]`; empty for the first block.
     [[nodiscard]] TokenRange anchor_for(std::span<const TokenRange> blocks, index i) const
     {
         return i == 0 ? TokenRange{} : blocks[static_cast<std::size_t>(i - 1)];
     }
+    /// `AnchorSource::compute`.
     [[nodiscard]] AnchorSource source() const noexcept { return AnchorSource::compute; }
+    /// Accepts every context.
     void check(index) const noexcept {}
 };
 

@@ -13,11 +13,14 @@ namespace star {
 
 /// Tokens `[begin, end)` of the context.
 struct TokenRange {
-    index begin = 0;
-    index end = 0;
+    index begin = 0; ///< First token.
+    index end = 0;   ///< One past the last token.
 
+    /// Number of tokens, `end - begin`.
     [[nodiscard]] constexpr index size() const noexcept { return end - begin; }
+    /// True when the range holds no token.
     [[nodiscard]] constexpr bool empty() const noexcept { return end <= begin; }
+    /// Equal when both bounds are.
     friend constexpr bool operator==(const TokenRange&, const TokenRange&) = default;
 };
 
@@ -33,8 +36,10 @@ concept Block = std::copy_constructible<B> && requires(const B& b, index tokens)
 /// Blocks of `size` tokens; the last one is short when `size` does not divide the context.
 /// The paper's choice, with `size = L/4` its recommended trade-off.
 struct FixedBlocks {
-    index size = 0;
+    index size = 0; ///< Tokens per block; must be set (at least 1).
 
+    /// The blocks of a context of `tokens` tokens.
+    /// \throws star::error if `size` is less than 1.
     [[nodiscard]] std::vector<TokenRange> blocks(index tokens) const
     {
         if (size <= 0)
@@ -67,8 +72,10 @@ inline std::vector<TokenRange> near_equal_ranges(index tokens, index pieces)
 /// `count` blocks whose sizes differ by at most one token (the first `tokens mod count`
 /// are one longer); fewer, of one token each, when the context is shorter than `count`.
 struct EqualBlocks {
-    index count = 0;
+    index count = 0; ///< Number of blocks; must be set (at least 1).
 
+    /// The blocks of a context of `tokens` tokens.
+    /// \throws star::error if `count` is less than 1.
     [[nodiscard]] std::vector<TokenRange> blocks(index tokens) const
     {
         if (count <= 0)

@@ -50,6 +50,7 @@ inline AttentionState merge_messages(const std::vector<std::vector<float>>& mess
 /// Every host sends its partial to the query host, which merges them in one n-way pass
 /// (the paper's Algorithm 2).
 struct GatherToQueryHost {
+    /// Called by every host; returns the merged state at `root`, nothing elsewhere.
     template <class C>
     PerHost<std::optional<AttentionState>> combine(C& comm, const PerHost<AttentionState>& partials,
                                                    int root) const
@@ -65,6 +66,7 @@ struct GatherToQueryHost {
 /// Every host receives every partial and merges them all (the authors' reference code);
 /// the result is then available on every host.
 struct AllGather {
+    /// Called by every host; returns the merged state at every host (`root` is not needed).
     template <class C>
     PerHost<std::optional<AttentionState>> combine(C& comm, const PerHost<AttentionState>& partials,
                                                    int) const
@@ -82,6 +84,7 @@ struct AllGather {
 /// at step `s`, a host `s` places (relative to the root) above a multiple of `2s` sends its
 /// running state down and drops out; the receiver merges it into its own.
 struct TreeReduction {
+    /// Called by every host; returns the merged state at `root`, nothing elsewhere.
     template <class C>
     PerHost<std::optional<AttentionState>> combine(C& comm, const PerHost<AttentionState>& partials,
                                                    int root) const

@@ -27,8 +27,10 @@ concept Partition = std::copy_constructible<P> &&
 /// The query host of the partitions below: `rank`, or the last host when empty (the
 /// paper's reference).
 struct QueryHost {
-    std::optional<int> rank;
+    std::optional<int> rank; ///< The query host's rank; the last host when empty.
 
+    /// The query host of a group of `hosts` hosts.
+    /// \throws star::error if `rank` is set and not in `[0, hosts)`.
     [[nodiscard]] int query_host(int hosts) const
     {
         const int chosen = rank.value_or(hosts - 1);
@@ -42,6 +44,7 @@ struct QueryHost {
 /// Contiguous runs of blocks; with `n` blocks on `H` hosts the first `n mod H` hosts get
 /// one block more (the paper's reference).
 struct Contiguous : QueryHost {
+    /// The owner of each block; `hosts` is at least 1.
     [[nodiscard]] std::vector<int> assign(std::span<const TokenRange> blocks, int hosts) const
     {
         const auto n = static_cast<index>(blocks.size());
@@ -56,6 +59,7 @@ struct Contiguous : QueryHost {
 
 /// Block `i` to host `i mod H`.
 struct RoundRobin : QueryHost {
+    /// The owner of each block; `hosts` is at least 1.
     [[nodiscard]] std::vector<int> assign(std::span<const TokenRange> blocks, int hosts) const
     {
         std::vector<int> owner(blocks.size());
@@ -68,6 +72,7 @@ struct RoundRobin : QueryHost {
 /// Balanced by tokens: largest blocks first, each to the host holding the fewest tokens so
 /// far (ties to the lower rank). Evens out uneven block sizes.
 struct BalancedTokens : QueryHost {
+    /// The owner of each block; `hosts` is at least 1.
     [[nodiscard]] std::vector<int> assign(std::span<const TokenRange> blocks, int hosts) const
     {
         std::vector<std::size_t> order(blocks.size());

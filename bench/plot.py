@@ -1,0 +1,666 @@
+#!/usr/bin/env python3
+"""Plots of Star's benchmarks, from Google Benchmark's JSON output.
+
+    bench/plot.py --kernel kernel.json --algorithms algorithms.json [--mpi mpi.json]
+                  [--accuracy needle.json] [--out docs/plots]
+
+Inputs are the files written by `--benchmark_out=FILE --benchmark_out_format=json` of
+bench_kernel, bench_algorithms and bench_mpi. Each option may be given more than once (e.g.
+the default 8K..32K run of bench_algorithms and a separate 64K run): the files are merged in
+the order given, a benchmark that appears in several files taking its values from the last.
+Where a benchmark has repetitions, its median aggregate is used (or, without aggregates, the
+median of its repetitions).
+
+Plots written into --out (PNG), each skipped with a message when its benchmarks are missing:
+
+  kernel_gflops.png    bench_kernel: star::global_attention (causal) GFLOP/s vs T, one panel
+                       per head_dim, 1 and 2 threads, the naive Eigen baseline, and the
+                       measured FP32 FMA peak of 1 core and of 2 cores as horizontal lines.
+  time_vs_context.png  bench_algorithms: phase 1 (context encoding) time vs context length L
+                       for global, ring plain, ring zig-zag and Star -- wall time on this
+                       machine, and the critical path on 4 single-core hosts (thread CPU
+                       time) -- and phase 2 (query + decode steps) and one decode step, Star
+                       vs exact decoding. Log-log axes.
+  mpi_phases.png       bench_mpi: time per phase over MPI, Star vs Ring (phase 1), and the
+                       Star merges for the query and for a decode step; bytes sent per rank
+                       in phase 1.
+  accuracy.png         --accuracy (optional): needle accuracy vs context length, one line per
+                       attention setting. A JSON list of objects (or {"results": [...]}) or a
+                       CSV, with the fields setting, length, accuracy (accuracy in 0..1 or %).
+
+Points measured while other processes took more than --busy (default 0.5) cores, according
+to the benchmarks' `other_cores` counter, are drawn hollow.
+
+Only the standard library and matplotlib (Agg backend) are used. Exit status: 0 when every
+plot with inputs was written (skipped plots are not errors unless --strict), 1 on an
+unreadable input, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
+from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, NullFormatter,  # noqa: E402
+                               NullLocator)
+
+# ------------------------------------------------------------------------------------------
+# Reading Google Benchmark JSON
+# ------------------------------------------------------------------------------------------
+
+_TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+# Name components Google Benchmark appends for options, not arguments.
+_OPTION = re.compile(
+    r"^(min_time:|min_warmup_time:|repeats:|iterations:|threads:|real_time$|manual_time$|process_time$)")
+_INT = re.compile(r"^-?\d+$")
+_NAMED_INT = re.compile(r"^([A-Za-z_]\w*):(-?\d+)$")
+# Fields of a JSON benchmark entry that are not counters.
+_NOT_COUNTERS = {
+    "name", "family_index", "per_family_instance_index", "run_name", "run_type", "repetitions",
+    "repetition_index", "threads", "iterations", "real_time", "cpu_time", "time_unit",
+    "aggregate_name", "aggregate_unit", "label", "error_occurred", "error_message",
+    "big_o", "rms", "complexity_n",
+}
+
+
+@dataclass
+class Bench:
+    """One benchmark instance (a run_name), reduced to medians."""
+
+    run_name: str
+    family: str  # the registered name without its arguments, e.g. "BM_GlobalCausal", "star_p1"
+    args: list  # positional integer arguments, in order (named ones too, e.g. L:8192 -> 8192)
+    named: dict  # named integer arguments, e.g. {"L": 8192, "chains": 8}
+    threads: int
+    real_ms: float  # median real time per iteration, ms
+    cpu_ms: float
+    counters: dict = field(default_factory=dict)  # median of each counter
+    label: str = ""
+
+    def counter(self, name, default=math.nan):
+        value = self.counters.get(name, default)
+        return value if isinstance(value, (int, float)) else default
+
+
+def _parse_name(run_name):
+    family, args, named = [], [], {}
+    for part in run_name.split("/"):
+        if _OPTION.match(part):
+            continue
+        if _INT.match(part):
+            args.append(int(part))
+            continue
+        m = _NAMED_INT.match(part)
+        if m:
+            named[m.group(1)] = int(m.group(2))
+            args.append(int(m.group(2)))
+            continue
+        if not args:  # name components come before the arguments
+            family.append(part)
+    return "/".join(family), args, named
+
+
+def _median(values):
+    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def load_benchmarks(paths):
+    """Reads JSON files; returns ({run_name: Bench}, [context dicts]). Later files win."""
+    merged, contexts = {}, []
+    for path in paths:
+        try:
+            if os.path.getsize(path) == 0:  # what a filter that matched nothing leaves behind
+                print(f"plot.py: {path} is empty (no benchmark ran); ignored")
+                continue
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"plot.py: cannot read {path}: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+            raise SystemExit(f"plot.py: {path} is not Google Benchmark JSON (no 'benchmarks' list)")
+        contexts.append(dict(data.get("context", {}), file=os.path.basename(path)))
+        runs, medians = {}, {}
+        for entry in data["benchmarks"]:
+            if entry.get("error_occurred"):
+                continue
+            run_name = entry.get("run_name") or entry.get("name", "")
+            if entry.get("run_type") == "aggregate":
+                if entry.get("aggregate_name") == "median":
+                    medians[run_name] = entry
+            else:
+                runs.setdefault(run_name, []).append(entry)
+        for run_name in list(runs) + [r for r in medians if r not in runs]:
+            entries = [medians[run_name]] if run_name in medians else runs[run_name]
+            first = entries[0]
+            scale = _TO_MS.get(first.get("time_unit", "ns"), 1e-6)
+            keys = {k for e in entries for k in e if k not in _NOT_COUNTERS}
+            family, args, named = _parse_name(run_name)
+            merged[run_name] = Bench(
+                run_name=run_name,
+                family=family,
+                args=args,
+                named=named,
+                threads=int(first.get("threads", 1)),
+                real_ms=_median([e.get("real_time") for e in entries]) * scale,
+                cpu_ms=_median([e.get("cpu_time") for e in entries]) * scale,
+                counters={k: _median([e.get(k) for e in entries]) for k in keys},
+                label=str(first.get("label", "")),
+            )
+    return merged, contexts
+
+
+def find(benches, family, args=None, threads=None):
+    """The benchmarks of `family` (optionally with these leading args / thread count)."""
+    out = []
+    for b in benches.values():
+        if b.family != family:
+            continue
+        if args is not None and b.args[: len(args)] != list(args):
+            continue
+        if threads is not None and b.threads != threads:
+            continue
+        out.append(b)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Shared plotting helpers
+# ------------------------------------------------------------------------------------------
+
+BUSY_CORES = 0.5  # set from --busy
+
+
+def _tokens_label(value, _pos=None):
+    value = int(round(value))
+    if value >= 1024 and value % 1024 == 0:
+        return f"{value // 1024}K"
+    return str(value)
+
+
+def _log2_x(ax, values):
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(values))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(ticks) == 1:  # a single point: give the axis some room
+        ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
+
+
+def _log_y(ax):
+    """Log y axis labelled in plain numbers (1, 2, 5 per decade)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _busy(bench):
+    other = bench.counter("other_cores")
+    return not math.isnan(other) and other > BUSY_CORES
+
+
+def _series(ax, points, label, color, style="-", marker="o"):
+    """points: [(x, y, busy)], sorted by x; busy points are drawn hollow. Returns True if drawn."""
+    points = sorted(p for p in points if p[1] is not None and not math.isnan(p[1]) and p[1] > 0)
+    if not points:
+        return False
+    ax.plot([p[0] for p in points], [p[1] for p in points], style, marker=marker, color=color,
+            label=label, linewidth=1.6, markersize=5.5, markeredgewidth=1.3, zorder=2)
+    busy = [p for p in points if p[2]]
+    if busy:
+        ax.plot([p[0] for p in busy], [p[1] for p in busy], linestyle="none", marker=marker,
+                color=color, markerfacecolor="white", markersize=5.5, markeredgewidth=1.3, zorder=3)
+    return True
+
+
+def _footer(fig, contexts, note=""):
+    parts = []
+    for c in contexts:
+        bits = [c.get("file", "")]
+        if c.get("date"):
+            bits.append(str(c["date"])[:16].replace("T", " "))
+        if c.get("num_cpus"):
+            bits.append(f"{c['num_cpus']} CPUs")
+        parts.append(", ".join(b for b in bits if b))
+    text = "; ".join(parts)
+    if note:
+        text = f"{note}\n{text}" if text else note
+    if text:
+        fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
+
+
+def _save(fig, out_dir, name, written):
+    path = os.path.join(out_dir, name)
+    # A ~1000 x 800 px figure is ~170 KB as an RGBA PNG and ~40 KB with a 128-colour palette
+    # (no visible difference: the plots have a few flat colours). Pillow, which does the
+    # quantisation, is a dependency of matplotlib; without it the RGBA PNG is kept.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    plt.close(fig)
+    try:
+        from PIL import Image
+
+        method = getattr(Image, "Quantize", Image).FASTOCTREE
+        buffer.seek(0)
+        Image.open(buffer).convert("RGB").quantize(colors=128, method=method).save(path, optimize=True)
+    except ImportError:
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue())
+    print(f"plot.py: wrote {path} ({os.path.getsize(path) // 1024} KB)")
+    written.append(path)
+
+
+def _skip(name, why):
+    print(f"plot.py: skipping {name}: {why}")
+
+
+# ------------------------------------------------------------------------------------------
+# kernel_gflops.png
+# ------------------------------------------------------------------------------------------
+
+def plot_kernel(benches, contexts, out_dir, written):
+    name = "kernel_gflops.png"
+    kernel = find(benches, "BM_GlobalCausal")
+    if not kernel:
+        return _skip(name, "no BM_GlobalCausal benchmarks in the --kernel input")
+
+    # Measured peak, as bench_kernel's summary: 1 core = best median among >= 8 chains on one
+    # thread (enough chains to hide the FMA latency); 2 cores = best median on 2 threads.
+    peak1 = peak2 = 0.0
+    for b in benches.values():
+        if not b.family.startswith("BM_FmaPeak"):
+            continue
+        gflops = b.counter("FLOPS") * 1e-9
+        if math.isnan(gflops):
+            continue
+        chains = b.named.get("chains", 0)
+        if b.threads == 1 and chains >= 8:
+            peak1 = max(peak1, gflops)
+        elif b.threads == 2:
+            peak2 = max(peak2, gflops)
+
+    head_dims = sorted({b.args[1] for b in kernel if len(b.args) >= 3})
+    if not head_dims:
+        return _skip(name, "BM_GlobalCausal names without T/d/threads arguments")
+    fig, axes = plt.subplots(1, len(head_dims), figsize=(5.0 * len(head_dims) + 0.6, 5.0),
+                             dpi=100, sharey=True, squeeze=False)
+    colors = {1: "tab:blue", 2: "tab:red"}
+    ymax = max(peak1, peak2)
+    for ax, d in zip(axes[0], head_dims):
+        xs = []
+        for threads in sorted({b.args[2] for b in kernel if len(b.args) >= 3}):
+            pts = [(b.args[0], b.counter("FLOPS") * 1e-9, _busy(b))
+                   for b in kernel if len(b.args) >= 3 and b.args[1] == d and b.args[2] == threads]
+            xs += [p[0] for p in pts]
+            ymax = max([ymax] + [p[1] for p in pts if not math.isnan(p[1])])
+            _series(ax, pts, f"star::global_attention, {threads} thread{'s' if threads > 1 else ''}",
+                    colors.get(threads, "tab:green"))
+        naive = [(b.args[0], b.counter("FLOPS") * 1e-9, _busy(b))
+                 for b in find(benches, "BM_NaiveEigen") if len(b.args) >= 2 and b.args[1] == d]
+        xs += [p[0] for p in naive]
+        _series(ax, naive, "naive Eigen, 1 thread", "0.45", style="--", marker="s")
+        if peak1 > 0:
+            ax.axhline(peak1, color="tab:blue", linestyle=":", linewidth=1.3,
+                       label=f"FMA peak, 1 core ({peak1:.0f} GFLOP/s)")
+        if peak2 > 0:
+            ax.axhline(peak2, color="tab:red", linestyle=":", linewidth=1.3,
+                       label=f"FMA peak, 2 cores ({peak2:.0f} GFLOP/s)")
+        if xs:
+            _log2_x(ax, xs)
+        ax.set_title(f"causal attention, head_dim {d}", fontsize=10)
+        ax.set_xlabel("tokens T")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel("GFLOP/s  (4·d·H·T(T+1)/2 flops)")
+    axes[0][0].set_ylim(0, ymax * 1.08 if ymax > 0 else 1)
+    if peak1 > 0:
+        sec = axes[0][-1].secondary_yaxis("right", functions=(lambda y: y / peak1, lambda f: f * peak1))
+        sec.set_ylabel("fraction of the 1-core peak")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, bbox_to_anchor=(0.5, 0.07),
+               frameon=False)
+    fig.suptitle("Kernel: star::global_attention vs the measured FP32 FMA peak (Hq = Hkv = 4)",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    _footer(fig, contexts, f"medians of the repetitions; hollow markers: other processes took > "
+                           f"{BUSY_CORES:g} cores meanwhile")
+    _save(fig, out_dir, name, written)
+
+
+# ------------------------------------------------------------------------------------------
+# time_vs_context.png
+# ------------------------------------------------------------------------------------------
+
+# Colours per algorithm, shared by the panels.
+_ALGO = {
+    "global": ("global (exact)", "black"),
+    "ring_plain": ("ring, plain", "tab:blue"),
+    "ring_zigzag": ("ring, zig-zag", "tab:purple"),
+    "star": ("Star", "tab:red"),
+}
+
+
+def _by_context(benches, family, value):
+    """[(L, value(bench), busy)] for the benchmarks `family` with a single L argument."""
+    pts = []
+    for b in find(benches, family):
+        if len(b.args) >= 1:
+            pts.append((b.args[0], value(b), _busy(b)))
+    return pts
+
+
+def _counter_or(b, name, fallback):
+    v = b.counter(name)
+    return fallback if math.isnan(v) else v
+
+
+def plot_algorithms(benches, contexts, out_dir, written):
+    name = "time_vs_context.png"
+    families = {b.family for b in benches.values()}
+    phase1 = {"global", "ring_plain", "ring_zigzag", "star_p1"} & families
+    crit = {"global_1t", "ring_plain_crit", "ring_zigzag_crit", "star_p1_crit"} & families
+    phase2 = {"star_p2", "exact_p2", "star_p2_crit", "exact_p2_1t"} & families
+    if not (phase1 or crit or phase2):
+        return _skip(name, "none of global, ring_*, star_p1*, star_p2*, exact_p2* in the --algorithms input")
+
+    panels = []
+    if phase1:
+        panels.append("wall")
+    if crit:
+        panels.append("crit")
+    if phase2:
+        panels += ["p2", "step"]
+    cols = 2 if len(panels) > 1 else 1
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows + 0.4), dpi=100, squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+
+    real = lambda b: b.real_ms  # noqa: E731
+    # Critical path: thread CPU time (leaves out time other processes held the core), falling
+    # back to wall time; exact on 1 core: its thread CPU time, else its wall time.
+    crit_cpu = lambda b: _counter_or(b, "crit_cpu_ms", b.counter("crit_ms"))  # noqa: E731
+    one_core = lambda b: _counter_or(b, "cpu_ms", b.real_ms)  # noqa: E731
+    all_x = [b.args[0] for b in benches.values() if b.args]
+
+    for ax, panel in zip(flat, panels):
+        if panel == "wall":
+            for fam, key in (("global", "global"), ("ring_plain", "ring_plain"),
+                             ("ring_zigzag", "ring_zigzag"), ("star_p1", "star")):
+                label, color = _ALGO[key]
+                _series(ax, _by_context(benches, fam, real), label, color)
+            ax.set_title("Phase 1, wall time on this machine\n(4 in-process hosts share its cores)",
+                         fontsize=9.5)
+        elif panel == "crit":
+            for fam, key, value in (("global_1t", "global", one_core),
+                                    ("ring_plain_crit", "ring_plain", crit_cpu),
+                                    ("ring_zigzag_crit", "ring_zigzag", crit_cpu),
+                                    ("star_p1_crit", "star", crit_cpu)):
+                label, color = _ALGO[key]
+                if fam == "global_1t":
+                    label = "global (exact), 1 core"
+                _series(ax, _by_context(benches, fam, value), label, color)
+            ax.set_title("Phase 1, critical path on 4 single-core hosts\n"
+                         "(thread CPU time, communication free)", fontsize=9.5)
+        elif panel == "p2":
+            _series(ax, _by_context(benches, "star_p2", real), "Star, wall (2 cores)", "tab:red")
+            _series(ax, _by_context(benches, "exact_p2", real), "exact, wall (2 cores)", "black")
+            _series(ax, _by_context(benches, "star_p2_crit", crit_cpu),
+                    "Star, critical path (1 core/host)", "tab:red", style="--", marker="D")
+            _series(ax, _by_context(benches, "exact_p2_1t", one_core), "exact, 1 core", "black",
+                    style="--", marker="D")
+            ax.set_title("Phase 2: 64-token query + 128 decode steps", fontsize=9.5)
+        else:  # one decode step (median over the steps)
+            _series(ax, _by_context(benches, "star_p2", lambda b: b.counter("step_ms")),
+                    "Star, wall (2 cores)", "tab:red")
+            _series(ax, _by_context(benches, "exact_p2", lambda b: b.counter("step_ms")),
+                    "exact, wall (2 cores)", "black")
+            _series(ax, _by_context(benches, "star_p2_crit",
+                                    lambda b: _counter_or(b, "step_cpu_ms", b.counter("step_ms"))),
+                    "Star, critical path (1 core/host)", "tab:red", style="--", marker="D")
+            _series(ax, _by_context(benches, "exact_p2_1t",
+                                    lambda b: _counter_or(b, "step_cpu_ms", b.counter("step_ms"))),
+                    "exact, 1 core", "black", style="--", marker="D")
+            ax.set_title("One decode step (median of the 128)", fontsize=9.5)
+        _log_y(ax)
+        if all_x:
+            _log2_x(ax, all_x)
+        ax.set_xlabel("context length L (tokens)")
+        ax.set_ylabel("time, ms")
+        ax.grid(True, which="major", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7.5, loc="upper left")
+    fig.suptitle("Global, ring and Star attention: one layer (Hq 32, Hkv 8, d 128), "
+                 "4 hosts, block b = anchor a = L/4", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _footer(fig, contexts, f"medians of the repetitions; hollow markers: other processes took > "
+                           f"{BUSY_CORES:g} cores meanwhile")
+    _save(fig, out_dir, name, written)
+
+
+# ------------------------------------------------------------------------------------------
+# mpi_phases.png
+# ------------------------------------------------------------------------------------------
+
+_MPI_PHASE1 = [
+    ("star_phase1/anchor_computed", "Star, anchor computed", "tab:red"),
+    ("star_phase1/anchor_received", "Star, anchor received", "salmon"),
+    ("ring_phase1/plain", "ring plain", "tab:blue"),
+    ("ring_phase1/zigzag", "ring zig-zag", "tab:purple"),
+    ("ring_phase1/plain_blocking", "ring plain, blocking", "lightsteelblue"),
+]
+_MPI_MERGES = [("gather", "gather to query host", "tab:red"),
+               ("tree", "tree reduction", "tab:orange"),
+               ("all_gather", "all-gather", "tab:olive")]
+
+
+def _bars(ax, groups, series, value, find_one, fmt="{:.3g}", reference=None, headroom=1.4):
+    """Grouped bars: groups = [L, ...], series = [(family, label, color)], find_one(family, L).
+    Each bar is labelled with its value (fmt); reference(bench), if given, is drawn as a black
+    tick across the bar (e.g. the formula's bytes)."""
+    present = [s for s in series if any(find_one(s[0], L) for L in groups)]
+    if not present:
+        return False
+    width = 0.8 / len(present)
+    top, drew_reference = 0.0, False
+    for i, (fam, label, color) in enumerate(present):
+        xs, ys = [], []
+        for g, L in enumerate(groups):
+            b = find_one(fam, L)
+            if b is None or math.isnan(value(b)):
+                continue
+            x = g + (i - (len(present) - 1) / 2) * width
+            xs.append(x)
+            ys.append(value(b))
+            ref = reference(b) if reference else math.nan
+            if not math.isnan(ref) and ref > 0:
+                ax.plot([x - width * 0.45, x + width * 0.45], [ref, ref], "k-", linewidth=1.5,
+                        label=None if drew_reference else "formula", zorder=3)
+                drew_reference = True
+                top = max(top, ref)
+        bars = ax.bar(xs, ys, width * 0.95, label=label, color=color)
+        ax.bar_label(bars, labels=[fmt.format(y) for y in ys], fontsize=7, padding=2)
+        top = max([top] + ys)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"L = {_tokens_label(L)}" for L in groups])
+    ax.set_ylim(0, top * headroom if top > 0 else 1)  # room for the labels (and a legend)
+    return True
+
+
+def plot_mpi(benches, contexts, out_dir, written):
+    name = "mpi_phases.png"
+
+    def find_one(family, L):
+        hits = find(benches, family, args=[L])
+        return hits[0] if hits else None
+
+    families = {b.family for b in benches.values()}
+    if not any(f.startswith(("star_phase1/", "ring_phase1/", "phase2/", "decode_step/")) for f in families):
+        return _skip(name, "no star_phase1/*, ring_phase1/*, phase2/* or decode_step/* benchmarks "
+                           "in the --mpi input")
+    contexts_L = sorted({b.args[0] for b in benches.values() if b.args})
+    ranks = next((int(b.counter("ranks")) for b in benches.values()
+                  if not math.isnan(b.counter("ranks"))), None)
+
+    fig, axes = plt.subplots(2, 2, figsize=(10.4, 8.0), dpi=100)
+    (a_p1, a_bytes), (a_p2, a_step) = axes
+    mib = 2.0**20
+    drew = [
+        _bars(a_p1, contexts_L, _MPI_PHASE1, lambda b: b.real_ms, find_one, "{:.0f}", headroom=1.12),
+        _bars(a_bytes, contexts_L, _MPI_PHASE1, lambda b: b.counter("bytes_sent_per_rank", 0.0) / mib,
+              find_one, "{:.1f}", reference=lambda b: b.counter("formula_bytes") / mib, headroom=1.12),
+        _bars(a_p2, contexts_L, [("phase2/" + m, l, c) for m, l, c in _MPI_MERGES],
+              lambda b: b.real_ms, find_one, "{:.1f}"),
+        _bars(a_step, contexts_L, [("decode_step/" + m, l, c) for m, l, c in _MPI_MERGES],
+              lambda b: b.real_ms, find_one, "{:.2f}"),
+    ]
+    titles = ["Phase 1 (context encoding): time, slowest rank",
+              "Phase 1: bytes sent by the rank that sends most",
+              "Phase 2: 64-token query (Star's merge strategies)",
+              "One decode step (Star's merge strategies)"]
+    ylabels = ["time, ms", "MiB sent per rank", "time, ms", "time, ms"]
+    for ax, title, ylabel, ok in zip(axes.flat, titles, ylabels, drew):
+        ax.set_title(title, fontsize=9.5)
+        if not ok:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            ax.set_xticks([])
+            continue
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+        if ax in (a_p2, a_step):
+            ax.legend(fontsize=7.5, loc="upper center", ncol=3)
+    # Phase 1: one legend for both panels, between the title and the panels.
+    handles = {}
+    for ax in (a_bytes, a_p1):
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        order = [label for _, label, _ in _MPI_PHASE1 if label in handles] + \
+            [label for label in handles if label not in {s[1] for s in _MPI_PHASE1}]
+        fig.legend([handles[label] for label in order], order, fontsize=8, loc="upper center",
+                   ncol=6, bbox_to_anchor=(0.5, 0.955), frameon=False)
+    who = f"{ranks} ranks" if ranks else "MPI ranks"
+    fig.suptitle(f"Star vs ring over MPI, one host per rank ({who}; Hq 8, Hkv 2, d 64)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.94))
+    _footer(fig, contexts, "medians of the repetitions; time of an iteration = slowest rank's")
+    _save(fig, out_dir, name, written)
+
+
+# ------------------------------------------------------------------------------------------
+# accuracy.png (optional)
+# ------------------------------------------------------------------------------------------
+
+def _load_accuracy(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.lower().endswith(".csv"):
+                rows = list(csv.DictReader(f))
+            else:
+                data = json.load(f)
+                rows = data.get("results", []) if isinstance(data, dict) else data
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"plot.py: cannot read {path}: {e}") from None
+    out = []
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict):
+            continue
+        try:
+            setting = str(row.get("setting", row.get("method", row.get("name"))))
+            length = int(float(row.get("length", row.get("context", row.get("L")))))
+            accuracy = float(row.get("accuracy", row.get("score")))
+        except (TypeError, ValueError):
+            continue
+        out.append((setting, length, accuracy))
+    if out and max(a for _, _, a in out) > 1.0:  # percentages
+        out = [(s, n, a / 100.0) for s, n, a in out]
+    return out
+
+
+def plot_accuracy(path, out_dir, written):
+    name = "accuracy.png"
+    rows = _load_accuracy(path)
+    if not rows:
+        return _skip(name, f"no rows with setting, length and accuracy in {path}")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    settings = list(dict.fromkeys(s for s, _, _ in rows))
+    for s in settings:
+        pts = sorted((n, a) for t, n, a in rows if t == s)
+        style = "--" if s.startswith("ring") else "-"
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o", label=s)
+    _log2_x(ax, [n for _, n, _ in rows])
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("exact-match accuracy, %")
+    ax.set_title("Needle in a haystack", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _footer(fig, [{"file": os.path.basename(path)}])
+    _save(fig, out_dir, name, written)
+
+
+# ------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    global BUSY_CORES
+    parser = argparse.ArgumentParser(
+        description="Plots of Star's benchmarks from Google Benchmark JSON "
+                    "(--benchmark_out=FILE --benchmark_out_format=json).",
+        epilog="Each input option may be repeated; files are merged, later ones winning. "
+               "Regenerate everything (run the benchmarks, then plot): bench/make_plots.sh")
+    parser.add_argument("--kernel", action="append", default=[], metavar="JSON",
+                        help="bench_kernel output -> kernel_gflops.png")
+    parser.add_argument("--algorithms", action="append", default=[], metavar="JSON",
+                        help="bench_algorithms output -> time_vs_context.png")
+    parser.add_argument("--mpi", action="append", default=[], metavar="JSON",
+                        help="bench_mpi output (rank 0's) -> mpi_phases.png")
+    parser.add_argument("--accuracy", metavar="FILE",
+                        help="needle accuracy, JSON or CSV with setting, length, accuracy -> accuracy.png")
+    parser.add_argument("--out", default="docs/plots", metavar="DIR", help="output directory (default %(default)s)")
+    parser.add_argument("--busy", type=float, default=0.5, metavar="CORES",
+                        help="draw points hollow when other processes took more cores than this "
+                             "(other_cores counter; default %(default)s)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 if a plot whose input was given had to be skipped")
+    args = parser.parse_args(argv)
+    if not (args.kernel or args.algorithms or args.mpi or args.accuracy):
+        parser.error("no input: give at least one of --kernel, --algorithms, --mpi, --accuracy")
+    BUSY_CORES = args.busy
+    os.makedirs(args.out, exist_ok=True)
+
+    written, expected = [], 0
+    if args.kernel:
+        expected += 1
+        plot_kernel(*load_benchmarks(args.kernel), args.out, written)
+    if args.algorithms:
+        expected += 1
+        plot_algorithms(*load_benchmarks(args.algorithms), args.out, written)
+    if args.mpi:
+        expected += 1
+        plot_mpi(*load_benchmarks(args.mpi), args.out, written)
+    if args.accuracy:
+        expected += 1
+        plot_accuracy(args.accuracy, args.out, written)
+    if args.strict and len(written) < expected:
+        print(f"plot.py: {expected - len(written)} plot(s) skipped (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
