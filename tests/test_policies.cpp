@@ -360,6 +360,16 @@ TEST(Partitions, MoreHostsThanBlocksLeavesSomeHostsEmpty)
     }
 }
 
+TEST(Partitions, ZeroOrNegativeHostsAreRejected)
+{
+    const auto blocks = FixedBlocks{200}.blocks(517);
+    for (const int hosts : {0, -3}) {
+        expect_error([&] { (void)Contiguous{}.assign(blocks, hosts); }, "at least 1");
+        expect_error([&] { (void)RoundRobin{}.assign(blocks, hosts); }, "at least 1");
+        expect_error([&] { (void)BalancedTokens{}.assign(blocks, hosts); }, "at least 1");
+    }
+}
+
 TEST(QueryHost, DefaultIsTheLastHost)
 {
     for (const int hosts : {1, 2, 5}) {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <limits>
 #include <span>
 
@@ -38,6 +39,12 @@ struct AttentionState {
     [[nodiscard]] Shape shape() const
     {
         return {output.dimension(0), output.dimension(1), output.dimension(2)};
+    }
+
+    /// Memory held by a state of `tokens x heads x head_dim`: output and LSE.
+    [[nodiscard]] static std::size_t bytes(index tokens, index heads, index head_dim) noexcept
+    {
+        return sizeof(float) * static_cast<std::size_t>(tokens * heads * (head_dim + 1));
     }
 };
 

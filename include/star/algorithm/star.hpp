@@ -238,6 +238,45 @@ public:
     }
 
     /// The Block policy.
+    /// The most memory host `host` allocates in phase 1 (one `encode_context` call) besides
+    /// its cache and its inputs, for a layer of `q_heads` query heads and `kv_heads` KV heads
+    /// of `head_dim`, with K/V stored as `KV`, on `threads` threads:
+    /// - the outputs of its blocks (what `encode_context` returns for it);
+    /// - one block-sized partial state for the anchor, merged in and dropped block by block;
+    /// - one kernel workspace per thread (`attention_workspace_bytes`);
+    /// - a received anchor's K/V, plus the one block of it in flight.
+    /// It is a sum of block-, anchor- and tile-sized terms: with the blocks a host owns fixed,
+    /// it does not grow with the context length. No L x L (or L x b) buffer is ever built.
+    /// \throws star::error if `host` is out of range or the shapes are invalid.
+    template <KVElement KV>
+    [[nodiscard]] std::size_t phase1_working_bytes(const StarPlan& plan, int host, index q_heads,
+                                                   index kv_heads, index head_dim,
+                                                   int threads) const
+    {
+        detail::check_rank(host, plan.hosts, "phase1_working_bytes: host");
+        if (threads <= 0)
+            detail::fail("phase1_working_bytes: threads must be at least 1, got ", threads);
+        std::size_t outputs = 0, anchor_state = 0;
+        for (const std::size_t i : plan.blocks_of(host)) {
+            const std::size_t state = AttentionState::bytes(plan.blocks[i].size(), q_heads, head_dim);
+            outputs += state;
+            if (!plan.anchors[i].empty())
+                anchor_state = std::max(anchor_state, state);
+        }
+        std::size_t received = 0;
+        if (plan.anchor_source == AnchorSource::receive) {
+            const TokenRange anchor = plan.shared_anchor();
+            index largest_part = 0;
+            for (const TokenRange& b : plan.blocks)
+                largest_part = std::max(largest_part, std::min(b.end, anchor.end) - b.begin);
+            received = 2 * sizeof(KV) * static_cast<std::size_t>((anchor.size() + largest_part) *
+                                                                 kv_heads * head_dim);
+        }
+        return outputs + anchor_state + received +
+               static_cast<std::size_t>(threads) *
+                   attention_workspace_bytes<KV>(q_heads, kv_heads, head_dim);
+    }
+
     [[nodiscard]] const B& block_policy() const noexcept { return block_; }
     /// The Anchor policy.
     [[nodiscard]] const A& anchor_policy() const noexcept { return anchor_; }

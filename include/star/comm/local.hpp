@@ -6,6 +6,7 @@
 /// no task ever waits for another (collectives happen between steps, on the calling
 /// thread, where they are plain moves of buffers between hosts).
 
+#include <atomic>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -18,6 +19,11 @@
 namespace star {
 
 /// `hosts` in-process hosts, ranks `0..hosts-1`, all run by this process.
+///
+/// One communicator serves one thread at a time, like the algorithm run it carries: give
+/// each thread its own. A call made while another is running on the same communicator
+/// (from a second thread, or from inside a `for_each_host` step) throws `star::error`
+/// instead of racing.
 class LocalCommunicator {
 public:
     /// A group of `hosts` hosts.
@@ -50,6 +56,7 @@ public:
     template <class F>
     void for_each_host(F&& step)
     {
+        const InUse in_use(busy_, "for_each_host");
         const auto run = [&] {
             detail::parallel_for(0, size_, [&](int rank) { step(rank); });
         };
@@ -64,6 +71,7 @@ public:
     template <Message T>
     void broadcast(PerHost<std::vector<T>>& buffers, int root)
     {
+        const InUse in_use(busy_, "broadcast");
         check_local(buffers, "broadcast");
         detail::check_rank(root, size_, "broadcast: root");
         for (int r = 0; r < size_; ++r)
@@ -77,6 +85,7 @@ public:
     template <Message T>
     PerHost<std::vector<std::vector<T>>> gather(const PerHost<std::vector<T>>& buffers, int root)
     {
+        const InUse in_use(busy_, "gather");
         check_local(buffers, "gather");
         detail::check_rank(root, size_, "gather: root");
         auto received = local<std::vector<std::vector<T>>>();
@@ -91,6 +100,7 @@ public:
     template <Message T>
     PerHost<std::vector<std::vector<T>>> all_gather(const PerHost<std::vector<T>>& buffers)
     {
+        const InUse in_use(busy_, "all_gather");
         check_local(buffers, "all_gather");
         std::vector<std::vector<T>> all;
         all.reserve(static_cast<std::size_t>(size_));
@@ -110,6 +120,7 @@ public:
     PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
                                      const PerHost<Route>& routes)
     {
+        const InUse in_use(busy_, "exchange");
         check_local(buffers, "exchange");
         check_local(routes, "exchange");
         for (int r = 0; r < size_; ++r) {
@@ -147,8 +158,35 @@ private:
                          " hosts, got hosts [", values.first_rank(), ", ", values.end_rank(), ")");
     }
 
+    // Set while a call runs. A copy of the communicator is a new one, not busy.
+    struct BusyFlag {
+        std::atomic<bool> value{false};
+        BusyFlag() = default;
+        BusyFlag(const BusyFlag&) noexcept {}
+        BusyFlag& operator=(const BusyFlag&) noexcept { return *this; }
+    };
+
+    // Marks the communicator busy for one call, or throws if it already is.
+    class InUse {
+    public:
+        InUse(BusyFlag& flag, const char* call) : flag_(flag)
+        {
+            if (flag_.value.exchange(true, std::memory_order_acquire))
+                detail::fail("LocalCommunicator::", call, ": another call on this communicator "
+                             "is running (from another thread, or from inside a for_each_host "
+                             "step); give each thread its own communicator");
+        }
+        ~InUse() { flag_.value.store(false, std::memory_order_release); }
+        InUse(const InUse&) = delete;
+        InUse& operator=(const InUse&) = delete;
+
+    private:
+        BusyFlag& flag_;
+    };
+
     int size_;
     std::optional<tbb::task_arena> arena_;
+    BusyFlag busy_;
 };
 
 static_assert(Communicator<LocalCommunicator>);

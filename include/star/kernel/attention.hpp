@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -79,6 +80,14 @@ struct Workspace {
     [[nodiscard]] bool values_in_place() const
     {
         return std::is_same_v<KV, float> && head_dim == padded_dim;
+    }
+
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(float) * (queries_t.size() + scores_t.size() + accumulator.size() +
+                                keys.size() + values.size()) +
+               softmax.bytes();
     }
 };
 
@@ -193,6 +202,26 @@ void attend_query_tile(const ConstView3<float>& q, const ConstView3<KV>& k,
 }
 
 } // namespace detail
+
+/// Scratch memory one task of `attention` holds for `q_heads` query heads sharing
+/// `kv_heads` KV heads of `head_dim`: at most one per thread is live at a time. It does not
+/// depend on how many queries or keys there are - attention never builds a score matrix
+/// larger than one tile.
+/// \throws star::error for zero heads or head_dim, or a non-integral grouped-query ratio.
+template <KVElement KV>
+std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_dim)
+{
+    if (q_heads <= 0 || kv_heads <= 0 || head_dim <= 0 || q_heads % kv_heads != 0)
+        detail::fail("attention_workspace_bytes: need positive head counts with q_heads a "
+                     "multiple of kv_heads and a positive head_dim, got ", q_heads, ", ",
+                     kv_heads, " and ", head_dim);
+    const detail::TileShape tiles;
+    const index group = q_heads / kv_heads;
+    const index rows = tiles.query_tokens(group) * group;
+    detail::Workspace<KV> ws(rows, tiles.keys, head_dim);
+    ws.softmax.reset(detail::round_up_to_batch(rows)); // as attend_query_tile does, at most
+    return ws.bytes();
+}
 
 /// Attention of `q` over `k`/`v` under `mask`, parallel over (KV head x query tile) with TBB.
 ///

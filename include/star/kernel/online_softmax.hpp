@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <limits>
 
 #include "../detail/simd.hpp"
@@ -74,6 +75,11 @@ public:
 
     [[nodiscard]] float rescale(index c) const noexcept { return rescale_[static_cast<std::size_t>(c)]; }
     [[nodiscard]] float sum(index c) const noexcept { return sum_[static_cast<std::size_t>(c)]; }
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(float) * (max_.size() + sum_.size() + rescale_.size());
+    }
     /// The largest score query `c` has seen; `-inf` if it saw none.
     [[nodiscard]] float max(index c) const noexcept { return max_[static_cast<std::size_t>(c)]; }
 

@@ -24,6 +24,14 @@ concept Partition = std::copy_constructible<P> &&
                         { p.query_host(hosts) } -> std::same_as<int>;
                     };
 
+namespace detail {
+inline void check_hosts(int hosts)
+{
+    if (hosts <= 0)
+        fail("partition: the number of hosts must be at least 1, got ", hosts);
+}
+} // namespace detail
+
 /// The query host of the partitions below: `rank`, or the last host when empty (the
 /// paper's reference).
 struct QueryHost {
@@ -44,9 +52,11 @@ struct QueryHost {
 /// Contiguous runs of blocks; with `n` blocks on `H` hosts the first `n mod H` hosts get
 /// one block more (the paper's reference).
 struct Contiguous : QueryHost {
-    /// The owner of each block; `hosts` is at least 1.
+    /// The owner of each block.
+    /// \throws star::error if `hosts` is less than 1.
     [[nodiscard]] std::vector<int> assign(std::span<const TokenRange> blocks, int hosts) const
     {
+        detail::check_hosts(hosts);
         const auto n = static_cast<index>(blocks.size());
         std::vector<int> owner;
         for (int h = 0; h < hosts; ++h) {
@@ -59,9 +69,11 @@ struct Contiguous : QueryHost {
 
 /// Block `i` to host `i mod H`.
 struct RoundRobin : QueryHost {
-    /// The owner of each block; `hosts` is at least 1.
+    /// The owner of each block.
+    /// \throws star::error if `hosts` is less than 1.
     [[nodiscard]] std::vector<int> assign(std::span<const TokenRange> blocks, int hosts) const
     {
+        detail::check_hosts(hosts);
         std::vector<int> owner(blocks.size());
         for (std::size_t i = 0; i < owner.size(); ++i)
             owner[i] = static_cast<int>(i % static_cast<std::size_t>(hosts));
@@ -72,9 +84,11 @@ struct RoundRobin : QueryHost {
 /// Balanced by tokens: largest blocks first, each to the host holding the fewest tokens so
 /// far (ties to the lower rank). Evens out uneven block sizes.
 struct BalancedTokens : QueryHost {
-    /// The owner of each block; `hosts` is at least 1.
+    /// The owner of each block.
+    /// \throws star::error if `hosts` is less than 1.
     [[nodiscard]] std::vector<int> assign(std::span<const TokenRange> blocks, int hosts) const
     {
+        detail::check_hosts(hosts);
         std::vector<std::size_t> order(blocks.size());
         std::iota(order.begin(), order.end(), std::size_t{0});
         std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
