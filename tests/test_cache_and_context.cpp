@@ -9,6 +9,15 @@
 namespace star::test {
 namespace {
 
+TEST(KVCacheErrors, AppendRejectsEmptyHeadsOrHeadDim)
+{
+    KVCache<float> cache;
+    const Tensor3<float> no_heads(3, 0, 8), no_dim(3, 2, 0);
+    expect_error([&] { cache.append(view(no_heads), view(no_heads)); }, "k has 0 heads");
+    expect_error([&] { cache.append(view(no_dim), view(no_dim)); }, "k has head_dim 0");
+    EXPECT_EQ(cache.kv_heads(), 0);
+}
+
 TEST(KVCache, AppendsInOrderAndCountsBytesInTheStoredType)
 {
     const auto k1 = random_tensor<Eigen::half>(3, 2, 8), v1 = random_tensor<Eigen::half>(3, 2, 8);

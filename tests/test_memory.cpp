@@ -68,12 +68,14 @@ TEST(Memory, WorkspaceAccountRejectsBadShapes)
     expect_error([] { (void)attention_workspace_bytes<float>(4, 0, 64); }, "positive head counts");
 }
 
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 std::size_t peak_rss_bytes()
 {
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
     return static_cast<std::size_t>(usage.ru_maxrss) * 1024; // Linux reports KiB
 }
+#endif
 
 // The process's peak resident memory while phase 1 runs over 16K tokens on 8 hosts, one
 // host at a time, must stay within the hosts' accounts plus their caches (and a margin for

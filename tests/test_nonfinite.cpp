@@ -144,6 +144,12 @@ TEST_P(NonFinite, CacheRefusesIt)
     expect_error([&] { cache.append(view(layer.k), view(layer.v)); },
                  expected(tensor) + " (");
     EXPECT_EQ(cache.tokens(), 5);
+    // A rejected first append leaves a cache with no shape at all.
+    KVCache<float> fresh;
+    expect_error([&] { fresh.append(view(layer.k), view(layer.v)); }, expected(tensor));
+    EXPECT_EQ(fresh.tokens(), 0);
+    EXPECT_EQ(fresh.kv_heads(), 0);
+    EXPECT_EQ(fresh.head_dim(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -212,6 +218,21 @@ TEST(LargeScores, ScoresBeyondFloatAreAnError)
     layer.k.setConstant(1e20f); // q.k = 4e40: not a float
     expect_error([&] { (void)global_attention(view(layer.q), view(layer.k), view(layer.v)); },
                  "the scores of query token 0, head 0 overflow float");
+}
+
+// Every score overflowing towards -inf is not a row that sees no key (found by the fuzzer).
+TEST(LargeScores, ScoresOverflowingToMinusInfinityAreAnError)
+{
+    Tensor3<float> q(1, 1, 1), k(1, 1, 1), v(1, 1, 1);
+    q(0, 0, 0) = 1.0f;
+    k(0, 0, 0) = -4.0f; // scale * q.k = -4e38: not a float
+    v(0, 0, 0) = 2.0f;
+    expect_error([&] { (void)attention(view(q), view(k), view(v), NoMask{}, AttentionOptions{1e38f}); },
+                 "the scores of query token 0, head 0 overflow float");
+    // A row that really sees no key is still output 0, lse -inf.
+    const AttentionState empty = attention(view(q), view(k), view(v), CausalMask{0, 1});
+    EXPECT_EQ(empty.output(0, 0, 0), 0.0f);
+    EXPECT_EQ(empty.lse(0, 0), -std::numeric_limits<float>::infinity());
 }
 
 TEST(LargeScores, ValuesWhoseSumOverflowsAreAnError)

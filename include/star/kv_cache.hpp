@@ -37,22 +37,26 @@ public:
     /// append are invalid after it.
     void append(const ConstView3<KV>& k, const ConstView3<KV>& v)
     {
+        detail::check_tensor(k, "k", "KVCache::append");
+        detail::check_tensor(v, "v", "KVCache::append");
         if (k.dimension(0) != v.dimension(0) || k.dimension(1) != v.dimension(1) ||
             k.dimension(2) != v.dimension(2))
             detail::fail("KVCache::append: k is [", k.dimension(0), ", ", k.dimension(1), ", ",
                          k.dimension(2), "] but v is [", v.dimension(0), ", ", v.dimension(1),
                          ", ", v.dimension(2), "]");
-        if (tokens_ == 0 && keys_.empty()) {
-            heads_ = k.dimension(1);
-            head_dim_ = k.dimension(2);
-        } else if (k.dimension(1) != heads_ || k.dimension(2) != head_dim_) {
+        const bool first = tokens_ == 0 && keys_.empty();
+        if (!first && (k.dimension(1) != heads_ || k.dimension(2) != head_dim_))
             detail::fail("KVCache::append: the cache holds ", heads_, " kv heads of head_dim ",
                          head_dim_, ", the new tokens have ", k.dimension(1), " of head_dim ",
                          k.dimension(2));
-        }
         // A cache holds only finite K/V, so the attention over it need not check them again.
         detail::check_finite(k, "k", tokens_, "KVCache::append");
         detail::check_finite(v, "v", tokens_, "KVCache::append");
+        // Only an append that passed every check fixes the shape.
+        if (first) {
+            heads_ = k.dimension(1);
+            head_dim_ = k.dimension(2);
+        }
         keys_.insert(keys_.end(), k.data(), k.data() + k.size());
         values_.insert(values_.end(), v.data(), v.data() + v.size());
         tokens_ += k.dimension(0);

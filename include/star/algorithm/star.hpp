@@ -237,7 +237,6 @@ public:
         return merged;
     }
 
-    /// The Block policy.
     /// The most memory host `host` allocates in phase 1 (one `encode_context` call) besides
     /// its cache and its inputs, for a layer of `q_heads` query heads and `kv_heads` KV heads
     /// of `head_dim`, with K/V stored as `KV`, on `threads` threads:
@@ -277,6 +276,7 @@ public:
                    attention_workspace_bytes<KV>(q_heads, kv_heads, head_dim);
     }
 
+    /// The Block policy.
     [[nodiscard]] const B& block_policy() const noexcept { return block_; }
     /// The Anchor policy.
     [[nodiscard]] const A& anchor_policy() const noexcept { return anchor_; }

@@ -99,6 +99,25 @@ struct Workspace {
          " overflow float (inputs too large for float arithmetic, or not finite)");
 }
 
+/// Whether query `i` sees any of the keys `[0, key_count)` under `mask`. Asked only of rows
+/// whose scores were all `-inf`: that is a row that sees no key, or one whose every score
+/// overflowed float towards `-inf` (an error, not an empty row).
+template <Mask M>
+bool sees_a_key(const M& mask, index i, index key_count, index tile_keys)
+{
+    for (index first = 0; first < key_count; first += tile_keys) {
+        const index end = std::min(first + tile_keys, key_count);
+        const Coverage coverage = mask.coverage(i, i + 1, first, end);
+        if (coverage == Coverage::full)
+            return true;
+        if (coverage == Coverage::partial)
+            for (index j = first; j < end; ++j)
+                if (mask.visible(i, j))
+                    return true;
+    }
+    return false;
+}
+
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
 /// against all keys allowed by `mask`, written into `out`.
 template <class KV, Mask M>
@@ -192,7 +211,8 @@ void attend_query_tile(const ConstView3<float>& q, const ConstView3<KV>& k,
             std::transform(acc, acc + d, o, [sum](float x) { return x / sum; });
             if (!std::all_of(o, o + d, [](float x) { return std::isfinite(x); }))
                 overflow(token, head, "output");
-        } else if (ws.softmax.max(r) == minus_infinity) {
+        } else if (ws.softmax.max(r) == minus_infinity &&
+                   !sees_a_key(mask, token, key_count, tiles.keys)) {
             std::fill_n(o, d, 0.0f); // the row sees no key
         } else {
             overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight

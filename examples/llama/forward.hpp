@@ -1,0 +1,254 @@
+#pragma once
+// The forward pass of a Llama-architecture model, with every attention call going through
+// the Star library (attention_backend.hpp) and everything else done with Eigen and oneTBB.
+//
+//   x = embedding[tokens]
+//   per layer:  x += Wo * attention(RoPE(Wq * norm(x)), RoPE(Wk * norm(x)), Wv * norm(x))
+//               x += Wdown * (silu(Wgate * norm(x)) .* (Wup * norm(x)))
+//   logits = lm_head * norm(x)
+//
+// A `Sequence` is one text being read and continued. Its first call encodes the context
+// (Star's phase 1); every later call appends tokens that attend to everything before them
+// (phase 2: the query, then each generated token). The attention backend keeps the K/V
+// cache of every layer, so a call only computes its own new tokens.
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include <star/star.hpp>
+
+#include "attention_backend.hpp"
+#include "model.hpp"
+
+namespace llama {
+
+namespace forward_detail {
+
+// Rows of activations per TBB task. Every token-wise step (norms, projections, RoPE, the
+// MLP) is independent per row, so we cut the tokens into chunks; 32 rows make each chunk's
+// matrix products large enough that Eigen's GEMM runs near full speed, while a 2K context
+// still gives 64 chunks to balance over the cores. A single decoded token runs inline.
+constexpr index rows_per_task = 32;
+
+template <class F>
+void for_each_chunk(index rows, F&& work)
+{
+    if (rows <= rows_per_task) {
+        work(index{0}, rows);
+        return;
+    }
+    tbb::parallel_for(tbb::blocked_range<index>(0, rows, rows_per_task),
+                      [&](const tbb::blocked_range<index>& r) { work(r.begin(), r.size()); });
+}
+
+} // namespace forward_detail
+
+// RMSNorm of each row of `x`: x / sqrt(mean(x^2) + eps) * weight.
+inline Matrix rms_norm(const Eigen::Ref<const Matrix>& x, const Vector& weight, float eps)
+{
+    Matrix out(x.rows(), x.cols());
+    for (index r = 0; r < x.rows(); ++r) {
+        const float mean_square = x.row(r).squaredNorm() / static_cast<float>(x.cols());
+        out.row(r) = (x.row(r) / std::sqrt(mean_square + eps)).cwiseProduct(weight.transpose());
+    }
+    return out;
+}
+
+// Rotary position embedding: rotates each pair of dimensions of a head by the angle
+// `position * theta^(-2i/d)`, in one of the two pairings checkpoints use.
+class Rope {
+public:
+    explicit Rope(const Config& c) : style_(c.rope), head_dim_(c.head_dim)
+    {
+        if (c.head_dim % 2 != 0)
+            throw std::invalid_argument("RoPE needs an even head_dim, got " +
+                                        std::to_string(c.head_dim));
+        // The frequencies are rounded to float, as the reference implementations store
+        // them; the angles are then formed in double, so a position of 16K loses nothing.
+        for (int i = 0; i < c.head_dim / 2; ++i)
+            inverse_frequency_.push_back(static_cast<float>(
+                1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * i / c.head_dim)));
+    }
+
+    // Rotates `tokens` rows of `heads` heads each (row-major [tokens, heads, head_dim]),
+    // the first at absolute position `first_position`.
+    void apply(float* rows, index tokens, index heads, index first_position) const
+    {
+        const index half = head_dim_ / 2;
+        std::vector<float> cosines(static_cast<std::size_t>(half)), sines(cosines.size());
+        for (index t = 0; t < tokens; ++t) {
+            const double position = static_cast<double>(first_position + t);
+            for (index i = 0; i < half; ++i) {
+                const double angle = position * inverse_frequency_[static_cast<std::size_t>(i)];
+                cosines[static_cast<std::size_t>(i)] = static_cast<float>(std::cos(angle));
+                sines[static_cast<std::size_t>(i)] = static_cast<float>(std::sin(angle));
+            }
+            for (index h = 0; h < heads; ++h) {
+                float* x = rows + (t * heads + h) * head_dim_;
+                for (index i = 0; i < half; ++i) {
+                    const float c = cosines[static_cast<std::size_t>(i)];
+                    const float s = sines[static_cast<std::size_t>(i)];
+                    // rotate_half pairs i with i + d/2; interleaved pairs 2i with 2i + 1.
+                    float& a = style_ == RopeStyle::rotate_half ? x[i] : x[2 * i];
+                    float& b = style_ == RopeStyle::rotate_half ? x[i + half] : x[2 * i + 1];
+                    const float a0 = a, b0 = b;
+                    a = a0 * c - b0 * s;
+                    b = b0 * c + a0 * s;
+                }
+            }
+        }
+    }
+
+private:
+    RopeStyle style_;
+    index head_dim_;
+    std::vector<float> inverse_frequency_;
+};
+
+// Which logits a call returns: none (a context whose predictions nobody reads), the last
+// token's (generation), or every token's (scoring, comparisons).
+enum class Logits { none, last, all };
+
+class Sequence {
+public:
+    Sequence(const Model& model, std::unique_ptr<AttentionBackend> attention)
+        : model_(&model), attention_(std::move(attention)), rope_(model.config)
+    {
+        const Config& c = model.config;
+        if (c.layers != static_cast<int>(model.layers.size()) || c.heads <= 0 ||
+            c.kv_heads <= 0 || c.heads % c.kv_heads != 0)
+            throw std::invalid_argument("Sequence: inconsistent model configuration (" +
+                                        std::to_string(model.layers.size()) + " layers for " +
+                                        std::to_string(c.layers) + ", " +
+                                        std::to_string(c.heads) + " heads, " +
+                                        std::to_string(c.kv_heads) + " kv heads)");
+    }
+
+    // Phase 1: the context, which must come first. Returns the requested logits
+    // [rows, vocab] (0 rows for Logits::none).
+    Matrix encode_context(std::span<const int> tokens, Logits logits = Logits::none)
+    {
+        if (position_ != 0)
+            throw std::logic_error("Sequence::encode_context: the context must come first");
+        return run(tokens, true, logits);
+    }
+
+    // Phase 2: tokens that follow everything so far (the query, then generated tokens).
+    Matrix append(std::span<const int> tokens, Logits logits = Logits::last)
+    {
+        if (position_ == 0)
+            throw std::logic_error("Sequence::append: encode a context first");
+        return run(tokens, false, logits);
+    }
+
+    // Tokens read so far: the position of the next one.
+    [[nodiscard]] index tokens() const noexcept { return position_; }
+    [[nodiscard]] const AttentionBackend& attention() const noexcept { return *attention_; }
+
+private:
+    Matrix run(std::span<const int> tokens, bool context, Logits want)
+    {
+        using forward_detail::for_each_chunk;
+        const Model& m = *model_;
+        const Config& c = m.config;
+        const auto n = static_cast<index>(tokens.size());
+        if (n == 0)
+            throw std::invalid_argument("Sequence: no tokens given");
+        for (const int t : tokens)
+            if (t < 0 || t >= c.vocab_size)
+                throw std::out_of_range("Sequence: token id " + std::to_string(t) +
+                                        " outside the vocabulary [0, " +
+                                        std::to_string(c.vocab_size) + ")");
+
+        Matrix x(n, c.hidden_size);
+        for (index t = 0; t < n; ++t)
+            x.row(t) = m.embedding.row(tokens[static_cast<std::size_t>(t)]);
+
+        const index q_width = index{c.heads} * c.head_dim;
+        const index kv_width = index{c.kv_heads} * c.head_dim;
+        for (int l = 0; l < c.layers; ++l) {
+            const LayerWeights& w = m.layers[static_cast<std::size_t>(l)];
+
+            // Q, K, V of the new tokens, RoPE at their absolute positions. Row-major
+            // [tokens, heads * head_dim] is exactly the library's [tokens, heads, head_dim].
+            Matrix q(n, q_width), k(n, kv_width), v(n, kv_width);
+            for_each_chunk(n, [&](index begin, index rows) {
+                const Matrix h = rms_norm(x.middleRows(begin, rows), w.attention_norm,
+                                          c.rms_norm_eps);
+                q.middleRows(begin, rows).noalias() = h * w.wq.transpose();
+                k.middleRows(begin, rows).noalias() = h * w.wk.transpose();
+                v.middleRows(begin, rows).noalias() = h * w.wv.transpose();
+                rope_.apply(q.row(begin).data(), rows, c.heads, position_ + begin);
+                rope_.apply(k.row(begin).data(), rows, c.kv_heads, position_ + begin);
+            });
+            const star::ConstView3<float> qv(q.data(), n, c.heads, c.head_dim);
+            const star::ConstView3<float> kv(k.data(), n, c.kv_heads, c.head_dim);
+            const star::ConstView3<float> vv(v.data(), n, c.kv_heads, c.head_dim);
+            const star::Tensor3<float> attended = context ? attention_->encode_context(l, qv, kv, vv)
+                                                          : attention_->attend(l, qv, kv, vv);
+            const Eigen::Map<const Matrix> o(attended.data(), n, q_width);
+
+            // Output projection, then the SwiGLU MLP, each added to the residual stream.
+            for_each_chunk(n, [&](index begin, index rows) {
+                x.middleRows(begin, rows).noalias() += o.middleRows(begin, rows) * w.wo.transpose();
+                const Matrix h = rms_norm(x.middleRows(begin, rows), w.mlp_norm, c.rms_norm_eps);
+                Matrix gate = h * w.w_gate.transpose();
+                const Matrix up = h * w.w_up.transpose();
+                gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
+                x.middleRows(begin, rows).noalias() += gate * w.w_down.transpose();
+            });
+        }
+        position_ += n;
+
+        const index first = want == Logits::all ? 0 : want == Logits::last ? n - 1 : n;
+        const index rows = n - first;
+        Matrix logits(rows, c.vocab_size);
+        for_each_chunk(rows, [&](index begin, index count) {
+            logits.middleRows(begin, count).noalias() =
+                rms_norm(x.middleRows(first + begin, count), m.final_norm, c.rms_norm_eps) *
+                m.lm_head.transpose();
+        });
+        return logits;
+    }
+
+    const Model* model_;
+    std::unique_ptr<AttentionBackend> attention_;
+    Rope rope_;
+    index position_ = 0;
+};
+
+// The index of the largest logit of a row (greedy decoding); the first on ties.
+inline int argmax(const Eigen::Ref<const Eigen::RowVectorXf>& logits)
+{
+    Eigen::Index best = 0;
+    logits.maxCoeff(&best);
+    return static_cast<int>(best);
+}
+
+// Greedy continuation: `count` tokens, the first chosen from `logits` (the last row of the
+// previous call), each next one from the logits of appending the one before.
+inline std::vector<int> generate_greedy(Sequence& sequence, const Matrix& logits, int count)
+{
+    std::vector<int> out;
+    if (count <= 0)
+        return out;
+    out.push_back(argmax(logits.row(logits.rows() - 1)));
+    while (static_cast<int>(out.size()) < count) {
+        const int last = out.back();
+        const Matrix next = sequence.append(std::span<const int>(&last, 1));
+        out.push_back(argmax(next.row(0)));
+    }
+    return out;
+}
+
+} // namespace llama

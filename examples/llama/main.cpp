@@ -1,0 +1,526 @@
+// llama: a Llama-architecture model whose every attention call goes through Star.
+//
+//   llama <model> generate (--prompt TEXT | --tokens FILE | --token-ids 1,2,3)
+//                          [--query TEXT] [--steps 64] [--attention global]
+//   llama <model> logits   --reference reference_logits.safetensors [--attention global]
+//                          [--tolerance 1e-3]
+//   llama <model> needle   --set needles.jsonl [--lengths 2048,4096] [--samples 50]
+//                          [--settings global,star:b=L/4,star:b=L/8,star:b=L/4:anchor=none]
+//                          [--verbose]
+//   llama <model> agree    (--prompt TEXT | --tokens FILE | --token-ids 1 |
+//                           --needles needles.jsonl --length 2048 [--samples 5])
+//                          [--generate 64] [--context C] [--settings star:b=L/4,...]
+//   common: [--threads N]
+//
+// <model> is a Hugging Face directory (config.json + model.safetensors) or a llama2.c
+// checkpoint file. Attention settings (see attention_backend.hpp):
+//   global | ring[:hosts=4][:layout=plain|zigzag]
+//   star[:b=L/4][:anchor=first|sinks|none|previous][:a=SIZE][:hosts=N]
+//       [:partition=contiguous|round-robin|balanced][:merge=gather|all-gather|tree]
+// where L is the context length (needle mode: the sample's nominal length).
+//
+// For Star, the context is encoded by phase 1 (every host its own blocks, with the anchor,
+// through all layers) and the query and every generated token by phase 2.
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <tbb/global_control.h>
+
+#include "agree.hpp"
+#include "attention_backend.hpp"
+#include "forward.hpp"
+#include "load.hpp"
+#include "needle.hpp"
+#include "safetensors.hpp"
+
+namespace {
+
+using llama::index;
+using llama::setting_error;
+
+constexpr const char* usage = R"(usage: llama <model> <mode> [options]
+
+<model>: a Hugging Face directory (config.json + model.safetensors) or a llama2.c file.
+
+modes:
+  generate  (--prompt TEXT | --tokens FILE | --token-ids 1,2,3) [--query TEXT]
+            [--steps 64] [--attention SETTING]
+            Greedy continuation. The prompt is the context (phase 1); the query (default:
+            the prompt's last token) and the generated tokens go through phase 2.
+  logits    --reference FILE [--attention SETTING] [--tolerance 1e-3]
+            Logits of the reference's input_ids against its logits; fails above tolerance.
+  needle    --set FILE [--lengths 2048,4096] [--samples N] [--settings LIST] [--verbose]
+            Exact-match accuracy and time per phase, per length and setting.
+  agree     (--prompt TEXT | --tokens FILE | --token-ids LIST |
+             --needles FILE --length N [--samples 1]) [--generate 64] [--context C]
+            [--settings LIST]
+            Greedy agreement and KL divergence of each setting against global attention
+            over the tokens after the context.
+
+options for every mode: --threads N (cap on worker threads)
+
+SETTING: global | ring[:hosts=4][:layout=plain|zigzag]
+         | star[:b=L/4][:anchor=first|sinks|none|previous][:a=SIZE][:hosts=N]
+                [:partition=contiguous|round-robin|balanced][:merge=gather|all-gather|tree]
+         SIZE is a token count or L/n (L: the context length). LIST: comma-separated.
+)";
+
+// Options after the mode: `--name value` pairs and `--flag`s, each allowed for some modes.
+class Options {
+public:
+    Options(int argc, char** argv, int first, const std::set<std::string>& with_value,
+            const std::set<std::string>& flags)
+    {
+        for (int i = first; i < argc; ++i) {
+            const std::string name = argv[i];
+            if (flags.contains(name)) {
+                values_[name] = "";
+            } else if (with_value.contains(name)) {
+                if (i + 1 >= argc)
+                    throw setting_error(name + " needs a value");
+                if (values_.contains(name))
+                    throw setting_error(name + " is given twice");
+                values_[name] = argv[++i];
+            } else {
+                throw setting_error("unknown option '" + name + "' for this mode");
+            }
+        }
+    }
+
+    [[nodiscard]] bool has(const std::string& name) const { return values_.contains(name); }
+
+    [[nodiscard]] std::string text(const std::string& name, const std::string& fallback = "") const
+    {
+        const auto it = values_.find(name);
+        return it == values_.end() ? fallback : it->second;
+    }
+
+    [[nodiscard]] long long number(const std::string& name, long long fallback, long long min,
+                                   long long max) const
+    {
+        if (!has(name))
+            return fallback;
+        return parse_number(text(name), name, min, max);
+    }
+
+    static long long parse_number(const std::string& text, const std::string& what,
+                                  long long min, long long max)
+    {
+        long long value = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (ec != std::errc{} || end != text.data() + text.size() || value < min || value > max)
+            throw setting_error(what + ": expected a whole number in [" + std::to_string(min) +
+                                ", " + std::to_string(max) + "], got '" + text + "'");
+        return value;
+    }
+
+private:
+    std::map<std::string, std::string> values_;
+};
+
+std::vector<int> parse_token_list(const std::string& text, const std::string& what)
+{
+    std::vector<int> tokens;
+    std::string item;
+    std::istringstream in(text);
+    while (std::getline(in, item, ','))
+        tokens.push_back(static_cast<int>(Options::parse_number(item, what, 0, 1 << 30)));
+    if (tokens.empty())
+        throw setting_error(what + ": no token ids");
+    return tokens;
+}
+
+// Token ids from a file: whole numbers separated by white space or commas.
+std::vector<int> read_token_file(const std::string& path)
+{
+    std::ifstream in(path);
+    if (!in)
+        throw std::runtime_error(path + ": cannot open the token file");
+    std::vector<int> tokens;
+    std::string word;
+    while (in >> word) {
+        std::replace(word.begin(), word.end(), ',', ' ');
+        std::istringstream parts(word);
+        std::string part;
+        while (parts >> part)
+            tokens.push_back(static_cast<int>(Options::parse_number(part, path, 0, 1 << 30)));
+    }
+    if (tokens.empty())
+        throw std::runtime_error(path + ": no token ids in the file");
+    return tokens;
+}
+
+// The prompt of generate/agree: bytes of --prompt, or ids from --tokens / --token-ids.
+std::optional<std::vector<int>> prompt_tokens(const Options& o, bool& is_text)
+{
+    const int sources = int(o.has("--prompt")) + int(o.has("--tokens")) + int(o.has("--token-ids"));
+    if (sources > 1)
+        throw setting_error("give only one of --prompt, --tokens, --token-ids");
+    is_text = o.has("--prompt");
+    if (o.has("--prompt"))
+        return llama::byte_tokens(o.text("--prompt"));
+    if (o.has("--tokens"))
+        return read_token_file(o.text("--tokens"));
+    if (o.has("--token-ids"))
+        return parse_token_list(o.text("--token-ids"), "--token-ids");
+    return std::nullopt;
+}
+
+void check_tokens(const llama::Model& model, const std::vector<int>& tokens)
+{
+    for (const int t : tokens)
+        if (t >= model.config.vocab_size)
+            throw setting_error("token id " + std::to_string(t) + " is outside the model's " +
+                                std::to_string(model.config.vocab_size) + "-token vocabulary");
+}
+
+void warn_length(const llama::Model& model, index tokens)
+{
+    if (model.config.max_positions > 0 && tokens > model.config.max_positions)
+        std::cerr << "warning: " << tokens << " tokens exceed the model's trained context of "
+                  << model.config.max_positions << "\n";
+}
+
+std::string printable(const std::string& bytes)
+{
+    std::string out;
+    for (const char c : bytes) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u == '\n' || u == '\t' || u >= 32)
+            out.push_back(c);
+        else
+            out += "\\x" + std::string(1, "0123456789abcdef"[u >> 4]) + "0123456789abcdef"[u & 15];
+    }
+    return out;
+}
+
+double ms_since(std::chrono::steady_clock::time_point start)
+{
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+int run_generate(const llama::Model& model, const Options& o)
+{
+    bool is_text = false;
+    const auto prompt = prompt_tokens(o, is_text);
+    if (!prompt)
+        throw setting_error("generate needs --prompt, --tokens or --token-ids");
+    check_tokens(model, *prompt);
+    const llama::AttentionSetting setting = llama::parse_setting(o.text("--attention", "global"));
+    const int steps = static_cast<int>(o.number("--steps", 64, 1, 1 << 20));
+
+    // The context is the prompt; the query is --query, or else the prompt's last token, so
+    // that the first generated token already comes from phase 2.
+    std::vector<int> context = *prompt, query;
+    if (o.has("--query")) {
+        query = llama::byte_tokens(o.text("--query"));
+        check_tokens(model, query);
+    } else if (context.size() > 1) {
+        query.push_back(context.back());
+        context.pop_back();
+    }
+    warn_length(model, static_cast<index>(context.size() + query.size()) + steps);
+
+    llama::Sequence sequence(model, llama::make_backend(setting, model.config.layers,
+                                                        static_cast<index>(context.size())));
+    auto start = std::chrono::steady_clock::now();
+    if (!query.empty())
+        sequence.encode_context(context);
+    const double context_ms = ms_since(start);
+    start = std::chrono::steady_clock::now();
+    // A one-token prompt is all context: its prediction comes from phase 1.
+    const llama::Matrix logits = query.empty() ? sequence.encode_context(context, llama::Logits::last)
+                                               : sequence.append(query, llama::Logits::last);
+    const double query_ms = ms_since(start);
+    start = std::chrono::steady_clock::now();
+    const std::vector<int> generated = llama::generate_greedy(sequence, logits, steps);
+    const double decode_ms = ms_since(start);
+
+    if (is_text || o.has("--query")) {
+        std::cout << printable(llama::bytes_text(generated)) << "\n";
+    } else {
+        for (std::size_t i = 0; i < generated.size(); ++i)
+            std::cout << (i ? " " : "") << generated[i];
+        std::cout << "\n";
+    }
+    std::cerr << std::fixed << std::setprecision(1) << sequence.attention().describe()
+              << ": context " << context.size() << " tokens " << context_ms << " ms, query "
+              << query.size() << " tokens " << query_ms << " ms, decode " << steps - 1
+              << " tokens " << decode_ms << " ms\n";
+    return 0;
+}
+
+int run_logits(const llama::Model& model, const Options& o)
+{
+    if (!o.has("--reference"))
+        throw setting_error("logits needs --reference FILE");
+    const llama::SafeTensors reference(o.text("--reference"));
+    const std::vector<std::int32_t> ids = reference.int32s("input_ids");
+    if (ids.empty())
+        throw setting_error("the reference holds no input_ids");
+    const auto n = static_cast<std::int64_t>(ids.size());
+    const std::vector<float> expected =
+        reference.floats("logits", {n, std::int64_t{model.config.vocab_size}});
+    const std::vector<int> tokens(ids.begin(), ids.end());
+    check_tokens(model, tokens);
+    double tolerance = 1e-3;
+    if (o.has("--tolerance")) {
+        try {
+            tolerance = std::stod(o.text("--tolerance"));
+        } catch (const std::exception&) {
+            throw setting_error("--tolerance: not a number: " + o.text("--tolerance"));
+        }
+    }
+
+    const llama::AttentionSetting setting = llama::parse_setting(o.text("--attention", "global"));
+    llama::Sequence sequence(model, llama::make_backend(setting, model.config.layers, n));
+    const llama::Matrix logits = sequence.encode_context(tokens, llama::Logits::all);
+    double worst = 0.0;
+    index worst_token = 0;
+    for (index t = 0; t < logits.rows(); ++t)
+        for (index v = 0; v < logits.cols(); ++v) {
+            const double diff = std::abs(double(logits(t, v)) -
+                                         expected[static_cast<std::size_t>(t * logits.cols() + v)]);
+            if (!(diff <= worst)) { // NaN counts as the worst
+                worst = diff;
+                worst_token = t;
+            }
+        }
+    std::cout << sequence.attention().describe() << ": " << n
+              << " tokens, max abs logit difference " << std::scientific << std::setprecision(3)
+              << worst << " (token " << worst_token << "), tolerance " << tolerance << "\n";
+    return worst <= tolerance ? 0 : 1;
+}
+
+// `count` samples spread evenly over `group` (which is ordered by needle depth).
+std::vector<const llama::NeedleSample*> spread(const std::vector<const llama::NeedleSample*>& group,
+                                               std::size_t count)
+{
+    if (count >= group.size())
+        return group;
+    std::vector<const llama::NeedleSample*> chosen;
+    for (std::size_t i = 0; i < count; ++i)
+        chosen.push_back(group[i * group.size() / count]);
+    return chosen;
+}
+
+std::vector<index> parse_lengths(const std::string& text)
+{
+    std::vector<index> lengths;
+    for (const int l : parse_token_list(text, "--lengths"))
+        lengths.push_back(l);
+    return lengths;
+}
+
+int run_needle(const llama::Model& model, const Options& o)
+{
+    if (!o.has("--set"))
+        throw setting_error("needle needs --set FILE");
+    const std::vector<llama::NeedleSample> samples = llama::read_needles(o.text("--set"));
+    const auto settings = llama::parse_settings(
+        o.text("--settings", "global,star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
+    const auto per_length = static_cast<std::size_t>(o.number("--samples", 1 << 30, 1, 1 << 30));
+    const bool verbose = o.has("--verbose");
+
+    std::map<index, std::vector<const llama::NeedleSample*>> groups;
+    for (const auto& s : samples)
+        groups[s.length].push_back(&s);
+    std::vector<index> lengths;
+    if (o.has("--lengths")) {
+        lengths = parse_lengths(o.text("--lengths"));
+        for (const index l : lengths)
+            if (!groups.contains(l))
+                throw setting_error("--lengths: the set has no samples of length " +
+                                    std::to_string(l));
+    } else {
+        for (const auto& [l, g] : groups)
+            lengths.push_back(l);
+    }
+
+    std::cout << "| length | setting | samples | exact match % | phase 1 ms | phase 2 ms | "
+                 "decode ms/token | run as |\n"
+              << "|---:|---|---:|---:|---:|---:|---:|---|\n"
+              << std::fixed << std::flush;
+    bool all_ran = true;
+    for (const index length : lengths) {
+        const auto chosen = spread(groups[length], per_length);
+        for (const auto& setting : settings) {
+            int correct = 0;
+            llama::PhaseTimes total;
+            std::string backend;
+            for (const llama::NeedleSample* s : chosen) {
+                const llama::NeedleOutcome out = llama::run_needle(model, setting, *s);
+                correct += out.correct ? 1 : 0;
+                total += out.times;
+                backend = out.backend;
+                if (verbose)
+                    std::cerr << length << " depth " << std::setprecision(2) << s->depth << " "
+                              << setting.text << ": "
+                              << (out.correct ? "ok   " : "WRONG") << " answer " << s->answer
+                              << " got " << printable(out.generated) << " (" << std::setprecision(0)
+                              << out.times.context_ms << " + " << out.times.query_ms << " + "
+                              << out.times.decode_ms << " ms)\n";
+            }
+            const double n = static_cast<double>(chosen.size());
+            std::cout << "| " << length << " | " << setting.text << " | " << chosen.size() << " | "
+                      << std::setprecision(1) << 100.0 * correct / n << " | "
+                      << std::setprecision(1) << total.context_ms / n << " | "
+                      << total.query_ms / n << " | " << std::setprecision(2)
+                      << (total.decoded ? total.decode_ms / total.decoded : 0.0) << " | "
+                      << backend << " |\n"
+                      << std::flush;
+            all_ran = all_ran && !chosen.empty();
+        }
+    }
+    return all_ran ? 0 : 1;
+}
+
+int run_agree(const llama::Model& model, const Options& o)
+{
+    const auto settings =
+        llama::parse_settings(o.text("--settings", "star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
+    const int generate = static_cast<int>(o.number("--generate", 64, 1, 1 << 20));
+
+    // Each text: the prompt plus global's continuation, and how much of it is the context.
+    struct Text {
+        std::vector<int> prompt;
+        index context = 0;
+    };
+    std::vector<Text> texts;
+    bool is_text = false;
+    if (const auto prompt = prompt_tokens(o, is_text)) {
+        if (o.has("--needles"))
+            throw setting_error("give either a prompt or --needles");
+        check_tokens(model, *prompt);
+        const index context = o.number("--context", static_cast<long long>(prompt->size()), 1,
+                                       static_cast<long long>(prompt->size()) + generate - 1);
+        texts.push_back({*prompt, context});
+    } else if (o.has("--needles")) {
+        if (!o.has("--length"))
+            throw setting_error("--needles needs --length");
+        if (o.has("--context"))
+            throw setting_error("with --needles the context is each sample's context");
+        const index length = o.number("--length", 0, 1, 1 << 30);
+        std::vector<const llama::NeedleSample*> group;
+        const auto samples = llama::read_needles(o.text("--needles"));
+        for (const auto& s : samples)
+            if (s.length == length)
+                group.push_back(&s);
+        if (group.empty())
+            throw setting_error("--length: no needle samples of length " + std::to_string(length));
+        for (const auto* s : spread(group, static_cast<std::size_t>(o.number("--samples", 1, 1, 1 << 20))))
+            texts.push_back({llama::byte_tokens(s->context + s->question),
+                             static_cast<index>(s->context.size())});
+    } else {
+        throw setting_error("agree needs --prompt, --tokens, --token-ids or --needles");
+    }
+
+    std::vector<llama::Agreement> results(settings.size());
+    std::vector<double> context_ms(settings.size()), rest_ms(settings.size());
+    std::vector<std::string> backends(settings.size());
+    const llama::AttentionSetting global = llama::parse_setting("global");
+    index context_tokens = 0, total_tokens = 0;
+    for (const Text& t : texts) {
+        const std::vector<int> text = llama::global_continuation(model, t.prompt, generate);
+        warn_length(model, static_cast<index>(text.size()));
+        context_tokens += t.context;
+        total_tokens += static_cast<index>(text.size());
+        const llama::Matrix exact = llama::continuation_logits(model, global, text, t.context).logits;
+        for (std::size_t i = 0; i < settings.size(); ++i) {
+            const auto approx = llama::continuation_logits(model, settings[i], text, t.context);
+            results[i] += llama::compare(exact, approx.logits);
+            context_ms[i] += approx.context_ms;
+            rest_ms[i] += approx.rest_ms;
+            backends[i] = approx.backend;
+        }
+    }
+    std::cout << texts.size() << " text(s), " << context_tokens << " context tokens and "
+              << total_tokens - context_tokens << " compared positions in all (" << generate
+              << " generated by global attention per text)\n\n"
+              << "| setting | positions | greedy agreement % | mean KL (nats) | max KL | phase 1 ms"
+                 " | phase 2 ms | run as |\n|---|---:|---:|---:|---:|---:|---:|---|\n";
+    bool finite = true;
+    for (std::size_t i = 0; i < settings.size(); ++i) {
+        const auto& r = results[i];
+        finite = finite && std::isfinite(r.kl_sum);
+        std::cout << "| " << settings[i].text << " | " << r.positions << " | " << std::fixed
+                  << std::setprecision(1) << 100.0 * r.rate() << " | " << std::scientific
+                  << std::setprecision(2) << r.mean_kl() << " | " << r.kl_max << " | "
+                  << std::fixed << std::setprecision(1) << context_ms[i] / texts.size() << " | "
+                  << rest_ms[i] / texts.size() << " | " << backends[i] << " |\n";
+    }
+    return finite ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc < 3 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+        std::cerr << usage;
+        return argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")
+                   ? 0
+                   : 2;
+    }
+    const std::string mode = argv[2];
+    const std::map<std::string, std::set<std::string>> options{
+        {"generate", {"--prompt", "--tokens", "--token-ids", "--query", "--steps", "--attention"}},
+        {"logits", {"--reference", "--attention", "--tolerance"}},
+        {"needle", {"--set", "--lengths", "--samples", "--settings"}},
+        {"agree",
+         {"--prompt", "--tokens", "--token-ids", "--needles", "--length", "--samples",
+          "--generate", "--context", "--settings"}},
+    };
+    const auto allowed = options.find(mode);
+    if (allowed == options.end()) {
+        std::cerr << "llama: unknown mode '" << mode << "'\n\n" << usage;
+        return 2;
+    }
+    try {
+        std::set<std::string> with_value = allowed->second;
+        with_value.insert("--threads");
+        const std::set<std::string> flags =
+            mode == "needle" ? std::set<std::string>{"--verbose"} : std::set<std::string>{};
+        const Options o(argc, argv, 3, with_value, flags);
+        std::optional<tbb::global_control> threads;
+        if (o.has("--threads"))
+            threads.emplace(tbb::global_control::max_allowed_parallelism,
+                            static_cast<std::size_t>(o.number("--threads", 0, 1, 1024)));
+
+        const auto start = std::chrono::steady_clock::now();
+        const llama::Model model = llama::load_model(argv[1]);
+        const llama::Config& c = model.config;
+        std::cerr << "loaded " << argv[1] << " in " << std::fixed << std::setprecision(0)
+                  << ms_since(start) << " ms: " << c.layers << " layers, hidden " << c.hidden_size
+                  << ", " << c.heads << " heads / " << c.kv_heads << " kv heads of " << c.head_dim
+                  << ", vocabulary " << c.vocab_size << ", RoPE "
+                  << (c.rope == llama::RopeStyle::rotate_half ? "rotate-half" : "interleaved")
+                  << "\n";
+        if (mode == "generate")
+            return run_generate(model, o);
+        if (mode == "logits")
+            return run_logits(model, o);
+        if (mode == "needle")
+            return run_needle(model, o);
+        return run_agree(model, o);
+    } catch (const std::exception& e) {
+        std::cerr << "llama: " << e.what() << "\n";
+        return 1;
+    }
+}

@@ -1,0 +1,58 @@
+#pragma once
+// The weights of a Llama-architecture model, held in float32 whatever their stored type.
+// Filled by the loaders (load.hpp); read by the forward pass (forward.hpp).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+namespace llama {
+
+// Row-major so that a weight stored as [out_features, in_features] (the Hugging Face and
+// llama2.c layout) maps without a transpose: y = x * W^T for x of shape [tokens, in].
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Vector = Eigen::VectorXf;
+
+// How RoPE pairs the dimensions of a head.
+enum class RopeStyle {
+    rotate_half, // Hugging Face: dimension i pairs with i + head_dim/2
+    interleaved, // llama2.c / Meta: dimension 2i pairs with 2i + 1
+};
+
+struct Config {
+    int vocab_size = 0;
+    int hidden_size = 0;
+    int intermediate_size = 0;
+    int layers = 0;
+    int heads = 0;
+    int kv_heads = 0;
+    int head_dim = 0;
+    float rope_theta = 10000.0f;
+    float rms_norm_eps = 1e-5f;
+    int max_positions = 0; // trained context length; 0 if unknown
+    RopeStyle rope = RopeStyle::rotate_half;
+};
+
+struct LayerWeights {
+    Vector attention_norm; // [hidden]
+    Matrix wq;             // [heads * head_dim, hidden]
+    Matrix wk;             // [kv_heads * head_dim, hidden]
+    Matrix wv;             // [kv_heads * head_dim, hidden]
+    Matrix wo;             // [hidden, heads * head_dim]
+    Vector mlp_norm;       // [hidden]
+    Matrix w_gate;         // [intermediate, hidden]
+    Matrix w_up;           // [intermediate, hidden]
+    Matrix w_down;         // [hidden, intermediate]
+};
+
+struct Model {
+    Config config;
+    Matrix embedding; // [vocab, hidden]
+    std::vector<LayerWeights> layers;
+    Vector final_norm; // [hidden]
+    Matrix lm_head;    // [vocab, hidden] (a copy of `embedding` when the model ties them)
+};
+
+} // namespace llama
