@@ -1240,7 +1240,9 @@ void fuzz_cache(Input& in, const Common& c)
     KeyStore<KV> model;
     for (const Tensors<KV>& t : tensors) {
         std::string problem;
-        if (!(t.ks == t.vs))
+        if (t.ks.heads <= 0 || t.ks.head_dim <= 0 || t.vs.heads <= 0 || t.vs.head_dim <= 0)
+            problem = "zero heads or head_dim";
+        else if (!(t.ks == t.vs))
             problem = "k and v shapes differ";
         else if (model.tokens > 0 && (t.ks.heads != model.heads || t.ks.head_dim != model.head_dim))
             problem = "heads or head_dim differ from the cached tokens'";
