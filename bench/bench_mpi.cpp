@@ -350,6 +350,15 @@ int main(int argc, char** argv)
         star::MpiCommunicator mpi(MPI_COMM_WORLD);
         g_mpi = &mpi;
         const tbb::global_control one_thread(tbb::global_control::max_allowed_parallelism, 1);
+        // Every rank must run the same benchmarks in the same order, or their collectives
+        // pair up wrongly and the job hangs: random interleaving shuffles per process.
+        for (int i = 1; i < argc; ++i) {
+            const std::string arg = argv[i];
+            if (arg.starts_with("--benchmark_enable_random_interleaving") &&
+                !arg.ends_with("=false"))
+                throw star::error("bench_mpi: --benchmark_enable_random_interleaving would run the "
+                                  "benchmarks in a different order on each rank");
+        }
         // Only rank 0 writes --benchmark_out: the others must not write the same file.
         std::vector<char*> args(argv, argv + argc);
         if (mpi.rank() != 0)
