@@ -86,9 +86,8 @@ public:
                     continue;
                 const ContextSlice<KV> s = contexts[rank].slice(range);
                 detail::check_qkv(s.q, s.k, s.v, options_.scale, "RingAttention::run");
-                detail::check_finite(s.q, "q", range.begin, "RingAttention::run: host ", rank);
-                detail::check_finite(s.k, "k", range.begin, "RingAttention::run: host ", rank);
-                detail::check_finite(s.v, "v", range.begin, "RingAttention::run: host ", rank);
+                detail::check_finite_qkv(s.q, s.k, s.v, range.begin, "RingAttention::run: host ",
+                                         rank);
                 keys[rank].insert(keys[rank].end(), s.k.data(), s.k.data() + s.k.size());
                 values[rank].insert(values[rank].end(), s.v.data(), s.v.data() + s.v.size());
                 partial[rank].push_back(

@@ -309,9 +309,7 @@ private:
     template <KVElement KV, class... Where>
     static void check_finite(const ContextSlice<KV>& s, index first_token, const Where&... where)
     {
-        detail::check_finite(s.q, "q", first_token, where...);
-        detail::check_finite(s.k, "k", first_token, where...);
-        detail::check_finite(s.v, "v", first_token, where...);
+        detail::check_finite_qkv(s.q, s.k, s.v, first_token, where...);
     }
 
     template <KVElement KV>

@@ -42,6 +42,16 @@ void check_finite(const ConstView3<T>& t, const char* name, index first_token, c
                  ", element ", i % t.dimension(2));
 }
 
+/// `check_finite` of the q, k and v of one range of tokens.
+template <class KV, class... Where>
+void check_finite_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
+                      index first_token, const Where&... where)
+{
+    check_finite(q, "q", first_token, where...);
+    check_finite(k, "k", first_token, where...);
+    check_finite(v, "v", first_token, where...);
+}
+
 /// Checks the shapes of one attention call and returns the softmax scale to use.
 template <class KV>
 float check_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
