@@ -7,6 +7,7 @@
 
 #include <limits>
 #include <string>
+#include <vector>
 
 #include <star/star.hpp>
 
@@ -175,6 +176,37 @@ TEST(NonFinite, Bf16AndHalfKeysAreCheckedToo)
     v_half(2, 0, 4) = Eigen::half(inf);
     expect_error([&] { (void)attention(view(layer.q), view(k_half), view(v_half)); },
                  "v holds a non-finite value (inf) at token 2, head 0, element 4");
+}
+
+// The bit test behind every check, on each element type: every position of lengths around
+// and between the SIMD widths (the vector part and the scalar tail), each kind of bad value,
+// and the values next to it that are finite (the largest, subnormals, negative zero).
+template <class T>
+class AllFinite : public ::testing::Test {};
+using ElementTypes = ::testing::Types<float, Eigen::bfloat16, Eigen::half>;
+TYPED_TEST_SUITE(AllFinite, ElementTypes);
+
+TYPED_TEST(AllFinite, FindsEveryBadValueAndNoGoodOne)
+{
+    using T = TypeParam;
+    const T largest = std::numeric_limits<T>::max();
+    const T subnormal = std::numeric_limits<T>::denorm_min();
+    const std::vector<T> finite{T(0.5f), T(-0.0f), largest, -largest, subnormal, -subnormal};
+    const std::vector<T> bad{T(nan), T(inf), T(-inf)};
+    for (index count = 0; count <= 70; ++count) {
+        std::vector<T> values(static_cast<std::size_t>(count));
+        for (index i = 0; i < count; ++i)
+            values[static_cast<std::size_t>(i)] = finite[static_cast<std::size_t>(i) % finite.size()];
+        ASSERT_TRUE(detail::all_finite(values.data(), count)) << "count " << count;
+        for (index at = 0; at < count; ++at)
+            for (const T b : bad) {
+                const T kept = values[static_cast<std::size_t>(at)];
+                values[static_cast<std::size_t>(at)] = b;
+                EXPECT_FALSE(detail::all_finite(values.data(), count))
+                    << static_cast<float>(b) << " at " << at << " of " << count;
+                values[static_cast<std::size_t>(at)] = kept;
+            }
+    }
 }
 
 // With the check off, a bad value still cannot crash the kernel; a NaN score is caught on

@@ -88,9 +88,12 @@ public:
         auto& cache = caches_.at(static_cast<std::size_t>(layer));
         const index before = cache.tokens();
         cache.append(k, v);
-        // The new queries sit at positions before.. and see every key up to their own.
+        // The new queries sit at positions before.. and see every key up to their own. The
+        // cache checked each K/V as it came in; a NaN in q still ends as an error (its
+        // scores are checked on the way out).
         return std::move(star::attention(q, cache.keys(), cache.values(),
-                                         star::CausalMask{before, 0})
+                                         star::CausalMask{before, 0},
+                                         star::AttentionOptions{{}, false})
                              .output);
     }
 

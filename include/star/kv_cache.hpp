@@ -15,7 +15,9 @@ namespace star {
 /// The keys and values one host keeps for one layer, stored as `KV` (`float`, bf16 or half):
 /// Star's phase 1 appends the K/V of the host's blocks, phase 2 attends to all of them, and
 /// the query host also appends the query's and each generated token's K/V. `bytes()` is
-/// what the host's cache costs in memory.
+/// what the host's cache costs in memory. Every append is checked to be finite, so attention
+/// over `keys()`/`values()` may skip its own check (`AttentionOptions::check_finite = false`)
+/// instead of re-reading the whole cache at every decode step.
 template <KVElement KV>
 class KVCache {
 public:

@@ -3,9 +3,14 @@
 /// Validation of kernel inputs, shared by every entry point that takes Q/K/V.
 
 #include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <limits>
 #include <optional>
+#include <type_traits>
 
 #include <Eigen/Core>
+#include <xsimd/xsimd.hpp>
 
 #include "../tensor.hpp"
 
@@ -24,6 +29,34 @@ void check_tensor(const ConstView3<T>& t, const char* name, const char* where)
         fail(where, ": ", name, " views null memory but has ", t.size(), " elements");
 }
 
+/// Whether every element of `values` is finite. In every IEEE format (float, bf16, half)
+/// a value is non-finite exactly when all its exponent bits are set, so one vectorised max
+/// over the bits without the sign decides. Eigen's allFinite() tests element by element (and
+/// converts each bf16 or half to float first): over a long decode cache that took longer
+/// than the attention itself.
+template <KVElement T>
+bool all_finite(const T* values, index count)
+{
+    using Bits = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int16_t>;
+    static_assert(sizeof(Bits) == sizeof(T));
+    constexpr Bits magnitude = std::numeric_limits<Bits>::max(); // every bit but the sign
+    constexpr auto exponent = static_cast<Bits>(std::same_as<T, float>            ? 0x7F800000
+                                                : std::same_as<T, Eigen::bfloat16> ? 0x7F80
+                                                                                   : 0x7C00);
+    using Batch = xsimd::batch<Bits>;
+    constexpr index width = static_cast<index>(Batch::size);
+    // SIMD loads may alias any type; the scalar tail reads the elements as themselves.
+    const auto* bits = reinterpret_cast<const Bits*>(values);
+    Batch largest(Bits{0});
+    index i = 0;
+    for (; i + width <= count; i += width)
+        largest = xsimd::max(largest, Batch::load_unaligned(bits + i) & Batch(magnitude));
+    bool finite = !xsimd::any(largest >= Batch(exponent));
+    for (; i < count; ++i)
+        finite = finite && (Eigen::numext::isfinite)(values[i]);
+    return finite;
+}
+
 /// Throws, naming `name`, its token (counted from `first_token`), head and element, if `t`
 /// holds a NaN or an infinity: the softmax would turn it into plausible-looking numbers in
 /// every row that sees it, so it is stopped at the door. One vectorised pass; the element
@@ -31,9 +64,9 @@ void check_tensor(const ConstView3<T>& t, const char* name, const char* where)
 template <class T, class... Where>
 void check_finite(const ConstView3<T>& t, const char* name, index first_token, const Where&... where)
 {
-    const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> values(t.data(), t.size());
-    if (values.allFinite())
+    if (all_finite(t.data(), t.size()))
         return;
+    const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> values(t.data(), t.size());
     const index row = t.dimension(1) * t.dimension(2);
     for (index i = 0; i < t.size(); ++i)
         if (!(Eigen::numext::isfinite)(values[i]))
