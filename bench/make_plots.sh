@@ -22,7 +22,11 @@
 # (default: the first of python3, /usr/bin/python3 that has matplotlib).
 #
 # Results: bench-results/{kernel,algorithms*,mpi}.json (Google Benchmark JSON) and .txt (the
-# console output with each benchmark's summary table).
+# console output with each benchmark's summary table). The needle accuracy plot is drawn from
+# bench-results/accuracy*.json, which the Llama example writes (it is not run from here: it
+# needs ../shared/models and takes hours), e.g. with the Release build's examples:
+#   examples/llama/llama $M/needle-byte-llama needle --set $M/needle-byte-llama/needles.jsonl \
+#       --published $M/needle-byte-llama/eval.json --json <build_dir>/bench-results/accuracy.json
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -139,7 +143,9 @@ while IFS= read -r file; do
     args+=(--algorithms "$file")
 done < <(ls -tr "$results"/algorithms*.json 2>/dev/null || true)
 [[ -f "$results/mpi.json" ]] && args+=(--mpi "$results/mpi.json")
-[[ -f "$results/accuracy.json" ]] && args+=(--accuracy "$results/accuracy.json")
+while IFS= read -r file; do
+    args+=(--accuracy "$file")
+done < <(ls -tr "$results"/accuracy*.json 2>/dev/null || true)
 if [[ ${#args[@]} -eq 0 ]]; then
     echo "make_plots.sh: no benchmark results in $results (run without --plot-only first)" >&2
     exit 1

@@ -24,9 +24,11 @@ Plots written into --out (PNG), each skipped with a message when its benchmarks 
   mpi_phases.png       bench_mpi: time per phase over MPI, Star vs Ring (phase 1), and the
                        Star merges for the query and for a decode step; bytes sent per rank
                        in phase 1.
-  accuracy.png         --accuracy (optional): needle accuracy vs context length, one line per
-                       attention setting. A JSON list of objects (or {"results": [...]}) or a
-                       CSV, with the fields setting, length, accuracy (accuracy in 0..1 or %).
+  accuracy.png         --accuracy (optional): needle accuracy vs context length, one panel per
+                       attention setting, with the published figure where a row has one. The
+                       JSON of `llama <model> needle --json FILE`, any JSON list of objects (or
+                       {"results": [...]}) or a CSV, with the fields setting, length, accuracy
+                       and optionally published (in 0..1 or %; "unit": "percent" says which).
 
 Points measured while other processes took more than --busy (default 0.5) cores, according
 to the benchmarks' `other_cores` counter, are drawn hollow.
@@ -566,13 +568,19 @@ def plot_mpi(benches, contexts, out_dir, written):
 # ------------------------------------------------------------------------------------------
 
 def _load_accuracy(path):
+    """Rows (setting, length, accuracy, published or None), accuracies as fractions."""
+    unit = None
     try:
         with open(path, encoding="utf-8") as f:
             if path.lower().endswith(".csv"):
                 rows = list(csv.DictReader(f))
             else:
                 data = json.load(f)
-                rows = data.get("results", []) if isinstance(data, dict) else data
+                if isinstance(data, dict):
+                    rows = data.get("results", [])
+                    unit = data.get("unit")
+                else:
+                    rows = data
     except (OSError, ValueError) as e:
         raise SystemExit(f"plot.py: cannot read {path}: {e}") from None
     out = []
@@ -583,34 +591,64 @@ def _load_accuracy(path):
             setting = str(row.get("setting", row.get("method", row.get("name"))))
             length = int(float(row.get("length", row.get("context", row.get("L")))))
             accuracy = float(row.get("accuracy", row.get("score")))
+            published = row.get("published")
+            published = None if published in (None, "") else float(published)
         except (TypeError, ValueError):
             continue
-        out.append((setting, length, accuracy))
-    if out and max(a for _, _, a in out) > 1.0:  # percentages
-        out = [(s, n, a / 100.0) for s, n, a in out]
+        out.append((setting, length, accuracy, published))
+    # llama's needle --json says "percent"; other files: percentages if any value exceeds 1.
+    values = [a for _, _, a, _ in out] + [p for _, _, _, p in out if p is not None]
+    if unit == "percent" or (unit is None and values and max(values) > 1.0):
+        out = [(s, n, a / 100.0, None if p is None else p / 100.0) for s, n, a, p in out]
     return out
 
 
-def plot_accuracy(path, out_dir, written):
+def plot_accuracy(paths, out_dir, written):
     name = "accuracy.png"
-    rows = _load_accuracy(path)
+    # Rows of later files replace those of earlier ones for the same setting and length.
+    merged = {}
+    for path in paths:
+        for row in _load_accuracy(path):
+            merged[(row[0], row[1])] = row
+    rows = list(merged.values())
     if not rows:
-        return _skip(name, f"no rows with setting, length and accuracy in {path}")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    settings = list(dict.fromkeys(s for s, _, _ in rows))
-    for s in settings:
-        pts = sorted((n, a) for t, n, a in rows if t == s)
-        style = "--" if s.startswith("ring") else "-"
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o", label=s)
-    _log2_x(ax, [n for _, n, _ in rows])
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("exact-match accuracy, %")
-    ax.set_title("Needle in a haystack", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7.5)
+        return _skip(name, f"no rows with setting, length and accuracy in {', '.join(paths)}")
+    # One small panel per setting: the settings often score the same, and lines drawn over
+    # each other in one panel would hide all but the last.
+    settings = list(dict.fromkeys(s for s, _, _, _ in rows))
+    columns = min(len(settings), 2)
+    panel_rows = math.ceil(len(settings) / columns)
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(3.4 * columns, 2.5 * panel_rows + 0.5),
+                             dpi=100, sharex=True, sharey=True, squeeze=False)
+    values = [100 * a for _, _, a, _ in rows] + [100 * p for _, _, _, p in rows if p is not None]
+    low = max(0.0, min(min(values) - 5.0, 90.0))
+    has_published = any(p is not None for _, _, _, p in rows)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(settings):
+            ax.set_visible(False)
+            continue
+        s = settings[i]
+        pts = sorted((n, a, p) for t, n, a, p in rows if t == s)
+        ax.plot([n for n, _, _ in pts], [100 * a for _, a, _ in pts], "-", marker="o",
+                color="C0", label="this library")
+        published = [(n, p) for n, _, p in pts if p is not None]
+        if published:
+            ax.plot([n for n, _ in published], [100 * p for _, p in published], linestyle="none",
+                    marker="o", markersize=11, markerfacecolor="none", markeredgecolor="C3",
+                    label="published")
+        _log2_x(ax, [n for _, n, _, _ in rows])
+        ax.set_ylim(low, 101.5)
+        ax.set_title(s, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if i % columns == 0:
+            ax.set_ylabel("exact match, %")
+        if i >= len(settings) - columns:
+            ax.set_xlabel("context length (tokens)")
+        if i == 0 and has_published:
+            ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Needle in a haystack", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    _footer(fig, [{"file": os.path.basename(path)}])
+    _footer(fig, [{"file": os.path.basename(path)} for path in paths])
     _save(fig, out_dir, name, written)
 
 
@@ -629,7 +667,7 @@ def main(argv=None):
                         help="bench_algorithms output -> time_vs_context.png")
     parser.add_argument("--mpi", action="append", default=[], metavar="JSON",
                         help="bench_mpi output (rank 0's) -> mpi_phases.png")
-    parser.add_argument("--accuracy", metavar="FILE",
+    parser.add_argument("--accuracy", action="append", default=[], metavar="FILE",
                         help="needle accuracy, JSON or CSV with setting, length, accuracy -> accuracy.png")
     parser.add_argument("--out", default="docs/plots", metavar="DIR", help="output directory (default %(default)s)")
     parser.add_argument("--busy", type=float, default=0.5, metavar="CORES",

@@ -6,7 +6,7 @@
 //                          [--tolerance 1e-3]
 //   llama <model> needle   --set needles.jsonl [--lengths 2048,4096] [--samples 50]
 //                          [--settings global,star:b=L/4,star:b=L/8,star:b=L/4:anchor=none]
-//                          [--verbose]
+//                          [--published eval.json] [--json results.json] [--verbose]
 //   llama <model> agree    (--prompt TEXT | --tokens FILE | --token-ids 1 |
 //                           --needles needles.jsonl --length 2048 [--samples 5])
 //                          [--generate 64] [--context C] [--settings star:b=L/4,...]
@@ -35,8 +35,11 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <tbb/global_control.h>
 
 #include "agree.hpp"
@@ -62,8 +65,12 @@ modes:
             the prompt's last token) and the generated tokens go through phase 2.
   logits    --reference FILE [--attention SETTING] [--tolerance 1e-3]
             Logits of the reference's input_ids against its logits; fails above tolerance.
-  needle    --set FILE [--lengths 2048,4096] [--samples N] [--settings LIST] [--verbose]
-            Exact-match accuracy and time per phase, per length and setting.
+  needle    --set FILE [--lengths 2048,4096] [--samples N] [--settings LIST]
+            [--published FILE] [--json FILE] [--verbose]
+            Exact-match accuracy and time per phase, per length and setting. --published:
+            figures to print beside ours (a model's eval.json: per length, % per setting
+            name, e.g. "star b=L/4", "no anchor b=L/4"). --json: the table as JSON, rewritten
+            after every row (bench/plot.py --accuracy draws it).
   agree     (--prompt TEXT | --tokens FILE | --token-ids LIST |
              --needles FILE --length N [--samples 1]) [--generate 64] [--context C]
             [--settings LIST]
@@ -328,6 +335,57 @@ std::vector<index> parse_lengths(const std::string& text)
     return lengths;
 }
 
+// Published accuracy figures, as in a model's eval.json: [{"length": 2048, "global": 100.0,
+// "star b=L/4": 98.0, "no anchor b=L/4": 98.0, ...}, ...].
+using PublishedFigures = std::map<std::pair<index, std::string>, double>;
+
+PublishedFigures read_published(const std::string& path)
+{
+    std::ifstream in(path);
+    if (!in)
+        throw setting_error("--published: cannot open " + path);
+    nlohmann::json rows;
+    try {
+        rows = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+        throw setting_error("--published: " + path + " is not JSON: " + e.what());
+    }
+    if (!rows.is_array())
+        throw setting_error("--published: " + path + " must hold an array of per-length objects");
+    PublishedFigures figures;
+    for (const auto& row : rows) {
+        if (!row.is_object() || !row.contains("length") || !row.at("length").is_number_integer())
+            throw setting_error("--published: " + path + ": every entry needs an integer length");
+        const index length = row.at("length").get<index>();
+        for (const auto& [name, value] : row.items())
+            if (name != "length" && value.is_number())
+                figures[{length, name}] = value.get<double>();
+    }
+    return figures;
+}
+
+// The name eval.json gives a setting: "star:b=L/4" is "star b=L/4", and the no-anchor
+// ablation "star:b=L/4:anchor=none" is "no anchor b=L/4". Other settings have none.
+std::string published_name(const llama::AttentionSetting& setting)
+{
+    std::string name = setting.text;
+    constexpr std::string_view no_anchor = ":anchor=none";
+    if (const auto at = name.find(no_anchor); at != std::string::npos && name.starts_with("star")) {
+        name.erase(at, no_anchor.size());
+        name.replace(0, 4, "no anchor");
+    }
+    std::replace(name.begin(), name.end(), ':', ' ');
+    return name;
+}
+
+void write_json(const std::string& path, const nlohmann::json& document)
+{
+    std::ofstream out(path, std::ios::trunc);
+    out << document.dump(1) << "\n";
+    if (!out)
+        throw setting_error("--json: cannot write " + path);
+}
+
 int run_needle(const llama::Model& model, const Options& o)
 {
     if (!o.has("--set"))
@@ -337,6 +395,14 @@ int run_needle(const llama::Model& model, const Options& o)
         o.text("--settings", "global,star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
     const auto per_length = static_cast<std::size_t>(o.number("--samples", 1 << 30, 1, 1 << 30));
     const bool verbose = o.has("--verbose");
+    const PublishedFigures published =
+        o.has("--published") ? read_published(o.text("--published")) : PublishedFigures{};
+    const std::string json_path = o.text("--json");
+    // Accuracies in percent, like the table and eval.json.
+    nlohmann::json document{
+        {"set", o.text("--set")}, {"unit", "percent"}, {"results", nlohmann::json::array()}};
+    if (!json_path.empty()) // fail on an unwritable path now, not after the first row's run
+        write_json(json_path, document);
 
     std::map<index, std::vector<const llama::NeedleSample*>> groups;
     for (const auto& s : samples)
@@ -353,9 +419,11 @@ int run_needle(const llama::Model& model, const Options& o)
             lengths.push_back(l);
     }
 
-    std::cout << "| length | setting | samples | exact match % | phase 1 ms | phase 2 ms | "
-                 "decode ms/token | run as |\n"
-              << "|---:|---|---:|---:|---:|---:|---:|---|\n"
+    std::cout << "| length | setting | samples | exact match % |"
+              << (published.empty() ? "" : " published % |")
+              << " phase 1 ms | phase 2 ms | decode ms/token | run as |\n"
+              << "|---:|---|---:|---:|" << (published.empty() ? "" : "---:|")
+              << "---:|---:|---:|---|\n"
               << std::fixed << std::flush;
     bool all_ran = true;
     for (const index length : lengths) {
@@ -378,13 +446,32 @@ int run_needle(const llama::Model& model, const Options& o)
                               << out.times.decode_ms << " ms)\n";
             }
             const double n = static_cast<double>(chosen.size());
+            const double accuracy = 100.0 * correct / n;
+            const double decode_ms = total.decoded ? total.decode_ms / total.decoded : 0.0;
+            const auto reported = published.find({length, published_name(setting)});
             std::cout << "| " << length << " | " << setting.text << " | " << chosen.size() << " | "
-                      << std::setprecision(1) << 100.0 * correct / n << " | "
-                      << std::setprecision(1) << total.context_ms / n << " | "
-                      << total.query_ms / n << " | " << std::setprecision(2)
-                      << (total.decoded ? total.decode_ms / total.decoded : 0.0) << " | "
-                      << backend << " |\n"
+                      << std::setprecision(1) << accuracy << " | ";
+            if (!published.empty()) {
+                if (reported != published.end())
+                    std::cout << reported->second << " | ";
+                else
+                    std::cout << "- | ";
+            }
+            std::cout << total.context_ms / n << " | " << total.query_ms / n << " | "
+                      << std::setprecision(2) << decode_ms << " | " << backend << " |\n"
                       << std::flush;
+            if (!json_path.empty() && !chosen.empty()) {
+                nlohmann::json row{{"length", length},       {"setting", setting.text},
+                                   {"samples", chosen.size()}, {"correct", correct},
+                                   {"accuracy", accuracy},    {"phase1_ms", total.context_ms / n},
+                                   {"phase2_ms", total.query_ms / n},
+                                   {"decode_ms_per_token", decode_ms},
+                                   {"run_as", backend}};
+                if (reported != published.end())
+                    row["published"] = reported->second;
+                document["results"].push_back(std::move(row));
+                write_json(json_path, document);
+            }
             all_ran = all_ran && !chosen.empty();
         }
     }
@@ -482,7 +569,7 @@ int main(int argc, char** argv)
     const std::map<std::string, std::set<std::string>> options{
         {"generate", {"--prompt", "--tokens", "--token-ids", "--query", "--steps", "--attention"}},
         {"logits", {"--reference", "--attention", "--tolerance"}},
-        {"needle", {"--set", "--lengths", "--samples", "--settings"}},
+        {"needle", {"--set", "--lengths", "--samples", "--settings", "--published", "--json"}},
         {"agree",
          {"--prompt", "--tokens", "--token-ids", "--needles", "--length", "--samples",
           "--generate", "--context", "--settings"}},

@@ -1,0 +1,55 @@
+# `llama <model> needle --json FILE --published eval.json` on one real sample: the file must
+# hold one row per setting with the measured accuracy and the published figure beside it.
+# Run with cmake -P; LLAMA, MODEL and OUT defined by the test (tests/llama/CMakeLists.txt).
+foreach(var LLAMA MODEL OUT)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "needle_json_test.cmake: -D${var}=... missing")
+  endif()
+endforeach()
+
+file(REMOVE "${OUT}")
+execute_process(
+  COMMAND "${LLAMA}" "${MODEL}" needle --set "${MODEL}/needles.jsonl" --lengths 2048 --samples 1
+          --settings global,star:b=L/4,ring:hosts=2 --published "${MODEL}/eval.json" --json "${OUT}"
+  RESULT_VARIABLE rc OUTPUT_VARIABLE table ERROR_VARIABLE log)
+message(STATUS "${table}")
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "llama needle failed (exit ${rc}): ${log}")
+endif()
+if(NOT table MATCHES "\\| published % \\|")
+  message(FATAL_ERROR "the table has no published column")
+endif()
+
+file(READ "${OUT}" document)
+string(JSON unit GET "${document}" unit)
+string(JSON rows LENGTH "${document}" results)
+if(NOT unit STREQUAL "percent" OR NOT rows EQUAL 3)
+  message(FATAL_ERROR "expected 3 rows in percent, got ${rows} in '${unit}': ${document}")
+endif()
+
+# eval.json at 2048: global 100, "star b=L/4" 98; ring is not in it.
+set(expected_setting global star:b=L/4 ring:hosts=2)
+set(expected_published 100 98 none)
+foreach(i RANGE 2)
+  list(GET expected_setting ${i} want_setting)
+  list(GET expected_published ${i} want_published)
+  string(JSON setting GET "${document}" results ${i} setting)
+  string(JSON length GET "${document}" results ${i} length)
+  string(JSON samples GET "${document}" results ${i} samples)
+  string(JSON accuracy GET "${document}" results ${i} accuracy)
+  string(JSON published ERROR_VARIABLE missing GET "${document}" results ${i} published)
+  if(NOT setting STREQUAL want_setting OR NOT length EQUAL 2048 OR NOT samples EQUAL 1)
+    message(FATAL_ERROR "row ${i}: ${setting} at ${length} on ${samples} samples")
+  endif()
+  if(NOT (accuracy EQUAL 0 OR accuracy EQUAL 100))
+    message(FATAL_ERROR "row ${i}: one sample scores 0 or 100, not ${accuracy}")
+  endif()
+  if(want_published STREQUAL "none")
+    if(NOT missing)
+      message(FATAL_ERROR "row ${i} (${setting}) has no published figure, but got ${published}")
+    endif()
+  elseif(missing OR NOT published EQUAL want_published)
+    message(FATAL_ERROR "row ${i} (${setting}): published ${published}, expected ${want_published}")
+  endif()
+endforeach()
+message(STATUS "ok: ${OUT}")
