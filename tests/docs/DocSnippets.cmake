@@ -125,3 +125,14 @@ function(star_write_if_changed path content)
     file(WRITE "${path}" "${content}")
   endif()
 endfunction()
+
+# star_report_page_check(<problems list> <summary>)
+#   Ends a page check (cmake -P script): fails listing every problem, one per line, or
+#   reports the summary.
+function(star_report_page_check problems summary)
+  if(problems)
+    string(REPLACE ";" "\n" problems "${problems}")
+    message(FATAL_ERROR "${problems}")
+  endif()
+  message(STATUS "${summary}")
+endfunction()

@@ -5,6 +5,7 @@
 # docs/plots that was renamed or never committed. Links with a scheme (https:, mailto:) and
 # in-page anchors are not checked.
 cmake_minimum_required(VERSION 3.21)
+include(${CMAKE_CURRENT_LIST_DIR}/DocSnippets.cmake)
 
 set(pages README.md)
 foreach(dir docs examples bench tests)
@@ -35,9 +36,6 @@ foreach(page IN LISTS pages)
   endforeach()
 endforeach()
 
-if(problems)
-  string(REPLACE ";" "\n" problems "${problems}")
-  message(FATAL_ERROR "${problems}")
-endif()
 list(LENGTH pages page_count)
-message(STATUS "${checked} local links in ${page_count} pages, every one to a file that exists")
+star_report_page_check("${problems}"
+  "${checked} local links in ${page_count} pages, every one to a file that exists")

@@ -27,8 +27,5 @@ foreach(page IN LISTS pages)
   endforeach()
 endforeach()
 
-if(problems)
-  string(REPLACE ";" "\n" problems "${problems}")
-  message(FATAL_ERROR "${problems}")
-endif()
-message(STATUS "every C++ block is a snippet or an excerpt; ${checked} excerpts match their files")
+star_report_page_check("${problems}"
+  "every C++ block is a snippet or an excerpt; ${checked} excerpts match their files")
