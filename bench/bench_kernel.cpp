@@ -6,6 +6,9 @@
 ///                            the default (compile-time best) arch, N independent chains.
 ///  * `BM_GlobalCausal/T/d/threads`  exact causal `star::global_attention(q, k, v)`.
 ///  * `BM_NaiveEigen/T/d`     naive Eigen baseline (full T x T score matrix), single thread.
+///  * `BM_FiniteCheck/<type>/<how>`  the NaN/Inf check every entry point makes, over the K/V
+///                            of an 8K-token cache (8 KV heads of 128: 16.8M elements), by the
+///                            library's `detail::all_finite` and by Eigen's `allFinite()`.
 ///
 /// A summary table (medians over repetitions) is printed at the end. The `other_cores`
 /// counter, the quiet gate and the collecting reporter come from bench_support.hpp (shared
@@ -293,6 +296,33 @@ void BM_NaiveEigen(benchmark::State& state)
 }
 
 // ----------------------------------------------------------------------------------------
+// Finiteness check
+// ----------------------------------------------------------------------------------------
+
+enum class FiniteCheck { library, eigen };
+
+template <class T>
+void BM_FiniteCheck(benchmark::State& state, FiniteCheck how)
+{
+    constexpr Index elements = 2 * 8192 * 8 * 128;
+    const std::vector<T> values(static_cast<std::size_t>(elements), T(0.5f));
+    const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> array(values.data(), elements);
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        const bool finite = how == FiniteCheck::library
+                                ? star::detail::all_finite(values.data(), elements)
+                                : array.allFinite();
+        if (!finite)
+            state.SkipWithError("finite values reported as non-finite");
+        benchmark::DoNotOptimize(finite);
+    }
+    report_foreign_load(state, load);
+    state.counters["bytes"] = benchmark::Counter(static_cast<double>(elements * sizeof(T)),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ----------------------------------------------------------------------------------------
 // Correctness cross-check (untimed): kernel vs naive on small sizes, so the benchmark is
 // known to time the right computation.
 // ----------------------------------------------------------------------------------------
@@ -490,6 +520,20 @@ void register_all()
     register_fma<24>(1);
     // Both cores at once: should be ~2x if the 2 vCPUs are separate physical cores.
     register_fma<12>(2);
+
+    const auto finite_check = [](const char* name, auto* function) {
+        for (const auto& [how, label] : {std::pair{FiniteCheck::library, "library"},
+                                         std::pair{FiniteCheck::eigen, "eigen_allFinite"}})
+            benchmark::RegisterBenchmark((std::string("BM_FiniteCheck/") + name + "/" + label).c_str(),
+                                         function, how)
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime()
+                ->MinTime(0.2)
+                ->Repetitions(kRepetitions);
+    };
+    finite_check("float", &BM_FiniteCheck<float>);
+    finite_check("bf16", &BM_FiniteCheck<Eigen::bfloat16>);
+    finite_check("half", &BM_FiniteCheck<Eigen::half>);
 
     // Grouped by (d, T) so the kernel and the baseline of one size run back to back.
     for (const Index d : kHeadDims) {
