@@ -31,22 +31,29 @@
 
 namespace llama {
 
+// The JSON document in `path`. A file that cannot be opened or parsed is a load_error
+// naming it: "<path>: cannot open", "<path>: not valid JSON (...)".
+inline nlohmann::json read_json_file(const std::filesystem::path& path)
+{
+    std::ifstream in(path);
+    if (!in)
+        throw load_error(detail::message(path.string(), ": cannot open"));
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+        throw load_error(detail::message(path.string(), ": not valid JSON (", e.what(), ")"));
+    }
+}
+
 namespace detail {
 
 // The keys of a Hugging Face config.json, read with the same defaults as transformers'
 // LlamaConfig; each error names the file and the key.
 class JsonConfig {
 public:
-    explicit JsonConfig(std::filesystem::path path) : path_(std::move(path))
+    explicit JsonConfig(std::filesystem::path path)
+        : path_(std::move(path)), json_(read_json_file(path_))
     {
-        std::ifstream in(path_);
-        if (!in)
-            fail("cannot open");
-        try {
-            json_ = nlohmann::json::parse(in);
-        } catch (const nlohmann::json::parse_error& e) {
-            fail("not valid JSON (", e.what(), ")");
-        }
         if (!json_.is_object())
             fail("not a JSON object");
     }

@@ -341,14 +341,11 @@ using PublishedFigures = std::map<std::pair<index, std::string>, double>;
 
 PublishedFigures read_published(const std::string& path)
 {
-    std::ifstream in(path);
-    if (!in)
-        throw setting_error("--published: cannot open " + path);
     nlohmann::json rows;
     try {
-        rows = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
-        throw setting_error("--published: " + path + " is not JSON: " + e.what());
+        rows = llama::read_json_file(path);
+    } catch (const llama::load_error& e) {
+        throw setting_error(std::string("--published: ") + e.what());
     }
     if (!rows.is_array())
         throw setting_error("--published: " + path + " must hold an array of per-length objects");
