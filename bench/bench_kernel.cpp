@@ -6,6 +6,11 @@
 ///                            the default (compile-time best) arch, N independent chains.
 ///  * `BM_GlobalCausal/T/d/threads`  exact causal `star::global_attention(q, k, v)`.
 ///  * `BM_NaiveEigen/T/d`     naive Eigen baseline (full T x T score matrix), single thread.
+///  * `BM_ReadBandwidth/N`    streaming read of 1 GiB on N threads (the decode bound).
+///  * `BM_Path/<isa>/<kv>/prefill|decode/N`  every kernel path this CPU has (STAR_ISA's
+///                            names), float and bf16 K/V, 32 q / 8 kv heads of 128: causal
+///                            prefill of 4K tokens (GFLOP/s), and one decode step over a
+///                            32K-token cache (GB/s of K/V read), on N threads.
 ///  * `BM_FiniteCheck/<type>/<how>`  the NaN/Inf check every entry point makes, over the K/V
 ///                            of an 8K-token cache (8 KV heads of 128: 16.8M elements), by the
 ///                            library's `detail::all_finite` and by Eigen's `allFinite()`.
@@ -26,6 +31,7 @@
 #include "bench_support.hpp"
 
 #include <benchmark/benchmark.h>
+#include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 #include <xsimd/xsimd.hpp>
 
@@ -40,6 +46,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -222,6 +229,120 @@ void BM_GlobalCausal(benchmark::State& state)
 }
 
 // ----------------------------------------------------------------------------------------
+// 2b. Every kernel path this CPU has (star/kernel/isa.hpp), on a Llama-like layer
+// ----------------------------------------------------------------------------------------
+
+/// 32 query heads sharing 8 KV heads of 128 (Llama 3 8B's attention), float or bf16 K/V.
+constexpr Index kPathQHeads = 32;
+constexpr Index kPathKvHeads = 8;
+constexpr Index kPathHeadDim = 128;
+constexpr Index kPathPrefillTokens = 4096;
+constexpr Index kDecodeCacheTokens = 32768;
+
+template <class KV>
+struct PathInputs {
+    star::Tensor3<float> q;
+    star::Tensor3<KV> k, v;
+};
+
+template <class KV>
+const PathInputs<KV>& path_inputs(Index q_tokens, Index kv_tokens)
+{
+    static std::unique_ptr<PathInputs<KV>> slot;
+    if (!slot || slot->q.dimension(0) != q_tokens || slot->k.dimension(0) != kv_tokens) {
+        slot.reset();
+        auto in = std::make_unique<PathInputs<KV>>();
+        std::mt19937 rng(static_cast<std::uint32_t>(q_tokens * 7 + kv_tokens));
+        std::normal_distribution<float> dist(0.0f, 1.0f);
+        in->q = star::Tensor3<float>(q_tokens, kPathQHeads, kPathHeadDim);
+        for (Index i = 0; i < in->q.size(); ++i)
+            in->q.data()[i] = dist(rng);
+        for (star::Tensor3<KV>* t : {&in->k, &in->v}) {
+            *t = star::Tensor3<KV>(kv_tokens, kPathKvHeads, kPathHeadDim);
+            for (Index i = 0; i < t->size(); ++i)
+                t->data()[i] = static_cast<KV>(dist(rng));
+        }
+        slot = std::move(in);
+    }
+    return *slot;
+}
+
+/// `BM_Path/<isa>/<kv>/prefill|decode/threads:N`: causal prefill of kPathPrefillTokens, or
+/// one decode step (1 query token after kDecodeCacheTokens cached ones), on path `isa`.
+/// Prefill reports FLOPS; decode reports the K/V bytes read per second.
+template <class KV>
+void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
+{
+    const int threads = static_cast<int>(state.range(0));
+    const Index q_tokens = decode ? 1 : kPathPrefillTokens;
+    const Index kv_tokens = decode ? kDecodeCacheTokens : kPathPrefillTokens;
+    const PathInputs<KV>& in = path_inputs<KV>(q_tokens, kv_tokens);
+    star::detail::forced_isa.store(static_cast<int>(isa));
+    const star::CausalMask mask{kv_tokens - q_tokens, 0};
+    const star::AttentionOptions options{std::nullopt, false};
+    tbb::task_arena arena(threads);
+    const auto run = [&] {
+        arena.execute([&] {
+            star::AttentionState out =
+                star::attention(star::view(in.q), star::view(in.k), star::view(in.v), mask, options);
+            benchmark::DoNotOptimize(out.output.data());
+            benchmark::ClobberMemory();
+        });
+    };
+    run(); // warm-up: the arena's threads, the code, and (decode) the pages of the cache
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state)
+        run();
+    report_foreign_load(state, load);
+    star::detail::forced_isa.store(-1);
+    if (decode) {
+        const double bytes = 2.0 * static_cast<double>(in.k.size()) * sizeof(KV);
+        state.counters["BYTES"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+    } else {
+        const double t = static_cast<double>(q_tokens);
+        const double flops = 4.0 * kPathHeadDim * kPathQHeads * (t * (t + 1.0) / 2.0);
+        state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+    }
+}
+
+/// `BM_ReadBandwidth/threads:N`: streaming read of 1 GiB (a sum, so nothing is written),
+/// split over N threads: what a decode step that reads its cache once can hope for.
+void BM_ReadBandwidth(benchmark::State& state)
+{
+    const int threads = static_cast<int>(state.range(0));
+    constexpr std::size_t floats = std::size_t{1} << 28;
+    static const std::vector<float, xsimd::aligned_allocator<float>> buffer(floats, 1.0f);
+    tbb::task_arena arena(threads);
+    const auto run = [&] {
+        std::vector<float> partial(static_cast<std::size_t>(threads));
+        arena.execute([&] {
+            tbb::parallel_for(0, threads, [&](int t) {
+                const std::size_t first = floats / static_cast<std::size_t>(threads) * static_cast<std::size_t>(t);
+                const std::size_t last = first + floats / static_cast<std::size_t>(threads);
+                Batch sum0(0.0f), sum1(0.0f), sum2(0.0f), sum3(0.0f);
+                for (std::size_t i = first; i < last; i += 4 * Batch::size) {
+                    sum0 += Batch::load_aligned(&buffer[i]);
+                    sum1 += Batch::load_aligned(&buffer[i + Batch::size]);
+                    sum2 += Batch::load_aligned(&buffer[i + 2 * Batch::size]);
+                    sum3 += Batch::load_aligned(&buffer[i + 3 * Batch::size]);
+                }
+                partial[static_cast<std::size_t>(t)] = xsimd::hadd((sum0 + sum1) + (sum2 + sum3));
+            });
+        });
+        benchmark::DoNotOptimize(partial.data());
+    };
+    run();
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state)
+        run();
+    report_foreign_load(state, load);
+    state.counters["BYTES"] = benchmark::Counter(static_cast<double>(floats * sizeof(float)),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ----------------------------------------------------------------------------------------
 // 3. Naive Eigen baseline
 // ----------------------------------------------------------------------------------------
 
@@ -386,6 +507,38 @@ void print_cell(double value, bool found, int width, int precision)
         std::printf("%*s", width, "n/a");
 }
 
+/// The kernel paths side by side: prefill against the FMA peak of as many cores, decode
+/// against the read bandwidth of as many threads.
+void print_paths_summary(const std::map<std::string, Series>& all, double peak, double two_thread_peak)
+{
+    std::map<long, double> bandwidth;
+    for (const auto& [key, s] : all)
+        if (s.function_name == "BM_ReadBandwidth" && !s.args.empty())
+            bandwidth[s.args[0]] = median(s.counter("BYTES")) * 1e-9;
+    for (const auto& [threads, gbs] : bandwidth)
+        std::printf("Streaming read, %ld thread(s): %.1f GB/s\n", threads, gbs);
+    std::printf("\nKernel paths, %ld q / %ld kv heads, d = %ld; prefill: causal T = %ld; decode: 1 token "
+                "over %ld cached\n",
+                static_cast<long>(kPathQHeads), static_cast<long>(kPathKvHeads),
+                static_cast<long>(kPathHeadDim), static_cast<long>(kPathPrefillTokens),
+                static_cast<long>(kDecodeCacheTokens));
+    std::printf("%-34s %3s %10s %12s %10s %8s\n", "path/kv/work", "thr", "ms", "rate", "of bound", "other");
+    for (const auto& [key, s] : all) {
+        if (s.function_name.rfind("BM_Path/", 0) != 0 || s.args.empty())
+            continue;
+        const long threads = s.args[0];
+        const bool decode = s.function_name.find("/decode") != std::string::npos;
+        const double rate = median(s.counter(decode ? "BYTES" : "FLOPS")) * 1e-9;
+        const double bound = decode ? (bandwidth.count(threads) != 0 ? bandwidth[threads] : 0.0)
+                                    : (threads == 1 ? peak : two_thread_peak);
+        std::printf("%-34s %3ld %10.2f %7.1f %s %9.2f %8.2f\n", s.function_name.c_str() + 8, threads,
+                    median(s.real_time), rate, decode ? "GB/s" : "GF/s", bound > 0 ? rate / bound : 0.0,
+                    median(s.counter("other_cores")));
+    }
+    std::printf("(of bound: prefill / FP32 FMA peak of as many cores; decode / streaming read of as "
+                "many threads)\n\n");
+}
+
 void print_summary(const std::map<std::string, Series>& all)
 {
     std::printf("\n==================================== Summary (medians of %d repetitions) "
@@ -434,6 +587,7 @@ void print_summary(const std::map<std::string, Series>& all)
     if (two_threads > 0.0 && peak > 0.0)
         std::printf("  2-thread aggregate / 1-thread peak = %.2f\n", two_threads / peak);
     std::printf("  => single-core peak used below: %.1f GFLOP/s (%s)\n\n", peak, peak_name.c_str());
+    print_paths_summary(all, peak, two_threads);
 
     std::printf("Attention, Hq = Hkv = %ld (no GQA), causal FLOPs = 4*d*Hq*T(T+1)/2 for kernel and "
                 "naive alike.\n",
@@ -534,6 +688,31 @@ void register_all()
     finite_check("float", &BM_FiniteCheck<float>);
     finite_check("bf16", &BM_FiniteCheck<Eigen::bfloat16>);
     finite_check("half", &BM_FiniteCheck<Eigen::half>);
+
+    for (const int threads : kThreads)
+        benchmark::RegisterBenchmark("BM_ReadBandwidth", &BM_ReadBandwidth)
+            ->Arg(threads)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime()
+            ->MinTime(kMinTime)
+            ->Repetitions(kRepetitions);
+    // Paths side by side: for each kind of work, every path of this CPU back to back.
+    for (const bool decode : {false, true})
+        for (const int threads : kThreads)
+            for (const star::KernelIsa isa : star::all_kernel_isas) {
+                if (!star::cpu_supports(isa))
+                    continue;
+                const std::string tail = std::string("/") + (decode ? "decode" : "prefill");
+                const std::string isa_name(star::name(isa));
+                benchmark::RegisterBenchmark(("BM_Path/" + isa_name + "/float" + tail).c_str(),
+                                             &BM_Path<float>, isa, decode)
+                    ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
+                    ->MinTime(kMinTime)->Repetitions(kRepetitions);
+                benchmark::RegisterBenchmark(("BM_Path/" + isa_name + "/bf16" + tail).c_str(),
+                                             &BM_Path<Eigen::bfloat16>, isa, decode)
+                    ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
+                    ->MinTime(kMinTime)->Repetitions(kRepetitions);
+            }
 
     // Grouped by (d, T) so the kernel and the baseline of one size run back to back.
     for (const Index d : kHeadDims) {

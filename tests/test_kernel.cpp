@@ -1,10 +1,12 @@
-// The tiled kernel against the double-precision reference.
+// The tiled kernel against the double-precision reference, on every path of the kernel
+// this CPU has (star/kernel/isa.hpp): each check runs once per path.
 
 #include <gtest/gtest.h>
 
 #include <string>
 #include <tuple>
 
+#include "isa_paths.hpp"
 #include "reference.hpp"
 
 namespace star::test {
@@ -20,8 +22,11 @@ struct Case {
 };
 
 template <class KV, class M>
-void expect_matches_reference(const Case& c, const M& mask, const Visible& visible)
+void expect_matches_reference_on(KernelIsa isa, const Case& c, const M& mask,
+                                 const Visible& visible)
 {
+    SCOPED_TRACE("path " + std::string(name(isa)));
+    const ForcedIsa forced(isa);
     const auto q = random_tensor<float>(c.q_tokens, c.q_heads, c.head_dim, c.logit_scale);
     const auto k = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
     const auto v = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
@@ -40,33 +45,42 @@ void expect_matches_reference(const Case& c, const M& mask, const Visible& visib
     EXPECT_LE(dev.lse, tol.lse);
 }
 
+template <class KV, class M>
+void expect_matches_reference(const Case& c, const M& mask, const Visible& visible)
+{
+    for (const KernelIsa isa : supported_isas())
+        expect_matches_reference_on<KV>(isa, c, mask, visible);
+}
+
 bool causal(index i, index j) { return j <= i; }
 bool everything(index, index) { return true; }
 
 // Sizes straddle the tile edges (1, 7, 63, 65, 1000 are no multiples of the tile) and every
 // head_dim and GQA ratio the issue asks for; full and causal masks.
-using SweepParam = std::tuple<index, index, index, bool>;
+using SweepParam = std::tuple<KernelIsa, index, index, index, bool>;
 class KernelSweep : public ::testing::TestWithParam<SweepParam> {};
 
 TEST_P(KernelSweep, MatchesDoublePrecisionReference)
 {
-    const auto [tokens, head_dim, group, is_causal] = GetParam();
+    const auto [isa, tokens, head_dim, group, is_causal] = GetParam();
+    STAR_SKIP_UNLESS_SUPPORTED(isa);
     const Case c{tokens, tokens, 2 * group, 2, head_dim};
     if (is_causal)
-        expect_matches_reference<float>(c, CausalMask{}, causal);
+        expect_matches_reference_on<float>(isa, c, CausalMask{}, causal);
     else
-        expect_matches_reference<float>(c, NoMask{}, everything);
+        expect_matches_reference_on<float>(isa, c, NoMask{}, everything);
 }
 
 std::string sweep_name(const ::testing::TestParamInfo<SweepParam>& info)
 {
-    const auto [tokens, d, group, is_causal] = info.param;
-    return "L" + std::to_string(tokens) + "_d" + std::to_string(d) + "_g" +
+    const auto [isa, tokens, d, group, is_causal] = info.param;
+    return std::string(name(isa)) + "_L" + std::to_string(tokens) + "_d" + std::to_string(d) + "_g" +
            std::to_string(group) + (is_causal ? "_causal" : "_full");
 }
 
 INSTANTIATE_TEST_SUITE_P(AwkwardSizes, KernelSweep,
-                         ::testing::Combine(::testing::Values<index>(1, 7, 63, 65, 1000),
+                         ::testing::Combine(::testing::ValuesIn(all_kernel_isas),
+                                            ::testing::Values<index>(1, 7, 63, 65, 1000),
                                             ::testing::Values<index>(8, 64, 80, 128),
                                             ::testing::Values<index>(1, 2, 4, 8),
                                             ::testing::Bool()),
@@ -75,6 +89,35 @@ INSTANTIATE_TEST_SUITE_P(AwkwardSizes, KernelSweep,
 TEST(Kernel, LongSequenceCausalMatchesReference)
 {
     expect_matches_reference<float>({4097, 4097, 4, 1, 64}, CausalMask{}, causal);
+}
+
+// One below, at and one above the tile's 128 keys and 256 query rows (256 / group tokens),
+// causal, so that a tile edge off by one in the mask or the skipping of hidden tiles shows.
+TEST(Kernel, SizesAtTileEdges)
+{
+    for (const index tokens : {127, 128, 129, 255, 256, 257})
+        for (const index group : {1, 4}) {
+            SCOPED_TRACE("tokens " + std::to_string(tokens) + ", group " + std::to_string(group));
+            expect_matches_reference<float>({tokens, tokens, group, 1, 72}, CausalMask{}, causal);
+        }
+    expect_matches_reference<Eigen::bfloat16>({129, 129, 4, 1, 72}, CausalMask{}, causal);
+}
+
+// A query of one tile over a long cache is split over the keys (split-KV) and merged;
+// slices that the mask hides wholly, or rows that see no key at all, must merge to nothing.
+TEST(Kernel, DecodeSplitsTheKeysAndMergesExactly)
+{
+    const detail::TileShape tiles;
+    ASSERT_GT(detail::key_splits(1, 1, 2500, tiles), 1);
+    ASSERT_EQ(detail::key_splits(2, 1, 100000, tiles), 1); // several query tiles: no split
+    expect_matches_reference<float>({1, 3000, 8, 1, 128}, CausalMask{2999, 0},
+                                    [](index i, index j) { return j <= 2999 + i; });
+    expect_matches_reference<float>({3, 2500, 8, 2, 72}, CausalMask{1000, 0},
+                                    [](index i, index j) { return j <= 1000 + i; });
+    expect_matches_reference<Eigen::bfloat16>({1, 4100, 4, 1, 64}, NoMask{}, everything);
+    expect_matches_reference<Eigen::half>({2, 2049, 2, 2, 80}, NoMask{}, everything);
+    expect_matches_reference<float>({2, 3000, 4, 1, 64}, CausalMask{0, 5000},
+                                    [](index, index) { return false; });
 }
 
 TEST(Kernel, QueriesAndKeysOfDifferentLengths)
@@ -122,11 +165,14 @@ TEST(Kernel, NoKeysAtAll)
 {
     const auto q = random_tensor<float>(5, 4, 16);
     const Tensor3<float> k(0, 2, 16), v(0, 2, 16);
-    const AttentionState s = attention(view(q), view(k), view(v));
-    for (index n = 0; n < s.output.size(); ++n)
-        EXPECT_EQ(s.output.data()[n], 0.0f);
-    for (index n = 0; n < s.lse.size(); ++n)
-        EXPECT_EQ(s.lse.data()[n], -std::numeric_limits<float>::infinity());
+    for (const KernelIsa isa : supported_isas()) {
+        const ForcedIsa forced(isa);
+        const AttentionState s = attention(view(q), view(k), view(v));
+        for (index n = 0; n < s.output.size(); ++n)
+            EXPECT_EQ(s.output.data()[n], 0.0f) << name(isa);
+        for (index n = 0; n < s.lse.size(); ++n)
+            EXPECT_EQ(s.lse.data()[n], -std::numeric_limits<float>::infinity()) << name(isa);
+    }
 }
 
 // A user-defined mask: the kernel knows masks only through `coverage` and `visible`.
@@ -163,12 +209,15 @@ TEST(Kernel, ExplicitScale)
     const auto q = random_tensor<float>(33, 2, 16);
     const auto k = random_tensor<float>(40, 1, 16);
     const auto v = random_tensor<float>(40, 1, 16);
-    const AttentionState got = attention(view(q), view(k), view(v), NoMask{}, {0.3f});
     const ReferenceResult want = reference_attention(view(q), view(k), view(v), everything, 0.3);
-    const Deviation dev = deviation(got, want);
     const Tolerance tol = tolerance(want, 16, 40);
-    EXPECT_LE(dev.output, tol.output);
-    EXPECT_LE(dev.lse, tol.lse);
+    for (const KernelIsa isa : supported_isas()) {
+        const ForcedIsa forced(isa);
+        const AttentionState got = attention(view(q), view(k), view(v), NoMask{}, {0.3f});
+        const Deviation dev = deviation(got, want);
+        EXPECT_LE(dev.output, tol.output) << name(isa);
+        EXPECT_LE(dev.lse, tol.lse) << name(isa);
+    }
 }
 
 } // namespace

@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <type_traits>
 
+// First, so that the intrinsics header is read before Eigen includes it (see there).
+#include "detail/simd/target.hpp"
+
 #include <Eigen/Core>
 #include <unsupported/Eigen/CXX11/Tensor>
 

@@ -33,8 +33,9 @@ void check_tensor(const ConstView3<T>& t, const char* name, const char* where)
 /// a value is non-finite exactly when all its exponent bits are set, so one vectorised max
 /// over the bits without the sign decides. Eigen's allFinite() tests element by element (and
 /// converts each bf16 or half to float first): over a long decode cache that took longer
-/// than the attention itself.
-template <KVElement T>
+/// than the attention itself. `Arch` is the translation unit's own, and part of the
+/// function's type, so that units compiled for different architectures share no symbol.
+template <KVElement T, class Arch = xsimd::default_arch>
 bool all_finite(const T* values, index count)
 {
     using Bits = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int16_t>;
@@ -43,7 +44,7 @@ bool all_finite(const T* values, index count)
     constexpr auto exponent = static_cast<Bits>(std::same_as<T, float>            ? 0x7F800000
                                                 : std::same_as<T, Eigen::bfloat16> ? 0x7F80
                                                                                    : 0x7C00);
-    using Batch = xsimd::batch<Bits>;
+    using Batch = xsimd::batch<Bits, Arch>;
     constexpr index width = static_cast<index>(Batch::size);
     // SIMD loads may alias any type; the scalar tail reads the elements as themselves.
     const auto* bits = reinterpret_cast<const Bits*>(values);

@@ -1,0 +1,86 @@
+// The online softmax of the tiled kernel, written once over a float atom `S`. Included by
+// kernels.hpp into one namespace per path, inside that path's target region.
+//
+// A query meets its keys one tile at a time. It keeps the running maximum of its scores
+// and the running sum of `exp(score - max)`; when a tile raises the maximum, what was
+// accumulated so far is rescaled by `exp(old_max - new_max)`. At the end
+// `output = accumulator / sum` and `lse = max + log(sum)`, with no overflow whatever the
+// scores. The kernel stores a score tile with one column per query, so every operation
+// here is vertical: one SIMD lane per query, no horizontal reductions.
+
+/// `values[0..n) *= factor`.
+template <class S>
+void scale_in_place(float* values, index n, float factor) noexcept
+{
+    const auto factor_lanes = S::broadcast(factor);
+    index i = 0;
+    for (; i + S::width <= n; i += S::width)
+        S::store(values + i, S::mul(S::load(values + i), factor_lanes));
+    for (; i < n; ++i)
+        values[i] *= factor;
+}
+
+/// Running softmax statistics of `columns` queries (a multiple of the vector width).
+template <class S>
+class OnlineSoftmax {
+public:
+    void reset(index columns)
+    {
+        max_.assign(static_cast<std::size_t>(columns), minus_infinity);
+        sum_.assign(static_cast<std::size_t>(columns), 0.0f);
+        rescale_.assign(static_cast<std::size_t>(columns), 1.0f);
+    }
+
+    /// `scores` is a tile `[keys, columns]` with row stride `ld`: scaled scores, `-inf`
+    /// where masked. Turns it into unnormalised probabilities in place, folds it into the
+    /// running statistics, and leaves in `rescale(c)` the factor by which query `c`'s
+    /// output accumulator must be multiplied before this tile's `P x V` is added.
+    void absorb(float* scores, index ld, index keys) noexcept
+    {
+        const auto minus_inf = S::broadcast(minus_infinity);
+        const auto zero = S::broadcast(0.0f);
+        for (index c = 0; c < static_cast<index>(max_.size()); c += S::width) {
+            auto tile_max = minus_inf;
+            for (index j = 0; j < keys; ++j)
+                tile_max = S::max(tile_max, S::load(scores + j * ld + c));
+            const auto old_max = S::load(max_.data() + c);
+            const auto new_max = S::max(old_max, tile_max);
+            // A query that has seen no key yet keeps max = -inf; shifting it by 0 instead
+            // makes its exp(-inf) = 0 rather than exp(-inf + inf) = NaN.
+            const auto shift = S::select(S::equal(new_max, minus_inf), zero, new_max);
+            const auto factor = exp_of<S>(S::sub(old_max, shift));
+            auto tile_sum = zero;
+            for (index j = 0; j < keys; ++j) {
+                float* row = scores + j * ld + c;
+                const auto p = exp_of<S>(S::sub(S::load(row), shift));
+                S::store(row, p);
+                tile_sum = S::add(tile_sum, p);
+            }
+            S::store(sum_.data() + c, S::fma(S::load(sum_.data() + c), factor, tile_sum));
+            S::store(max_.data() + c, new_max);
+            S::store(rescale_.data() + c, factor);
+        }
+    }
+
+    [[nodiscard]] float rescale(index c) const noexcept { return rescale_[static_cast<std::size_t>(c)]; }
+    [[nodiscard]] float sum(index c) const noexcept { return sum_[static_cast<std::size_t>(c)]; }
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(float) * (max_.size() + sum_.size() + rescale_.size());
+    }
+    /// The largest score query `c` has seen; `-inf` if it saw none.
+    [[nodiscard]] float max(index c) const noexcept { return max_[static_cast<std::size_t>(c)]; }
+
+    /// `log sum_k exp(score_k)` over every key absorbed by query `c`; `-inf` if it saw none.
+    [[nodiscard]] float lse(index c) const noexcept
+    {
+        const auto i = static_cast<std::size_t>(c);
+        return sum_[i] > 0.0f ? max_[i] + std::log(sum_[i]) : minus_infinity;
+    }
+
+private:
+    scratch<float> max_;
+    scratch<float> sum_;
+    scratch<float> rescale_;
+};

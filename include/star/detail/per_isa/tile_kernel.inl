@@ -1,0 +1,199 @@
+// The tiled attention kernel (FlashAttention-style), written once over a float atom `S`.
+// Included by kernels.hpp into one namespace per path, inside that path's target region,
+// after exp.inl, online_softmax.inl and tile_gemm.inl.
+//
+// For one KV head and a tile of query tokens, the query heads that share that KV head are
+// stacked into one block of rows, so each K/V tile is loaded (and, for bf16/half, widened
+// in vector registers) once for all of them. Scores come from tile_gemm, the softmax is
+// online, and the value product is a second tile_gemm into a float accumulator. Nothing
+// of size `Lq x Lk` is ever allocated.
+
+/// Scratch memory of one worker: sized once per task, reused for every tile. The score
+/// tile is stored transposed, `[keys, queries]`, so the softmax runs one SIMD lane per
+/// query and the products need no packing of K or of the probabilities.
+template <class S, class KV>
+struct Workspace {
+    index head_dim;
+    index padded_dim;       // head_dim rounded up to a vector
+    scratch<float> queries_t;   // [head_dim, query rows rounded up to a vector], scaled
+    scratch<float> scores_t;    // [keys, query rows rounded up to a vector]
+    scratch<float> accumulator; // [rows, padded_dim]
+    scratch<float> keys;        // [keys, head_dim], bf16/half widened to float
+    scratch<float> values;      // [keys, padded_dim], widened and/or padded
+    OnlineSoftmax<S> softmax;
+
+    Workspace(index tile_rows, index tile_keys, index d)
+        : head_dim(d), padded_dim(round_up(d, S::width)),
+          queries_t(static_cast<std::size_t>(d * round_up(tile_rows, S::width))),
+          scores_t(static_cast<std::size_t>(tile_keys * round_up(tile_rows, S::width))),
+          accumulator(static_cast<std::size_t>(tile_rows * padded_dim)),
+          keys(std::is_same_v<KV, float> ? 0 : static_cast<std::size_t>(tile_keys * d)),
+          values(values_in_place() ? 0 : static_cast<std::size_t>(tile_keys * padded_dim), 0.0f)
+    {
+    }
+
+    /// Float values whose rows are whole vectors are read straight from the caller's memory.
+    [[nodiscard]] bool values_in_place() const
+    {
+        return std::is_same_v<KV, float> && head_dim == padded_dim;
+    }
+
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(float) * (queries_t.size() + scores_t.size() + accumulator.size() +
+                                keys.size() + values.size()) +
+               softmax.bytes();
+    }
+};
+
+/// Rows `[0, rows)` of `d` elements, `src_stride` apart, widened to float into `dst`,
+/// `dst_stride` apart: whole vectors through the atom's converting load, the rest of a row
+/// (fewer than a vector's width) one by one.
+template <class S, class KV>
+void widen_rows(const KV* src, index src_stride, index rows, index d, float* dst,
+                index dst_stride) noexcept
+{
+    for (index j = 0; j < rows; ++j) {
+        const KV* from = src + j * src_stride;
+        float* to = dst + j * dst_stride;
+        index c = 0;
+        for (; c + S::width <= d; c += S::width)
+            S::store(to + c, S::load(from + c));
+        for (; c < d; ++c)
+            to[c] = static_cast<float>(from[c]);
+    }
+}
+
+/// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
+/// against all keys allowed by the job's mask, written into the job's output.
+template <class S, class KV, class M>
+void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, index q_count,
+                       Workspace<S, KV>& ws)
+{
+    const auto& q = job.q;
+    const auto& k = job.k;
+    const auto& v = job.v;
+    const M& mask = job.mask;
+    const index d = ws.head_dim;
+    const index q_heads = q.dimension(1);
+    const index kv_heads = k.dimension(1);
+    const index group = q_heads / kv_heads;
+    const index rows = q_count * group;
+    const index columns = round_up(rows, S::width); // a short last tile or a decode step is narrow
+    const index key_count = k.dimension(0);
+    const index first_head = kv_head * group;
+    const index kv_row_stride = kv_heads * d;
+    const index tile_keys = job.tiles.keys;
+
+    // Q^T, scaled; padding columns stay 0 and their results are never read.
+    std::fill_n(ws.queries_t.begin(), d * columns, 0.0f);
+    for (index r = 0; r < rows; ++r) {
+        const float* src = q.data() + ((q_first + r / group) * q_heads + first_head + r % group) * d;
+        for (index c = 0; c < d; ++c)
+            ws.queries_t[static_cast<std::size_t>(c * columns + r)] = job.scale * src[c];
+    }
+    std::fill_n(ws.accumulator.begin(), rows * ws.padded_dim, 0.0f);
+    ws.softmax.reset(columns);
+
+    for (index k_first = 0; k_first < key_count; k_first += tile_keys) {
+        const index k_count = std::min(tile_keys, key_count - k_first);
+        const Coverage coverage =
+            mask.coverage(q_first, q_first + q_count, k_first, k_first + k_count);
+        if (coverage == Coverage::none)
+            continue;
+
+        // S^T = K Q^T: K rows are read in place (float) or from the widened copy.
+        const KV* k_tile = k.data() + (k_first * kv_heads + kv_head) * d;
+        const float* k_rows = nullptr;
+        Strides k_strides{kv_row_stride, 1};
+        if constexpr (std::is_same_v<KV, float>) {
+            k_rows = k_tile;
+        } else {
+            widen_rows<S>(k_tile, kv_row_stride, k_count, d, ws.keys.data(), d);
+            k_rows = ws.keys.data();
+            k_strides = {d, 1};
+        }
+        float* scores = ws.scores_t.data();
+        tile_gemm<S, false>(k_rows, k_strides, ws.queries_t.data(), columns, scores, columns,
+                            k_count, columns, d);
+
+        if (coverage == Coverage::partial) {
+            for (index j = 0; j < k_count; ++j)
+                for (index t = 0; t < q_count; ++t)
+                    if (!mask.visible(q_first + t, k_first + j))
+                        std::fill_n(scores + j * columns + t * group, group, minus_infinity);
+        }
+
+        ws.softmax.absorb(scores, columns, k_count);
+        for (index r = 0; r < rows; ++r)
+            if (const float f = ws.softmax.rescale(r); f != 1.0f)
+                scale_in_place<S>(ws.accumulator.data() + r * ws.padded_dim, ws.padded_dim, f);
+
+        // O += P V, reading P from the transposed score tile.
+        const KV* v_tile = v.data() + (k_first * kv_heads + kv_head) * d;
+        const float* v_rows = nullptr;
+        index v_stride = kv_row_stride;
+        if (ws.values_in_place()) {
+            if constexpr (std::is_same_v<KV, float>)
+                v_rows = v_tile;
+        } else {
+            widen_rows<S>(v_tile, kv_row_stride, k_count, d, ws.values.data(), ws.padded_dim);
+            v_rows = ws.values.data();
+            v_stride = ws.padded_dim;
+        }
+        tile_gemm<S, true>(scores, Strides{1, columns}, v_rows, v_stride, ws.accumulator.data(),
+                           ws.padded_dim, rows, ws.padded_dim, k_count);
+    }
+
+    for (index r = 0; r < rows; ++r) {
+        const index token = q_first + r / group;
+        const index head = first_head + r % group;
+        float* o = job.out.output.data() + (token * q_heads + head) * d;
+        const float sum = ws.softmax.sum(r);
+        const float* acc = ws.accumulator.data() + r * ws.padded_dim;
+        if (sum > 0.0f) {
+            bool finite = true;
+            for (index c = 0; c < d; ++c) {
+                o[c] = acc[c] / sum;
+                finite = finite && std::isfinite(o[c]);
+            }
+            if (!finite)
+                overflow(token, head, "output");
+        } else if (ws.softmax.max(r) == minus_infinity &&
+                   !sees_a_key(mask, token, key_count, tile_keys)) {
+            std::fill_n(o, d, 0.0f); // the row sees no key
+        } else {
+            overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
+        }
+        job.out.lse(token, head) = ws.softmax.lse(r);
+    }
+}
+
+/// Task `task` of the job (see TileJob): one query tile and its mirror, one KV head.
+template <class S, class KV, class M>
+void attend_tile_pair(const TileJob<KV, M>& job, index task)
+{
+    const index kv_heads = job.k.dimension(1);
+    const index group = job.q.dimension(1) / kv_heads;
+    const index q_tokens = job.q.dimension(0);
+    const index kv_head = task % kv_heads;
+    const index pair = task / kv_heads;
+    Workspace<S, KV> ws(job.tile_tokens * group, job.tiles.keys, job.q.dimension(2));
+    const auto run_tile = [&](index tile) {
+        const index first = tile * job.tile_tokens;
+        attend_query_tile<S>(job, kv_head, first, std::min(job.tile_tokens, q_tokens - first), ws);
+    };
+    run_tile(pair);
+    if (const index mirror = job.query_tiles - 1 - pair; mirror != pair)
+        run_tile(mirror);
+}
+
+/// What one task's Workspace holds for tiles of `rows` query rows and `keys` keys, at most.
+template <class S, class KV>
+std::size_t workspace_bytes(index rows, index keys, index head_dim)
+{
+    Workspace<S, KV> ws(rows, keys, head_dim);
+    ws.softmax.reset(round_up(rows, S::width)); // as attend_query_tile does, at most
+    return ws.bytes();
+}

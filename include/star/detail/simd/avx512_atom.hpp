@@ -1,0 +1,64 @@
+#pragma once
+/// \file
+/// The AVX-512 float atom (F, BW, DQ, VL), compiled in a target region (target.hpp). `Tu`
+/// keeps translation units of different `-march` apart, as in avx2_atom.hpp.
+
+#include "target.hpp"
+
+#if STAR_X86_DISPATCH
+#include <immintrin.h>
+
+#include <Eigen/Core>
+
+#include "atom.hpp"
+
+namespace star::detail {
+
+STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
+
+template <class Tu>
+struct Avx512Atom {
+    using reg = __m512;
+    using mask = __mmask16;
+    static constexpr index width = 16;
+
+    static reg broadcast(float s) noexcept { return _mm512_set1_ps(s); }
+    static reg load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+    /// bf16 is the upper half of a float: widen to 32 bits and shift into place.
+    static reg load(const Eigen::bfloat16* p) noexcept
+    {
+        const __m256i narrow = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(narrow), 16));
+    }
+    static reg load(const Eigen::half* p) noexcept
+    {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    static void store(float* p, reg x) noexcept { _mm512_storeu_ps(p, x); }
+    static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
+    static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
+    static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
+    static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+    static reg max(reg a, reg b) noexcept { return _mm512_max_ps(a, b); }
+    static reg min(reg a, reg b) noexcept { return _mm512_min_ps(a, b); }
+    static mask equal(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+    static mask less(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+    static mask unordered(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
+    static reg select(mask m, reg a, reg b) noexcept { return _mm512_mask_blend_ps(m, b, a); }
+    static reg round(reg x) noexcept
+    {
+        return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    /// 2^n for whole n in [-126, 127]: n + 127 is the biased exponent.
+    static reg pow2(reg n) noexcept
+    {
+        const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
+    }
+};
+
+STAR_TARGET_END
+
+} // namespace star::detail
+
+#endif

@@ -1,0 +1,58 @@
+#pragma once
+/// \file
+/// Compiling code for an instruction set the translation unit was not compiled for.
+///
+/// The library is header-only, so its kernel is compiled inside the user's translation
+/// units, whatever their `-march`. Code placed between `STAR_TARGET_BEGIN("avx2,fma")` and
+/// `STAR_TARGET_END` is compiled as if for that instruction set (GCC's `target` pragma,
+/// Clang's `target` attribute applied to every function of the region); it runs only after
+/// kernel/isa.hpp has found the CPU able to. Functions declared outside a region, such as
+/// the standard library's and the masks', keep the translation unit's own target, so no
+/// symbol shared with other translation units ever holds instructions the CPU may lack.
+///
+/// xsimd cannot serve here: it declares `batch<float, avx2>` only in translation units
+/// compiled with `-mavx2`, so a region's code uses the small per-ISA atoms of
+/// avx2_ops.hpp and avx512_ops.hpp; xsimd remains the portable path.
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define STAR_X86_DISPATCH 1
+#else
+#define STAR_X86_DISPATCH 0
+#endif
+
+#define STAR_PRAGMA(text) _Pragma(#text)
+
+#if STAR_X86_DISPATCH
+// GCC 12 warns inside its own AVX-512 intrinsics once they are inlined into the kernel: they
+// build an "undefined" vector as `__m512 __Y = __Y;` (GCC bug 105593, fixed in 13), and the
+// system-header exemption does not reach inlined code. GCC judges a warning by the pragma
+// state where it is reported, inside the intrinsics header, so that header is included
+// here first with those warnings off; its include guard makes later includes no-ops. A
+// user's code keeps every warning it asked for. (A unit that includes <immintrin.h>, or
+// Eigen, before the library still sees them under GCC 12.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+#if defined(__clang__)
+#define STAR_TARGET_BEGIN(features)                                                           \
+    STAR_PRAGMA(clang attribute push(__attribute__((target(features))), apply_to = function))
+#define STAR_TARGET_END STAR_PRAGMA(clang attribute pop)
+#elif defined(__GNUC__)
+// -Wpsabi: GCC notes that a function returning a vector passes it differently without
+// the region's target; every caller of such a function is inside the same region.
+#define STAR_TARGET_BEGIN(features)                                                           \
+    STAR_PRAGMA(GCC push_options) STAR_PRAGMA(GCC target(features))                           \
+    STAR_PRAGMA(GCC diagnostic push) STAR_PRAGMA(GCC diagnostic ignored "-Wpsabi")
+#define STAR_TARGET_END STAR_PRAGMA(GCC diagnostic pop) STAR_PRAGMA(GCC pop_options)
+#else
+#define STAR_TARGET_BEGIN(features)
+#define STAR_TARGET_END
+#endif

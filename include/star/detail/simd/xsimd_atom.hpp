@@ -1,0 +1,49 @@
+#pragma once
+/// \file
+/// The portable float atom: xsimd at the architecture `Arch` (the translation unit's own,
+/// `xsimd::default_arch`, for the portable path). Having `Arch` in the type keeps
+/// translation units compiled for different architectures from sharing a symbol.
+
+#include <Eigen/Core>
+#include <xsimd/xsimd.hpp>
+
+#include "atom.hpp"
+
+namespace star::detail {
+
+template <class Arch>
+struct XsimdAtom {
+    using reg = xsimd::batch<float, Arch>;
+    using mask = xsimd::batch_bool<float, Arch>;
+    static constexpr index width = static_cast<index>(reg::size);
+
+    static reg broadcast(float s) noexcept { return reg(s); }
+    static reg load(const float* p) noexcept { return reg::load_unaligned(p); }
+    /// bf16 and half are widened one element at a time: xsimd 8 has no vector conversion
+    /// for them. The x86 atoms convert in registers.
+    template <class Narrow>
+        requires std::same_as<Narrow, Eigen::bfloat16> || std::same_as<Narrow, Eigen::half>
+    static reg load(const Narrow* p) noexcept
+    {
+        alignas(64) float wide[width];
+        for (index i = 0; i < width; ++i)
+            wide[i] = static_cast<float>(p[i]);
+        return reg::load_aligned(wide);
+    }
+    static void store(float* p, reg x) noexcept { x.store_unaligned(p); }
+    static reg add(reg a, reg b) noexcept { return a + b; }
+    static reg sub(reg a, reg b) noexcept { return a - b; }
+    static reg mul(reg a, reg b) noexcept { return a * b; }
+    static reg fma(reg a, reg b, reg c) noexcept { return xsimd::fma(a, b, c); }
+    static reg max(reg a, reg b) noexcept { return xsimd::max(a, b); }
+    static reg min(reg a, reg b) noexcept { return xsimd::min(a, b); }
+    static mask equal(reg a, reg b) noexcept { return a == b; }
+    static mask less(reg a, reg b) noexcept { return a < b; }
+    static mask unordered(reg a, reg b) noexcept { return xsimd::isnan(a) || xsimd::isnan(b); }
+    static reg select(mask m, reg a, reg b) noexcept { return xsimd::select(m, a, b); }
+    static reg exp(reg x) noexcept { return xsimd::exp(x); }
+};
+
+static_assert(FloatAtom<XsimdAtom<xsimd::default_arch>>);
+
+} // namespace star::detail

@@ -1,0 +1,96 @@
+#pragma once
+/// \file
+/// What every path of the kernel shares: the tile shape, the description of one
+/// `attention` call that its tasks read, and the checks made after a row is done.
+
+#include <algorithm>
+
+#include "../kernel/mask.hpp"
+#include "../state.hpp"
+#include "../tensor.hpp"
+
+namespace star::detail {
+
+/// Tile shape. Rows are (query token, head of the group) pairs.
+struct TileShape {
+    index query_rows = 256;
+    index keys = 128;
+
+    [[nodiscard]] index query_tokens(index group) const
+    {
+        return std::max<index>(1, query_rows / group);
+    }
+};
+
+/// One `attention` call, as its tasks see it. Task `t` takes KV head `t % kv_heads` and the
+/// pair of query tiles `t / kv_heads` and its mirror from the other end, so that under a
+/// causal mask every task carries about the same work.
+template <class KV, class M>
+struct TileJob {
+    const ConstView3<float>& q;
+    const ConstView3<KV>& k;
+    const ConstView3<KV>& v;
+    const M& mask;
+    float scale;
+    TileShape tiles;
+    index tile_tokens; // query tokens per tile
+    index query_tiles;
+    AttentionState& out;
+};
+
+/// `mask` as seen from the slice of keys that starts at key `first`.
+template <Mask M>
+struct KeysFrom {
+    M mask;
+    index first;
+
+    [[nodiscard]] Coverage coverage(index q_begin, index q_end, index k_begin, index k_end) const
+    {
+        return mask.coverage(q_begin, q_end, k_begin + first, k_end + first);
+    }
+    [[nodiscard]] bool visible(index i, index j) const { return mask.visible(i, j + first); }
+};
+
+/// Split-KV (flash-decoding): a call with a single query tile (a decode step, a short
+/// query) has only `kv_heads` tasks, too few to occupy many threads while it reads the
+/// whole cache. Its keys are then cut into `key_splits` slices, attended to separately and
+/// merged exactly. The count depends only on the shapes, never on the thread count, so a
+/// result is the same bit for bit however many threads compute it: enough slices for 32
+/// tasks, each slice at least 4 tiles of keys.
+inline index key_splits(index query_tiles, index kv_heads, index keys, const TileShape& tiles)
+{
+    constexpr index target_tasks = 32;
+    if (query_tiles != 1 || kv_heads >= target_tasks)
+        return 1;
+    const index wanted = (target_tasks + kv_heads - 1) / kv_heads;
+    return std::max<index>(1, std::min(wanted, keys / (4 * tiles.keys)));
+}
+
+/// Finite inputs can still overflow float: a score `scale * q.k` beyond 3.4e38, or an
+/// output `sum p * v` beyond it. The result would be garbage, so it is an error.
+[[noreturn]] inline void overflow(index token, index head, const char* what)
+{
+    fail("attention: the ", what, " of query token ", token, ", head ", head,
+         " overflow float (inputs too large for float arithmetic, or not finite)");
+}
+
+/// Whether query `i` sees any of the keys `[0, key_count)` under `mask`. Asked only of rows
+/// whose scores were all `-inf`: that is a row that sees no key, or one whose every score
+/// overflowed float towards `-inf` (an error, not an empty row).
+template <Mask M>
+bool sees_a_key(const M& mask, index i, index key_count, index tile_keys)
+{
+    for (index first = 0; first < key_count; first += tile_keys) {
+        const index end = std::min(first + tile_keys, key_count);
+        const Coverage coverage = mask.coverage(i, i + 1, first, end);
+        if (coverage == Coverage::full)
+            return true;
+        if (coverage == Coverage::partial)
+            for (index j = first; j < end; ++j)
+                if (mask.visible(i, j))
+                    return true;
+    }
+    return false;
+}
+
+} // namespace star::detail

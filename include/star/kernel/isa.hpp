@@ -1,0 +1,183 @@
+#pragma once
+/// \file
+/// Which instruction set the attention kernel runs on, chosen at run time.
+///
+/// The kernel is compiled for every path at once, whatever `-march` the including
+/// translation unit uses (detail/simd/target.hpp says how), and `attention` takes the best
+/// path the CPU and the operating system support. So a program built for plain x86-64 uses
+/// AVX2 or AVX-512 where they are present, and `-march=native` only changes the code
+/// around the kernel. The environment variable `STAR_ISA` caps the choice, for tests and
+/// benchmarks: `STAR_ISA=portable` runs the portable path on any CPU.
+
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "../detail/simd/target.hpp"
+#include "../error.hpp"
+
+#if STAR_X86_DISPATCH
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+namespace star {
+
+/// The paths of the kernel, in increasing order of preference.
+enum class KernelIsa {
+    /// xsimd at the architecture the translation unit is compiled for (SSE2 on plain
+    /// x86-64, NEON on ARM): runs wherever the program runs.
+    portable,
+    /// AVX2 with FMA and F16C (Intel Haswell, AMD Zen and later).
+    avx2,
+    /// AVX-512 F, BW, DQ and VL (Intel Skylake-SP, AMD Zen 4 and later).
+    avx512,
+};
+
+/// Every path, in the order of `KernelIsa`.
+inline constexpr std::array<KernelIsa, 3> all_kernel_isas{KernelIsa::portable, KernelIsa::avx2,
+                                                          KernelIsa::avx512};
+
+/// The path's name as `STAR_ISA` spells it: "portable", "avx2" or "avx512".
+constexpr std::string_view name(KernelIsa isa) noexcept
+{
+    switch (isa) {
+    case KernelIsa::avx2:
+        return "avx2";
+    case KernelIsa::avx512:
+        return "avx512";
+    case KernelIsa::portable:
+        break;
+    }
+    return "portable";
+}
+
+namespace detail {
+
+#if STAR_X86_DISPATCH
+/// The state components the OS saves on a context switch (XCR0). A CPU may support
+/// AVX-512 while the kernel does not enable its registers; then the instructions fault.
+STAR_TARGET_BEGIN("xsave")
+inline unsigned long long os_saved_state() noexcept { return _xgetbv(0); }
+STAR_TARGET_END
+
+/// Features of this CPU, read once with CPUID. xsimd's own detection (Debian's 8.1) checks
+/// neither F16C nor whether the OS saves the AVX-512 registers, so the library asks itself.
+struct CpuFeatures {
+    bool avx2 = false;
+    bool avx512 = false;
+
+    static CpuFeatures read() noexcept
+    {
+        CpuFeatures f;
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (__get_cpuid(1, &a, &b, &c, &d) == 0)
+            return f;
+        const bool fma = (c >> 12) & 1U, osxsave = (c >> 27) & 1U, avx = (c >> 28) & 1U,
+                   f16c = (c >> 29) & 1U;
+        if (!osxsave || !avx)
+            return f;
+        const unsigned long long xcr0 = os_saved_state();
+        const bool ymm_saved = (xcr0 & 0x6U) == 0x6U;             // SSE and AVX state
+        const bool zmm_saved = (xcr0 & 0xE6U) == 0xE6U;           // plus opmask and ZMM
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0)
+            return f;
+        const bool avx2 = (b >> 5) & 1U, avx512f = (b >> 16) & 1U, avx512dq = (b >> 17) & 1U,
+                   avx512bw = (b >> 30) & 1U, avx512vl = (b >> 31) & 1U;
+        f.avx2 = ymm_saved && avx2 && fma && f16c;
+        f.avx512 = f.avx2 && zmm_saved && avx512f && avx512dq && avx512bw && avx512vl;
+        return f;
+    }
+};
+
+inline const CpuFeatures& cpu_features() noexcept
+{
+    static const CpuFeatures features = CpuFeatures::read();
+    return features;
+}
+#endif
+
+/// What `STAR_ISA` asks for: no cap (unset or empty), a cap, or an error message.
+struct IsaCap {
+    KernelIsa cap = KernelIsa::avx512;
+    std::string error;
+};
+
+/// Reads a value of `STAR_ISA` (null when the variable is unset).
+inline IsaCap parse_isa_cap(const char* value)
+{
+    if (value == nullptr || *value == '\0')
+        return {};
+    for (const KernelIsa isa : all_kernel_isas)
+        if (name(isa) == value)
+            return {isa, {}};
+    return {KernelIsa::portable,
+            "STAR_ISA: unknown kernel path \"" + std::string(value) +
+                "\"; use portable, avx2 or avx512 (or unset it for the best the CPU has)"};
+}
+
+inline const IsaCap& environment_isa_cap()
+{
+    static const IsaCap cap = parse_isa_cap(std::getenv("STAR_ISA"));
+    return cap;
+}
+
+/// For tests: when not negative, the path every kernel call takes, bypassing `STAR_ISA`
+/// (tests/reference.hpp's ForcedIsa sets it only to paths the CPU has).
+inline std::atomic<int> forced_isa{-1};
+
+} // namespace detail
+
+/// Whether this CPU, and the operating system, can run the kernel's path `isa`.
+inline bool cpu_supports(KernelIsa isa) noexcept
+{
+    switch (isa) {
+    case KernelIsa::portable:
+        return true;
+#if STAR_X86_DISPATCH
+    case KernelIsa::avx2:
+        return detail::cpu_features().avx2;
+    case KernelIsa::avx512:
+        return detail::cpu_features().avx512;
+#else
+    default:
+        return false;
+#endif
+    }
+    return false;
+}
+
+/// The CPU features the path `isa` needs, as the CPU manuals name them.
+constexpr std::string_view required_features(KernelIsa isa) noexcept
+{
+    switch (isa) {
+    case KernelIsa::avx2:
+        return "x86-64 with AVX2, FMA and F16C";
+    case KernelIsa::avx512:
+        return "x86-64 with AVX512F, AVX512BW, AVX512DQ and AVX512VL";
+    case KernelIsa::portable:
+        break;
+    }
+    return "nothing";
+}
+
+/// The path `attention` takes: the best one the CPU supports, capped by the environment
+/// variable `STAR_ISA` (read once per process).
+/// \throws star::error if `STAR_ISA` names no path.
+inline KernelIsa kernel_isa()
+{
+    if (const int forced = detail::forced_isa.load(std::memory_order_relaxed); forced >= 0)
+        return static_cast<KernelIsa>(forced);
+    const detail::IsaCap& cap = detail::environment_isa_cap();
+    if (!cap.error.empty())
+        detail::fail(cap.error);
+    KernelIsa best = KernelIsa::portable;
+    for (const KernelIsa isa : all_kernel_isas)
+        if (isa <= cap.cap && cpu_supports(isa))
+            best = isa;
+    return best;
+}
+
+} // namespace star
