@@ -7,11 +7,12 @@
 // registers while one row of B's panel is loaded per step: no operand is packed, which is
 // why this beats a general GEMM on attention-tile shapes (1.5x Eigen's, measured).
 
-/// Accumulator rows: 8 x 3 vectors + 3 for B fit AVX-512's 32 registers; 4 x 3 + 3 fit the
-/// 16 of AVX2 and SSE.
+/// Accumulators: 8 x 3 vectors + 3 for B fit AVX-512's 32 registers; 6 x 2 + 2 fit the 16
+/// of AVX2 and SSE.
 template <class S>
-inline constexpr int gemm_rows = S::width >= 16 ? 8 : 4;
-inline constexpr int gemm_packets = 3;
+inline constexpr int gemm_rows = S::width >= 16 ? 8 : 6;
+template <class S>
+inline constexpr int gemm_packets = S::width >= 16 ? 3 : 2;
 
 template <class S, int Rows, int Packets, bool Accumulate>
 inline void gemm_micro_tile(const float* a, Strides sa, const float* b, index ldb, float* c,
@@ -73,8 +74,8 @@ inline void tile_gemm(const float* a, Strides sa, const float* b, index ldb, flo
     index p = 0;
     // Column panels outermost: one panel of B (depth x 3 vectors) stays in L1 while every
     // row block of A streams past it.
-    for (; p + gemm_packets <= packets; p += gemm_packets)
-        gemm_panel<S, gemm_packets, Accumulate>(a, sa, b + p * S::width, ldb, c + p * S::width,
+    for (; p + gemm_packets<S> <= packets; p += gemm_packets<S>)
+        gemm_panel<S, gemm_packets<S>, Accumulate>(a, sa, b + p * S::width, ldb, c + p * S::width,
                                                 ldc, m, depth);
     if (packets - p == 2)
         gemm_panel<S, 2, Accumulate>(a, sa, b + p * S::width, ldb, c + p * S::width, ldc, m, depth);
