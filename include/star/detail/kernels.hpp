@@ -43,30 +43,21 @@ struct Strides {
 // clang-format off
 namespace star::detail::portable_path {
 using Simd = XsimdAtom<xsimd::default_arch>;
-#include "per_isa/exp.inl"
-#include "per_isa/online_softmax.inl"
-#include "per_isa/tile_gemm.inl"
-#include "per_isa/tile_kernel.inl"
+#include "per_isa/kernel.inl"
 } // namespace star::detail::portable_path
 
 #if STAR_X86_DISPATCH
 STAR_TARGET_BEGIN("avx2,fma,f16c")
 namespace star::detail::avx2_path {
 using Simd = Avx2Atom<xsimd::default_arch>;
-#include "per_isa/exp.inl"
-#include "per_isa/online_softmax.inl"
-#include "per_isa/tile_gemm.inl"
-#include "per_isa/tile_kernel.inl"
+#include "per_isa/kernel.inl"
 } // namespace star::detail::avx2_path
 STAR_TARGET_END
 
 STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
 namespace star::detail::avx512_path {
 using Simd = Avx512Atom<xsimd::default_arch>;
-#include "per_isa/exp.inl"
-#include "per_isa/online_softmax.inl"
-#include "per_isa/tile_gemm.inl"
-#include "per_isa/tile_kernel.inl"
+#include "per_isa/kernel.inl"
 } // namespace star::detail::avx512_path
 STAR_TARGET_END
 #endif

@@ -22,9 +22,11 @@ struct TileShape {
     }
 };
 
-/// One `attention` call, as its tasks see it. Task `t` takes KV head `t % kv_heads` and the
-/// pair of query tiles `t / kv_heads` and its mirror from the other end, so that under a
-/// causal mask every task carries about the same work.
+/// One `attention` call, or one slice of its keys under split-KV, as its tasks see it.
+/// Task `t` takes KV head `t % kv_heads` and the pair of query tiles `t / kv_heads` and its
+/// mirror from the other end, so that under a causal mask every task carries about the
+/// same work. Keys `[key_begin, key_end)` are attended to; `key_begin` is a multiple of the
+/// tile's keys, so a slice is cut into the same tiles as the whole.
 template <class KV, class M>
 struct TileJob {
     const ConstView3<float>& q;
@@ -35,20 +37,9 @@ struct TileJob {
     TileShape tiles;
     index tile_tokens; // query tokens per tile
     index query_tiles;
+    index key_begin;
+    index key_end;
     AttentionState& out;
-};
-
-/// `mask` as seen from the slice of keys that starts at key `first`.
-template <Mask M>
-struct KeysFrom {
-    M mask;
-    index first;
-
-    [[nodiscard]] Coverage coverage(index q_begin, index q_end, index k_begin, index k_end) const
-    {
-        return mask.coverage(q_begin, q_end, k_begin + first, k_end + first);
-    }
-    [[nodiscard]] bool visible(index i, index j) const { return mask.visible(i, j + first); }
 };
 
 /// Split-KV (flash-decoding): a call with a single query tile (a decode step, a short
@@ -74,14 +65,14 @@ inline index key_splits(index query_tiles, index kv_heads, index keys, const Til
          " overflow float (inputs too large for float arithmetic, or not finite)");
 }
 
-/// Whether query `i` sees any of the keys `[0, key_count)` under `mask`. Asked only of rows
-/// whose scores were all `-inf`: that is a row that sees no key, or one whose every score
-/// overflowed float towards `-inf` (an error, not an empty row).
+/// Whether query `i` sees any of the keys `[key_begin, key_end)` under `mask`. Asked only of
+/// rows whose scores were all `-inf`: that is a row that sees no key, or one whose every
+/// score overflowed float towards `-inf` (an error, not an empty row).
 template <Mask M>
-bool sees_a_key(const M& mask, index i, index key_count, index tile_keys)
+bool sees_a_key(const M& mask, index i, index key_begin, index key_end, index tile_keys)
 {
-    for (index first = 0; first < key_count; first += tile_keys) {
-        const index end = std::min(first + tile_keys, key_count);
+    for (index first = key_begin; first < key_end; first += tile_keys) {
+        const index end = std::min(first + tile_keys, key_end);
         const Coverage coverage = mask.coverage(i, i + 1, first, end);
         if (coverage == Coverage::full)
             return true;

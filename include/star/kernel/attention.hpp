@@ -41,7 +41,8 @@ struct AttentionOptions {
 /// depend on how many queries or keys there are - attention never builds a score matrix
 /// larger than one tile. It is that of the path `kernel_isa()` names (vectors of different
 /// widths pad differently).
-/// \throws star::error for zero heads or head_dim, or a non-integral grouped-query ratio.
+/// \throws star::error for zero heads or head_dim, a non-integral grouped-query ratio, or a
+/// `STAR_ISA` that names no path.
 template <KVElement KV>
 std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_dim)
 {
@@ -64,7 +65,8 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
 /// Query tiles are scheduled in pairs from both ends, so under a causal mask every task
 /// carries about the same work. A call with a single query tile (a decode step) also splits
 /// the keys over tasks and merges the parts exactly (split-KV; detail::key_splits says
-/// when), so that reading a long cache is spread over the threads. The instruction set is the one `kernel_isa()` names.
+/// when), so that reading a long cache is spread over the threads. The instruction set is
+/// the one `kernel_isa()` names.
 /// \throws star::error on inconsistent shapes, zero heads or head_dim, a non-integral
 /// grouped-query ratio, a scale that is not finite and positive, or a `STAR_ISA` that
 /// names no path.
@@ -90,41 +92,31 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
     const index tile_tokens = tiles.query_tokens(group);
     const index query_tiles = (q_tokens + tile_tokens - 1) / tile_tokens;
     const index pairs = (query_tiles + 1) / 2;
-    const KernelIsa isa = kernel_isa();
     const index key_count = k.dimension(0);
     const index splits = detail::key_splits(query_tiles, kv_heads, key_count, tiles);
+    const auto job_over = [&](index key_begin, index key_end, AttentionState& into) {
+        return detail::TileJob<KV, M>{q,     k,           v,           mask,      scale,  tiles,
+                                      tile_tokens, query_tiles, key_begin, key_end, into};
+    };
+    const detail::TileTask<KV, M> task = detail::tile_task<KV, M>(kernel_isa());
     if (splits == 1) {
-        const detail::TileJob<KV, M> job{q, k, v, mask, scale, tiles, tile_tokens, query_tiles, out};
-        const detail::TileTask<KV, M> task = detail::tile_task<KV, M>(isa);
+        const auto job = job_over(0, key_count, out);
         detail::parallel_for(index{0}, pairs * kv_heads, [&](index t) { task(job, t); });
         return out;
     }
 
     // Split-KV: one state per slice of the keys, every (slice, KV head) a task, then the
     // exact merge. Slices are whole tiles, so the tiles are the same as without splitting.
-    using Sliced = detail::KeysFrom<M>;
     const index slice_keys = (key_count + splits * tiles.keys - 1) / (splits * tiles.keys) * tiles.keys;
     const index slices = (key_count + slice_keys - 1) / slice_keys;
     std::vector<AttentionState> parts;
-    std::vector<ConstView3<KV>> k_slices, v_slices;
-    std::vector<Sliced> masks;
-    std::vector<detail::TileJob<KV, Sliced>> jobs;
-    k_slices.reserve(static_cast<std::size_t>(slices));
-    v_slices.reserve(static_cast<std::size_t>(slices));
-    parts.reserve(static_cast<std::size_t>(slices));
-    masks.reserve(static_cast<std::size_t>(slices));
+    std::vector<detail::TileJob<KV, M>> jobs;
+    parts.reserve(static_cast<std::size_t>(slices)); // jobs refer to the parts
     jobs.reserve(static_cast<std::size_t>(slices));
-    for (index s = 0; s < slices; ++s) {
-        const index first = s * slice_keys;
-        const index count = std::min(slice_keys, key_count - first);
+    for (index first = 0; first < key_count; first += slice_keys) {
         parts.emplace_back(q_tokens, q.dimension(1), q.dimension(2));
-        k_slices.push_back(token_slice(k, first, count));
-        v_slices.push_back(token_slice(v, first, count));
-        masks.push_back(Sliced{mask, first});
-        jobs.push_back({q, k_slices.back(), v_slices.back(), masks.back(), scale, tiles,
-                        tile_tokens, query_tiles, parts.back()});
+        jobs.push_back(job_over(first, std::min(first + slice_keys, key_count), parts.back()));
     }
-    const detail::TileTask<KV, Sliced> task = detail::tile_task<KV, Sliced>(isa);
     detail::parallel_for(index{0}, slices * kv_heads, [&](index t) {
         task(jobs[static_cast<std::size_t>(t / kv_heads)], t % kv_heads);
     });

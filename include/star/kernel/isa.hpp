@@ -11,6 +11,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -40,18 +41,32 @@ enum class KernelIsa {
 inline constexpr std::array<KernelIsa, 3> all_kernel_isas{KernelIsa::portable, KernelIsa::avx2,
                                                           KernelIsa::avx512};
 
+namespace detail {
+
+/// What is said of each path, in the order of `KernelIsa`.
+struct IsaDescription {
+    std::string_view name;     // as STAR_ISA spells it
+    std::string_view features; // as the CPU manuals name them
+};
+
+inline constexpr std::array<IsaDescription, all_kernel_isas.size()> isa_descriptions{{
+    {"portable", "nothing"},
+    {"avx2", "x86-64 with AVX2, FMA and F16C"},
+    {"avx512", "x86-64 with AVX512F, AVX512BW, AVX512DQ and AVX512VL"},
+}};
+
+} // namespace detail
+
 /// The path's name as `STAR_ISA` spells it: "portable", "avx2" or "avx512".
 constexpr std::string_view name(KernelIsa isa) noexcept
 {
-    switch (isa) {
-    case KernelIsa::avx2:
-        return "avx2";
-    case KernelIsa::avx512:
-        return "avx512";
-    case KernelIsa::portable:
-        break;
-    }
-    return "portable";
+    return detail::isa_descriptions[static_cast<std::size_t>(isa)].name;
+}
+
+/// The CPU features the path `isa` needs, as the CPU manuals name them.
+constexpr std::string_view required_features(KernelIsa isa) noexcept
+{
+    return detail::isa_descriptions[static_cast<std::size_t>(isa)].features;
 }
 
 namespace detail {
@@ -147,20 +162,6 @@ inline bool cpu_supports(KernelIsa isa) noexcept
 #endif
     }
     return false;
-}
-
-/// The CPU features the path `isa` needs, as the CPU manuals name them.
-constexpr std::string_view required_features(KernelIsa isa) noexcept
-{
-    switch (isa) {
-    case KernelIsa::avx2:
-        return "x86-64 with AVX2, FMA and F16C";
-    case KernelIsa::avx512:
-        return "x86-64 with AVX512F, AVX512BW, AVX512DQ and AVX512VL";
-    case KernelIsa::portable:
-        break;
-    }
-    return "nothing";
 }
 
 /// The path `attention` takes: the best one the CPU supports, capped by the environment

@@ -66,7 +66,7 @@ void widen_rows(const KV* src, index src_stride, index rows, index d, float* dst
 }
 
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
-/// against all keys allowed by the job's mask, written into the job's output.
+/// against the job's keys that its mask allows, written into the job's output.
 template <class S, class KV, class M>
 void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, index q_count,
                        Workspace<S, KV>& ws)
@@ -81,7 +81,6 @@ void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, 
     const index group = q_heads / kv_heads;
     const index rows = q_count * group;
     const index columns = round_up(rows, S::width); // a short last tile or a decode step is narrow
-    const index key_count = k.dimension(0);
     const index first_head = kv_head * group;
     const index kv_row_stride = kv_heads * d;
     const index tile_keys = job.tiles.keys;
@@ -96,8 +95,8 @@ void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, 
     std::fill_n(ws.accumulator.begin(), rows * ws.padded_dim, 0.0f);
     ws.softmax.reset(columns);
 
-    for (index k_first = 0; k_first < key_count; k_first += tile_keys) {
-        const index k_count = std::min(tile_keys, key_count - k_first);
+    for (index k_first = job.key_begin; k_first < job.key_end; k_first += tile_keys) {
+        const index k_count = std::min(tile_keys, job.key_end - k_first);
         const Coverage coverage =
             mask.coverage(q_first, q_first + q_count, k_first, k_first + k_count);
         if (coverage == Coverage::none)
@@ -161,7 +160,7 @@ void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, 
             if (!finite)
                 overflow(token, head, "output");
         } else if (ws.softmax.max(r) == minus_infinity &&
-                   !sees_a_key(mask, token, key_count, tile_keys)) {
+                   !sees_a_key(mask, token, job.key_begin, job.key_end, tile_keys)) {
             std::fill_n(o, d, 0.0f); // the row sees no key
         } else {
             overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
