@@ -120,21 +120,82 @@ TEST(Kernel, SizesAtTileEdges)
     expect_matches_reference<Eigen::bfloat16>({129, 129, 4, 1, 72}, CausalMask{}, causal);
 }
 
-// A query of one tile over a long cache is split over the keys (split-KV) and merged;
-// slices that the mask hides wholly, or rows that see no key at all, must merge to nothing.
-TEST(Kernel, DecodeSplitsTheKeysAndMergesExactly)
+// A query of one tile, too many rows for the decode kernel, over a long cache is split over
+// the keys (split-KV) and merged; slices that the mask hides wholly, or rows that see no key
+// at all, must merge to nothing.
+TEST(Kernel, OneTileQuerySplitsTheKeysAndMergesExactly)
 {
     const detail::TileShape tiles;
     ASSERT_GT(detail::key_splits(1, 1, 2500, tiles), 1);
     ASSERT_EQ(detail::key_splits(2, 1, 100000, tiles), 1); // several query tiles: no split
+    expect_matches_reference<float>({5, 3000, 8, 1, 128}, CausalMask{2995, 0},
+                                    [](index i, index j) { return j <= 2995 + i; });
+    expect_matches_reference<float>({9, 2500, 8, 2, 72}, CausalMask{1000, 0},
+                                    [](index i, index j) { return j <= 1000 + i; });
+    expect_matches_reference<Eigen::bfloat16>({20, 4100, 4, 1, 64}, NoMask{}, everything);
+    expect_matches_reference<Eigen::half>({17, 2049, 2, 2, 80}, NoMask{}, everything);
+    expect_matches_reference<float>({6, 3000, 4, 1, 64}, CausalMask{0, 5000},
+                                    [](index, index) { return false; });
+}
+
+// The decode kernel (at most 16 query rows per KV head) on every grouped-query ratio, head
+// sizes that are not whole vectors, caches shorter than a block and long enough to split,
+// and a causal mask that cuts through a block of keys.
+struct DecodeRows {
+    index q_tokens;
+    index group;
+};
+void PrintTo(const DecodeRows& rows, std::ostream* os)
+{
+    *os << rows.q_tokens << " query tokens x group " << rows.group;
+}
+using DecodeParam = std::tuple<DecodeRows, index, index>;
+class DecodeSweep : public ::testing::TestWithParam<DecodeParam> {};
+
+TEST_P(DecodeSweep, MatchesDoublePrecisionReference)
+{
+    const auto [rows, head_dim, k_tokens] = GetParam();
+    const auto [q_tokens, group] = rows;
+    ASSERT_LE(q_tokens * group, detail::TileShape{}.decode_rows);
+    const index cached = k_tokens - q_tokens - 5; // the last 5 keys are hidden from every row
+    const Case c{q_tokens, k_tokens, 2 * group, 2, head_dim};
+    const auto visible = [cached](index i, index j) { return j <= cached + i; };
+    expect_matches_reference<float>(c, CausalMask{cached, 0}, visible);
+    expect_matches_reference<Eigen::bfloat16>(c, CausalMask{cached, 0}, visible);
+}
+
+std::string decode_name(const ::testing::TestParamInfo<DecodeParam>& info)
+{
+    const auto [rows, d, k_tokens] = info.param;
+    return "q" + std::to_string(rows.q_tokens) + "_g" + std::to_string(rows.group) + "_d" +
+           std::to_string(d) + "_L" + std::to_string(k_tokens);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DecodeSweep,
+                         ::testing::Combine(::testing::Values(DecodeRows{1, 1}, DecodeRows{3, 1},
+                                                              DecodeRows{1, 4}, DecodeRows{3, 4},
+                                                              DecodeRows{3, 5}, DecodeRows{1, 16}),
+                                            ::testing::Values<index>(20, 72, 128),
+                                            ::testing::Values<index>(40, 2600)),
+                         decode_name);
+
+TEST(Kernel, DecodeSplitsTheKeysAndMergesExactly)
+{
+    const detail::TileShape tiles;
+    ASSERT_EQ(detail::decode_splits(255, tiles), 1);
+    ASSERT_EQ(detail::decode_splits(2600, tiles), 10);
+    ASSERT_EQ(detail::decode_splits(1 << 20, tiles), 32);
     expect_matches_reference<float>({1, 3000, 8, 1, 128}, CausalMask{2999, 0},
                                     [](index i, index j) { return j <= 2999 + i; });
-    expect_matches_reference<float>({3, 2500, 8, 2, 72}, CausalMask{1000, 0},
-                                    [](index i, index j) { return j <= 1000 + i; });
-    expect_matches_reference<Eigen::bfloat16>({1, 4100, 4, 1, 64}, NoMask{}, everything);
     expect_matches_reference<Eigen::half>({2, 2049, 2, 2, 80}, NoMask{}, everything);
+    // Slices the mask hides wholly (every key after position 1501), and rows that see no
+    // key at all, merge to nothing.
+    expect_matches_reference<float>({2, 3000, 4, 2, 64}, CausalMask{1500, 0},
+                                    [](index i, index j) { return j <= 1500 + i; });
     expect_matches_reference<float>({2, 3000, 4, 1, 64}, CausalMask{0, 5000},
                                     [](index, index) { return false; });
+    // Scores of several hundred: exp would overflow float without max-stabilisation.
+    expect_matches_reference<float>({1, 700, 4, 2, 64, 100.0f}, NoMask{}, everything);
 }
 
 TEST(Kernel, QueriesAndKeysOfDifferentLengths)

@@ -2,7 +2,8 @@
 /// \file
 /// The kernel compiled once per path: the per_isa/ bodies are included into one namespace
 /// per instruction set, each inside its target region (simd/target.hpp), each over its own
-/// float atom. `tile_task` picks a path's entry point once per `attention` call.
+/// float atom. `tile_task` and `decode_task` pick a path's entry point once per
+/// `attention` call.
 
 #include <algorithm>
 #include <cmath>
@@ -88,6 +89,42 @@ TileTask<KV, M> tile_task(KernelIsa isa) noexcept
 #endif
     default:
         return &portable_path::attend_tile_pair<portable_path::Simd, KV, M>;
+    }
+}
+
+/// One task of a decode call on one path: every KV head over the job's slice of keys.
+template <class KV, class M>
+using DecodeTask = void (*)(const TileJob<KV, M>&);
+
+/// The decode entry point of path `isa`, which the CPU must support.
+template <class KV, class M>
+DecodeTask<KV, M> decode_task(KernelIsa isa) noexcept
+{
+    switch (isa) {
+#if STAR_X86_DISPATCH
+    case KernelIsa::avx512:
+        return &avx512_path::attend_key_slice<avx512_path::Simd, KV, M>;
+    case KernelIsa::avx2:
+        return &avx2_path::attend_key_slice<avx2_path::Simd, KV, M>;
+#endif
+    default:
+        return &portable_path::attend_key_slice<portable_path::Simd, KV, M>;
+    }
+}
+
+/// The scratch memory one decode task of path `isa` holds for `rows` query rows per KV head.
+template <class KV>
+std::size_t decode_workspace_bytes(KernelIsa isa, index kv_heads, index rows, index head_dim)
+{
+    switch (isa) {
+#if STAR_X86_DISPATCH
+    case KernelIsa::avx512:
+        return avx512_path::decode_workspace_bytes<avx512_path::Simd, KV>(kv_heads, rows, head_dim);
+    case KernelIsa::avx2:
+        return avx2_path::decode_workspace_bytes<avx2_path::Simd, KV>(kv_heads, rows, head_dim);
+#endif
+    default:
+        return portable_path::decode_workspace_bytes<portable_path::Simd, KV>(kv_heads, rows, head_dim);
     }
 }
 

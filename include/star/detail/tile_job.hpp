@@ -4,6 +4,8 @@
 /// `attention` call that its tasks read, and the checks made after a row is done.
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "../kernel/mask.hpp"
 #include "../state.hpp"
@@ -15,6 +17,10 @@ namespace star::detail {
 struct TileShape {
     index query_rows = 256;
     index keys = 128;
+    /// A call with at most this many rows per KV head (a decode step, a short speculative
+    /// query) goes to the decode kernel (per_isa/decode_kernel.inl), which runs its vectors
+    /// along head_dim rather than across rows.
+    index decode_rows = 16;
 
     [[nodiscard]] index query_tokens(index group) const
     {
@@ -57,6 +63,16 @@ inline index key_splits(index query_tiles, index kv_heads, index keys, const Til
     return std::max<index>(1, std::min(wanted, keys / (4 * tiles.keys)));
 }
 
+/// Slices of the keys of a call that goes to the decode kernel, one task each (every KV
+/// head in one task, so that each reads its slice of the cache front to back): as for
+/// key_splits, the count depends only on the shapes; up to 32 slices, each at least two
+/// tiles of keys.
+inline index decode_splits(index keys, const TileShape& tiles)
+{
+    constexpr index target_tasks = 32;
+    return std::clamp<index>(keys / (2 * tiles.keys), 1, target_tasks);
+}
+
 /// Finite inputs can still overflow float: a score `scale * q.k` beyond 3.4e38, or an
 /// output `sum p * v` beyond it. The result would be garbage, so it is an error.
 [[noreturn]] inline void overflow(index token, index head, const char* what)
@@ -82,6 +98,34 @@ bool sees_a_key(const M& mask, index i, index key_begin, index key_end, index ti
                     return true;
     }
     return false;
+}
+
+/// Writes row `(token, head)` of the job's output and LSE from its accumulator `acc`
+/// (`head_dim` floats) and its softmax statistics: the largest score `max` and the sum
+/// `sum` of `exp(score - max)`. A row that saw no key gets 0 and `lse = -inf`; one whose
+/// arithmetic overflowed is an error.
+template <class KV, class M>
+void write_row(const TileJob<KV, M>& job, index token, index head, const float* acc, float max,
+               float sum)
+{
+    const index d = job.q.dimension(2);
+    float* o = job.out.output.data() + (token * job.q.dimension(1) + head) * d;
+    if (sum > 0.0f) {
+        bool finite = true;
+        for (index c = 0; c < d; ++c) {
+            o[c] = acc[c] / sum;
+            finite = finite && std::isfinite(o[c]);
+        }
+        if (!finite)
+            overflow(token, head, "output");
+        job.out.lse(token, head) = max + std::log(sum);
+        return;
+    }
+    if (max != -std::numeric_limits<float>::infinity() ||
+        sees_a_key(job.mask, token, job.key_begin, job.key_end, job.tiles.keys))
+        overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
+    std::fill_n(o, d, 0.0f);             // the row sees no key
+    job.out.lse(token, head) = -std::numeric_limits<float>::infinity();
 }
 
 } // namespace star::detail

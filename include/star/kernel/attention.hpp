@@ -53,7 +53,9 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
     const detail::TileShape tiles;
     const index group = q_heads / kv_heads;
     const index rows = tiles.query_tokens(group) * group;
-    return detail::tile_workspace_bytes<KV>(kernel_isa(), rows, tiles.keys, head_dim);
+    const KernelIsa isa = kernel_isa();
+    return std::max(detail::tile_workspace_bytes<KV>(isa, rows, tiles.keys, head_dim),
+                    detail::decode_workspace_bytes<KV>(isa, kv_heads, tiles.decode_rows, head_dim));
 }
 
 /// Attention of `q` over `k`/`v` under `mask`, parallel over (KV head x query tile) with TBB.
@@ -63,10 +65,13 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
 /// Returns the normalised output `[Lq, Hq, d]` and the natural-log LSE `[Lq, Hq]` of the
 /// scaled scores; rows that see no key get output 0 and `lse = -inf`.
 /// Query tiles are scheduled in pairs from both ends, so under a causal mask every task
-/// carries about the same work. A call with a single query tile (a decode step) also splits
-/// the keys over tasks and merges the parts exactly (split-KV; detail::key_splits says
-/// when), so that reading a long cache is spread over the threads. The instruction set is
-/// the one `kernel_isa()` names.
+/// carries about the same work. A call with a single query tile also splits the keys over
+/// tasks and merges the parts exactly (split-KV; detail::key_splits says when), so that
+/// reading a long cache is spread over the threads. A call with at most 16 query rows per
+/// KV head (query tokens x grouped-query ratio: a decode step) goes to a kernel made for
+/// it, which reads the cache at memory speed (detail/per_isa/decode_kernel.inl), split the
+/// same way. The split depends only on the shapes, so the result does not depend on the
+/// thread count. The instruction set is the one `kernel_isa()` names.
 /// \throws star::error on inconsistent shapes, zero heads or head_dim, a non-integral
 /// grouped-query ratio, a scale that is not finite and positive, or a `STAR_ISA` that
 /// names no path.
@@ -91,34 +96,46 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
     const detail::TileShape tiles;
     const index tile_tokens = tiles.query_tokens(group);
     const index query_tiles = (q_tokens + tile_tokens - 1) / tile_tokens;
-    const index pairs = (query_tiles + 1) / 2;
     const index key_count = k.dimension(0);
-    const index splits = detail::key_splits(query_tiles, kv_heads, key_count, tiles);
+    const bool decode = q_tokens * group <= tiles.decode_rows;
+    const index splits = decode ? detail::decode_splits(key_count, tiles)
+                                : detail::key_splits(query_tiles, kv_heads, key_count, tiles);
+    // The decode kernel takes every KV head in one task; the tile kernel one KV head and a
+    // pair of query tiles.
+    const index tasks_per_slice = decode ? 1 : (query_tiles + 1) / 2 * kv_heads;
+    using Job = detail::TileJob<KV, M>;
     const auto job_over = [&](index key_begin, index key_end, AttentionState& into) {
-        return detail::TileJob<KV, M>{q,     k,           v,           mask,      scale,  tiles,
-                                      tile_tokens, query_tiles, key_begin, key_end, into};
+        return Job{q, k, v, mask, scale, tiles, tile_tokens, query_tiles, key_begin, key_end, into};
     };
-    const detail::TileTask<KV, M> task = detail::tile_task<KV, M>(kernel_isa());
+    const KernelIsa isa = kernel_isa();
+    const detail::TileTask<KV, M> tile_task = detail::tile_task<KV, M>(isa);
+    const detail::DecodeTask<KV, M> decode_task = detail::decode_task<KV, M>(isa);
+    const auto run = [&](const Job& job, index task) {
+        if (decode)
+            decode_task(job);
+        else
+            tile_task(job, task);
+    };
     if (splits == 1) {
-        const auto job = job_over(0, key_count, out);
-        detail::parallel_for(index{0}, pairs * kv_heads, [&](index t) { task(job, t); });
+        const Job job = job_over(0, key_count, out);
+        detail::parallel_for(index{0}, tasks_per_slice, [&](index t) { run(job, t); });
         return out;
     }
 
-    // Split-KV: one state per slice of the keys, every (slice, KV head) a task, then the
-    // exact merge. Slices are whole tiles, so the tiles are the same as without splitting.
+    // Split-KV: one state per slice of the keys, every (slice, task) a task, then the exact
+    // merge. Slices are whole tiles, so the tiles are the same as without splitting.
     const index slice_keys = (key_count + splits * tiles.keys - 1) / (splits * tiles.keys) * tiles.keys;
     const index slices = (key_count + slice_keys - 1) / slice_keys;
     std::vector<AttentionState> parts;
-    std::vector<detail::TileJob<KV, M>> jobs;
+    std::vector<Job> jobs;
     parts.reserve(static_cast<std::size_t>(slices)); // jobs refer to the parts
     jobs.reserve(static_cast<std::size_t>(slices));
     for (index first = 0; first < key_count; first += slice_keys) {
         parts.emplace_back(q_tokens, q.dimension(1), q.dimension(2));
         jobs.push_back(job_over(first, std::min(first + slice_keys, key_count), parts.back()));
     }
-    detail::parallel_for(index{0}, slices * kv_heads, [&](index t) {
-        task(jobs[static_cast<std::size_t>(t / kv_heads)], t % kv_heads);
+    detail::parallel_for(index{0}, slices * tasks_per_slice, [&](index t) {
+        run(jobs[static_cast<std::size_t>(t / tasks_per_slice)], t % tasks_per_slice);
     });
     return merge(parts);
 }

@@ -5,3 +5,4 @@
 #include "online_softmax.inl"
 #include "tile_gemm.inl"
 #include "tile_kernel.inl"
+#include "decode_kernel.inl"

@@ -72,13 +72,6 @@ public:
     /// The largest score query `c` has seen; `-inf` if it saw none.
     [[nodiscard]] float max(index c) const noexcept { return max_[static_cast<std::size_t>(c)]; }
 
-    /// `log sum_k exp(score_k)` over every key absorbed by query `c`; `-inf` if it saw none.
-    [[nodiscard]] float lse(index c) const noexcept
-    {
-        const auto i = static_cast<std::size_t>(c);
-        return sum_[i] > 0.0f ? max_[i] + std::log(sum_[i]) : minus_infinity;
-    }
-
 private:
     scratch<float> max_;
     scratch<float> sum_;

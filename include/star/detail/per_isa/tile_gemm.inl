@@ -14,8 +14,8 @@ inline constexpr int gemm_rows = S::width >= 16 ? 8 : 6;
 template <class S>
 inline constexpr int gemm_packets = S::width >= 16 ? 3 : 2;
 
-template <class S, int Rows, int Packets, bool Accumulate>
-inline void gemm_micro_tile(const float* a, Strides sa, const float* b, index ldb, float* c,
+template <class S, int Rows, int Packets, bool Accumulate, class B>
+inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, float* c,
                             index ldc, index depth) noexcept
 {
     typename S::reg acc[Rows][Packets];
@@ -37,8 +37,8 @@ inline void gemm_micro_tile(const float* a, Strides sa, const float* b, index ld
             S::store(c + r * ldc + p * S::width, acc[r][p]);
 }
 
-template <class S, int Rows, int Packets, bool Accumulate>
-inline void gemm_leftover_rows(int rows, const float* a, Strides sa, const float* b, index ldb,
+template <class S, int Rows, int Packets, bool Accumulate, class B>
+inline void gemm_leftover_rows(int rows, const float* a, Strides sa, const B* b, index ldb,
                                float* c, index ldc, index depth) noexcept
 {
     if constexpr (Rows > 0) {
@@ -50,8 +50,8 @@ inline void gemm_leftover_rows(int rows, const float* a, Strides sa, const float
     }
 }
 
-template <class S, int Packets, bool Accumulate>
-inline void gemm_panel(const float* a, Strides sa, const float* b, index ldb, float* c, index ldc,
+template <class S, int Packets, bool Accumulate, class B>
+inline void gemm_panel(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
                        index m, index depth) noexcept
 {
     constexpr int rows = gemm_rows<S>;
@@ -65,9 +65,11 @@ inline void gemm_panel(const float* a, Strides sa, const float* b, index ldb, fl
 }
 
 /// `C[m x n] = A[m x depth] * B[depth x n]` (or `+=` when `Accumulate`); B and C row-major
-/// with row strides `ldb`, `ldc`; `n` must be a multiple of the vector width.
-template <class S, bool Accumulate>
-inline void tile_gemm(const float* a, Strides sa, const float* b, index ldb, float* c, index ldc,
+/// with row strides `ldb`, `ldc`; `n` must be a multiple of the vector width. B may be bf16
+/// or half, widened as it is loaded: worth it where each row of B is loaded about once (a
+/// few rows of A), not where many row blocks of A load it again.
+template <class S, bool Accumulate, class B>
+inline void tile_gemm(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
                       index m, index n, index depth) noexcept
 {
     const index packets = n / S::width;

@@ -145,28 +145,9 @@ void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, 
                            ws.padded_dim, rows, ws.padded_dim, k_count);
     }
 
-    for (index r = 0; r < rows; ++r) {
-        const index token = q_first + r / group;
-        const index head = first_head + r % group;
-        float* o = job.out.output.data() + (token * q_heads + head) * d;
-        const float sum = ws.softmax.sum(r);
-        const float* acc = ws.accumulator.data() + r * ws.padded_dim;
-        if (sum > 0.0f) {
-            bool finite = true;
-            for (index c = 0; c < d; ++c) {
-                o[c] = acc[c] / sum;
-                finite = finite && std::isfinite(o[c]);
-            }
-            if (!finite)
-                overflow(token, head, "output");
-        } else if (ws.softmax.max(r) == minus_infinity &&
-                   !sees_a_key(mask, token, job.key_begin, job.key_end, tile_keys)) {
-            std::fill_n(o, d, 0.0f); // the row sees no key
-        } else {
-            overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
-        }
-        job.out.lse(token, head) = ws.softmax.lse(r);
-    }
+    for (index r = 0; r < rows; ++r)
+        write_row(job, q_first + r / group, first_head + r % group,
+                  ws.accumulator.data() + r * ws.padded_dim, ws.softmax.max(r), ws.softmax.sum(r));
 }
 
 /// Task `task` of the job (see TileJob): one query tile and its mirror, one KV head.

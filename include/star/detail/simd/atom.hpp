@@ -16,7 +16,8 @@ namespace star::detail {
 /// Loads and stores are unaligned. An atom may provide `exp`; per_isa/exp.inl gives the
 /// others one written against `round` and `pow2` (`2^n` for whole `n` in [-126, 127]).
 template <class A>
-concept FloatAtom = requires(typename A::reg x, typename A::mask m, float* out, const float* f,
+concept FloatAtom = requires(typename A::reg x, const typename A::reg* xs, typename A::mask m,
+                             float* out, const float* f,
                              const Eigen::bfloat16* b, const Eigen::half* h, float s) {
     { A::width } -> std::convertible_to<index>;
     { A::broadcast(s) } -> std::same_as<typename A::reg>;
@@ -34,6 +35,8 @@ concept FloatAtom = requires(typename A::reg x, typename A::mask m, float* out, 
     { A::less(x, x) } -> std::same_as<typename A::mask>;
     { A::unordered(x, x) } -> std::same_as<typename A::mask>;
     { A::select(m, x, x) } -> std::same_as<typename A::reg>; // m ? first : second
+    { A::reduce_add(x) } -> std::same_as<float>;               // the sum of the lanes
+    A::reduce_add4(xs, out);                                  // out[i] = reduce_add(xs[i]), i < 4
 };
 
 /// `n` rounded up to a whole number of vectors of `width` floats.

@@ -48,6 +48,19 @@ struct Avx2Atom {
     static mask less(reg a, reg b) noexcept { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
     static mask unordered(reg a, reg b) noexcept { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
     static reg select(mask m, reg a, reg b) noexcept { return _mm256_blendv_ps(b, a, m); }
+    static float reduce_add(reg x) noexcept
+    {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+    /// Four sums at once: pairwise sums of lanes interleave the four vectors, so that one
+    /// 128-bit add finishes them all.
+    static void reduce_add4(const reg* x, float* out) noexcept
+    {
+        const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+    }
     static reg round(reg x) noexcept
     {
         return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -45,6 +45,18 @@ struct Avx512Atom {
     static mask less(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
     static mask unordered(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
     static reg select(mask m, reg a, reg b) noexcept { return _mm512_mask_blend_ps(m, b, a); }
+    static float reduce_add(reg x) noexcept { return _mm512_reduce_add_ps(x); }
+    /// Four sums at once: each vector folded to 256 bits, then pairwise sums of lanes
+    /// interleave the four, so that one 128-bit add finishes them all.
+    static void reduce_add4(const reg* x, float* out) noexcept
+    {
+        __m256 half[4];
+        for (int i = 0; i < 4; ++i)
+            half[i] = _mm256_add_ps(_mm512_castps512_ps256(x[i]),
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x[i]), 1)));
+        const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(half[0], half[1]), _mm256_hadd_ps(half[2], half[3]));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+    }
     static reg round(reg x) noexcept
     {
         return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -1,0 +1,309 @@
+// The decode kernel: a few query rows (a decode step, a short speculative query) against a
+// long cache, written once over a float atom `S`. Included by kernels.hpp into one
+// namespace per path, inside that path's target region, after tile_kernel.inl.
+//
+// A decode step reads the whole cache to do two flops per byte, so it is a matter of
+// reading memory at its speed. The tile kernel does not: it runs one SIMD lane per query
+// row, so a step with 4 rows per KV head leaves half an AVX2 vector idle (three quarters
+// of an AVX-512 one), and it walks one KV head at a time through a cache laid out
+// `[token, head, d]`, reading 1/Hkv of each token's memory. Here vectors run along
+// head_dim instead, a task takes a slice of the cache's tokens for every KV head at once
+// (so its memory is read front to back), and bf16/half K and V are widened as they are
+// loaded, never copied.
+
+/// Keys per block: a block's scores for every row of every KV head stay in L1.
+inline constexpr index decode_block_keys = 32;
+
+/// Register blocking of the scores: `Rows x Keys` dot-product accumulators, plus a vector
+/// of each key and one of the query, fit the 16 registers of AVX2 (4 x 3) and the 32 of
+/// AVX-512 (4 x 6). Four rows let reduce_add4 finish four sums at once.
+template <class S>
+inline constexpr int dot_rows = 4;
+template <class S>
+inline constexpr int dot_keys = S::width >= 16 ? 6 : 3;
+
+/// Where the scores of one block come from and go. Token `j`'s key row for KV head `h` is
+/// at `keys + j * stride + h * head_dim`, its value row likewise from `values`; the
+/// queries of head `h` are `rows` rows from `queries + h * rows * head_dim`, their scores
+/// `rows` rows of `ld` from `scores + h * rows * ld`.
+template <class KV>
+struct ScoreBlock {
+    const float* queries;
+    const KV* keys;
+    const KV* values;
+    index stride;
+    index heads;
+    index rows;
+    index head_dim;
+    float* scores;
+    index ld;
+    /// Elements from a key row to the row to ask for early (0: none, the row asks for
+    /// itself, which costs nothing).
+    index ahead;
+};
+
+/// `scores[r * lds + j] = q_r . k_j` for `Rows` query rows (`d` apart) and `Keys` key rows
+/// (`block.stride` apart) from `k`: whole vectors multiplied along d, lanes summed at the
+/// end. While it walks the key rows, it asks for the rows `block.ahead` further on and for
+/// the value rows beside its own, so that memory is read while the arithmetic runs rather
+/// than when the next loop waits for it.
+template <class S, int Rows, int Keys, class KV>
+inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV* k,
+                           const KV* v, float* scores) noexcept
+{
+    const index d = block.head_dim;
+    const index ldk = block.stride;
+    typename S::reg acc[Keys][Rows];
+    for (int j = 0; j < Keys; ++j)
+        for (int r = 0; r < Rows; ++r)
+            acc[j][r] = S::broadcast(0.0f);
+    const auto multiply = [&](index c) {
+        typename S::reg key[Keys];
+        for (int j = 0; j < Keys; ++j)
+            key[j] = S::load(k + j * ldk + c);
+        for (int r = 0; r < Rows; ++r) {
+            const auto query = S::load(q + r * d + c);
+            for (int j = 0; j < Keys; ++j)
+                acc[j][r] = S::fma(query, key[j], acc[j][r]);
+        }
+    };
+    // Whole cache lines first, each with its requests (a line holds 2 AVX2 vectors of
+    // float, 4 of bf16), then what is left of d.
+    constexpr index line_vectors = std::max<index>(1, 64 / (S::width * sizeof(KV)));
+    constexpr index line = line_vectors * S::width;
+    index c = 0;
+    for (; c + line <= d; c += line) {
+        for (int j = 0; j < Keys; ++j) {
+            __builtin_prefetch(k + j * ldk + block.ahead + c);
+            __builtin_prefetch(v + j * ldk + c);
+        }
+        for (index n = 0; n < line_vectors; ++n)
+            multiply(c + n * S::width);
+    }
+    for (; c + S::width <= d; c += S::width)
+        multiply(c);
+
+    for (int j = 0; j < Keys; ++j) {
+        float sums[Rows];
+        if constexpr (Rows == 4)
+            S::reduce_add4(acc[j], sums);
+        else
+            for (int r = 0; r < Rows; ++r)
+                sums[r] = S::reduce_add(acc[j][r]);
+        for (int r = 0; r < Rows; ++r) {
+            for (index t = c; t < d; ++t) // a head_dim that is not a whole number of vectors
+                sums[r] += q[r * d + t] * static_cast<float>(k[j * ldk + t]);
+            scores[r * block.ld + j] = sums[r];
+        }
+    }
+}
+
+/// `Keys` keys from key `j` against every row of every head. Heads are the inner loop so
+/// that memory is read in the order it lies, `[token, head, d]`: a few pages at a time,
+/// which matters where a TLB miss is dear (as in a virtual machine).
+template <class S, int Keys, class KV>
+inline void dot_key_step(const ScoreBlock<KV>& block, index j) noexcept
+{
+    constexpr int step = dot_rows<S>;
+    const index d = block.head_dim;
+    for (index h = 0; h < block.heads; ++h) {
+        const float* q = block.queries + h * block.rows * d;
+        const KV* k = block.keys + j * block.stride + h * d;
+        const KV* v = block.values + j * block.stride + h * d;
+        float* scores = block.scores + h * block.rows * block.ld + j;
+        index r = 0;
+        for (; r + step <= block.rows; r += step)
+            dot_micro_tile<S, step, Keys>(block, q + r * d, k, v, scores + r * block.ld);
+        const int left = static_cast<int>(block.rows - r);
+        q += r * d;
+        scores += r * block.ld;
+        if (left == 3)
+            dot_micro_tile<S, 3, Keys>(block, q, k, v, scores);
+        else if (left == 2)
+            dot_micro_tile<S, 2, Keys>(block, q, k, v, scores);
+        else if (left == 1)
+            dot_micro_tile<S, 1, Keys>(block, q, k, v, scores);
+    }
+}
+
+/// dot_key_step for `keys < Keys` keys, chosen at run time.
+template <class S, int Keys, class KV>
+inline void dot_leftover_keys(int keys, const ScoreBlock<KV>& block, index j) noexcept
+{
+    if constexpr (Keys > 0) {
+        if (keys == Keys)
+            dot_key_step<S, Keys>(block, j);
+        else
+            dot_leftover_keys<S, Keys - 1>(keys, block, j);
+    }
+}
+
+/// The scores of `keys` keys, every row of every head.
+template <class S, class KV>
+inline void dot_scores(const ScoreBlock<KV>& block, index keys) noexcept
+{
+    static_assert(dot_rows<S> == 4, "dot_key_step finishes up to 3 leftover rows");
+    constexpr int step = dot_keys<S>;
+    index j = 0;
+    for (; j + step <= keys; j += step)
+        dot_key_step<S, step>(block, j);
+    if (j < keys)
+        dot_leftover_keys<S, step - 1>(static_cast<int>(keys - j), block, j);
+}
+
+/// Folds one block of a row's scores (`n` of them, a whole number of vectors, `-inf` where
+/// masked or past the last key) into its running maximum and sum, turning them into
+/// unnormalised probabilities in place. Returns the factor by which the row's accumulator
+/// must be multiplied before the block's `P x V` is added.
+template <class S>
+inline float absorb_row(float* scores, index n, float& max, float& sum) noexcept
+{
+    auto block_max = S::broadcast(minus_infinity);
+    for (index j = 0; j < n; j += S::width)
+        block_max = S::max(block_max, S::load(scores + j));
+    alignas(64) float lanes[S::width];
+    S::store(lanes, block_max);
+    const float new_max = std::max(max, *std::max_element(lanes, lanes + S::width));
+    // A row that has seen no key keeps max = -inf; shifting it by 0 instead makes its
+    // exp(-inf) = 0 rather than exp(-inf + inf) = NaN.
+    const float shift = new_max == minus_infinity ? 0.0f : new_max;
+    const auto shift_lanes = S::broadcast(shift);
+    auto block_sum = S::broadcast(0.0f);
+    for (index j = 0; j < n; j += S::width) {
+        const auto p = exp_of<S>(S::sub(S::load(scores + j), shift_lanes));
+        S::store(scores + j, p);
+        block_sum = S::add(block_sum, p);
+    }
+    const float factor = std::exp(max - shift);
+    sum = sum * factor + S::reduce_add(block_sum);
+    max = new_max;
+    return factor;
+}
+
+/// Scratch memory of one decode task: every KV head's rows at once.
+template <class S, class KV>
+struct DecodeWorkspace {
+    index rows;       // query rows per KV head: query tokens x group
+    index head_dim;
+    index padded_dim; // head_dim rounded up to a vector
+    scratch<float> queries;     // [kv head, row, head_dim], scaled
+    scratch<float> accumulator; // [kv head, row, padded_dim]
+    scratch<float> max;         // [kv head, row]
+    scratch<float> sum;         // [kv head, row]
+    scratch<float> scores;      // [kv head, row, block keys]
+    scratch<float> values;      // [block keys, padded_dim], when V can't be read in place
+
+    DecodeWorkspace(index kv_heads, index rows_per_head, index d)
+        : rows(rows_per_head), head_dim(d), padded_dim(round_up(d, S::width)),
+          queries(static_cast<std::size_t>(kv_heads * rows * d)),
+          accumulator(static_cast<std::size_t>(kv_heads * rows * padded_dim), 0.0f),
+          max(static_cast<std::size_t>(kv_heads * rows), minus_infinity),
+          sum(static_cast<std::size_t>(kv_heads * rows), 0.0f),
+          scores(static_cast<std::size_t>(kv_heads * rows * round_up(decode_block_keys, S::width))),
+          values(values_in_place() ? 0 : static_cast<std::size_t>(decode_block_keys * padded_dim),
+                 0.0f)
+    {
+    }
+
+    /// V rows that are whole vectors are read straight from the cache, widened as loaded.
+    [[nodiscard]] bool values_in_place() const { return head_dim == padded_dim; }
+
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(float) * (queries.size() + accumulator.size() + max.size() + sum.size() +
+                                scores.size() + values.size());
+    }
+};
+
+/// Attention of all of the job's query tokens (a single tile of few rows), every head,
+/// against the job's keys that its mask allows, written into the job's output.
+template <class S, class KV, class M>
+void attend_key_slice(const TileJob<KV, M>& job)
+{
+    const auto& q = job.q;
+    const M& mask = job.mask;
+    const index q_tokens = q.dimension(0);
+    const index q_heads = q.dimension(1);
+    const index d = q.dimension(2);
+    const index kv_heads = job.k.dimension(1);
+    const index group = q_heads / kv_heads;
+    const index rows = q_tokens * group;
+    const index kv_row_stride = kv_heads * d;
+    DecodeWorkspace<S, KV> ws(kv_heads, rows, d);
+    const index block_stride = round_up(decode_block_keys, S::width);
+
+    // Row r of KV head h is query token r / group, head h * group + r % group.
+    for (index h = 0; h < kv_heads; ++h)
+        for (index r = 0; r < rows; ++r) {
+            const float* src = q.data() + ((r / group) * q_heads + h * group + r % group) * d;
+            float* dst = ws.queries.data() + (h * rows + r) * d;
+            for (index c = 0; c < d; ++c)
+                dst[c] = job.scale * src[c];
+        }
+
+    for (index k_first = job.key_begin; k_first < job.key_end; k_first += decode_block_keys) {
+        const index k_count = std::min(decode_block_keys, job.key_end - k_first);
+        const Coverage coverage = mask.coverage(0, q_tokens, k_first, k_first + k_count);
+        if (coverage == Coverage::none)
+            continue;
+        // Scores of every head first, then the values of every head: each loop over the
+        // block's memory keeps to one of K and V, and the first asks for the second's rows.
+        const KV* k_rows = job.k.data() + k_first * kv_row_stride;
+        const KV* v_rows = job.v.data() + k_first * kv_row_stride;
+        // Each key step asks for the next step's key rows, the last one for the next
+        // block's first, where the slice has them.
+        constexpr index step = dot_keys<S>;
+        const bool keys_follow = job.key_end - k_first - k_count >= step;
+        const ScoreBlock<KV> block{ws.queries.data(), k_rows, v_rows, kv_row_stride, kv_heads,
+                                   rows, d, ws.scores.data(), block_stride,
+                                   keys_follow ? step * kv_row_stride : 0};
+        dot_scores<S>(block, k_count);
+
+        for (index h = 0; h < kv_heads; ++h) {
+            float* scores = ws.scores.data() + h * rows * block_stride;
+            for (index r = 0; r < rows; ++r)
+                std::fill(scores + r * block_stride + k_count, scores + (r + 1) * block_stride,
+                          minus_infinity);
+            if (coverage == Coverage::partial)
+                for (index t = 0; t < q_tokens; ++t)
+                    for (index j = 0; j < k_count; ++j)
+                        if (!mask.visible(t, k_first + j))
+                            for (index g = 0; g < group; ++g)
+                                scores[(t * group + g) * block_stride + j] = minus_infinity;
+
+            float* acc = ws.accumulator.data() + h * rows * ws.padded_dim;
+            for (index r = 0; r < rows; ++r) {
+                const auto row = static_cast<std::size_t>(h * rows + r);
+                const float factor = absorb_row<S>(scores + r * block_stride, block_stride,
+                                                   ws.max[row], ws.sum[row]);
+                if (factor != 1.0f)
+                    scale_in_place<S>(acc + r * ws.padded_dim, ws.padded_dim, factor);
+            }
+            const KV* v_head = v_rows + h * d;
+            if (ws.values_in_place()) {
+                tile_gemm<S, true>(scores, Strides{block_stride, 1}, v_head, kv_row_stride, acc,
+                                   ws.padded_dim, rows, ws.padded_dim, k_count);
+            } else {
+                widen_rows<S>(v_head, kv_row_stride, k_count, d, ws.values.data(), ws.padded_dim);
+                tile_gemm<S, true>(scores, Strides{block_stride, 1}, ws.values.data(),
+                                   ws.padded_dim, acc, ws.padded_dim, rows, ws.padded_dim, k_count);
+            }
+        }
+    }
+
+    for (index h = 0; h < kv_heads; ++h)
+        for (index r = 0; r < rows; ++r) {
+            const auto row = static_cast<std::size_t>(h * rows + r);
+            write_row(job, r / group, h * group + r % group,
+                      ws.accumulator.data() + (h * rows + r) * ws.padded_dim, ws.max[row],
+                      ws.sum[row]);
+        }
+}
+
+/// What one decode task's workspace holds for `rows` query rows per KV head.
+template <class S, class KV>
+std::size_t decode_workspace_bytes(index kv_heads, index rows, index head_dim)
+{
+    return DecodeWorkspace<S, KV>(kv_heads, rows, head_dim).bytes();
+}
