@@ -124,7 +124,8 @@ std::size_t decode_workspace_bytes(KernelIsa isa, index kv_heads, index rows, in
         return avx2_path::decode_workspace_bytes<avx2_path::Simd, KV>(kv_heads, rows, head_dim);
 #endif
     default:
-        return portable_path::decode_workspace_bytes<portable_path::Simd, KV>(kv_heads, rows, head_dim);
+        return portable_path::decode_workspace_bytes<portable_path::Simd, KV>(kv_heads, rows,
+                                                                              head_dim);
     }
 }
 

@@ -55,7 +55,8 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
     const index rows = tiles.query_tokens(group) * group;
     const KernelIsa isa = kernel_isa();
     return std::max(detail::tile_workspace_bytes<KV>(isa, rows, tiles.keys, head_dim),
-                    detail::decode_workspace_bytes<KV>(isa, kv_heads, tiles.decode_rows, head_dim));
+                    detail::decode_workspace_bytes<KV>(isa, kv_heads, tiles.decode_rows,
+                                                       head_dim));
 }
 
 /// Attention of `q` over `k`/`v` under `mask`, parallel over (KV head x query tile) with TBB.
@@ -124,7 +125,8 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
 
     // Split-KV: one state per slice of the keys, every (slice, task) a task, then the exact
     // merge. Slices are whole tiles, so the tiles are the same as without splitting.
-    const index slice_keys = (key_count + splits * tiles.keys - 1) / (splits * tiles.keys) * tiles.keys;
+    const index slice_tiles = (key_count + splits * tiles.keys - 1) / (splits * tiles.keys);
+    const index slice_keys = slice_tiles * tiles.keys;
     const index slices = (key_count + slice_keys - 1) / slice_keys;
     std::vector<AttentionState> parts;
     std::vector<Job> jobs;

@@ -51,11 +51,15 @@ struct Avx512Atom {
     static void reduce_add4(const reg* x, float* out) noexcept
     {
         __m256 half[4];
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i) {
+            const __m512d bits = _mm512_castps_pd(x[i]);
             half[i] = _mm256_add_ps(_mm512_castps512_ps256(x[i]),
-                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x[i]), 1)));
-        const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(half[0], half[1]), _mm256_hadd_ps(half[2], half[3]));
-        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(bits, 1)));
+        }
+        const __m256 pairs =
+            _mm256_hadd_ps(_mm256_hadd_ps(half[0], half[1]), _mm256_hadd_ps(half[2], half[3]));
+        const __m128 low = _mm256_castps256_ps128(pairs);
+        _mm_storeu_ps(out, _mm_add_ps(low, _mm256_extractf128_ps(pairs, 1)));
     }
     static reg round(reg x) noexcept
     {
