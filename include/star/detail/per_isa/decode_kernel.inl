@@ -199,7 +199,8 @@ struct DecodeWorkspace {
           accumulator(static_cast<std::size_t>(kv_heads * rows * padded_dim), 0.0f),
           max(static_cast<std::size_t>(kv_heads * rows), minus_infinity),
           sum(static_cast<std::size_t>(kv_heads * rows), 0.0f),
-          scores(static_cast<std::size_t>(kv_heads * rows * round_up(decode_block_keys, S::width))),
+          scores(static_cast<std::size_t>(kv_heads * rows *
+                                          round_up(decode_block_keys, S::width))),
           values(values_in_place() ? 0 : static_cast<std::size_t>(decode_block_keys * padded_dim),
                  0.0f)
     {
@@ -259,19 +260,19 @@ void attend_key_slice(const TileJob<KV, M>& job)
                                    rows, d, ws.scores.data(), block_stride,
                                    keys_follow ? step * kv_row_stride : 0};
         dot_scores<S>(block, k_count);
+        // -inf past the block's last key (a whole number of vectors is absorbed) and where
+        // the mask hides a key from a row's token.
+        for (index row = 0; row < kv_heads * rows; ++row) {
+            float* scores = ws.scores.data() + row * block_stride;
+            std::fill(scores + k_count, scores + block_stride, minus_infinity);
+            if (coverage == Coverage::partial)
+                for (index j = 0; j < k_count; ++j)
+                    if (!mask.visible(row % rows / group, k_first + j))
+                        scores[j] = minus_infinity;
+        }
 
         for (index h = 0; h < kv_heads; ++h) {
             float* scores = ws.scores.data() + h * rows * block_stride;
-            for (index r = 0; r < rows; ++r)
-                std::fill(scores + r * block_stride + k_count, scores + (r + 1) * block_stride,
-                          minus_infinity);
-            if (coverage == Coverage::partial)
-                for (index t = 0; t < q_tokens; ++t)
-                    for (index j = 0; j < k_count; ++j)
-                        if (!mask.visible(t, k_first + j))
-                            for (index g = 0; g < group; ++g)
-                                scores[(t * group + g) * block_stride + j] = minus_infinity;
-
             float* acc = ws.accumulator.data() + h * rows * ws.padded_dim;
             for (index r = 0; r < rows; ++r) {
                 const auto row = static_cast<std::size_t>(h * rows + r);
