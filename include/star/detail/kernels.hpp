@@ -2,14 +2,13 @@
 /// \file
 /// The kernel compiled once per path: the per_isa/ bodies are included into one namespace
 /// per instruction set, each inside its target region (simd/target.hpp), each over its own
-/// float atom. `tile_task` and `decode_task` pick a path's entry point once per
+/// float atom. `with_path` picks a path's entry points (`tile_task`, `decode_task`) once per
 /// `attention` call.
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -72,77 +71,65 @@ static_assert(FloatAtom<avx2_path::Simd>);
 static_assert(FloatAtom<avx512_path::Simd>);
 #endif
 
-/// One task of an `attention` call on one path (see TileJob).
-template <class KV, class M>
-using TileTask = void (*)(const TileJob<KV, M>&, index);
-
-/// The entry point of path `isa`, which the CPU must support.
-template <class KV, class M>
-TileTask<KV, M> tile_task(KernelIsa isa) noexcept
+/// Calls `f` with the entry points (per_isa/kernel.inl's `Entries`) of path `isa`, which
+/// the CPU must support.
+template <class F>
+decltype(auto) with_path(KernelIsa isa, F&& f)
 {
     switch (isa) {
 #if STAR_X86_DISPATCH
     case KernelIsa::avx512:
-        return &avx512_path::attend_tile_pair<avx512_path::Simd, KV, M>;
+        return f(avx512_path::Entries{});
     case KernelIsa::avx2:
-        return &avx2_path::attend_tile_pair<avx2_path::Simd, KV, M>;
+        return f(avx2_path::Entries{});
 #endif
     default:
-        return &portable_path::attend_tile_pair<portable_path::Simd, KV, M>;
+        return f(portable_path::Entries{});
     }
+}
+
+/// One task of an `attention` call on one path (see TileJob).
+template <class KV, class M>
+using TileTask = void (*)(const TileJob<KV, M>&, index);
+
+/// The tile kernel's entry point on path `isa`.
+template <class KV, class M>
+TileTask<KV, M> tile_task(KernelIsa isa)
+{
+    return with_path(isa, [](auto path) -> TileTask<KV, M> {
+        return decltype(path)::template tile<KV, M>;
+    });
 }
 
 /// One task of a decode call on one path: every KV head over the job's slice of keys.
 template <class KV, class M>
 using DecodeTask = void (*)(const TileJob<KV, M>&);
 
-/// The decode entry point of path `isa`, which the CPU must support.
+/// The decode kernel's entry point on path `isa`.
 template <class KV, class M>
-DecodeTask<KV, M> decode_task(KernelIsa isa) noexcept
+DecodeTask<KV, M> decode_task(KernelIsa isa)
 {
-    switch (isa) {
-#if STAR_X86_DISPATCH
-    case KernelIsa::avx512:
-        return &avx512_path::attend_key_slice<avx512_path::Simd, KV, M>;
-    case KernelIsa::avx2:
-        return &avx2_path::attend_key_slice<avx2_path::Simd, KV, M>;
-#endif
-    default:
-        return &portable_path::attend_key_slice<portable_path::Simd, KV, M>;
-    }
-}
-
-/// The scratch memory one decode task of path `isa` holds for `rows` query rows per KV head.
-template <class KV>
-std::size_t decode_workspace_bytes(KernelIsa isa, index kv_heads, index rows, index head_dim)
-{
-    switch (isa) {
-#if STAR_X86_DISPATCH
-    case KernelIsa::avx512:
-        return avx512_path::decode_workspace_bytes<avx512_path::Simd, KV>(kv_heads, rows, head_dim);
-    case KernelIsa::avx2:
-        return avx2_path::decode_workspace_bytes<avx2_path::Simd, KV>(kv_heads, rows, head_dim);
-#endif
-    default:
-        return portable_path::decode_workspace_bytes<portable_path::Simd, KV>(kv_heads, rows,
-                                                                              head_dim);
-    }
+    return with_path(isa, [](auto path) -> DecodeTask<KV, M> {
+        return decltype(path)::template decode<KV, M>;
+    });
 }
 
 /// The scratch memory one task of path `isa` holds for tiles of `rows` query rows.
 template <class KV>
 std::size_t tile_workspace_bytes(KernelIsa isa, index rows, index keys, index head_dim)
 {
-    switch (isa) {
-#if STAR_X86_DISPATCH
-    case KernelIsa::avx512:
-        return avx512_path::workspace_bytes<avx512_path::Simd, KV>(rows, keys, head_dim);
-    case KernelIsa::avx2:
-        return avx2_path::workspace_bytes<avx2_path::Simd, KV>(rows, keys, head_dim);
-#endif
-    default:
-        return portable_path::workspace_bytes<portable_path::Simd, KV>(rows, keys, head_dim);
-    }
+    return with_path(isa, [&](auto path) -> std::size_t {
+        return decltype(path)::template tile_bytes<KV>(rows, keys, head_dim);
+    });
+}
+
+/// The scratch memory one decode task of path `isa` holds for `rows` query rows per KV head.
+template <class KV>
+std::size_t decode_workspace_bytes(KernelIsa isa, index kv_heads, index rows, index head_dim)
+{
+    return with_path(isa, [&](auto path) -> std::size_t {
+        return decltype(path)::template decode_bytes<KV>(kv_heads, rows, head_dim);
+    });
 }
 
 } // namespace star::detail

@@ -6,3 +6,16 @@
 #include "tile_gemm.inl"
 #include "tile_kernel.inl"
 #include "decode_kernel.inl"
+
+/// This path's entry points, named alike on every path, so that kernels.hpp's one switch
+/// over the paths (`with_path`) serves every entry point.
+struct Entries {
+    template <class KV, class M>
+    static constexpr auto tile = &attend_tile_pair<Simd, KV, M>;
+    template <class KV, class M>
+    static constexpr auto decode = &attend_key_slice<Simd, KV, M>;
+    template <class KV>
+    static constexpr auto tile_bytes = &workspace_bytes<Simd, KV>;
+    template <class KV>
+    static constexpr auto decode_bytes = &decode_workspace_bytes<Simd, KV>;
+};
