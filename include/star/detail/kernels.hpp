@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <limits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -25,8 +24,6 @@
 #include "tile_job.hpp"
 
 namespace star::detail {
-
-inline constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
 
 /// Scratch memory of the kernel, aligned for the widest vector of any path.
 template <class T>

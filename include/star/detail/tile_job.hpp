@@ -13,6 +13,8 @@
 
 namespace star::detail {
 
+inline constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
+
 /// Tile shape. Rows are (query token, head of the group) pairs.
 struct TileShape {
     index query_rows = 256;
@@ -121,11 +123,11 @@ void write_row(const TileJob<KV, M>& job, index token, index head, const float* 
         job.out.lse(token, head) = max + std::log(sum);
         return;
     }
-    if (max != -std::numeric_limits<float>::infinity() ||
+    if (max != minus_infinity ||
         sees_a_key(job.mask, token, job.key_begin, job.key_end, job.tiles.keys))
         overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
     std::fill_n(o, d, 0.0f);             // the row sees no key
-    job.out.lse(token, head) = -std::numeric_limits<float>::infinity();
+    job.out.lse(token, head) = minus_infinity;
 }
 
 } // namespace star::detail
