@@ -54,15 +54,20 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
     const index d = block.head_dim;
     const index ldk = block.stride;
     typename S::reg acc[Keys][Rows];
+    STAR_UNROLL
     for (int j = 0; j < Keys; ++j)
+        STAR_UNROLL
         for (int r = 0; r < Rows; ++r)
             acc[j][r] = S::broadcast(0.0f);
     const auto multiply = [&](index c) {
         typename S::reg key[Keys];
+        STAR_UNROLL
         for (int j = 0; j < Keys; ++j)
             key[j] = S::load(k + j * ldk + c);
+        STAR_UNROLL
         for (int r = 0; r < Rows; ++r) {
             const auto query = S::load(q + r * d + c);
+            STAR_UNROLL
             for (int j = 0; j < Keys; ++j)
                 acc[j][r] = S::fma(query, key[j], acc[j][r]);
         }
@@ -73,23 +78,29 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
     constexpr index line = line_vectors * S::width;
     index c = 0;
     for (; c + line <= d; c += line) {
+        STAR_UNROLL
         for (int j = 0; j < Keys; ++j) {
             __builtin_prefetch(k + j * ldk + block.ahead + c);
             __builtin_prefetch(v + j * ldk + c);
         }
+        STAR_UNROLL
         for (index n = 0; n < line_vectors; ++n)
             multiply(c + n * S::width);
     }
     for (; c + S::width <= d; c += S::width)
         multiply(c);
 
+    STAR_UNROLL
     for (int j = 0; j < Keys; ++j) {
         float sums[Rows];
         if constexpr (Rows == 4)
             S::reduce_add4(acc[j], sums);
-        else
+        else {
+            STAR_UNROLL
             for (int r = 0; r < Rows; ++r)
                 sums[r] = S::reduce_add(acc[j][r]);
+        }
+        STAR_UNROLL
         for (int r = 0; r < Rows; ++r) {
             for (index t = c; t < d; ++t) // a head_dim that is not a whole number of vectors
                 sums[r] += q[r * d + t] * static_cast<float>(k[j * ldk + t]);

@@ -19,20 +19,27 @@ inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, f
                             index ldc, index depth) noexcept
 {
     typename S::reg acc[Rows][Packets];
+    STAR_UNROLL
     for (int r = 0; r < Rows; ++r)
+        STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             acc[r][p] = Accumulate ? S::load(c + r * ldc + p * S::width) : S::broadcast(0.0f);
     for (index kk = 0; kk < depth; ++kk) {
         typename S::reg row[Packets];
+        STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             row[p] = S::load(b + kk * ldb + p * S::width);
+        STAR_UNROLL
         for (int r = 0; r < Rows; ++r) {
             const auto broadcast = S::broadcast(a[r * sa.row + kk * sa.col]);
+            STAR_UNROLL
             for (int p = 0; p < Packets; ++p)
                 acc[r][p] = S::fma(broadcast, row[p], acc[r][p]);
         }
     }
+    STAR_UNROLL
     for (int r = 0; r < Rows; ++r)
+        STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             S::store(c + r * ldc + p * S::width, acc[r][p]);
 }
