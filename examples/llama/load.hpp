@@ -11,6 +11,7 @@
 // llama::load_error with a message that starts with the file and names the key or tensor.
 
 #include <array>
+#include <charconv>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -18,30 +19,35 @@
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "input.hpp"
 #include "model.hpp"
 #include "safetensors.hpp"
 
 namespace llama {
 
 // The JSON document in `path`. A file that cannot be opened or parsed is a load_error
-// naming it: "<path>: cannot open", "<path>: not valid JSON (...)".
+// naming it: "<path>: cannot open", "<path>: not valid JSON (...)", "<path>: JSON nested
+// more than 64 levels deep", "<path>: key "k" appears twice in one object".
 inline nlohmann::json read_json_file(const std::filesystem::path& path)
 {
+    require_regular_file<load_error>(path);
     std::ifstream in(path);
     if (!in)
         throw load_error(detail::message(path.string(), ": cannot open"));
     try {
-        return nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
-        throw load_error(detail::message(path.string(), ": not valid JSON (", e.what(), ")"));
+        return parse_json(in);
+    } catch (const json_error& e) {
+        throw load_error(detail::message(path.string(), ": ", e.what()));
     }
 }
 
@@ -62,6 +68,8 @@ public:
     bool has(const char* key) const { return json_.contains(key) && !json_.at(key).is_null(); }
 
     const nlohmann::json& at(const char* key) const { return json_.at(key); }
+
+    const std::filesystem::path& path() const { return path_; }
 
     int positive_int(const char* key) const
     {
@@ -153,24 +161,116 @@ inline Config read_hf_config(const JsonConfig& json)
     return c;
 }
 
-// Checks that tensor `name` exists with the shape the config implies, before anything is
-// allocated: a mismatch usually means a config.json that belongs to another checkpoint.
-inline void check_weight(const SafeTensors& weights, const std::string& name,
-                         const std::vector<std::int64_t>& implied)
+// One dimension of a weight as the config implies it, and the keys it comes from.
+struct ImpliedExtent {
+    std::int64_t size;
+    const char* keys; // e.g. "num_key_value_heads x head_dim"
+};
+
+struct ImpliedWeight {
+    std::string name;
+    std::vector<ImpliedExtent> shape;
+};
+
+// The indices n of the layers whose tensors ("model.layers.<n>.*") the file holds.
+inline std::set<std::int64_t> layers_in(const SafeTensors& weights)
 {
-    if (!weights.contains(name))
-        throw load_error(message(weights.path().string(), ": tensor ", name, " is missing"));
-    const std::vector<std::int64_t>& shape = weights.info(name).shape;
-    if (shape != implied)
-        throw load_error(message(weights.path().string(), ": tensor ", name, " has shape ",
-                                 shape_string(shape), ", the config implies ",
-                                 shape_string(implied)));
+    constexpr std::string_view prefix = "model.layers.";
+    std::set<std::int64_t> layers;
+    for (const std::string& name : weights.names()) {
+        if (!name.starts_with(prefix))
+            continue;
+        const char* first = name.data() + prefix.size();
+        const char* last = name.data() + name.size();
+        std::int64_t n = 0;
+        const auto [end, error] = std::from_chars(first, last, n);
+        // A number past int64 still names a layer no config can have: count it as the
+        // largest, so that it is reported rather than ignored.
+        if (error == std::errc::result_out_of_range)
+            n = std::numeric_limits<std::int64_t>::max();
+        else if (error != std::errc{} || end == last || *end != '.')
+            continue;
+        layers.insert(n);
+    }
+    return layers;
+}
+
+// Every tensor the config implies, with its shape. Called once the layer count is known to
+// match the file, so the list is no longer than the file's own.
+inline std::vector<ImpliedWeight> implied_weights(const Config& c, bool tied)
+{
+    const ImpliedExtent hidden{c.hidden_size, "hidden_size"};
+    const ImpliedExtent q_size{std::int64_t{c.heads} * c.head_dim, "num_attention_heads x head_dim"};
+    const ImpliedExtent kv_size{std::int64_t{c.kv_heads} * c.head_dim,
+                                "num_key_value_heads x head_dim"};
+    const ImpliedExtent ffn{c.intermediate_size, "intermediate_size"};
+    const ImpliedExtent vocab{c.vocab_size, "vocab_size"};
+
+    std::vector<ImpliedWeight> w{{"model.embed_tokens.weight", {vocab, hidden}}};
+    for (int i = 0; i < c.layers; ++i) {
+        const std::string prefix = "model.layers." + std::to_string(i) + ".";
+        w.push_back({prefix + "input_layernorm.weight", {hidden}});
+        w.push_back({prefix + "self_attn.q_proj.weight", {q_size, hidden}});
+        w.push_back({prefix + "self_attn.k_proj.weight", {kv_size, hidden}});
+        w.push_back({prefix + "self_attn.v_proj.weight", {kv_size, hidden}});
+        w.push_back({prefix + "self_attn.o_proj.weight", {hidden, q_size}});
+        w.push_back({prefix + "post_attention_layernorm.weight", {hidden}});
+        w.push_back({prefix + "mlp.gate_proj.weight", {ffn, hidden}});
+        w.push_back({prefix + "mlp.up_proj.weight", {ffn, hidden}});
+        w.push_back({prefix + "mlp.down_proj.weight", {hidden, ffn}});
+    }
+    w.push_back({"model.norm.weight", {hidden}});
+    if (!tied)
+        w.push_back({"lm_head.weight", {vocab, hidden}});
+    return w;
+}
+
+// Checks every size in the config against the weight file before anything is allocated:
+// a config's sizes are only as trustworthy as the file, and a num_hidden_layers or
+// hidden_size far beyond it would otherwise allocate gigabytes (or fail with a bare
+// bad_alloc) before the first missing tensor is noticed. Each error names the key.
+inline void check_weights(const JsonConfig& json, const SafeTensors& weights, const Config& c,
+                          bool tied)
+{
+    const std::string file = weights.path().filename().string();
+    const std::set<std::int64_t> layers = layers_in(weights);
+    if (!layers.empty() && *layers.rbegin() >= c.layers)
+        json.fail("num_hidden_layers is ", c.layers, ", but ", file, " holds tensors of layer ",
+                  *layers.rbegin(), " (model.layers.", *layers.rbegin(),
+                  ".*): the config belongs to another checkpoint");
+    for (std::int64_t i = 0; i < c.layers; ++i)
+        if (!layers.contains(i))
+            json.fail("num_hidden_layers is ", c.layers, ", but ", file,
+                      " holds no tensors of layer ", i, " (model.layers.", i, ".*)");
+
+    for (const ImpliedWeight& w : implied_weights(c, tied)) {
+        if (!weights.contains(w.name)) {
+            if (w.name == "lm_head.weight")
+                throw load_error(message(weights.path().string(),
+                                         ": tensor lm_head.weight is missing and the config has "
+                                         "tie_word_embeddings false"));
+            throw load_error(
+                message(weights.path().string(), ": tensor ", w.name, " is missing"));
+        }
+        const std::vector<std::int64_t>& shape = weights.info(w.name).shape;
+        std::vector<std::int64_t> sizes;
+        std::string keys; // of the dimensions that differ; of all if the ranks differ
+        for (std::size_t d = 0; d < w.shape.size(); ++d) {
+            sizes.push_back(w.shape[d].size);
+            if (shape.size() != w.shape.size() || shape[d] != w.shape[d].size)
+                keys += (keys.empty() ? "" : ", ") + std::string(w.shape[d].keys);
+        }
+        if (shape != sizes)
+            throw load_error(message(weights.path().string(), ": tensor ", w.name, " has shape ",
+                                     shape_string(shape), ", the config implies ",
+                                     shape_string(sizes), " (", keys, " in ",
+                                     json.path().filename().string(), ")"));
+    }
 }
 
 inline Matrix read_matrix(const SafeTensors& weights, const std::string& name, Eigen::Index rows,
                           Eigen::Index cols)
 {
-    check_weight(weights, name, {rows, cols});
     Matrix m(rows, cols);
     weights.read_floats(name, {rows, cols}, {m.data(), static_cast<std::size_t>(m.size())});
     return m;
@@ -178,7 +278,6 @@ inline Matrix read_matrix(const SafeTensors& weights, const std::string& name, E
 
 inline Vector read_vector(const SafeTensors& weights, const std::string& name, Eigen::Index size)
 {
-    check_weight(weights, name, {size});
     Vector v(size);
     weights.read_floats(name, {size}, {v.data(), static_cast<std::size_t>(v.size())});
     return v;
@@ -201,6 +300,7 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
                                  ": missing; sharded checkpoints (model.safetensors.index.json) "
                                  "are not supported, merge the shards into one file"));
     const SafeTensors weights(weights_file);
+    check_weights(json, weights, c, tied);
     const auto matrix = [&](const std::string& name, Eigen::Index rows, Eigen::Index cols) {
         return read_matrix(weights, name, rows, cols);
     };
@@ -229,16 +329,7 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
         layer.w_down = matrix(prefix + "mlp.down_proj.weight", hidden, ffn);
     }
     model.final_norm = vector("model.norm.weight", hidden);
-
-    if (tied) {
-        model.lm_head = model.embedding;
-    } else {
-        if (!weights.contains("lm_head.weight"))
-            throw load_error(message(weights_file.string(),
-                                     ": tensor lm_head.weight is missing and the config has "
-                                     "tie_word_embeddings false"));
-        model.lm_head = matrix("lm_head.weight", c.vocab_size, hidden);
-    }
+    model.lm_head = tied ? model.embedding : matrix("lm_head.weight", c.vocab_size, hidden);
     return model;
 }
 

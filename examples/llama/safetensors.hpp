@@ -12,6 +12,7 @@
 // untrusted input: every size and offset in the header is checked against the file before any
 // byte is touched, and every problem is a `load_error` naming the file and the tensor.
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +40,8 @@
 
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
+
+#include "input.hpp"
 
 namespace llama {
 
@@ -96,7 +99,10 @@ public:
             throw load_error(message(path.string(), ": ", what, ": ",
                                      std::system_category().message(errno)));
         };
-        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        require_regular_file<load_error>(path);
+        // Non-blocking in case the path became a FIFO since the check: its open would wait
+        // for a writer. The fstat below then rejects it; a regular file ignores the flag.
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0)
             fail("cannot open");
         // The mapping keeps the file alive by itself, so the descriptor can go at once.
@@ -323,9 +329,9 @@ private:
     {
         nlohmann::json header;
         try {
-            header = nlohmann::json::parse(text);
-        } catch (const nlohmann::json::parse_error& e) {
-            fail("the header is not valid JSON (", e.what(), ")");
+            header = parse_json(text);
+        } catch (const json_error& e) {
+            fail("the header is rejected: ", e.what());
         }
         if (!header.is_object())
             fail("the header is JSON but not an object (it is ", header.type_name(), ")");
@@ -336,6 +342,43 @@ private:
             else
                 tensors_.emplace(name, parse_entry(name, entry));
         }
+        check_tiling();
+    }
+
+    // The tensors' byte ranges, sorted by begin, must tile the data buffer: the first begins
+    // at 0, each where the previous ends, the last at the end of the file. Ranges that
+    // overlap let one tensor be read as another's bytes; gaps and trailing bytes mean
+    // offsets shifted against the data, which would read every tensor as garbage. The
+    // reference implementation refuses all of these for the same reason.
+    void check_tiling() const
+    {
+        std::vector<std::pair<const std::string*, const TensorInfo*>> by_begin;
+        by_begin.reserve(tensors_.size());
+        for (const auto& [name, t] : tensors_)
+            by_begin.emplace_back(&name, &t);
+        // Ties broken by end so that an empty tensor sorts before the one it shares a begin
+        // with: it then sits at a boundary and tiles.
+        std::sort(by_begin.begin(), by_begin.end(), [](const auto& a, const auto& b) {
+            return std::pair(a.second->begin, a.second->end) <
+                   std::pair(b.second->begin, b.second->end);
+        });
+        std::size_t covered = 0;
+        const std::string* previous = nullptr;
+        for (const auto& [name, t] : by_begin) {
+            if (t->begin < covered)
+                fail("tensor ", *name, ": data_offsets [", t->begin, ", ", t->end,
+                     "] overlap those of tensor ", *previous, ", which end at ", covered);
+            if (t->begin > covered)
+                fail("tensor ", *name, ": data_offsets [", t->begin, ", ", t->end,
+                     "] leave bytes [", covered, ", ", t->begin, ") of the data buffer unused",
+                     previous ? " after tensor " + *previous : std::string(" at its start"));
+            covered = t->end;
+            previous = name;
+        }
+        if (covered != data_.size())
+            fail("the data buffer is ", data_.size(), " bytes but the tensors end at ", covered,
+                 previous ? " (tensor " + *previous + ")" : std::string(" (no tensors)"),
+                 ": bytes after the last tensor");
     }
 
     void parse_metadata(const nlohmann::json& entry)

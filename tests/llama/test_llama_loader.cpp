@@ -4,19 +4,24 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <initializer_list>
 #include <limits>
 #include <random>
 #include <span>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -512,12 +517,49 @@ TEST_F(SafeTensorsRejects, HeaderLengthAboveTheLimit)
                       {"header length is 150000000 bytes, more than the limit"});
 }
 
+// 100000 levels: far past the stack any recursive walk of the value (dump(), comparison,
+// destruction in nlohmann before 3.10) can take. The parse itself must stop at the limit.
+std::string nested_arrays(std::size_t depth)
+{
+    return std::string(depth, '[') + std::string(depth, ']');
+}
+
 TEST_F(SafeTensorsRejects, DeeplyNestedHeader)
 {
-    const std::size_t depth = 100'000;
+    write_raw_safetensors(dir / "t.safetensors", nested_arrays(100'000), 0);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "nested more than 64 levels deep"});
+}
+
+TEST_F(SafeTensorsRejects, DeeplyNestedMetadata)
+{
     write_raw_safetensors(dir / "t.safetensors",
-                          std::string(depth, '[') + std::string(depth, ']'), 0);
-    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); }, {"not an object"});
+                          R"({"__metadata__": {"format": )" + nested_arrays(100'000) + "}}", 0);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "nested more than 64 levels deep"});
+}
+
+TEST_F(SafeTensorsRejects, DeeplyNestedShape)
+{
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"w": {"dtype": "F32", "shape": )" + nested_arrays(100'000) +
+                              R"(, "data_offsets": [0, 24]}})",
+                          24);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "nested more than 64 levels deep"});
+}
+
+// The nesting the files really have is far below the limit: 64 levels still read.
+TEST_F(SafeTensorsRejects, NestingUpToTheLimitIsRead)
+{
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"__metadata__": {"k": )" + nested_arrays(62) + "}}", 0);
+    EXPECT_EQ(SafeTensors(dir / "t.safetensors").metadata().at("k"),
+              std::string(62, '[') + std::string(62, ']'));
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"__metadata__": {"k": )" + nested_arrays(63) + "}}", 0);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"nested more than 64 levels deep"});
 }
 
 TEST_F(SafeTensorsRejects, HeaderNotJson)
@@ -650,8 +692,8 @@ TEST_F(SafeTensorsRejects, UnknownDtypeOnlyWhenConverted)
 {
     write_raw_safetensors(dir / "t.safetensors",
                           R"({"w": {"dtype": "Q4_K", "shape": [2, 3], "data_offsets": [0, 24]},
-                              "i": {"dtype": "I32", "shape": [6], "data_offsets": [0, 24]}})",
-                          24);
+                              "i": {"dtype": "I32", "shape": [6], "data_offsets": [24, 48]}})",
+                          48);
     const SafeTensors file(dir / "t.safetensors"); // opening is fine: other tensors are usable
     expect_load_error([&] { file.floats("w", {2, 3}); },
                       {"t.safetensors", "tensor w has dtype Q4_K", "only F32, BF16 and F16"});
@@ -675,6 +717,109 @@ TEST_F(SafeTensorsRejects, UnexpectedShape)
     expect_load_error([&] { file.floats("w", {3, 2}); },
                       {"tensor w has shape [2, 3], expected [3, 2]"});
     expect_load_error([&] { file.floats("w", {6}); }, {"expected [6]"});
+}
+
+// Byte ranges that do not tile the data buffer: each file below is otherwise valid, and was
+// read before with tensors made of the wrong bytes.
+TEST_F(SafeTensorsRejects, DuplicateTensorName)
+{
+    // nlohmann keeps one of the two entries; which one is read must not be left to chance.
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+                              "w": {"dtype": "F32", "shape": [6], "data_offsets": [24, 48]}})",
+                          48);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "key \"w\" appears twice"});
+}
+
+TEST_F(SafeTensorsRejects, OverlappingOffsets)
+{
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"a": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]},
+                              "b": {"dtype": "F32", "shape": [6], "data_offsets": [12, 36]}})",
+                          36);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "tensor b: data_offsets [12, 36] overlap those of tensor a"});
+    // The same range twice is an overlap too.
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"a": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]},
+                              "b": {"dtype": "I32", "shape": [6], "data_offsets": [0, 24]}})",
+                          24);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"tensor b: data_offsets [0, 24] overlap those of tensor a"});
+}
+
+TEST_F(SafeTensorsRejects, GapBetweenTensors)
+{
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"a": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]},
+                              "b": {"dtype": "F32", "shape": [6], "data_offsets": [28, 52]}})",
+                          52);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "tensor b: data_offsets [28, 52] leave bytes [24, 28)",
+                       "after tensor a"});
+}
+
+TEST_F(SafeTensorsRejects, FirstTensorNotAtZero)
+{
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"a": {"dtype": "F32", "shape": [6], "data_offsets": [4, 28]}})", 28);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"tensor a: data_offsets [4, 28] leave bytes [0, 4)", "at its start"});
+}
+
+TEST_F(SafeTensorsRejects, BytesAfterTheLastTensor)
+{
+    write_raw_safetensors(dir / "t.safetensors", "{\"w\": {" + valid_entry + "}}", 30);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"t.safetensors", "the data buffer is 30 bytes but the tensors end at 24",
+                       "tensor w"});
+    write_raw_safetensors(dir / "t.safetensors", "{}", 8);
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
+                      {"the data buffer is 8 bytes but the tensors end at 0 (no tensors)"});
+}
+
+// What does tile: empty tensors anywhere on a boundary (the writer puts them there), and no
+// tensors over no data.
+TEST_F(SafeTensorsRejects, EmptyTensorsOnABoundaryTile)
+{
+    write_raw_safetensors(dir / "t.safetensors",
+                          R"({"z": {"dtype": "F32", "shape": [0], "data_offsets": [24, 24]},
+                              "a": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]},
+                              "y": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]}})",
+                          24);
+    EXPECT_EQ(SafeTensors(dir / "t.safetensors").names().size(), 3u);
+    write_raw_safetensors(dir / "t.safetensors", "{}", 0);
+    EXPECT_TRUE(SafeTensors(dir / "t.safetensors").names().empty());
+}
+
+// A FIFO in place of a model file: opening it for reading blocks until a writer comes, so
+// the loader must look before it opens. If the call under test does block, the test fails
+// and unblocks it by opening the write end, rather than hanging the suite.
+template <class F>
+void expect_fifo_rejected(const fs::path& fifo, F&& call, std::initializer_list<std::string> fragments)
+{
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << "mkfifo " << fifo;
+    auto done = std::async(std::launch::async, [&] { expect_load_error(call, fragments); });
+    if (done.wait_for(std::chrono::seconds(10)) == std::future_status::timeout) {
+        ADD_FAILURE() << "reading " << fifo << " blocked";
+        // The blocked open counts as a reader, so a non-blocking writer's open succeeds.
+        for (int attempt = 0; attempt < 1000; ++attempt) {
+            const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+            if (fd >= 0) {
+                ::close(fd);
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+    done.get();
+}
+
+TEST_F(SafeTensorsRejects, Fifo)
+{
+    expect_fifo_rejected(dir / "t.safetensors", [&] { SafeTensors(dir / "t.safetensors"); },
+                         {"t.safetensors", "not a regular file"});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -895,6 +1040,89 @@ TEST_F(HfRejects, CorruptWeightsFileIsReportedAsLoadError)
     write_text(dir / "config.json", hf_config_json(hf_test_config(), false).dump());
     write_raw_safetensors(dir / "model.safetensors", "not json at all", 0);
     expect_load_error([&] { load_model(dir.path()); }, {"model.safetensors", "not valid JSON"});
+}
+
+TEST_F(HfRejects, DeeplyNestedConfigValue)
+{
+    const std::string config = hf_config_json(hf_test_config(), false).dump();
+    write_text(dir / "config.json",
+               config.substr(0, config.size() - 1) + R"(, "task_specific_params": )" +
+                   nested_arrays(100'000) + "}");
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"config.json", "nested more than 64 levels deep"});
+}
+
+TEST_F(HfRejects, RepeatedConfigKey)
+{
+    write_text(dir / "config.json", R"({"vocab_size": 11, "vocab_size": 12})");
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"config.json", "key \"vocab_size\" appears twice"});
+}
+
+TEST_F(HfRejects, ConfigOrWeightsAFifo)
+{
+    expect_fifo_rejected(dir / "config.json", [&] { load_hf(dir.path()); },
+                         {"config.json", "not a regular file"});
+    fs::remove(dir / "config.json");
+    write_text(dir / "config.json", hf_config_json(hf_test_config(), false).dump());
+    expect_fifo_rejected(dir / "model.safetensors", [&] { load_hf(dir.path()); },
+                         {"model.safetensors", "not a regular file"});
+}
+
+TEST_F(HfRejects, LoadModelOfAFifo)
+{
+    expect_fifo_rejected(dir / "model.bin", [&] { load_model(dir / "model.bin"); },
+                         {"model.bin", "neither a directory", "nor a regular file"});
+}
+
+// Sizes are checked against the weight file before anything is allocated: 2^31 - 1 layers
+// used to end in a bare std::bad_alloc, 10^7 in gigabytes of empty layers first.
+TEST_F(HfRejects, LayerCountBeyondTheWeights)
+{
+    for (const int layers : {3, 10'000'000, std::numeric_limits<int>::max()}) {
+        write_hf_with_config(dir, [&](json& config) { config["num_hidden_layers"] = layers; });
+        expect_load_error([&] { load_hf(dir.path()); },
+                          {"config.json: num_hidden_layers is " + std::to_string(layers),
+                           "model.safetensors holds no tensors of layer 2 (model.layers.2.*)"});
+    }
+}
+
+TEST_F(HfRejects, LayerCountBelowTheWeights)
+{
+    // The file's second layer would be silently left out of the model.
+    write_hf_with_config(dir, [](json& config) { config["num_hidden_layers"] = 1; });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"config.json: num_hidden_layers is 1",
+                       "model.safetensors holds tensors of layer 1"});
+}
+
+// Each size key set far beyond the test model's weights: the error names the key.
+TEST_F(HfRejects, SizeKeysBeyondTheWeights)
+{
+    const int big = 1 << 30; // even and a multiple of the KV heads, so only the sizes differ
+    for (const std::string key : {"vocab_size", "hidden_size", "intermediate_size",
+                                  "num_attention_heads", "num_key_value_heads", "head_dim"}) {
+        // The test model's 4 query heads allow 1, 2 or 4 KV heads; it has 2.
+        write_hf_with_config(
+            dir, [&](json& config) { config[key] = key == "num_key_value_heads" ? 4 : big; });
+        expect_load_error([&] { load_hf(dir.path()); },
+                          {"model.safetensors: tensor", "the config implies", key});
+    }
+}
+
+TEST_F(HfRejects, EverySizeKeyMustBeAPositiveInteger)
+{
+    for (const std::string key :
+         {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+          "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"})
+        for (const json& value :
+             {json(2048.9), json(16.0), json(-1), json(true), json("16"), json(0),
+              json::parse("18446744073709551616"), json(2147483648LL), json::array({16})}) {
+            write_hf_with_config(dir, [&](json& config) { config[key] = value; });
+            expect_load_error([&] { load_hf(dir.path()); },
+                              {"config.json", "key " + key + " is " + value.dump(),
+                               "expected a positive integer"});
+        }
 }
 
 // ---------------------------------------------------------------------------------------------
