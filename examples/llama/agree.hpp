@@ -11,6 +11,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <iomanip>
+#include <optional>
+#include <sstream>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -121,6 +124,70 @@ inline Agreement compare(const Matrix& exact, const Matrix& approximate)
         a.kl_max = std::max(a.kl_max, kl);
     }
     return a;
+}
+
+// How far logits are from reference logits (both [positions, vocab], row-major): the
+// largest absolute difference, and the first entry where either side is not finite in a
+// way that equality does not excuse (a NaN anywhere, an infinity against anything but the
+// same infinity). That entry is reported apart, not folded into the maximum: a NaN
+// difference compares false with everything, so a running maximum would let the next
+// finite difference replace it and the run would pass.
+struct LogitsCheck {
+    double max_difference = 0.0;
+    index max_position = 0;
+    struct Entry {
+        index position = 0;
+        index vocab = 0;
+        float value = 0.0f;
+        float reference = 0.0f;
+    };
+    std::optional<Entry> non_finite; // the first such entry, in row-major order
+
+    [[nodiscard]] bool within(double tolerance) const
+    {
+        return !non_finite && max_difference <= tolerance;
+    }
+
+    // One line for the user; names the first non-finite position if there is one.
+    [[nodiscard]] std::string describe(double tolerance) const
+    {
+        std::ostringstream out;
+        if (non_finite) {
+            out << "position " << non_finite->position << ", vocabulary entry "
+                << non_finite->vocab << ": logit " << non_finite->value << ", reference "
+                << non_finite->reference << ": a logit is not finite";
+            return out.str();
+        }
+        out << "max abs logit difference " << std::scientific << std::setprecision(3)
+            << max_difference << " (position " << max_position << "), tolerance " << tolerance;
+        return out.str();
+    }
+};
+
+inline LogitsCheck check_logits(const Matrix& logits, std::span<const float> reference)
+{
+    if (reference.size() != static_cast<std::size_t>(logits.size()))
+        throw std::invalid_argument("check_logits: " + std::to_string(logits.size()) +
+                                    " logits against " + std::to_string(reference.size()) +
+                                    " reference values");
+    LogitsCheck check;
+    for (index t = 0; t < logits.rows(); ++t)
+        for (index v = 0; v < logits.cols(); ++v) {
+            const float a = logits(t, v);
+            const float b = reference[static_cast<std::size_t>(t * logits.cols() + v)];
+            if (a == b) // equal infinities included: their difference would be NaN
+                continue;
+            const double diff = std::abs(double(a) - double(b));
+            if (!std::isfinite(diff)) {
+                check.non_finite = LogitsCheck::Entry{t, v, a, b};
+                return check;
+            }
+            if (diff > check.max_difference) {
+                check.max_difference = diff;
+                check.max_position = t;
+            }
+        }
+    return check;
 }
 
 } // namespace llama

@@ -45,6 +45,7 @@
 #include "agree.hpp"
 #include "attention_backend.hpp"
 #include "forward.hpp"
+#include "input.hpp"
 #include "load.hpp"
 #include "needle.hpp"
 #include "safetensors.hpp"
@@ -153,6 +154,7 @@ std::vector<int> parse_token_list(const std::string& text, const std::string& wh
 // Token ids from a file: whole numbers separated by white space or commas.
 std::vector<int> read_token_file(const std::string& path)
 {
+    llama::require_regular_file<std::runtime_error>(path);
     std::ifstream in(path);
     if (!in)
         throw std::runtime_error(path + ": cannot open the token file");
@@ -298,21 +300,12 @@ int run_logits(const llama::Model& model, const Options& o)
     const llama::AttentionSetting setting = llama::parse_setting(o.text("--attention", "global"));
     llama::Sequence sequence(model, llama::make_backend(setting, model.config.layers, n));
     const llama::Matrix logits = sequence.encode_context(tokens, llama::Logits::all);
-    double worst = 0.0;
-    index worst_token = 0;
-    for (index t = 0; t < logits.rows(); ++t)
-        for (index v = 0; v < logits.cols(); ++v) {
-            const double diff = std::abs(double(logits(t, v)) -
-                                         expected[static_cast<std::size_t>(t * logits.cols() + v)]);
-            if (!(diff <= worst)) { // NaN counts as the worst
-                worst = diff;
-                worst_token = t;
-            }
-        }
-    std::cout << sequence.attention().describe() << ": " << n
-              << " tokens, max abs logit difference " << std::scientific << std::setprecision(3)
-              << worst << " (token " << worst_token << "), tolerance " << tolerance << "\n";
-    return worst <= tolerance ? 0 : 1;
+    const llama::LogitsCheck check = llama::check_logits(logits, expected);
+    if (check.non_finite)
+        throw std::runtime_error("logits: " + check.describe(tolerance));
+    std::cout << sequence.attention().describe() << ": " << n << " tokens, "
+              << check.describe(tolerance) << "\n";
+    return check.within(tolerance) ? 0 : 1;
 }
 
 // `count` samples spread evenly over `group` (which is ordered by needle depth).

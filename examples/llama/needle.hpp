@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <fstream>
 #include <span>
 #include <stdexcept>
@@ -18,6 +19,7 @@
 
 #include "attention_backend.hpp"
 #include "forward.hpp"
+#include "input.hpp"
 #include "model.hpp"
 
 namespace llama {
@@ -30,10 +32,18 @@ struct NeedleSample {
     std::string answer;   // the expected continuation
 };
 
+// The largest sample length read: the CLI's --lengths cap. Lengths resolve settings such as
+// b=L/4, whose arithmetic must not overflow, and a sample far longer than its context would
+// be no sample of that length anyway.
+inline constexpr index max_needle_length = index{1} << 30;
+
 // Reads JSON lines with the fields length, depth, context, question, answer (others are
-// ignored). Throws std::runtime_error naming the file and line of the first bad record.
+// ignored). Throws std::runtime_error naming the file, the line and the field of the first
+// bad record, or the file if it holds no samples: an empty set would measure nothing and
+// print an empty table as if it had passed.
 inline std::vector<NeedleSample> read_needles(const std::string& path)
 {
+    require_regular_file<std::runtime_error>(path);
     std::ifstream in(path);
     if (!in)
         throw std::runtime_error(path + ": cannot open the needle set");
@@ -45,13 +55,24 @@ inline std::vector<NeedleSample> read_needles(const std::string& path)
         const std::string where = path + ":" + std::to_string(number);
         nlohmann::json j;
         try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-            throw std::runtime_error(where + ": not valid JSON (" + e.what() + ")");
+            j = parse_json(line);
+        } catch (const json_error& e) {
+            throw std::runtime_error(where + ": " + e.what());
         }
+        if (!j.is_object())
+            throw std::runtime_error(where + ": expected a JSON object per line");
         NeedleSample s;
+        // Only a JSON integer: get<index>() would truncate 2048.9 to 2048 and wrap numbers
+        // past 2^63.
+        const auto length = j.find("length");
+        if (length == j.end() || !length->is_number_integer() ||
+            (length->is_number_unsigned() && length->get<std::uint64_t>() > max_needle_length) ||
+            length->get<index>() <= 0 || length->get<index>() > max_needle_length)
+            throw std::runtime_error(
+                where + ": field length is " + (length == j.end() ? "missing" : length->dump()) +
+                ", expected a whole number in [1, " + std::to_string(max_needle_length) + "]");
+        s.length = length->get<index>();
         try {
-            s.length = j.at("length").get<index>();
             // Multi-needle sets have no single depth (null there).
             const auto depth = j.find("depth");
             s.depth = depth != j.end() && depth->is_number() ? depth->get<double>() : -1.0;
@@ -62,11 +83,12 @@ inline std::vector<NeedleSample> read_needles(const std::string& path)
             throw std::runtime_error(where + ": expected length, context, question and answer (" +
                                      e.what() + ")");
         }
-        if (s.length <= 0 || s.context.empty() || s.question.empty() || s.answer.empty())
-            throw std::runtime_error(where + ": length must be positive and context, question "
-                                             "and answer non-empty");
+        if (s.context.empty() || s.question.empty() || s.answer.empty())
+            throw std::runtime_error(where + ": context, question and answer must be non-empty");
         samples.push_back(std::move(s));
     }
+    if (samples.empty())
+        throw std::runtime_error(path + ": no needle samples in the set");
     return samples;
 }
 

@@ -17,7 +17,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <ostream>
+#include <stdexcept>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,6 +31,7 @@
 #include "attention_backend.hpp"
 #include "forward.hpp"
 #include "load.hpp"
+#include "needle.hpp"
 #include "safetensors.hpp"
 
 namespace {
@@ -205,6 +208,22 @@ Visibility star_mask(index context, index block, index anchor)
             return true;
         const index bi = i / block;
         return j / block == bi || (bi > 0 && j < anchor);
+    };
+}
+
+// The previous-block anchor (the paper's ablation) as a mask: a context token of block k > 0
+// sees all of block k - 1 and its own block up to itself. The backend runs phase 1 layer by
+// layer over all blocks, so block k - 1's K/V at each layer are the ones its own tokens
+// computed under this same mask.
+Visibility previous_block_mask(index context, index block)
+{
+    return [=](index i, index j) {
+        if (j > i)
+            return false;
+        if (i >= context)
+            return true;
+        const index bi = i / block, bj = j / block;
+        return bj == bi || bj + 1 == bi;
     };
 }
 
@@ -460,6 +479,31 @@ TEST_P(ForwardVsReference, StarEqualsBlockSparseDoublePrecisionForward)
     EXPECT_GT(max_difference(run(model, "star:b=5:hosts=3", tokens, context, query), exact), 1e-2);
 }
 
+// anchor=previous is its own mask, not one of the others: a setting that silently ran
+// without anchor (or with the first block) would match a different reference. The three
+// references differ by far more than the tolerance, so the check can tell them apart.
+TEST_P(ForwardVsReference, PreviousBlockAnchorEqualsItsMaskNotTheOthers)
+{
+    const TinyModel tiny = random_model(GetParam().shape, 16);
+    const llama::Model model = load_written(tiny, GetParam().name);
+    const index context = 23, query = 4, block = 5;
+    const std::vector<int> tokens = random_tokens(context + query, tiny.shape.vocab, 9);
+    const auto previous = reference_logits(tiny, tokens, previous_block_mask(context, block));
+    const auto none = reference_logits(tiny, tokens, star_mask(context, block, 0));
+    const auto first = reference_logits(tiny, tokens, star_mask(context, block, block));
+    for (const char* setting : {"star:b=5:anchor=previous", "star:b=5:anchor=previous:hosts=2",
+                                "star:b=5:anchor=previous:hosts=3:partition=round-robin"}) {
+        SCOPED_TRACE(setting);
+        const llama::Matrix logits = run(model, setting, tokens, context, query);
+        EXPECT_LT(max_difference(logits, previous), tolerance);
+        EXPECT_GT(max_difference(logits, none), 1e-2);
+        EXPECT_GT(max_difference(logits, first), 1e-2);
+    }
+    EXPECT_EQ(llama::make_backend(llama::parse_setting("star:b=5:anchor=previous"), 3, context)
+                  ->describe(),
+              "star b=5 anchor=previous");
+}
+
 INSTANTIATE_TEST_SUITE_P(
     TinyModels, ForwardVsReference,
     ::testing::Values(
@@ -522,6 +566,85 @@ TEST(Agreement, IdenticalLogitsAgreeWithZeroDivergence)
     const auto different = llama::compare(a, b);
     EXPECT_GT(different.mean_kl(), 1.0);
     EXPECT_LE(different.agreeing, 5);
+}
+
+// logits --reference: a NaN difference compares false with everything, so a running
+// maximum let the next finite difference replace it and the run passed.
+TEST(LogitsCheck, NonFiniteLogitFailsWhateverFollows)
+{
+    const llama::Matrix logits = llama::Matrix::Constant(4, 3, 1.0f);
+    std::vector<float> reference(12, 1.0f);
+    reference[11] = 1.5f; // a finite difference after the non-finite one
+    EXPECT_TRUE(llama::check_logits(logits, reference).within(1.0));
+
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float inf = std::numeric_limits<float>::infinity();
+    struct Case {
+        float value, expected;
+    };
+    for (const Case c : {Case{nan, 1.0f}, Case{1.0f, nan}, Case{nan, nan}, Case{inf, 1.0f},
+                         Case{1.0f, -inf}, Case{inf, -inf}}) {
+        SCOPED_TRACE(std::to_string(c.value) + " against " + std::to_string(c.expected));
+        llama::Matrix run = logits;
+        run(1, 2) = c.value;
+        std::vector<float> ref = reference;
+        ref[5] = c.expected;
+        const llama::LogitsCheck check = llama::check_logits(run, ref);
+        EXPECT_FALSE(check.within(1.0));
+        EXPECT_FALSE(check.within(std::numeric_limits<double>::infinity()));
+        const std::string message = check.describe(1.0);
+        EXPECT_NE(message.find("position 1, vocabulary entry 2"), std::string::npos) << message;
+        EXPECT_NE(message.find("not finite"), std::string::npos) << message;
+    }
+    // The same infinity on both sides is agreement, not a difference of NaN.
+    llama::Matrix run = logits;
+    run(2, 0) = -inf;
+    std::vector<float> ref = reference;
+    ref[6] = -inf;
+    const llama::LogitsCheck same = llama::check_logits(run, ref);
+    EXPECT_TRUE(same.within(1.0));
+    EXPECT_EQ(same.max_position, 3);
+    EXPECT_DOUBLE_EQ(same.max_difference, 0.5);
+}
+
+// Needle sets: a field the reader cannot use exactly is an error naming it, and a set with
+// no samples is an error rather than an empty table that exits 0.
+TEST(NeedleSet, RejectsEmptySetsAndLengthsThatAreNotSmallWholeNumbers)
+{
+    const std::filesystem::path path = std::filesystem::temp_directory_path() /
+                                       ("star-llama-needles-" + std::to_string(::getpid()) + ".jsonl");
+    const auto expect_error = [&](const std::string& text, const std::string& fragment) {
+        std::ofstream(path) << text;
+        try {
+            llama::read_needles(path.string());
+            ADD_FAILURE() << "no error for " << text;
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+                << "'" << e.what() << "' does not mention '" << fragment << "'";
+        }
+    };
+    const std::string rest = R"(, "context": "c", "question": "q", "answer": "a"})";
+    expect_error("", "no needle samples");
+    expect_error("\n  \n", "no needle samples");
+    expect_error(R"({"length": 9223372036854775807)" + rest,
+                 ":1: field length is 9223372036854775807, expected a whole number in [1, ");
+    expect_error(R"({"length": 18446744073709551615)" + rest, "field length is 18446744073709551615");
+    expect_error(R"({"length": 2048.9)" + rest, "field length is 2048.9");
+    expect_error(R"({"length": 2048.0)" + rest, "field length is 2048.0");
+    expect_error(R"({"length": "2048")" + rest, "field length is \"2048\"");
+    expect_error(R"({"length": 0)" + rest, "field length is 0");
+    expect_error(R"({"length": -5)" + rest, "field length is -5");
+    expect_error(R"({"context": "c", "question": "q", "answer": "a"})", "field length is missing");
+    expect_error(R"({"length": 2048)" + rest + "\n[1]", ":2: expected a JSON object");
+    expect_error(R"({"length": 2048, "length": 4096)" + rest, "key \"length\" appears twice");
+    expect_error(std::string(100'000, '[') + std::string(100'000, ']'),
+                 "nested more than 64 levels deep");
+
+    std::ofstream(path) << R"({"length": 1073741824, "depth": 0.5)" << rest << "\n";
+    const auto samples = llama::read_needles(path.string());
+    ASSERT_EQ(samples.size(), 1u);
+    EXPECT_EQ(samples[0].length, llama::index{1} << 30);
+    std::filesystem::remove(path);
 }
 
 TEST(SequenceErrors, BadTokensAndOrderAreRejected)
