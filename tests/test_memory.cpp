@@ -61,6 +61,51 @@ TEST(Memory, AccountCountsTheHostsBlocksOutputs)
                  "threads must be at least 1");
 }
 
+// The account in bytes, each term worked out by hand from what phase1_working_bytes says it
+// counts, on plans small enough to follow: blocks of 100 tokens, the last of 50 (250 or
+// 350 tokens), dealt round-robin to 2 hosts, an anchor of the first 150 tokens (block 1
+// sees [0,100), later blocks [0,150)), K/V in bf16, 3 threads. No shape is 1 and the K/V
+// type is not float's size, so that a term that drops a factor or takes the wrong element
+// size is off too. Every other test here compares accounts with each other, which a term
+// missing from both sides passes.
+TEST(Memory, AccountIsTheSumOfItsDocumentedTerms)
+{
+    constexpr index hq = 6, hkv = 2, d = 24;
+    constexpr int threads = 3;
+    using KV = Eigen::bfloat16;
+    // A block's outputs: its output rows [tokens, hq, d] and LSEs [tokens, hq], in float.
+    constexpr std::size_t state_per_token = sizeof(float) * hq * (d + 1); // 600
+    // A received anchor token: its key and its value, [hkv, d] each, in KV.
+    constexpr std::size_t anchor_kv_per_token = 2 * sizeof(KV) * hkv * d; // 192
+    const std::size_t workspace = attention_workspace_bytes<KV>(hq, hkv, d);
+    const auto account = [&](index context, AnchorSource source, int host) {
+        const StarAttention<FixedBlocks, FirstTokens, RoundRobin> star(
+            FixedBlocks{100}, FirstTokens{150, source});
+        return star.phase1_working_bytes<KV>(star.plan(context, 2), host, hq, hkv, d, threads);
+    };
+
+    // Host 0 of 250 tokens owns blocks 0 (no anchor) and 2 (50 tokens, anchored):
+    //   outputs 100 + 50 tokens; one anchored block's partial state, 50 tokens (block 0
+    //   has no anchor, so its 100 do not count); the received anchor, 150 tokens, and the
+    //   largest piece of it one block holds in flight, block 0's 100 tokens.
+    EXPECT_EQ(account(250, AnchorSource::receive, 0),
+              state_per_token * (150 + 50) + anchor_kv_per_token * (150 + 100) +
+                  threads * workspace);
+    EXPECT_EQ(account(250, AnchorSource::receive, 0) - threads * workspace, 168000u);
+
+    // Host 1 of 350 tokens owns blocks 1 and 3 (100 and 50 tokens, both anchored): the
+    // partial state is the larger one's, 100 tokens, not both (they are dropped in turn).
+    EXPECT_EQ(account(350, AnchorSource::receive, 1),
+              state_per_token * (150 + 100) + anchor_kv_per_token * (150 + 100) +
+                  threads * workspace);
+    EXPECT_EQ(account(350, AnchorSource::receive, 1) - threads * workspace, 198000u);
+
+    // A computed anchor is read from the host's own context: nothing is received.
+    EXPECT_EQ(account(350, AnchorSource::compute, 1),
+              state_per_token * (150 + 100) + threads * workspace);
+    EXPECT_EQ(account(350, AnchorSource::compute, 1) - threads * workspace, 150000u);
+}
+
 TEST(Memory, WorkspaceAccountRejectsBadShapes)
 {
     EXPECT_GT(attention_workspace_bytes<float>(8, 2, 64), 0u);
