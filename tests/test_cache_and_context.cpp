@@ -77,6 +77,30 @@ TEST(HostContext, PiecesWithMismatchedTokenCountsAreRejected)
     expect_error([&] { context.add(-1, view(q), view(k10), view(v)); }, "first token -1 is negative");
 }
 
+TEST(HostContext, PiecesOfAnotherShapeAreRejected)
+{
+    HostContext<float> context;
+    EXPECT_TRUE(context.empty());
+    EXPECT_EQ(context.kv_heads(), 0);
+    const auto q = random_tensor<float>(4, 2, 4), k = random_tensor<float>(4, 1, 4),
+               v = random_tensor<float>(4, 1, 4);
+    const auto k_wide = random_tensor<float>(4, 1, 6), v_two = random_tensor<float>(4, 2, 4);
+    expect_error([&] { context.add(0, view(q), view(k_wide), view(v)); },
+                 "q, k and v disagree: q has 2 heads of head_dim 4, k 1 of 6, v 1 of 4");
+    expect_error([&] { context.add(0, view(q), view(k), view(v_two)); },
+                 "q, k and v disagree: q has 2 heads of head_dim 4, k 1 of 4, v 2 of 4");
+    context.add(0, view(q), view(k), view(v));
+    EXPECT_EQ(context.q_heads(), 2);
+    EXPECT_EQ(context.kv_heads(), 1);
+    EXPECT_EQ(context.head_dim(), 4);
+    // A second piece of the same layer must have the same heads: a received anchor is laid
+    // out like the receiver's own pieces.
+    const auto q4 = random_tensor<float>(4, 4, 4), k2 = random_tensor<float>(4, 2, 4);
+    expect_error([&] { context.add(8, view(q4), view(k2), view(v_two)); },
+                 "a piece of 4 query heads, 2 kv heads of head_dim 4 joins pieces of 2, 1 of 4");
+    context.add(8, view(q), view(k), view(v));
+}
+
 PerHost<std::vector<RangeOutput>> outputs_for(std::vector<std::vector<TokenRange>> ranges)
 {
     PerHost<std::vector<RangeOutput>> outputs(0, static_cast<int>(ranges.size()));

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <type_traits>
+#include <vector>
+
 #include "expect_error.hpp"
 #include "reference.hpp"
 
@@ -108,7 +112,63 @@ TEST(Errors, NullMemoryWithNonZeroShape)
 TEST(Errors, TokenSliceOutOfRange)
 {
     Inputs in;
-    expect_error([&] { token_slice(view(in.k), 4, 3); }, "tokens [4, 7) out of range [0, 6)");
+    expect_error([&] { token_slice(view(in.k), 4, 3); }, "3 tokens from token 4 are out of range [0, 6)");
+}
+
+// Offsets and sizes computed from a caller's numbers must not wrap: a wrapped offset is a
+// view of memory before the tensor, a wrapped size an allocation the kernel then overruns.
+TEST(Errors, TokenSliceWhoseEndOverflows)
+{
+    Inputs in;
+    constexpr index most = std::numeric_limits<index>::max();
+    expect_error([&] { token_slice(view(in.k), most, 1); },
+                 "1 tokens from token 9223372036854775807 are out of range [0, 6)");
+    expect_error([&] { token_slice(view(in.k), 1, most); }, "out of range [0, 6)");
+}
+
+TEST(Errors, ViewsWhoseElementCountOverflows)
+{
+    Inputs in;
+    constexpr index huge = index{1} << 40; // 2^40 x 2^20 x 8 elements: 2^63, one too many
+    const ConstView3<float> k(in.k.data(), huge, index{1} << 20, 8);
+    const ConstView3<float> q(in.q.data(), huge, index{1} << 20, 8);
+    const char* message = "has 1099511627776 x 1048576 x 8 elements, more than an index can count";
+    expect_error([&] { (void)attention(view(in.q), k, k); }, message);
+    expect_error([&] { (void)global_attention(q, k, k, GlobalOptions{false, {}}); }, message);
+    KVCache<float> cache;
+    expect_error([&] { cache.append(k, k); }, message);
+    EXPECT_EQ(cache.tokens(), 0);
+}
+
+TEST(Errors, AHugeBlockSizeGivesOneBlock)
+{
+    constexpr index most = std::numeric_limits<index>::max();
+    const auto blocks = FixedBlocks{most}.blocks(100);
+    ASSERT_EQ(blocks.size(), 1u);
+    EXPECT_EQ(blocks[0], (TokenRange{0, 100}));
+    const auto two = FixedBlocks{most - 1}.blocks(most);
+    ASSERT_EQ(two.size(), 2u);
+    EXPECT_EQ(two[1], (TokenRange{most - 1, most}));
+}
+
+// A caller can tell a call it must fix (the same call fails again) from work that failed
+// on acceptable inputs; both are star::error.
+TEST(Errors, RejectedArgumentsAndFailedWorkAreDifferentKinds)
+{
+    Inputs in;
+    const auto wrong_dim = random_tensor<float>(6, 2, 4);
+    EXPECT_THROW((void)attention(view(in.q), view(wrong_dim), view(wrong_dim)),
+                 star::invalid_argument);
+    // Finite inputs whose scores overflow float: 8 x (2e19)^2 / sqrt(8) is beyond 3.4e38.
+    Tensor3<float> big(2, 1, 8);
+    big.setConstant(2e19f);
+    EXPECT_THROW((void)attention(view(big), view(big), view(big)), star::runtime_failure);
+    // A message of the wrong size, as a broken transport would deliver.
+    EXPECT_THROW((void)detail::unpack(std::vector<float>(3), Shape{2, 2, 4}),
+                 star::runtime_failure);
+    static_assert(std::is_base_of_v<star::error, star::invalid_argument>);
+    static_assert(std::is_base_of_v<star::error, star::runtime_failure>);
+    static_assert(std::is_nothrow_copy_constructible_v<star::error>);
 }
 
 TEST(Errors, MergeOfDifferentShapes)

@@ -429,7 +429,7 @@ struct RecentTokens {
     void check(index) const
     {
         if (window < 1)
-            throw star::error("RecentTokens: the window must be at least 1 token");
+            throw star::invalid_argument("RecentTokens: the window must be at least 1 token");
     }
 };
 static_assert(Anchor<RecentTokens>);

@@ -270,5 +270,21 @@ TEST(RingErrors, HostMissingItsShard)
                  "does not hold context tokens [5, 10)");
 }
 
+// What travels round the ring is read with the receiver's layout: a host whose K/V have
+// other heads would attend to garbage. Across processes only the agreement sees it.
+TEST(RingErrors, HostsWhoseContextsDifferInShapeDisagree)
+{
+    const auto q = random_tensor<float>(10, 4, 16);
+    const auto k = random_tensor<float>(10, 2, 16), v = random_tensor<float>(10, 2, 16);
+    const auto k1 = random_tensor<float>(10, 1, 16), v1 = random_tensor<float>(10, 1, 16);
+    LocalCommunicator comm(2);
+    auto contexts = comm.local<HostContext<float>>();
+    contexts[0] = HostContext<float>(view(q), view(k), view(v));
+    contexts[1] = HostContext<float>(view(q), view(k1), view(v1));
+    expect_error([&] { (void)RingAttention{}.run(comm, 10, contexts); },
+                 "RingAttention::run: the hosts disagree on the number of kv heads: host 0 has 2, "
+                 "host 1 has 1");
+}
+
 } // namespace
 } // namespace star::test

@@ -832,6 +832,56 @@ struct QueryHostWithoutContext {
 };
 static_assert(Partition<QueryHostWithoutContext>);
 
+// Across processes each host holds only its own pieces of the context, and nothing but the
+// agreement sees another host's shapes. A host whose layer has other heads would read a
+// received anchor with the wrong layout (wrong results, no error).
+TEST(StarErrors, HostsWhoseContextsDifferInShapeDisagree)
+{
+    const StarAttention star(FixedBlocks{10}, FirstTokens{{}, AnchorSource::receive});
+    const StarPlan plan = star.plan(30, 3);
+    const auto in = random_tokens<float>(30, 4, 2, 8);
+    const auto narrow = random_tokens<float>(30, 4, 1, 8); // one kv head, not two
+    const auto contexts_with = [&](const auto& last_host) {
+        PerHost<HostContext<float>> contexts(0, 3);
+        for (int r = 0; r < 3; ++r) {
+            const auto& t = r == 2 ? last_host : in;
+            for (const std::size_t i : plan.blocks_of(r)) {
+                const TokenRange b = plan.blocks[i];
+                contexts[r].add(b.begin, token_slice(view(t.q), b.begin, b.size()),
+                                token_slice(view(t.k), b.begin, b.size()),
+                                token_slice(view(t.v), b.begin, b.size()));
+            }
+        }
+        return contexts;
+    };
+    LocalCommunicator comm(3);
+    auto caches = comm.local<KVCache<float>>();
+    expect_error([&] { (void)star.encode_context(comm, plan, caches, contexts_with(narrow)); },
+                 "StarAttention::encode_context: the hosts disagree on the number of kv heads: "
+                 "host 0 has 2, host 2 has 1");
+    for (int r = 0; r < 3; ++r)
+        EXPECT_EQ(caches[r].tokens(), 0) << "host " << r;
+    (void)star.encode_context(comm, plan, caches, contexts_with(in)); // the same, agreeing
+    EXPECT_EQ(caches[2].tokens(), 10);
+}
+
+// A host that holds no piece of the context has no shapes to compare: it agrees.
+TEST(StarErrors, AHostWithoutContextAgreesWithTheOthers)
+{
+    const StarAttention star(FixedBlocks{10}, FirstTokens{}, QueryHostWithoutContext{});
+    const StarPlan plan = star.plan(30, 3);
+    const auto in = random_tokens<float>(30, 4, 2, 8);
+    PerHost<HostContext<float>> contexts(0, 3);
+    for (int r = 1; r < 3; ++r)
+        contexts[r] = HostContext<float>(view(in.q), view(in.k), view(in.v));
+    LocalCommunicator comm(3);
+    auto caches = comm.local<KVCache<float>>();
+    (void)star.encode_context(comm, plan, caches, contexts);
+    EXPECT_EQ(caches[0].tokens(), 0);
+    EXPECT_EQ(caches[1].tokens() + caches[2].tokens(), 30);
+}
+
+
 TEST(StarErrors, RejectedQueryLeavesEveryCacheUnchanged)
 {
     // The query host (0) holds no context; hosts 1 and 2 hold 2 kv heads. A query whose K/V

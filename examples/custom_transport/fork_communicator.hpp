@@ -29,7 +29,7 @@ using star::Route;
 
 [[noreturn]] inline void fail(int rank, const std::string& what)
 {
-    throw star::error("ForkCommunicator: host " + std::to_string(rank) + ": " + what);
+    throw star::runtime_failure("ForkCommunicator: host " + std::to_string(rank) + ": " + what);
 }
 
 // One host per process, like MpiCommunicator: a PerHost holds this host's value alone and a
@@ -261,7 +261,7 @@ int fork_hosts(int hosts, Body body)
         for (int b = a + 1; b < hosts; ++b) {
             int pair[2];
             if (::socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0)
-                throw star::error(std::string("fork_hosts: socketpair failed: ") +
+                throw star::runtime_failure(std::string("fork_hosts: socketpair failed: ") +
                                   std::strerror(errno));
             sockets[static_cast<std::size_t>(a)][static_cast<std::size_t>(b)] = pair[0];
             sockets[static_cast<std::size_t>(b)][static_cast<std::size_t>(a)] = pair[1];
@@ -279,7 +279,7 @@ int fork_hosts(int hosts, Body body)
         const pid_t pid = ::fork();
         if (pid < 0) {
             close_all(); // the children started so far see end-of-file and stop
-            throw star::error(std::string("fork_hosts: fork failed: ") + std::strerror(errno));
+            throw star::runtime_failure(std::string("fork_hosts: fork failed: ") + std::strerror(errno));
         }
         if (pid > 0) {
             children.push_back(pid);

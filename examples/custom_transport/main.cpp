@@ -102,7 +102,7 @@ int compare_star(fork_transport::ForkCommunicator& comm, const Star& star_attent
 int run_host(fork_transport::ForkCommunicator& comm, int fail_on_host)
 {
     if (comm.rank() == fail_on_host)
-        throw star::error("injected failure");
+        throw star::runtime_failure("injected failure");
     std::mt19937 rng(2024);
     const Tokens layer = random_tokens(context, rng);
     int differences = 0;

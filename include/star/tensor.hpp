@@ -16,6 +16,7 @@
 #include <Eigen/Core>
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#include "detail/checked_arithmetic.hpp"
 #include "error.hpp"
 
 namespace star {
@@ -43,6 +44,23 @@ using View3 = Eigen::TensorMap<Tensor3<T>>;
 template <class T>
 concept KVElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> ||
                     std::same_as<T, Eigen::half>;
+
+namespace detail {
+
+/// A number for each K/V element type, the same in every program, so that hosts in
+/// different processes can check they store K/V alike (bf16 and half have the same size).
+template <KVElement KV>
+constexpr std::int64_t element_code() noexcept
+{
+    if constexpr (std::same_as<KV, float>)
+        return 1;
+    else if constexpr (std::same_as<KV, Eigen::bfloat16>)
+        return 2;
+    else
+        return 3;
+}
+
+} // namespace detail
 
 /// Sizes of one `[tokens, heads, head_dim]` tensor.
 struct Shape {
@@ -79,9 +97,10 @@ ConstView3<T> view(const Tensor3<T>& t)
 template <class T>
 ConstView3<T> token_slice(const ConstView3<T>& t, index begin, index count)
 {
-    if (begin < 0 || count < 0 || begin + count > t.dimension(0))
-        detail::fail("token_slice: tokens [", begin, ", ", begin + count, ") out of range [0, ",
-                     t.dimension(0), ")");
+    // Compared without forming begin + count, which may overflow.
+    if (begin < 0 || count < 0 || begin > t.dimension(0) - count)
+        detail::fail("token_slice: ", count, " tokens from token ", begin,
+                     " are out of range [0, ", t.dimension(0), ")");
     return ConstView3<T>(t.data() + begin * t.dimension(1) * t.dimension(2), count, t.dimension(1),
                          t.dimension(2));
 }

@@ -4,6 +4,8 @@
 // Run under mpiexec; every rank checks its own hosts' results and the job fails if any
 // rank finds a difference.
 
+#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -102,6 +104,139 @@ void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const st
     }
 }
 
+// Across processes a host holds only its own blocks (and the anchor when it computes it),
+// as a deployment does: phase 1 and the query over MPI must still give bit for bit what the
+// in-process run over the whole context gives.
+template <star::KVElement KV>
+void per_host_contexts_equal_in_process(star::MpiCommunicator& mpi, star::AnchorSource source,
+                                        const std::string& name)
+{
+    const int rank = mpi.rank(), hosts = mpi.size();
+    const star::index context = 517, q_heads = 4, kv_heads = 2, d = 24;
+    std::mt19937_64 rng(99);
+    const auto q = random_tensor(context, q_heads, d, rng);
+    const auto k32 = random_tensor(context, kv_heads, d, rng);
+    const auto v32 = random_tensor(context, kv_heads, d, rng);
+    const star::Tensor3<KV> k = k32.cast<KV>(), v = v32.cast<KV>();
+    const star::StarAttention<star::FixedBlocks, star::FirstTokens> star_attention(
+        star::FixedBlocks{100}, star::FirstTokens{{}, source});
+    const star::StarPlan plan = star_attention.plan(context, hosts);
+
+    auto contexts = mpi.local<star::HostContext<KV>>();
+    const auto hold = [&](star::TokenRange r) {
+        contexts[rank].add(r.begin, star::token_slice(star::view(q), r.begin, r.size()),
+                           star::token_slice(star::view(k), r.begin, r.size()),
+                           star::token_slice(star::view(v), r.begin, r.size()));
+    };
+    for (const std::size_t i : plan.blocks_of(rank)) {
+        const star::TokenRange anchor = plan.anchors[i];
+        if (source == star::AnchorSource::compute && !anchor.empty() &&
+            plan.owner[0] != rank) // a host holding block 0 holds the anchor already
+            hold(anchor);
+        hold(plan.blocks[i]);
+    }
+    auto mpi_caches = mpi.local<star::KVCache<KV>>();
+    const auto mpi_p1 = star_attention.encode_context(mpi, plan, mpi_caches, contexts);
+
+    star::LocalCommunicator local(hosts);
+    auto local_caches = local.local<star::KVCache<KV>>();
+    const auto local_p1 = star_attention.encode_context(local, plan, local_caches, star::view(q),
+                                                        star::view(k), star::view(v));
+    expect_identical(mpi_p1[rank], local_p1[rank], rank, name + " phase 1");
+
+    const auto nq = random_tensor(3, q_heads, d, rng);
+    const star::Tensor3<KV> nk = random_tensor(3, kv_heads, d, rng).cast<KV>();
+    const star::Tensor3<KV> nv = random_tensor(3, kv_heads, d, rng).cast<KV>();
+    const auto mpi_out = star_attention.attend_query(mpi, plan, mpi_caches, star::view(nq),
+                                                     star::view(nk), star::view(nv));
+    const auto local_out = star_attention.attend_query(local, plan, local_caches, star::view(nq),
+                                                       star::view(nk), star::view(nv));
+    ++checks;
+    if (mpi_out[rank].has_value() != local_out[rank].has_value()) {
+        ++failures;
+        std::cerr << "rank " << rank << ": " << name << " query: result on one side only\n";
+    } else if (mpi_out[rank]) {
+        expect_identical(*mpi_out[rank], *local_out[rank], rank, name + " query");
+    }
+}
+
+// One setting of a Star layer that a rank may be given differently from the others.
+struct Setting {
+    star::index block = 100, q_heads = 4, kv_heads = 2, d = 16, query_tokens = 2;
+    std::optional<float> scale;
+    bool half = false;      // K/V as half instead of bf16 (the same size)
+    bool all_gather = false; // the AllGather merge instead of GatherToQueryHost
+    int extra_steps = 0;     // decode steps after the query, beyond the others'
+};
+
+template <star::KVElement KV, star::Merge M>
+void run_star(star::MpiCommunicator& mpi, const Setting& s)
+{
+    const int rank = mpi.rank();
+    const star::index context = 400;
+    std::mt19937_64 rng(5);
+    const auto q = random_tensor(context, s.q_heads, s.d, rng);
+    const star::Tensor3<KV> k = random_tensor(context, s.kv_heads, s.d, rng).cast<KV>();
+    const star::Tensor3<KV> v = random_tensor(context, s.kv_heads, s.d, rng).cast<KV>();
+    const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous, M> star_attention(
+        star::FixedBlocks{s.block}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, M{}, s.scale);
+    const star::StarPlan plan = star_attention.plan(context, mpi.size());
+    auto contexts = mpi.local<star::HostContext<KV>>();
+    for (const std::size_t i : plan.blocks_of(rank)) {
+        const star::TokenRange b = plan.blocks[i];
+        contexts[rank].add(b.begin, star::token_slice(star::view(q), b.begin, b.size()),
+                           star::token_slice(star::view(k), b.begin, b.size()),
+                           star::token_slice(star::view(v), b.begin, b.size()));
+    }
+    auto caches = mpi.local<star::KVCache<KV>>();
+    (void)star_attention.encode_context(mpi, plan, caches, contexts);
+    for (int step = 0; step < 3 + s.extra_steps; ++step) {
+        const star::index tokens = step == 0 ? s.query_tokens : 1;
+        const auto nq = random_tensor(tokens, s.q_heads, s.d, rng);
+        const star::Tensor3<KV> nk = random_tensor(tokens, s.kv_heads, s.d, rng).cast<KV>();
+        const star::Tensor3<KV> nv = random_tensor(tokens, s.kv_heads, s.d, rng).cast<KV>();
+        (void)star_attention.attend_query(mpi, plan, caches, star::view(nq), star::view(nk),
+                                          star::view(nv));
+    }
+}
+
+// A Star layer with one setting of `mismatched_rank` changed as `change` says.
+void star_with_one_rank_changed(star::MpiCommunicator& mpi, const std::string& change,
+                                int mismatched_rank)
+{
+    Setting s;
+    if (mpi.rank() == mismatched_rank) {
+        if (change == "block-size")
+            s.block = 101;
+        else if (change == "kv-heads")
+            s.kv_heads = 1;
+        else if (change == "q-heads")
+            s.q_heads = 8;
+        else if (change == "head-dim")
+            s.d = 24;
+        else if (change == "scale")
+            s.scale = 0.5f;
+        else if (change == "query-length")
+            s.query_tokens = 3;
+        else if (change == "element-type")
+            s.half = true;
+        else if (change == "merge")
+            s.all_gather = true;
+        else if (change == "extra-step")
+            s.extra_steps = 1;
+        else
+            throw std::invalid_argument("unknown setting " + change);
+    }
+    if (s.half && s.all_gather)
+        run_star<Eigen::half, star::AllGather>(mpi, s);
+    else if (s.half)
+        run_star<Eigen::half, star::GatherToQueryHost>(mpi, s);
+    else if (s.all_gather)
+        run_star<Eigen::bfloat16, star::AllGather>(mpi, s);
+    else
+        run_star<Eigen::bfloat16, star::GatherToQueryHost>(mpi, s);
+}
+
 void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout, const std::string& name)
 {
     const int rank = mpi.rank();
@@ -180,27 +315,62 @@ void exchanges_equal_in_process(star::MpiCommunicator& mpi, const std::string& n
 int main(int argc, char** argv)
 {
     MPI_Init(&argc, &argv);
-    // `--fail-on-rank R`: rank R throws in the middle of the run while the others wait in a
-    // collective for it; the job must end (non-zero, with R's message), not hang.
-    const int failing_rank = argc > 2 && std::string(argv[1]) == "--fail-on-rank" ? std::atoi(argv[2]) : -1;
-    // `--mismatch-on-rank R`: rank R is configured with another block size; every rank must
-    // detect it at the start of phase 1 and the job must end with that message.
-    const int mismatched_rank =
-        argc > 2 && std::string(argv[1]) == "--mismatch-on-rank" ? std::atoi(argv[2]) : -1;
+    const std::string mode = argc > 2 ? argv[1] : "";
+    const int chosen_rank = argc > 2 ? std::atoi(argv[2]) : -1;
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     star::run_or_abort(MPI_COMM_WORLD, [&] {
+        // `--fail-on-rank R`: rank R throws in the middle of the run while the others wait in
+        // a collective for it; the job must end (non-zero, with R's message), not hang.
+        if (mode == "--fail-on-rank") {
+            star::MpiCommunicator mpi(MPI_COMM_WORLD);
+            star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather");
+            if (rank == chosen_rank)
+                throw star::runtime_failure("injected failure");
+            star_equals_in_process(mpi, star::AllGather{}, "star/all-gather");
+            return;
+        }
+        // `--mismatch-<setting> R`: rank R is given another value of one setting; every rank
+        // must detect it in the agreement and the job must end with that message.
+        // `--mismatch-extra-step R` makes R take one decode step more than the others:
+        // nobody joins its collective, and its deadline must end the job.
+        if (mode.starts_with("--mismatch-")) {
+            star::MpiCommunicator mpi(MPI_COMM_WORLD, std::chrono::milliseconds(10000));
+            if (mode == "--mismatch-ring-layout")
+                ring_equals_in_process(mpi,
+                                       rank == chosen_rank ? star::RingLayout::zigzag
+                                                           : star::RingLayout::plain,
+                                       "ring");
+            else
+                star_with_one_rank_changed(mpi, mode.substr(11), chosen_rank);
+            return;
+        }
+        // `--stop-rank R`: rank R stops (SIGSTOP) in the middle of the run; the others'
+        // deadline must end the job.
+        if (mode == "--stop-rank") {
+            star::MpiCommunicator mpi(MPI_COMM_WORLD, std::chrono::milliseconds(5000));
+            run_star<Eigen::bfloat16, star::GatherToQueryHost>(mpi, Setting{});
+            if (rank == chosen_rank)
+                std::raise(SIGSTOP);
+            run_star<Eigen::bfloat16, star::GatherToQueryHost>(mpi, Setting{});
+            return;
+        }
         star::MpiCommunicator mpi(MPI_COMM_WORLD);
-        star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather",
-                               rank == mismatched_rank ? 151 : 150);
-        if (rank == failing_rank)
-            throw star::error("injected failure");
+        star_equals_in_process(mpi, star::GatherToQueryHost{}, "star/gather");
         star_equals_in_process(mpi, star::AllGather{}, "star/all-gather");
         star_equals_in_process(mpi, star::TreeReduction{}, "star/tree");
+        per_host_contexts_equal_in_process<float>(mpi, star::AnchorSource::compute,
+                                                  "star/per-host, computed anchor");
+        per_host_contexts_equal_in_process<Eigen::bfloat16>(mpi, star::AnchorSource::receive,
+                                                            "star/per-host bf16, received anchor");
+        // The same with a deadline: every collective is then polled against the clock.
+        star::MpiCommunicator patient(MPI_COMM_WORLD, std::chrono::milliseconds(60000));
+        star_equals_in_process(patient, star::TreeReduction{}, "star/tree, with a deadline");
         ring_equals_in_process(mpi, star::RingLayout::plain, "ring/plain");
         ring_equals_in_process(mpi, star::RingLayout::zigzag, "ring/zig-zag");
         exchanges_equal_in_process<float>(mpi, "float");
         exchanges_equal_in_process<Eigen::bfloat16>(mpi, "bf16");
+        exchanges_equal_in_process<float>(patient, "float, with a deadline");
     });
     int total_failures = 0, total_checks = 0;
     MPI_Reduce(&failures, &total_failures, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);

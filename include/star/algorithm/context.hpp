@@ -2,8 +2,11 @@
 /// \file
 /// What a host holds of the context, and what a distributed algorithm returns per host.
 
+#include <array>
+#include <cstdint>
 #include <vector>
 
+#include "../comm/communicator.hpp"
 #include "../policy/block.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
@@ -50,8 +53,28 @@ public:
                          q.dimension(0), ", ", k.dimension(0), " and ", v.dimension(0));
         if (first_token < 0)
             detail::fail("HostContext: first token ", first_token, " is negative");
+        if (k.dimension(1) != v.dimension(1) || q.dimension(2) != k.dimension(2) ||
+            k.dimension(2) != v.dimension(2))
+            detail::fail("HostContext: q, k and v disagree: q has ", q.dimension(1),
+                         " heads of head_dim ", q.dimension(2), ", k ", k.dimension(1), " of ",
+                         k.dimension(2), ", v ", v.dimension(1), " of ", v.dimension(2));
+        // One layer's pieces: a received anchor is laid out like the receiver's own pieces.
+        if (!pieces_.empty() && (q.dimension(1) != q_heads() || k.dimension(1) != kv_heads() ||
+                                 k.dimension(2) != head_dim()))
+            detail::fail("HostContext: a piece of ", q.dimension(1), " query heads, ",
+                         k.dimension(1), " kv heads of head_dim ", k.dimension(2),
+                         " joins pieces of ", q_heads(), ", ", kv_heads(), " of ", head_dim());
         pieces_.push_back({first_token, q, k, v});
     }
+
+    /// Whether it holds no piece.
+    [[nodiscard]] bool empty() const noexcept { return pieces_.empty(); }
+    /// Query heads of its pieces (0 if it holds none).
+    [[nodiscard]] index q_heads() const noexcept { return empty() ? 0 : pieces_[0].q.dimension(1); }
+    /// KV heads of its pieces (0 if it holds none).
+    [[nodiscard]] index kv_heads() const noexcept { return empty() ? 0 : pieces_[0].k.dimension(1); }
+    /// head_dim of its pieces (0 if it holds none).
+    [[nodiscard]] index head_dim() const noexcept { return empty() ? 0 : pieces_[0].k.dimension(2); }
 
     /// Views of `range`, which must lie inside one piece.
     [[nodiscard]] ContextSlice<KV> slice(TokenRange range) const
@@ -69,6 +92,20 @@ public:
 private:
     std::vector<ContextPiece<KV>> pieces_;
 };
+
+namespace detail {
+
+/// A host's query heads, KV heads and head_dim as settings the hosts must agree on
+/// (`check_agreement`); unknown where it holds no piece of the context.
+template <KVElement KV>
+std::array<std::int64_t, 3> head_settings(const HostContext<KV>& context)
+{
+    if (context.empty())
+        return {unknown_setting, unknown_setting, unknown_setting};
+    return {context.q_heads(), context.kv_heads(), context.head_dim()};
+}
+
+} // namespace detail
 
 /// The attention output of one range of query tokens, as a host returns it.
 struct RangeOutput {

@@ -4,6 +4,7 @@
 /// queries and pass the K/V shards around a ring for `H - 1` steps, merging the partial
 /// states with the same LSE rule as Star's phase 2. The exact distributed baseline.
 
+#include <cstdint>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -72,6 +73,7 @@ public:
     {
         const int hosts = comm.size();
         const auto layout = shards(tokens, hosts);
+        agree(comm, tokens, contexts);
         // Every host checks its own shards once below; what travels round the ring was
         // checked by the host it came from.
         const AttentionOptions kernel_options{options_.scale, false};
@@ -122,9 +124,9 @@ public:
                                                   own.k.dimension(1), own.k.dimension(2));
                         };
                         if (static_cast<index>(keys[rank].size()) < (offset + kv_range.size()) * row)
-                            detail::fail("RingAttention: host ", rank, " received ",
-                                         keys[rank].size(), " key values from host ", source,
-                                         ", too few for its shards");
+                            detail::fail_at_runtime("RingAttention: host ", rank, " received ",
+                                                    keys[rank].size(), " key values from host ",
+                                                    source, ", too few for its shards");
                         merge_into(out.state,
                                    attention(own.q, held(keys[rank]), held(values[rank]),
                                              CausalMask{out.tokens.begin, kv_range.begin},
@@ -165,6 +167,29 @@ public:
     [[nodiscard]] const RingOptions& options() const noexcept { return options_; }
 
 private:
+    // Every host must run the same configuration: a host whose K/V have another type or
+    // heads would read what travels round the ring with the wrong layout.
+    template <KVElement KV, Communicator C>
+    void agree(C& comm, index tokens, const PerHost<HostContext<KV>>& contexts) const
+    {
+        static constexpr const char* names[] = {
+            "the number of tokens", "the layout (0 plain, 1 zig-zag)",
+            "the softmax scale (bits)", "the K/V element type (1 float, 2 bf16, 3 half)",
+            "the number of query heads", "the number of kv heads", "head_dim"};
+        auto settings = comm.template local<std::vector<std::int64_t>>();
+        for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {
+            const auto [q_heads, kv_heads, head_dim] = detail::head_settings(contexts[r]);
+            settings[r] = {tokens,
+                           static_cast<std::int64_t>(options_.layout),
+                           detail::float_setting(options_.scale),
+                           detail::element_code<KV>(),
+                           q_heads,
+                           kv_heads,
+                           head_dim};
+        }
+        detail::check_agreement(comm, settings, names, "RingAttention::run");
+    }
+
     RingOptions options_;
 };
 

@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
+#include <functional>
 #include <optional>
+#include <string_view>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -128,7 +130,10 @@ public:
                                                      const PerHost<HostContext<KV>>& contexts) const
     {
         check_group(comm, plan);
-        agree(comm, plan, sizeof(KV), "StarAttention::encode_context");
+        agree<KV>(comm, plan, "StarAttention::encode_context", [&](int rank) {
+            const auto [q_heads, kv_heads, head_dim] = detail::head_settings(contexts[rank]);
+            return LayerShape{0, q_heads, kv_heads, head_dim};
+        });
         const AnchorKV<KV> received = plan.anchor_source == AnchorSource::receive
                                           ? receive_anchor(comm, plan, contexts)
                                           : AnchorKV<KV>{};
@@ -155,14 +160,18 @@ public:
                 outputs[rank].push_back({plan.blocks[i], std::move(state)});
             }
         });
-        // Caches change only once every host has succeeded: a failed phase 1 leaves none
-        // half-filled.
+        // Caches change only once every host has succeeded, and all or none: every cache
+        // makes room first, so that running out of memory leaves none half-filled.
+        auto blocks_kv = comm.template local<std::vector<ConstView3<KV>>>();
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
                 const ContextSlice<KV> block = contexts[rank].slice(plan.blocks[i]);
-                caches[rank].append(block.k, block.v);
+                blocks_kv[rank].push_back(block.k);
+                blocks_kv[rank].push_back(block.v);
             }
+            caches[rank].reserve_for(blocks_kv[rank]);
         });
+        comm.for_each_host([&](int rank) { caches[rank].append(blocks_kv[rank]); });
         return outputs;
     }
 
@@ -206,8 +215,9 @@ public:
             detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
                          " tokens but k has ", k.dimension(0));
         check_finite(ContextSlice<KV>{q, k, v}, 0, "StarAttention::attend_query: query");
-        agree(comm, plan, sizeof(KV), "StarAttention::attend_query", q.dimension(0),
-              q.dimension(1), k.dimension(1), q.dimension(2));
+        agree<KV>(comm, plan, "StarAttention::attend_query", [&](int) {
+            return LayerShape{q.dimension(0), q.dimension(1), k.dimension(1), q.dimension(2)};
+        });
         for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
             const KVCache<KV>& cache = caches[rank];
             if (cache.tokens() > 0 && (cache.kv_heads() != k.dimension(1) ||
@@ -298,9 +308,9 @@ private:
         {
             const index heads = like.dimension(1), d = like.dimension(2);
             if (static_cast<index>(keys[rank].size()) < tokens * heads * d)
-                detail::fail("StarAttention: host ", rank, " received ", keys[rank].size(),
-                             " anchor key values, fewer than ", tokens, " tokens x ", heads,
-                             " kv heads x head_dim ", d);
+                detail::fail_at_runtime("StarAttention: host ", rank, " received ",
+                                        keys[rank].size(), " anchor key values, fewer than ",
+                                        tokens, " tokens x ", heads, " kv heads x head_dim ", d);
             return {ConstView3<KV>(keys[rank].data(), tokens, heads, d),
                     ConstView3<KV>(values[rank].data(), tokens, heads, d)};
         }
@@ -349,19 +359,26 @@ private:
         return anchor;
     }
 
-    // Every host must run the same configuration; across processes nothing else checks it.
-    // The plan stands for the policies (blocks, owners, anchors), the rest for the shapes.
-    template <Communicator C>
-    void agree(C& comm, const StarPlan& plan, std::size_t kv_bytes, const char* where,
-               index query_tokens = 0, index q_heads = 0, index kv_heads = 0,
-               index head_dim = 0) const
+    // A host's shapes of a layer, `detail::unknown_setting` where it has none.
+    struct LayerShape {
+        std::int64_t query_tokens, q_heads, kv_heads, head_dim;
+    };
+
+    // Every host must run the same configuration; across processes nothing else checks it,
+    // and a difference gives wrong results (a received anchor read with the wrong type or
+    // heads) or a hang (hosts calling different collectives). The plan stands for the
+    // Block, Anchor and Partition policies; the Merge policy, the scale, the K/V type and
+    // `shape_of(rank)`, each local host's shapes, complete it.
+    template <KVElement KV, Communicator C, class ShapeOf>
+    void agree(C& comm, const StarPlan& plan, const char* where, ShapeOf&& shape_of) const
     {
         static constexpr const char* names[] = {
             "the number of context tokens", "the query host", "the number of blocks",
             "the block boundaries (digest)", "the block owners (digest)", "the anchors (digest)",
-            "the anchor source",
-            "the K/V element size", "the softmax scale (bits)", "the query length",
-            "the number of query heads", "the number of kv heads", "head_dim"};
+            "the anchor source", "the K/V element type (1 float, 2 bf16, 3 half)",
+            "the Merge policy (digest of its type)", "the softmax scale (bits)",
+            "the query length", "the number of query heads", "the number of kv heads",
+            "head_dim"};
         // Order-sensitive digests of the block layout: equal layouts give equal values.
         std::uint64_t bounds = 0, owners = 0, anchors = 0; // unsigned: wrapping is intended
         for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
@@ -371,21 +388,27 @@ private:
                           1000003 +
                       static_cast<std::uint64_t>(plan.anchors[i].end);
         }
-        std::int64_t scale_bits = -1;
-        if (scale_) {
-            std::uint32_t bits = 0;
-            std::memcpy(&bits, &*scale_, sizeof bits);
-            scale_bits = bits;
-        }
-        const std::vector<std::int64_t> mine{
-            plan.context_tokens, plan.query_host, static_cast<std::int64_t>(plan.blocks.size()),
-            static_cast<std::int64_t>(bounds), static_cast<std::int64_t>(owners),
-            static_cast<std::int64_t>(anchors), static_cast<std::int64_t>(plan.anchor_source),
-            static_cast<std::int64_t>(kv_bytes), scale_bits, query_tokens, q_heads, kv_heads,
-            head_dim};
+        // Every rank of a job runs the same program, so the same type has the same name.
+        const auto merge_digest =
+            static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(M).name()));
         auto settings = comm.template local<std::vector<std::int64_t>>();
-        for (int r = settings.first_rank(); r < settings.end_rank(); ++r)
-            settings[r] = mine;
+        for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {
+            const LayerShape shape = shape_of(r);
+            settings[r] = {plan.context_tokens,
+                           plan.query_host,
+                           static_cast<std::int64_t>(plan.blocks.size()),
+                           static_cast<std::int64_t>(bounds),
+                           static_cast<std::int64_t>(owners),
+                           static_cast<std::int64_t>(anchors),
+                           static_cast<std::int64_t>(plan.anchor_source),
+                           detail::element_code<KV>(),
+                           merge_digest,
+                           detail::float_setting(scale_),
+                           shape.query_tokens,
+                           shape.q_heads,
+                           shape.kv_heads,
+                           shape.head_dim};
+        }
         detail::check_agreement(comm, settings, names, where);
     }
 

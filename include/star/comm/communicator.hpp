@@ -13,7 +13,10 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <limits>
+#include <optional>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -160,24 +163,56 @@ struct CommunicatorArchetype {
 };
 static_assert(Communicator<CommunicatorArchetype>);
 
+/// A setting a host cannot know (the shape of a context it holds no piece of): it agrees
+/// with any value.
+inline constexpr std::int64_t unknown_setting = std::numeric_limits<std::int64_t>::min();
+
+/// A setting that is a float, compared by its bits (-1 when unset).
+inline std::int64_t float_setting(std::optional<float> value)
+{
+    if (!value)
+        return -1;
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &*value, sizeof bits);
+    return bits;
+}
+
 /// Checks that every host of the group was given the same configuration: `settings[r]`
-/// holds host `r`'s values of the settings named by `names`. All hosts exchange them
-/// (one small all-gather) and each throws the same `star::error`, naming the first setting
-/// on which two hosts disagree, so no host is left waiting for the others.
+/// holds host `r`'s values of the settings named by `names` (`unknown_setting` where it
+/// has none). Host 0 gathers them and broadcasts its verdict, so each host throws the
+/// same `star::error`, naming the first setting on which two hosts disagree, and no host
+/// is left waiting for the others. In-process this copies O(hosts) values, where an
+/// all-gather would copy O(hosts^2).
 template <class C>
 void check_agreement(C& comm, const PerHost<std::vector<std::int64_t>>& settings,
                      std::span<const char* const> names, const char* where)
 {
-    const auto all = comm.all_gather(settings);
-    for (int r = all.first_rank(); r < all.end_rank(); ++r) {
-        const auto& hosts = all[r];
-        for (std::size_t h = 1; h < hosts.size(); ++h)
-            for (std::size_t i = 0; i < names.size(); ++i)
-                if (i >= hosts[h].size() || i >= hosts[0].size() || hosts[h][i] != hosts[0][i])
-                    fail(where, ": the hosts disagree on ", names[i], ": host 0 has ",
-                         i < hosts[0].size() ? hosts[0][i] : -1, ", host ", h, " has ",
-                         i < hosts[h].size() ? hosts[h][i] : -1);
+    constexpr int root = 0;
+    const auto all = comm.gather(settings, root);
+    // The verdict: empty, or {setting, host a, its value, host b, its value}.
+    auto verdict = comm.template local<std::vector<std::int64_t>>();
+    if (verdict.holds(root)) {
+        const auto& hosts = all[root];
+        for (std::size_t i = 0; i < names.size() && verdict[root].empty(); ++i) {
+            const auto value = [&](std::size_t h) {
+                return i < hosts[h].size() ? hosts[h][i] : unknown_setting;
+            };
+            std::size_t first = 0; // the first host that knows setting i
+            while (first < hosts.size() && value(first) == unknown_setting)
+                ++first;
+            for (std::size_t h = first + 1; h < hosts.size(); ++h)
+                if (value(h) != unknown_setting && value(h) != value(first)) {
+                    verdict[root] = {static_cast<std::int64_t>(i), static_cast<std::int64_t>(first),
+                                     value(first), static_cast<std::int64_t>(h), value(h)};
+                    break;
+                }
+        }
     }
+    comm.broadcast(verdict, root);
+    for (int r = verdict.first_rank(); r < verdict.end_rank(); ++r)
+        if (const auto& v = verdict[r]; v.size() == 5)
+            fail(where, ": the hosts disagree on ", names[static_cast<std::size_t>(v[0])],
+                 ": host ", v[1], " has ", v[2], ", host ", v[3], " has ", v[4]);
 }
 
 /// An exchange that has already happened, for communicators without `start_exchange`.

@@ -36,8 +36,13 @@ public:
         if (max_threads < 0)
             detail::fail("LocalCommunicator: max_threads must be 0 (default) or positive, got ",
                          max_threads);
-        if (max_threads > 0)
+        if (max_threads > 0) {
             arena_.emplace(max_threads);
+            // Now rather than at first use: oneTBB's lazy initialisation, interrupted by
+            // std::bad_alloc, leaves the arena "being initialised" and every later use spins
+            // forever. Failing here, the communicator is never made.
+            arena_->initialize();
+        }
     }
 
     /// Number of hosts.

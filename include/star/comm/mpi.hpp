@@ -7,12 +7,16 @@
 /// on the calling thread, and the collectives are MPI's. Messages travel as the bytes of
 /// their element type (bf16/half K/V as stored, never converted).
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 // Only MPI's C API is used; Open MPI's and MPICH's deprecated C++ bindings would just add
@@ -41,6 +45,12 @@ namespace star {
 /// `MPI_ERRORS_RETURN`; MPI's default handler aborts the job itself) is reported as a
 /// `star::error` naming the call. Wrap each rank's work in `run_or_abort`, so that a rank
 /// that throws ends the job instead of leaving the others waiting.
+///
+/// A rank that stops (a crash MPI does not notice, SIGSTOP, a deadlock) or that makes a
+/// different sequence of calls than the others (one decode step more) leaves them waiting
+/// forever. Given a deadline, a rank that has waited that long in one collective prints
+/// which one and ends the job with `MPI_Abort`. The deadline must exceed the longest time a
+/// rank may compute while the others already wait for it (a phase of the slowest host).
 class MpiCommunicator {
     // An MPI datatype of sizeof(T) bytes, so counts are in elements.
     template <class T>
@@ -57,11 +67,57 @@ class MpiCommunicator {
         Elements& operator=(const Elements&) = delete;
     };
 
+    // How a rank waits for its requests: copied into an exchange in flight, which may
+    // outlive the communicator object that started it.
+    struct Waiter {
+        MPI_Comm comm;
+        int rank;
+        std::optional<std::chrono::milliseconds> deadline;
+
+        // Waits for both requests; past the deadline, ends the job. Returns MPI's code.
+        int wait_for(MPI_Request (&requests)[2], const char* call) const
+        {
+            if (!deadline)
+                return MPI_Waitall(2, requests, MPI_STATUSES_IGNORE);
+            const auto give_up = std::chrono::steady_clock::now() + *deadline;
+            // Polls often at first (most collectives end within microseconds), then at most
+            // every millisecond, so that a long wait does not take a core from the others.
+            auto pause = std::chrono::microseconds(1);
+            for (;;) {
+                int done = 0;
+                if (const int code = MPI_Testall(2, requests, &done, MPI_STATUSES_IGNORE);
+                    code != MPI_SUCCESS || done)
+                    return code;
+                if (std::chrono::steady_clock::now() >= give_up) {
+                    std::fprintf(stderr,
+                                 "star: rank %d waited more than %lld ms in %s, a collective "
+                                 "some rank has not joined (it stopped, failed, or made other "
+                                 "calls); ending the job\n",
+                                 rank, static_cast<long long>(deadline->count()), call);
+                    std::fflush(stderr);
+                    MPI_Abort(comm, 1);
+                    std::terminate(); // MPI_Abort does not return
+                }
+                std::this_thread::sleep_for(pause);
+                pause = std::min<std::chrono::microseconds>(2 * pause,
+                                                            std::chrono::milliseconds(1));
+            }
+        }
+    };
+
 public:
     /// `comm` stays the caller's (not duplicated, not freed); MPI must be initialised.
-    /// \throws star::error if MPI is not initialised or an MPI call fails.
-    explicit MpiCommunicator(MPI_Comm comm) : comm_(comm)
+    /// `deadline`: the longest wait in one collective before the job is ended; none waits
+    /// forever.
+    /// \throws star::error if MPI is not initialised, an MPI call fails or the deadline is
+    /// not positive.
+    explicit MpiCommunicator(MPI_Comm comm,
+                             std::optional<std::chrono::milliseconds> deadline = std::nullopt)
+        : comm_(comm), deadline_(deadline)
     {
+        if (deadline_ && deadline_->count() <= 0)
+            detail::fail("MpiCommunicator: the deadline must be positive, got ",
+                         deadline_->count(), " ms");
         int initialised = 0;
         MPI_Initialized(&initialised);
         if (!initialised)
@@ -74,6 +130,11 @@ public:
     [[nodiscard]] int size() const noexcept { return size_; }
     /// This process's rank: the one host it runs.
     [[nodiscard]] int rank() const noexcept { return rank_; }
+    /// The longest wait in one collective, if any.
+    [[nodiscard]] std::optional<std::chrono::milliseconds> deadline() const noexcept
+    {
+        return deadline_;
+    }
 
     /// One default-built `T` for this process's host, `rank()`.
     template <class T>
@@ -98,10 +159,11 @@ public:
         detail::check_rank(root, size_, "broadcast: root");
         std::vector<T>& mine = buffers[rank_];
         std::uint64_t count = mine.size();
-        check(MPI_Bcast(&count, 1, MPI_UINT64_T, root, comm_), "MPI_Bcast");
+        complete(MPI_Ibcast(&count, 1, MPI_UINT64_T, root, comm_, &request_), "MPI_Ibcast");
         mine.resize(static_cast<std::size_t>(count));
         const Elements<T> type;
-        check(MPI_Bcast(mine.data(), element_count(count), type.handle, root, comm_), "MPI_Bcast");
+        complete(MPI_Ibcast(mine.data(), element_count(count), type.handle, root, comm_, &request_),
+                 "MPI_Ibcast");
     }
 
     /// `root` receives every rank's buffer, in rank order (`MPI_Gatherv`); the others
@@ -115,16 +177,17 @@ public:
         const std::vector<T>& mine = buffers[rank_];
         std::vector<std::uint64_t> counts(rank_ == root ? static_cast<std::size_t>(size_) : 0);
         std::uint64_t count = mine.size();
-        check(MPI_Gather(&count, 1, MPI_UINT64_T, counts.data(), 1, MPI_UINT64_T, root, comm_),
-              "MPI_Gather");
+        complete(MPI_Igather(&count, 1, MPI_UINT64_T, counts.data(), 1, MPI_UINT64_T, root, comm_,
+                             &request_),
+                 "MPI_Igather");
         std::vector<int> sizes, offsets;
         std::vector<T> all;
         if (rank_ == root)
             layout(counts, sizes, offsets, all);
         const Elements<T> type;
-        check(MPI_Gatherv(mine.data(), element_count(count), type.handle, all.data(), sizes.data(),
-                          offsets.data(), type.handle, root, comm_),
-              "MPI_Gatherv");
+        complete(MPI_Igatherv(mine.data(), element_count(count), type.handle, all.data(),
+                              sizes.data(), offsets.data(), type.handle, root, comm_, &request_),
+                 "MPI_Igatherv");
         auto received = local<std::vector<std::vector<T>>>();
         if (rank_ == root)
             received[rank_] = split(all, sizes, offsets);
@@ -139,15 +202,16 @@ public:
         const std::vector<T>& mine = buffers[rank_];
         std::vector<std::uint64_t> counts(static_cast<std::size_t>(size_));
         std::uint64_t count = mine.size();
-        check(MPI_Allgather(&count, 1, MPI_UINT64_T, counts.data(), 1, MPI_UINT64_T, comm_),
-              "MPI_Allgather");
+        complete(MPI_Iallgather(&count, 1, MPI_UINT64_T, counts.data(), 1, MPI_UINT64_T, comm_,
+                                &request_),
+                 "MPI_Iallgather");
         std::vector<int> sizes, offsets;
         std::vector<T> all;
         layout(counts, sizes, offsets, all);
         const Elements<T> type;
-        check(MPI_Allgatherv(mine.data(), element_count(count), type.handle, all.data(),
-                             sizes.data(), offsets.data(), type.handle, comm_),
-              "MPI_Allgatherv");
+        complete(MPI_Iallgatherv(mine.data(), element_count(count), type.handle, all.data(),
+                                 sizes.data(), offsets.data(), type.handle, comm_, &request_),
+                 "MPI_Iallgatherv");
         auto received = local<std::vector<std::vector<T>>>();
         received[rank_] = split(all, sizes, offsets);
         return received;
@@ -162,18 +226,7 @@ public:
     PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>& buffers,
                                      const PerHost<Route>& routes)
     {
-        const Endpoints ends = endpoints(routes);
-        const std::vector<T>& mine = buffers[rank_];
-        const std::uint64_t count = ends.to == MPI_PROC_NULL ? 0 : mine.size();
-        const std::uint64_t incoming = exchange_counts(ends, count);
-        auto received = local<std::vector<T>>();
-        received[rank_].resize(static_cast<std::size_t>(incoming));
-        const Elements<T> type;
-        check(MPI_Sendrecv(mine.data(), element_count(count), type.handle, ends.to, tag,
-                           received[rank_].data(), element_count(incoming), type.handle, ends.from,
-                           tag, comm_, MPI_STATUS_IGNORE),
-              "MPI_Sendrecv");
-        return received;
+        return start_exchange(buffers, routes).wait();
     }
 
     /// An exchange in flight (see `OverlappingExchange`): the data travel by MPI_Isend /
@@ -194,7 +247,7 @@ public:
         ~PendingExchange()
         {
             if (state_ && !state_->done)
-                MPI_Waitall(2, state_->requests, MPI_STATUSES_IGNORE);
+                state_->waiter.wait_for(state_->requests, "MPI_Isend/MPI_Irecv");
         }
 
         /// Blocks until this host's send and receive have completed; returns what arrived.
@@ -203,7 +256,8 @@ public:
             if (!state_ || state_->done)
                 detail::fail("MpiCommunicator: an exchange was waited for twice");
             state_->done = true;
-            check(MPI_Waitall(2, state_->requests, MPI_STATUSES_IGNORE), "MPI_Waitall");
+            check(state_->waiter.wait_for(state_->requests, "MPI_Isend/MPI_Irecv"),
+                  "MPI_Isend/MPI_Irecv");
             return std::move(state_->received);
         }
 
@@ -211,6 +265,7 @@ public:
         friend class MpiCommunicator;
         // Behind a pointer: MPI holds the addresses of the requests and the receive buffer.
         struct State {
+            Waiter waiter;
             Elements<T> type;
             MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
             PerHost<std::vector<T>> received;
@@ -235,26 +290,17 @@ public:
         const std::uint64_t incoming = exchange_counts(ends, count);
         PendingExchange<T> pending;
         auto& state = *pending.state_;
+        state.waiter = waiter();
         state.received = local<std::vector<T>>();
         state.received[rank_].resize(static_cast<std::size_t>(incoming));
-        check(MPI_Irecv(state.received[rank_].data(), element_count(incoming), state.type.handle,
-                        ends.from, tag, comm_, &state.requests[0]),
-              "MPI_Irecv");
-        const int sent = MPI_Isend(mine.data(), element_count(count), state.type.handle, ends.to,
-                                   tag, comm_, &state.requests[1]);
-        if (sent != MPI_SUCCESS) {
-            // The receive may never be matched now: withdraw it rather than wait for it.
-            MPI_Cancel(&state.requests[0]);
-            MPI_Wait(&state.requests[0], MPI_STATUS_IGNORE);
-            state.done = true;
-            check(sent, "MPI_Isend");
-        }
+        post_exchange(mine.data(), element_count(count), state.received[rank_].data(),
+                      element_count(incoming), state.type.handle, ends, state.requests);
         return pending;
     }
 
     /// `MPI_Barrier` over the communicator.
     /// \throws star::error if it fails.
-    void barrier() { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+    void barrier() { complete(MPI_Ibarrier(comm_, &request_), "MPI_Ibarrier"); }
 
 private:
     static constexpr int tag = 0x5a7;
@@ -285,17 +331,32 @@ private:
     std::uint64_t exchange_counts(const Endpoints& ends, std::uint64_t count)
     {
         std::uint64_t incoming = 0;
-        check(MPI_Sendrecv(&count, 1, MPI_UINT64_T, ends.to, tag, &incoming, 1, MPI_UINT64_T,
-                           ends.from, tag, comm_, MPI_STATUS_IGNORE),
-              "MPI_Sendrecv");
+        MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+        post_exchange(&count, 1, &incoming, 1, MPI_UINT64_T, ends, requests);
+        check(waiter().wait_for(requests, "MPI_Isend/MPI_Irecv"), "MPI_Isend/MPI_Irecv");
         return incoming;
+    }
+
+    // Posts one exchange step: the receive, then the send.
+    void post_exchange(const void* out, int out_count, void* in, int in_count, MPI_Datatype type,
+                       const Endpoints& ends, MPI_Request (&requests)[2]) const
+    {
+        check(MPI_Irecv(in, in_count, type, ends.from, tag, comm_, &requests[0]), "MPI_Irecv");
+        const int sent = MPI_Isend(out, out_count, type, ends.to, tag, comm_, &requests[1]);
+        if (sent != MPI_SUCCESS) {
+            // The receive may never be matched now: withdraw it rather than wait for it.
+            MPI_Cancel(&requests[0]);
+            MPI_Wait(&requests[0], MPI_STATUS_IGNORE);
+            requests[0] = requests[1] = MPI_REQUEST_NULL;
+            check(sent, "MPI_Isend");
+        }
     }
 
     static int element_count(std::uint64_t count)
     {
         if (count > static_cast<std::uint64_t>(INT_MAX))
-            detail::fail("MpiCommunicator: a message of ", count,
-                         " elements is larger than MPI's int count");
+            detail::fail_at_runtime("MpiCommunicator: a message of ", count,
+                                    " elements is larger than MPI's int count");
         return static_cast<int>(count);
     }
 
@@ -330,12 +391,27 @@ private:
         char text[MPI_MAX_ERROR_STRING];
         int length = 0;
         MPI_Error_string(code, text, &length);
-        detail::fail("MpiCommunicator: ", call, " failed: ", std::string(text, length));
+        detail::fail_at_runtime("MpiCommunicator: ", call, " failed: ",
+                                std::string(text, static_cast<std::size_t>(length)));
+    }
+
+    [[nodiscard]] Waiter waiter() const { return {comm_, rank_, deadline_}; }
+
+    // Completes the non-blocking collective just started into `request_` (`started` is what
+    // starting it returned).
+    void complete(int started, const char* call)
+    {
+        check(started, call);
+        MPI_Request requests[2] = {request_, MPI_REQUEST_NULL};
+        request_ = MPI_REQUEST_NULL;
+        check(waiter().wait_for(requests, call), call);
     }
 
     MPI_Comm comm_;
+    std::optional<std::chrono::milliseconds> deadline_;
     int size_ = 0;
     int rank_ = 0;
+    MPI_Request request_ = MPI_REQUEST_NULL;
 };
 
 static_assert(Communicator<MpiCommunicator>);

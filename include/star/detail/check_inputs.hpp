@@ -25,6 +25,13 @@ void check_tensor(const ConstView3<T>& t, const char* name, const char* where)
         fail(where, ": ", name, " has head_dim ", t.dimension(2), "; at least 1 is needed");
     if (t.dimension(0) < 0)
         fail(where, ": ", name, " has a negative token count ", t.dimension(0));
+    // A view is only a pointer and sizes: sizes whose product overflows describe no memory,
+    // and every offset computed from them would wrap.
+    constexpr index most = std::numeric_limits<index>::max();
+    if (t.dimension(1) > most / t.dimension(2) ||
+        t.dimension(0) > most / (t.dimension(1) * t.dimension(2)))
+        fail(where, ": ", name, " has ", t.dimension(0), " x ", t.dimension(1), " x ",
+             t.dimension(2), " elements, more than an index can count");
     if (t.size() > 0 && t.data() == nullptr)
         fail(where, ": ", name, " views null memory but has ", t.size(), " elements");
 }

@@ -79,7 +79,7 @@ inline index decode_splits(index keys, const TileShape& tiles)
 /// output `sum p * v` beyond it. The result would be garbage, so it is an error.
 [[noreturn]] inline void overflow(index token, index head, const char* what)
 {
-    fail("attention: the ", what, " of query token ", token, ", head ", head,
+    fail_at_runtime("attention: the ", what, " of query token ", token, ", head ", head,
          " overflow float (inputs too large for float arithmetic, or not finite)");
 }
 

@@ -173,7 +173,7 @@ inline KernelIsa kernel_isa()
         return static_cast<KernelIsa>(forced);
     const detail::IsaCap& cap = detail::environment_isa_cap();
     if (!cap.error.empty())
-        detail::fail(cap.error);
+        detail::fail_at_runtime(cap.error);
     KernelIsa best = KernelIsa::portable;
     for (const KernelIsa isa : all_kernel_isas)
         if (isa <= cap.cap && cpu_supports(isa))

@@ -45,8 +45,12 @@ struct FixedBlocks {
         if (size <= 0)
             detail::fail("FixedBlocks: block size must be at least 1, got ", size);
         std::vector<TokenRange> result;
-        for (index begin = 0; begin < tokens; begin += size)
-            result.push_back({begin, std::min(begin + size, tokens)});
+        // `tokens - begin` rather than `begin + size`, which overflows for a huge size.
+        for (index begin = 0; begin < tokens;) {
+            const index end = tokens - begin > size ? begin + size : tokens;
+            result.push_back({begin, end});
+            begin = end;
+        }
         return result;
     }
 };

@@ -1,0 +1,193 @@
+// "A phase that throws leaves every cache as it was" must hold when memory runs out too,
+// not only when an input is rejected. This program replaces the global operator new with
+// one that can be told to fail its n-th allocation from now; each test runs a call with the
+// first, second, third... allocation failing until the call gets through, and after every
+// std::bad_alloc checks that no cache changed. (Eigen's tensors and the kernel's workspaces
+// take memory from malloc directly and are not failed here; the caches and the
+// algorithms' own containers come through operator new.)
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include <star/star.hpp>
+
+#include "reference.hpp"
+
+namespace {
+
+// Allocations left before one fails; negative: none fails.
+std::atomic<long> allocations_until_failure{-1};
+
+void* allocate(std::size_t bytes)
+{
+    if (allocations_until_failure.load(std::memory_order_relaxed) >= 0 &&
+        allocations_until_failure.fetch_sub(1, std::memory_order_relaxed) == 0)
+        throw std::bad_alloc();
+    if (void* p = std::malloc(bytes == 0 ? 1 : bytes))
+        return p;
+    throw std::bad_alloc();
+}
+
+} // namespace
+
+void* operator new(std::size_t bytes) { return allocate(bytes); }
+void* operator new[](std::size_t bytes) { return allocate(bytes); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace star::test {
+namespace {
+
+// The bytes of a cache: equal caches hold the same tokens, shape and K/V.
+template <class KV>
+struct CacheImage {
+    index tokens, heads, head_dim;
+    std::vector<KV> keys, values;
+
+    explicit CacheImage(const KVCache<KV>& c)
+        : tokens(c.tokens()), heads(c.kv_heads()), head_dim(c.head_dim()),
+          keys(c.keys().data(), c.keys().data() + c.keys().size()),
+          values(c.values().data(), c.values().data() + c.values().size())
+    {
+    }
+
+    bool operator==(const CacheImage& o) const
+    {
+        return tokens == o.tokens && heads == o.heads && head_dim == o.head_dim &&
+               keys.size() == o.keys.size() && values.size() == o.values.size() &&
+               std::memcmp(keys.data(), o.keys.data(), keys.size() * sizeof(KV)) == 0 &&
+               std::memcmp(values.data(), o.values.data(), values.size() * sizeof(KV)) == 0;
+    }
+};
+
+template <class KV>
+std::vector<CacheImage<KV>> images(const PerHost<KVCache<KV>>& caches)
+{
+    std::vector<CacheImage<KV>> all;
+    for (int r = caches.first_rank(); r < caches.end_rank(); ++r)
+        all.emplace_back(caches[r]);
+    return all;
+}
+
+// Runs `call` with its first, second, ... allocation failing until it succeeds; after each
+// failure `unchanged()` must hold. Returns how many failures were injected. oneTBB must be
+// initialised before (a first parallel call): its own lazy start-up, failed, hangs later
+// uses, and is not what is tested here.
+template <class Call, class Check>
+int fail_each_allocation_in_turn(Call&& call, Check&& unchanged)
+{
+    for (long n = 0; n < 100000; ++n) {
+        allocations_until_failure.store(n);
+        bool failed = false;
+        try {
+            call();
+        } catch (const std::bad_alloc&) {
+            failed = true;
+        }
+        allocations_until_failure.store(-1);
+        if (!failed)
+            return static_cast<int>(n);
+        if (!unchanged()) {
+            ADD_FAILURE() << "allocation " << n << " failed and left a cache changed";
+            return static_cast<int>(n);
+        }
+    }
+    ADD_FAILURE() << "the call never got through";
+    return 0;
+}
+
+// A failed append that grew K but not V would leave the cache's views looking right while
+// every later token is misaligned: append one more token and check it is the one read back.
+void expect_next_append_lines_up(KVCache<float>& cache, const std::string& what)
+{
+    const auto k = random_tensor<float>(1, 2, 16), v = random_tensor<float>(1, 2, 16);
+    cache.append(view(k), view(v));
+    const index last = (cache.tokens() - 1) * 2 * 16;
+    EXPECT_EQ(std::memcmp(cache.keys().data() + last, k.data(), sizeof(float) * 32), 0) << what;
+    EXPECT_EQ(std::memcmp(cache.values().data() + last, v.data(), sizeof(float) * 32), 0) << what;
+}
+
+struct Layer {
+    Tensor3<float> q, k, v;
+};
+
+Layer random_layer(index tokens)
+{
+    return {random_tensor<float>(tokens, 4, 16), random_tensor<float>(tokens, 2, 16),
+            random_tensor<float>(tokens, 2, 16)};
+}
+
+TEST(OutOfMemory, AFailedAppendLeavesTheCacheAsItWas)
+{
+    const Layer first = random_layer(5), more = random_layer(7);
+    KVCache<float> cache;
+    cache.append(view(first.k), view(first.v));
+    const CacheImage<float> before(cache);
+    const int failures = fail_each_allocation_in_turn(
+        [&] { cache.append(view(more.k), view(more.v)); },
+        [&] { return CacheImage<float>(cache) == before; });
+    EXPECT_GE(failures, 1) << "no allocation was failed: the test proves nothing";
+    EXPECT_EQ(cache.tokens(), 12);
+    expect_next_append_lines_up(cache, "the cache");
+}
+
+// Phase 1 appends to every host's cache at its end: if the third host's append ran out of
+// memory, the first two had their blocks already.
+TEST(OutOfMemory, AFailedPhaseOneLeavesEveryCacheAsItWas)
+{
+    const StarAttention star(FixedBlocks{16});
+    const Layer context = random_layer(70);
+    const StarPlan plan = star.plan(70, 3);
+    LocalCommunicator comm(3, 1);
+    auto caches = comm.local<KVCache<float>>();
+    (void)star.encode_context(comm, plan, caches, view(context.q), view(context.k),
+                              view(context.v)); // starts oneTBB
+    caches = comm.local<KVCache<float>>();
+    const Layer earlier = random_layer(2); // caches that already hold something
+    for (int r = 0; r < 3; ++r)
+        caches[r].append(view(earlier.k), view(earlier.v));
+    const auto before = images(caches);
+    const int failures = fail_each_allocation_in_turn(
+        [&] {
+            (void)star.encode_context(comm, plan, caches, view(context.q), view(context.k),
+                                      view(context.v));
+        },
+        [&] { return images(caches) == before; });
+    EXPECT_GE(failures, 3);
+    for (int r = 0; r < 3; ++r) {
+        EXPECT_GT(caches[r].tokens(), 2) << "host " << r;
+        expect_next_append_lines_up(caches[r], "host " + std::to_string(r));
+    }
+}
+
+TEST(OutOfMemory, AFailedQueryLeavesEveryCacheAsItWas)
+{
+    const StarAttention star(FixedBlocks{16});
+    const Layer context = random_layer(70), query = random_layer(3);
+    const StarPlan plan = star.plan(70, 3);
+    LocalCommunicator comm(3, 1);
+    auto caches = comm.local<KVCache<float>>();
+    (void)star.encode_context(comm, plan, caches, view(context.q), view(context.k),
+                              view(context.v));
+    const auto before = images(caches);
+    const int failures = fail_each_allocation_in_turn(
+        [&] {
+            (void)star.attend_query(comm, plan, caches, view(query.q), view(query.k),
+                                    view(query.v));
+        },
+        [&] { return images(caches) == before; });
+    EXPECT_GE(failures, 3);
+    EXPECT_EQ(caches[plan.query_host].tokens(),
+              before[static_cast<std::size_t>(plan.query_host)].tokens + 3);
+    expect_next_append_lines_up(caches[plan.query_host], "the query host");
+}
+
+} // namespace
+} // namespace star::test
