@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -118,6 +119,43 @@ TEST(Kernel, SizesAtTileEdges)
             expect_matches_reference<float>({tokens, tokens, group, 1, 72}, CausalMask{}, causal);
         }
     expect_matches_reference<Eigen::bfloat16>({129, 129, 4, 1, 72}, CausalMask{}, causal);
+}
+
+// With zero offsets and as many queries as keys, a query tile's first and last positions
+// never meet a key tile's edge, so CausalMask::coverage answering `full` or `none` one key
+// too early goes unseen. Offsets are chosen here to put the diagonal on the edges the
+// kernel's tiles have (256 / group query tokens, 128 keys):
+//   - the first query of the first tile at the second-to-last key of the first key tile
+//     (its last key is then hidden from that query: `full` would show it);
+//   - the last query of a query tile, the first tile's and the call's, at the first key of
+//     the last key tile (that key is then visible to that query alone: `none` would hide it).
+TEST(Kernel, CausalDiagonalOnTileEdges)
+{
+    const detail::TileShape tiles;
+    const std::vector<index> edges{127, 128, 129, 255, 256, 257};
+    for (const index group : {1, 2, 4}) {
+        const index tile_tokens = tiles.query_tokens(group);
+        for (const index q_tokens : edges)
+            for (const index k_tokens : edges) {
+                const index first_key_tile_end = std::min(tiles.keys, k_tokens);
+                const index last_key_tile_begin = (k_tokens - 1) / tiles.keys * tiles.keys;
+                // Position of query 0 minus position of key 0.
+                std::vector<index> shifts{first_key_tile_end - 2,
+                                          last_key_tile_begin + 1 - q_tokens};
+                if (q_tokens > tile_tokens)
+                    shifts.push_back(last_key_tile_begin + 1 - tile_tokens);
+                for (const index shift : shifts) {
+                    SCOPED_TRACE("group " + std::to_string(group) + ", Lq " +
+                                 std::to_string(q_tokens) + ", Lk " + std::to_string(k_tokens) +
+                                 ", query 0 at key " + std::to_string(shift));
+                    // Non-negative positions, as a real sequence has.
+                    const CausalMask mask{std::max<index>(0, shift), std::max<index>(0, -shift)};
+                    expect_matches_reference<float>(
+                        {q_tokens, k_tokens, group, 1, 8}, mask,
+                        [shift](index i, index j) { return j <= i + shift; });
+                }
+            }
+    }
 }
 
 // A query of one tile, too many rows for the decode kernel, over a long cache is split over
