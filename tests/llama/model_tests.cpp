@@ -103,20 +103,37 @@ TEST(Stories260K, StarAgreesWithGlobalRingExactly)
     EXPECT_EQ(ring.agreeing, ring.positions);
     EXPECT_LT(ring.kl_max, 1e-6);
 
-    // Star with the paper's defaults (b = L/4 = 64, a = b, 4 hosts) measured 67% agreement
-    // and a mean KL of 0.67 nats on this model, whose 64-token blocks lose most of a story
-    // (without anchor: 52%, b = L/8: 50%). The floor of 50% is a check that the pipeline
-    // runs end to end in the measured regime, with room for another CPU's rounding to change
-    // global's 511-token text; that each piece is right is shown by the unit tests
-    // (test_llama_forward.cpp) and, here, by ring.
-    const auto star_quarter = llama::compare(
-        exact,
-        llama::continuation_logits(model, llama::parse_setting("star:b=L/4"), text, context).logits);
+    // Star with the paper's defaults (b = L/4 = 64, a = b, 4 hosts) against the same run
+    // without anchor, measured on this text (AMD EPYC, 2026-11-30; 256 positions):
+    //
+    //   setting                  greedy agreement   mean KL (nats)
+    //   star:b=L/4               67.2% (172)        0.67
+    //   star:b=L/4:anchor=none   52.3% (134)        1.65
+    //
+    // This model's 64-token blocks lose most of a story either way; the anchor is what keeps
+    // the rest. The floors sit between the two with a margin on both sides: 60% agreement
+    // (154 positions, 18 from either run) and a mean KL of 1.1 nats (1.6 times the anchored
+    // run's, 1/1.5 of the other's). A Star run whose anchor were dropped fails both, while
+    // another CPU's rounding, which may change global's 511-token text, still leaves room.
+    // The no-anchor run is checked to fail them too: that shows the floors separate the two
+    // on the text actually generated. That each piece is exactly right is shown by the unit
+    // tests (test_llama_forward.cpp) and, here, by ring.
+    const auto agreement = [&](const char* setting) {
+        return llama::compare(exact, llama::continuation_logits(
+                                         model, llama::parse_setting(setting), text, context)
+                                         .logits);
+    };
+    constexpr double min_agreement = 0.60, max_mean_kl = 1.1;
+    const auto star_quarter = agreement("star:b=L/4");
     EXPECT_EQ(star_quarter.positions, 256);
-    EXPECT_GT(star_quarter.rate(), 0.5);
+    EXPECT_GT(star_quarter.rate(), min_agreement);
     EXPECT_TRUE(std::isfinite(star_quarter.mean_kl()));
     EXPECT_GT(star_quarter.mean_kl(), 0.0);
-    EXPECT_LT(star_quarter.mean_kl(), 2.0);
+    EXPECT_LT(star_quarter.mean_kl(), max_mean_kl);
+
+    const auto no_anchor = agreement("star:b=L/4:anchor=none");
+    EXPECT_LT(no_anchor.rate(), min_agreement);
+    EXPECT_GT(no_anchor.mean_kl(), max_mean_kl);
 }
 
 } // namespace
