@@ -441,6 +441,26 @@ private:
 };
 static_assert(Communicator<CountingCommunicator>);
 
+// A transport that moves only float satisfies every requirement spelled for float, but Star
+// sends bf16 K/V and std::int64_t settings too: the concept must reject it up front.
+struct FloatOnlyCommunicator {
+    [[nodiscard]] int size() const;
+    template <class T>
+    [[nodiscard]] PerHost<T> local() const;
+    template <class F>
+    void for_each_host(F&& step);
+    void broadcast(PerHost<std::vector<float>>& buffers, int root);
+    PerHost<std::vector<std::vector<float>>> gather(const PerHost<std::vector<float>>& buffers,
+                                                    int root);
+    PerHost<std::vector<std::vector<float>>> all_gather(const PerHost<std::vector<float>>& buffers);
+    PerHost<std::vector<float>> exchange(const PerHost<std::vector<float>>& buffers,
+                                         const PerHost<Route>& routes);
+    void barrier();
+};
+static_assert(CollectivesOf<FloatOnlyCommunicator, float>);
+static_assert(!CollectivesOf<FloatOnlyCommunicator, std::int64_t>);
+static_assert(!Communicator<FloatOnlyCommunicator>);
+
 // In-process, an all-gather of the settings copied every host's to every host: O(hosts^2)
 // values at every phase, layer and decode step (4096 hosts: 13 s per generated token).
 // Gathered to one host, with one verdict broadcast, it is O(hosts), agreeing or not.

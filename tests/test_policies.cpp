@@ -98,6 +98,16 @@ TEST(FixedBlocks, EveryBlockButTheLastHasTheGivenSize)
         }
 }
 
+// Unset, the sizes follow the host count: one near-equal block per host.
+TEST(FixedBlocks, UnsetSizeGivesOneBlockPerHost)
+{
+    EXPECT_EQ(FixedBlocks{}.blocks(10, 4), (std::vector<TokenRange>{{0, 3}, {3, 6}, {6, 8}, {8, 10}}));
+    EXPECT_EQ(FixedBlocks{}.blocks(3, 8), (std::vector<TokenRange>{{0, 1}, {1, 2}, {2, 3}}));
+    EXPECT_EQ(FixedBlocks{5}.blocks(12, 4), FixedBlocks{5}.blocks(12)); // a set size wins
+    expect_error([] { (void)FixedBlocks{}.blocks(10); }, "FixedBlocks: no block size set");
+    expect_error([] { (void)FixedBlocks{}.blocks(10, 0); }, "the number of hosts must be at least 1");
+}
+
 TEST(FixedBlocks, SizeBelowOneThrows)
 {
     for (const index size : {0, -1, -100})
@@ -140,6 +150,13 @@ TEST(EqualBlocks, MoreBlocksThanTokensGivesOneTokenBlocks)
     expect_tiling(blocks, 7);
     EXPECT_EQ(sizes_of(blocks), std::vector<index>(7, 1));
     EXPECT_EQ(EqualBlocks{1000}.blocks(1), (std::vector<TokenRange>{{0, 1}}));
+}
+
+TEST(EqualBlocks, UnsetCountGivesOneBlockPerHost)
+{
+    EXPECT_EQ(EqualBlocks{}.blocks(10, 3), (std::vector<TokenRange>{{0, 4}, {4, 7}, {7, 10}}));
+    EXPECT_EQ(EqualBlocks{2}.blocks(10, 3), EqualBlocks{2}.blocks(10));
+    expect_error([] { (void)EqualBlocks{}.blocks(10); }, "EqualBlocks: no block count set");
 }
 
 TEST(EqualBlocks, CountBelowOneThrows)

@@ -717,6 +717,32 @@ TEST(SixtyFourHosts, FewerBlocksThanHosts)
     expect_sixty_four_hosts_work(100); // 7 blocks: 57 hosts hold nothing
 }
 
+// A default-constructed StarAttention runs the paper's method: one block per host, the
+// first block as every other block's anchor, the query on the last host. (It used to
+// compile and then throw from every plan: the block size had no default.)
+TEST(DefaultStarAttention, RunsThePapersMethod)
+{
+    const StarAttention<> star;
+    const StarPlan plan = star.plan(103, 4);
+    EXPECT_EQ(plan.blocks, (std::vector<TokenRange>{{0, 26}, {26, 52}, {52, 78}, {78, 103}}));
+    EXPECT_EQ(plan.owner, (std::vector<int>{0, 1, 2, 3}));
+    EXPECT_EQ(plan.anchors, (std::vector<TokenRange>{{}, {0, 26}, {0, 26}, {0, 26}}));
+    EXPECT_EQ(plan.query_host, 3);
+
+    const auto c = make_conversation<float>(103, 5, 2, 4, 2, 16);
+    LocalCommunicator comm(4);
+    auto caches = comm.local<KVCache<float>>();
+    const auto outputs = star.encode_context(comm, plan, caches, view(c.context.q),
+                                             view(c.context.k), view(c.context.v));
+    const ReferenceResult want =
+        reference_attention(view(c.context.q), view(c.context.k), view(c.context.v),
+                            block_sparse_visible(plan.blocks, plan.anchors), 1.0 / std::sqrt(16.0));
+    expect_close(assemble(outputs, {103, 4, 16}), want, 16, 52, "default, phase 1");
+    expect_exact(converse(star, c, 4, false, "default"), c, "default");
+    // A context shorter than the hosts: one token per block, some hosts hold none.
+    EXPECT_EQ(star.plan(2, 4).blocks, (std::vector<TokenRange>{{0, 1}, {1, 2}}));
+}
+
 // =============================================================================================
 // Bad configurations
 

@@ -145,7 +145,7 @@ public:
             if (plan_)
                 throw setting_error("star attention: the context is encoded only once");
             const index tokens = q.dimension(0);
-            const index block = star_.block_policy().size;
+            const index block = star_.block_policy().size.value();
             const int hosts = hosts_.value_or(static_cast<int>((tokens + block - 1) / block));
             plan_ = star_.plan(tokens, hosts);
             comm_.emplace(hosts);

@@ -71,8 +71,9 @@ template <Block B = FixedBlocks, Anchor A = FirstTokens, Partition P = Contiguou
           Merge M = GatherToQueryHost>
 class StarAttention {
 public:
-    /// Default-built policies and scale. `FixedBlocks{}` and `EqualBlocks{}` have no size,
-    /// so with those block policies every `plan` throws: pass the block policy instead.
+    /// Default-built policies and scale: with the default policies, the paper's method (one
+    /// block per host, the first block as every other block's anchor, the last host asks
+    /// the query, partial states gathered to it).
     StarAttention() = default;
     /// The given policies and softmax scale (`1/sqrt(head_dim)` when empty).
     explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
@@ -98,7 +99,10 @@ public:
         p.context_tokens = context_tokens;
         p.hosts = hosts;
         p.query_host = partition_.query_host(hosts);
-        p.blocks = block_.blocks(context_tokens);
+        if constexpr (requires { block_.blocks(context_tokens, hosts); })
+            p.blocks = block_.blocks(context_tokens, hosts);
+        else
+            p.blocks = block_.blocks(context_tokens);
         check_blocks(p.blocks, context_tokens);
         p.owner = partition_.assign(p.blocks, hosts);
         if (p.owner.size() != p.blocks.size())

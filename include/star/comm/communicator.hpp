@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "../tensor.hpp" // Eigen::bfloat16 and Eigen::half, after simd/target.hpp
 
 namespace star {
 
@@ -91,6 +92,16 @@ struct Route {
 template <class T>
 concept Message = std::is_trivially_copyable_v<T>;
 
+/// The collectives of a `Communicator` over messages of type `T` (see there).
+template <class C, class T>
+concept CollectivesOf =
+    requires(C& c, PerHost<std::vector<T>>& buffers, const PerHost<Route>& routes) {
+        c.broadcast(buffers, 0);
+        { c.gather(buffers, 0) } -> std::same_as<PerHost<std::vector<std::vector<T>>>>;
+        { c.all_gather(buffers) } -> std::same_as<PerHost<std::vector<std::vector<T>>>>;
+        { c.exchange(buffers, routes) } -> std::same_as<PerHost<std::vector<T>>>;
+    };
+
 /// A group of `size()` hosts, ranks `0..size()-1`, of which this process runs
 /// `[local.first_rank(), local.end_rank())` for any `PerHost local` it hands out.
 ///
@@ -110,20 +121,19 @@ concept Message = std::is_trivially_copyable_v<T>;
 ///     and receives into the result from `routes[r].receive_from`; routes must pair up
 ///     (if `a` sends to `b`, `b` receives from `a`). Used for the ring and tree steps.
 ///   - `barrier()`.
-/// The requirements are spelled out for `float` messages; implementations provide every
-/// `Message` type.
+/// The collectives must move every message type the algorithms send (`CollectivesOf`):
+/// partial states as `float`, K/V as `float`, bf16 or half, the configuration agreement as
+/// `std::int64_t`. A communicator that moves only `float` is rejected here, not deep inside
+/// an algorithm; implementations usually take any `Message` type.
 template <class C>
-concept Communicator = requires(C& c, const C& cc, PerHost<std::vector<float>>& buffers,
-                                const PerHost<Route>& routes, std::function<void(int)> step) {
-    { cc.size() } -> std::same_as<int>;
-    { cc.template local<int>() } -> std::same_as<PerHost<int>>;
-    c.for_each_host(step);
-    c.broadcast(buffers, 0);
-    { c.gather(buffers, 0) } -> std::same_as<PerHost<std::vector<std::vector<float>>>>;
-    { c.all_gather(buffers) } -> std::same_as<PerHost<std::vector<std::vector<float>>>>;
-    { c.exchange(buffers, routes) } -> std::same_as<PerHost<std::vector<float>>>;
-    c.barrier();
-};
+concept Communicator =
+    requires(C& c, const C& cc, std::function<void(int)> step) {
+        { cc.size() } -> std::same_as<int>;
+        { cc.template local<int>() } -> std::same_as<PerHost<int>>;
+        c.for_each_host(step);
+        c.barrier();
+    } && CollectivesOf<C, float> && CollectivesOf<C, Eigen::bfloat16> &&
+    CollectivesOf<C, Eigen::half> && CollectivesOf<C, std::int64_t>;
 
 /// Optional, for overlapping communication with compute: a communicator may also provide
 /// `start_exchange(buffers, routes)`, which starts the same exchange as `exchange` and
