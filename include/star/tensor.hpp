@@ -36,10 +36,6 @@ using Tensor2f = Eigen::Tensor<float, 2, Eigen::RowMajor, index>;
 template <class T>
 using ConstView3 = Eigen::TensorMap<const Tensor3<T>>;
 
-/// Writable view of caller memory laid out as `[tokens, heads, head_dim]`.
-template <class T>
-using View3 = Eigen::TensorMap<Tensor3<T>>;
-
 /// Element types accepted for keys and values.
 template <class T>
 concept KVElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> ||

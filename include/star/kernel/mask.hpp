@@ -9,7 +9,9 @@
 /// numbers in the `q` and `k` tensors handed to the kernel; a mask that needs absolute
 /// positions carries its own offsets.
 
+#include <algorithm>
 #include <concepts>
+#include <span>
 
 #include "../tensor.hpp"
 
@@ -74,7 +76,81 @@ struct CausalMask {
     }
 };
 
+/// Causal attention within a window (the local layers of Mistral and Gemma): query `i`, at
+/// position `query_offset + i`, sees the `window` keys at positions
+/// `(position - window, position]`, itself included. A window of 0 or less hides every key.
+struct SlidingWindowMask {
+    index window = 0;       ///< Keys a query sees, its own included.
+    index query_offset = 0; ///< Position of query row 0.
+    index key_offset = 0;   ///< Position of key row 0.
+
+    /// `full` when every key of the rectangle is inside every query's window, `none` when
+    /// inside none, `partial` otherwise.
+    [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
+                                              index k_end) const noexcept
+    {
+        const index first_query = query_offset + q_begin, last_query = query_offset + q_end - 1;
+        const index first_key = key_offset + k_begin, last_key = key_offset + k_end - 1;
+        // Written as differences to a query position, which cannot overflow for a huge
+        // window the way `position - window` can.
+        if (first_key > last_query || window <= 0 || first_query - last_key >= window)
+            return Coverage::none;
+        if (last_key <= first_query && last_query - first_key < window)
+            return Coverage::full;
+        return Coverage::partial;
+    }
+    /// Whether key `j` lies in query `i`'s window.
+    [[nodiscard]] constexpr bool visible(index i, index j) const noexcept
+    {
+        const index distance = (query_offset + i) - (key_offset + j);
+        return distance >= 0 && distance < window;
+    }
+};
+
+/// Causal attention within documents packed into one sequence (a document mask, as
+/// flash-attn's varlen or FlexAttention's document masking): the documents start at the
+/// positions in `starts` (ascending, the first at or before every position used), and a
+/// query sees the keys of its own document up to its own position. `starts` points at the
+/// caller's memory, which must outlive the mask.
+struct DocumentMask {
+    std::span<const index> starts; ///< Position of each document's first token, ascending.
+    index query_offset = 0;        ///< Position of query row 0.
+    index key_offset = 0;          ///< Position of key row 0.
+
+    /// `none` when every key is after the last query or before the first query's document,
+    /// `full` when the queries share one document and every key is in it, at or before the
+    /// first query; `partial` otherwise.
+    [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
+                                              index k_end) const noexcept
+    {
+        const index first_query = query_offset + q_begin, last_query = query_offset + q_end - 1;
+        const index first_key = key_offset + k_begin, last_key = key_offset + k_end - 1;
+        const index document_start = start_of(first_query);
+        if (first_key > last_query || last_key < document_start)
+            return Coverage::none;
+        if (start_of(last_query) == document_start && first_key >= document_start &&
+            last_key <= first_query)
+            return Coverage::full;
+        return Coverage::partial;
+    }
+    /// Whether key `j` is in query `i`'s document, at or before it.
+    [[nodiscard]] constexpr bool visible(index i, index j) const noexcept
+    {
+        const index query = query_offset + i, key = key_offset + j;
+        return key <= query && key >= start_of(query);
+    }
+
+    /// The start of the document holding `position`.
+    [[nodiscard]] constexpr index start_of(index position) const noexcept
+    {
+        const auto after = std::upper_bound(starts.begin(), starts.end(), position);
+        return after == starts.begin() ? position : *(after - 1);
+    }
+};
+
 static_assert(Mask<NoMask>);
 static_assert(Mask<CausalMask>);
+static_assert(Mask<SlidingWindowMask>);
+static_assert(Mask<DocumentMask>);
 
 } // namespace star
