@@ -231,6 +231,16 @@ struct Common {
     float magnitude[3] = {}; // q, k, v: element = int8 * magnitude
 };
 
+// A token count from one byte: 0..80 for most values (cheap cases, many of them), and for
+// the top 13 a length at or around the kernel's tile edges (128 keys, 256 query rows), up to
+// just past three key tiles, so that Ring shards, Star blocks and queries span several.
+index long_or_short(std::uint8_t b)
+{
+    static constexpr index long_tokens[] = {100, 127, 128, 129, 200, 255, 256,
+                                            257, 300, 320, 383, 384, 385};
+    return b < 243 ? b % 81 : long_tokens[b - 243];
+}
+
 const char* const entry_names[] = {"attention", "attention_causal", "global_causal",
                                    "global_full", "ring_plain", "ring_zigzag",
                                    "star", "kv_cache", "merge"};
@@ -266,18 +276,19 @@ Common decode_common(Input& in)
     Common c;
     c.entry = in.choose(9);
     c.kv_type = in.choose(3);
-    // Mostly valid head layouts (kv 1..4, q a multiple, d 1..20, rarely 21..48 to reach the
-    // widest tile products); one style in four takes any counts, zeros and non-integral GQA
-    // ratios included.
+    // Mostly valid head layouts (kv 1..4, q a multiple of it up to 16, so groups up to 16,
+    // where one token fills the decode kernel's 16 rows and a query tile holds 16 tokens;
+    // d 1..20, rarely 21..48 to reach the widest tile products); one style in four takes any
+    // counts, zeros and non-integral GQA ratios included.
     const bool raw = in.choose(4) == 3;
     const int a = in.byte(), b = in.byte(), d = in.byte();
     if (raw) {
         c.heads = {a % 9, b % 5, d % 21};
     } else {
         const index kv = 1 + b % 4;
-        c.heads = {kv * (1 + a % (8 / kv)), kv, d < 224 ? 1 + d % 20 : 21 + (d - 224) % 28};
+        c.heads = {kv * (1 + a % (16 / kv)), kv, d < 224 ? 1 + d % 20 : 21 + (d - 224) % 28};
     }
-    c.tokens = in.choose(81);
+    c.tokens = long_or_short(in.byte());
     c.scale = decode_scale(in);
     static constexpr float magnitudes[] = {1.0f / 32, 1.0f / 256, 1.0f / 8, 1.0f / 2};
     for (float& m : c.magnitude)
@@ -507,8 +518,7 @@ template <class KV>
 void fuzz_attention(Input& in, const Common& c, bool causal)
 {
     // Rarely more keys than one key tile (128), for the online softmax across tiles.
-    const std::uint8_t keys = in.byte();
-    const index key_tokens = keys < 243 ? keys % 81 : 100 + (keys - 243) * 15;
+    const index key_tokens = long_or_short(in.byte());
     const bool check_finite = in.choose(4) != 3;
     index query_offset = static_cast<std::int8_t>(in.byte());
     index key_offset = static_cast<std::int8_t>(in.byte());

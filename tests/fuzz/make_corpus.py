@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Writes the seed corpus of fuzz_star into tests/fuzz/corpus/ (replacing what is there).
+"""Writes the seed corpus of fuzz_star into tests/fuzz/corpus/ (replacing every seed but the
+kept fuzzer findings, regression_*).
 
     /usr/bin/python3 tests/fuzz/make_corpus.py
 
@@ -14,7 +15,6 @@ must be rejected.
 """
 
 import os
-import shutil
 
 ENTRIES = {"attention": 0, "attention_causal": 1, "global_causal": 2, "global_full": 3,
            "ring_plain": 4, "ring_zigzag": 5, "star": 6, "kv_cache": 7, "merge": 8}
@@ -40,22 +40,33 @@ def i8(value):
     return u8(value & 0xFF)
 
 
+# long_or_short: bytes 0..242 give 0..80 (as byte % 81), the top 13 these lengths.
+LONG_TOKENS = [100, 127, 128, 129, 200, 255, 256, 257, 300, 320, 383, 384, 385]
+
+
+def tokens_byte(tokens):
+    if tokens <= 80:
+        assert tokens >= 0
+        return u8(tokens)
+    return u8(243 + LONG_TOKENS.index(tokens))
+
+
 def header(entry, kv="float", heads=(4, 2, 8), tokens=16, scale=("default", 0),
            magnitudes=(1 / 32, 1 / 32, 1 / 32), raw=False):
     """decode_common: entry, K/V type, heads (q, kv, d), tokens, scale, magnitudes."""
     hq, hkv, d = heads
     if raw:  # any counts: style 3, then the counts themselves
         shape = u8(3) + u8(hq) + u8(hkv) + u8(d)
-    else:  # kv 1..4, q a multiple of it (at most 8), d 1..20 or 21..48
-        assert 1 <= hkv <= 4 and hq % hkv == 0 and 1 <= hq // hkv <= 8 // hkv and 1 <= d <= 48
+    else:  # kv 1..4, q a multiple of it (at most 16), d 1..20 or 21..48
+        assert 1 <= hkv <= 4 and hq % hkv == 0 and 1 <= hq // hkv <= 16 // hkv and 1 <= d <= 48
         shape = u8(0) + u8(hq // hkv - 1) + u8(hkv - 1) + u8(d - 1 if d <= 20 else 224 + d - 21)
     kind, parameter = scale
     scale_kind = {"default": 0, "moderate": 1, "extreme": 2, "zero": 3, "negative": 4,
                   "nan": 5, "inf": 6, "-inf": 7}[kind]
     # moderate/negative: 2^((p - 128) / 32); extreme: 1.5 * 2^int8(p)
     scale_byte = i8(parameter) if kind == "extreme" else u8(parameter)
-    assert 0 <= tokens <= 80
-    return (u8(ENTRIES[entry]) + u8(KV[kv]) + shape + u8(tokens) + u8(scale_kind) + scale_byte
+    return (u8(ENTRIES[entry]) + u8(KV[kv]) + shape + tokens_byte(tokens) + u8(scale_kind)
+            + scale_byte
             + b"".join(u8(MAGNITUDE[m]) for m in magnitudes))
 
 
@@ -98,12 +109,7 @@ def threads_byte(threads):
 def attention(causal=False, key_tokens=16, check_finite=True, offsets=(0, 0), far=False,
               mutation=None, injection=None, **common):
     entry = "attention_causal" if causal else "attention"
-    if key_tokens > 80:  # 100, 115, ..., 280
-        assert (key_tokens - 100) % 15 == 0 and key_tokens <= 280
-        key_byte = u8(243 + (key_tokens - 100) // 15)
-    else:
-        key_byte = u8(key_tokens)
-    return (header(entry, **common) + key_byte + u8(0 if check_finite else 3)
+    return (header(entry, **common) + tokens_byte(key_tokens) + u8(0 if check_finite else 3)
             + i8(offsets[0]) + i8(offsets[1]) + u8(3 if far else 0) + call(mutation, injection))
 
 
@@ -169,8 +175,20 @@ SEEDS = {
     "attention_huge_scale": attention(causal=True, tokens=6, key_tokens=6, scale=("extreme", 124),
                                       magnitudes=(1 / 2, 1 / 2, 1 / 32)),
     "attention_many_key_tiles_wide_head": attention(causal=True, kv="bf16", tokens=40,
-                                                    key_tokens=280, offsets=(100, -60),
+                                                    key_tokens=300, offsets=(100, -60),
                                                     heads=(2, 1, 40)),
+    # several query tiles (64 tokens each at group 4) over three key tiles
+    "attention_several_query_tiles": attention(causal=True, tokens=257, key_tokens=257,
+                                               heads=(8, 2, 16)),
+    # query 0 at the second-to-last key of the first key tile, the last query at the first
+    # key of the second
+    "attention_diagonal_on_key_tile_edges": attention(causal=True, kv="half", tokens=3,
+                                                      key_tokens=255, offsets=(126, 0),
+                                                      heads=(4, 4, 8)),
+    "attention_group_16_decode_rows": attention(tokens=1, key_tokens=385, heads=(16, 1, 8)),
+    "attention_group_16_two_tokens": attention(causal=True, kv="bf16", tokens=2,
+                                               key_tokens=129, offsets=(127, 0),
+                                               heads=(16, 1, 12)),
     "attention_kv_heads_changed": attention(heads=(4, 2, 8), mutation=("kv", "heads", 2)),
     # --- global attention
     "global_causal_float": global_attention(tokens=33, heads=(6, 3, 16)),
@@ -179,7 +197,11 @@ SEEDS = {
     "global_causal_half_short_q": global_attention(kv="half", tokens=12, mutation=("q", "tokens", -1)),
     "global_full_inf_in_v": global_attention(causal=False, tokens=20, injection=("v", "inf", 3)),
     "global_moderate_scale": global_attention(tokens=25, heads=(2, 2, 4), scale=("moderate", 200)),
+    "global_causal_long": global_attention(tokens=300, heads=(8, 2, 16)),
     # --- Ring Attention
+    "ring_plain_long_shards": ring(tokens=385, hosts=3, heads=(4, 2, 8)),
+    "ring_zigzag_long_group_16": ring(zigzag=True, kv="bf16", tokens=256, hosts=2,
+                                      heads=(16, 1, 8)),
     "ring_plain_float": ring(tokens=40, hosts=3),
     "ring_zigzag_bf16_few_tokens": ring(zigzag=True, kv="bf16", tokens=5, hosts=8),
     "ring_plain_zero_hosts": ring(hosts=0),
@@ -209,6 +231,16 @@ SEEDS = {
                               query_tokens=1, steps=[call()] * 3),
     "star_equal_previous_query_host_2": star(tokens=9, hosts=3, block=("equal", 3),
                                              anchor=("previous", 1), query_host=2, merge="tree"),
+    # --- Star Attention: long contexts, blocks of several key tiles
+    "star_long_blocks_of_128": star(tokens=385, hosts=3, block=("fixed", 128), query_tokens=12,
+                                    steps=[call()] * 3, heads=(8, 2, 8)),
+    "star_long_equal_blocks_receive_all_gather": star(
+        kv="bf16", tokens=300, hosts=4, block=("equal", 4), anchor=("first_n", 100),
+        receive=True, partition="round_robin", merge="all_gather", query_tokens=5,
+        steps=[call()]),
+    "star_long_group_16_tree": star(kv="half", tokens=257, hosts=2, block=("fixed", 129),
+                                    merge="tree", query_tokens=2, steps=[call()] * 2,
+                                    heads=(16, 1, 8)),
     # --- Star Attention: rejected configurations
     "star_block_size_zero": star(block=("fixed", 0)),
     "star_anchor_larger_than_context": star(tokens=12, anchor=("first_n", 13)),
@@ -241,8 +273,12 @@ SEEDS = {
 
 def main():
     corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
-    shutil.rmtree(corpus, ignore_errors=True)
-    os.makedirs(corpus)
+    os.makedirs(corpus, exist_ok=True)
+    # Inputs the fuzzer found and that were kept as regression tests (regression_*) are
+    # not generated here: they stay, and must still decode to the case they were kept for.
+    for name in os.listdir(corpus):
+        if not name.startswith("regression_"):
+            os.remove(os.path.join(corpus, name))
     for name, data in sorted(SEEDS.items()):
         with open(os.path.join(corpus, name), "wb") as f:
             f.write(data)

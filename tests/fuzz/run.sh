@@ -32,9 +32,19 @@ rm -rf "$scratch"
 mkdir -p "$scratch" "$artifacts"
 cp tests/fuzz/corpus/* "$scratch"/
 
+# Input length: a seed holds only configuration bytes (55 at most); longer inputs let the
+# fuzzer choose input values too (ties, cancellations) instead of the generator. libFuzzer
+# starts its length limit at the longest seed and, with -len_control at its default (100),
+# raises it only after hundreds of runs without a new input, which never happened in 10
+# minutes: every input stayed at 55 bytes. -len_control=10 reaches -max_len in about 80 s
+# (0, all of it at once, found fewer edges in 5 minutes). Cases of a few hundred tokens take
+# 100x a small one; -entropic_scale_per_exec_time picks slow inputs less often, which
+# quadrupled the executions of a 5-minute run. Measurements: tests/fuzz/README.md.
 set +e
 "$build/tests/fuzz/fuzz_star" \
   -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
+  -max_len=512 -len_control=10 -entropic_scale_per_exec_time=1 \
+  -dict=tests/fuzz/fuzz_star.dict \
   -artifact_prefix="$artifacts/" -print_final_stats=1 \
   "$scratch" tests/fuzz/corpus 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
