@@ -11,6 +11,13 @@
 ///                            names), float and bf16 K/V, 32 q / 8 kv heads of 128: causal
 ///                            prefill of 4K tokens (GFLOP/s), and one decode step over a
 ///                            32K-token cache (GB/s of K/V read), on N threads.
+///  * `BM_TileProduct/star/<isa>/<B>/MxNxK`, `BM_TileProduct/onednn/<type>/MxNxK`  the
+///                            kernel's register-blocked product (`detail::tile_gemm`: A float,
+///                            B float or bf16 widened as loaded) on every path, beside
+///                            Debian's oneDNN matmul (f32, and bf16 x bf16 -> f32) of the same
+///                            shapes, one thread: what a mature GEMM gets from this CPU's
+///                            product units (AMX or AVX512-BF16 where present). Built when
+///                            oneDNN is found (libdnnl-dev; required in CI).
 ///  * `BM_FiniteCheck/<type>/<how>`  the NaN/Inf check every entry point makes, over the K/V
 ///                            of an 8K-token cache (8 KV heads of 128: 16.8M elements), by the
 ///                            library's `detail::all_finite` and by Eigen's `allFinite()`.
@@ -43,16 +50,24 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include <unistd.h>
+
+#if STAR_BENCH_HAVE_ONEDNN
+#include <omp.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
 
 namespace {
 
@@ -343,6 +358,125 @@ void BM_ReadBandwidth(benchmark::State& state)
 }
 
 // ----------------------------------------------------------------------------------------
+// 2c. The kernel's tile product beside oneDNN's matmul
+// ----------------------------------------------------------------------------------------
+
+/// (M, N, K) of `C[M x N] = A[M x K] B[K x N]`: the kernel's two products of one tile of
+/// 128 keys x 256 query rows at d = 128 (scores, then probabilities times values), and a
+/// square one.
+constexpr std::array<std::array<Index, 3>, 3> kTileProducts{
+    {{128, 256, 128}, {256, 128, 128}, {512, 512, 512}}};
+
+double product_flops(const std::array<Index, 3>& s)
+{
+    return 2.0 * static_cast<double>(s[0]) * static_cast<double>(s[1]) * static_cast<double>(s[2]);
+}
+
+template <class T>
+std::vector<T> random_matrix(Index rows, Index cols, std::uint32_t seed)
+{
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    std::vector<T> m(static_cast<std::size_t>(rows * cols));
+    for (T& x : m)
+        x = static_cast<T>(dist(rng));
+    return m;
+}
+
+/// `tile_gemm` of path `isa` (the same instantiation the kernel runs).
+template <class B>
+void star_tile_gemm(star::KernelIsa isa, const float* a, const B* b, float* c, Index m, Index n,
+                    Index k)
+{
+    namespace sd = star::detail;
+    const sd::Strides sa{k, 1};
+    switch (isa) {
+#if STAR_X86_DISPATCH
+    case star::KernelIsa::avx512:
+        sd::avx512_path::tile_gemm<sd::avx512_path::Simd, false>(a, sa, b, n, c, n, m, n, k);
+        return;
+    case star::KernelIsa::avx2:
+        sd::avx2_path::tile_gemm<sd::avx2_path::Simd, false>(a, sa, b, n, c, n, m, n, k);
+        return;
+#endif
+    default:
+        sd::portable_path::tile_gemm<sd::portable_path::Simd, false>(a, sa, b, n, c, n, m, n, k);
+    }
+}
+
+template <class B>
+void BM_StarTileProduct(benchmark::State& state, star::KernelIsa isa, std::array<Index, 3> shape)
+{
+    const auto [m, n, k] = shape;
+    const auto a = random_matrix<float>(m, k, 1);
+    const auto b = random_matrix<B>(k, n, 2);
+    std::vector<float> c(static_cast<std::size_t>(m * n));
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        star_tile_gemm(isa, a.data(), b.data(), c.data(), m, n, k);
+        benchmark::DoNotOptimize(c.data());
+        benchmark::ClobberMemory();
+    }
+    report_foreign_load(state, load);
+    state.counters["FLOPS"] =
+        benchmark::Counter(product_flops(shape), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+#if STAR_BENCH_HAVE_ONEDNN
+/// oneDNN's matmul, one thread, A and B of `type`, C f32, all row-major.
+void BM_OneDnnProduct(benchmark::State& state, dnnl::memory::data_type type,
+                      std::array<Index, 3> shape)
+{
+    using tag = dnnl::memory::format_tag;
+    const auto [m, n, k] = shape;
+    omp_set_num_threads(1); // a tile product runs on one core in the kernel
+    const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    const dnnl::memory::desc a_desc({m, k}, type, tag::ab), b_desc({k, n}, type, tag::ab),
+        c_desc({m, n}, dnnl::memory::data_type::f32, tag::ab);
+    std::optional<dnnl::matmul> made;
+    try {
+        made.emplace(
+            dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_desc, b_desc, c_desc), engine));
+    } catch (const dnnl::error& e) {
+        // oneDNN 2.6 has bf16 matmul only from AVX-512 (avx512_core) up.
+        state.SkipWithError(("oneDNN has no such matmul on this CPU: " + std::string(e.what())).c_str());
+        return;
+    }
+    const dnnl::matmul& product = *made;
+    dnnl::memory a(a_desc, engine), b(b_desc, engine), c(c_desc, engine);
+    const auto fill = [](dnnl::memory& mem, Index count, dnnl::memory::data_type t, std::uint32_t seed) {
+        if (t == dnnl::memory::data_type::bf16) {
+            const auto values = random_matrix<Eigen::bfloat16>(count, 1, seed);
+            std::memcpy(mem.get_data_handle(), values.data(), values.size() * sizeof(values[0]));
+        } else {
+            const auto values = random_matrix<float>(count, 1, seed);
+            std::memcpy(mem.get_data_handle(), values.data(), values.size() * sizeof(values[0]));
+        }
+    };
+    fill(a, m * k, type, 1);
+    fill(b, k * n, type, 2);
+    const std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
+    product.execute(stream, args); // warm-up: oneDNN builds its kernel on first use
+    stream.wait();
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        product.execute(stream, args);
+        stream.wait();
+    }
+    report_foreign_load(state, load);
+    state.counters["FLOPS"] =
+        benchmark::Counter(product_flops(shape), benchmark::Counter::kIsIterationInvariantRate);
+    const dnnl_version_t* version = dnnl::version();
+    state.SetLabel("oneDNN " + std::to_string(version->major) + "." + std::to_string(version->minor) +
+                   "." + std::to_string(version->patch));
+}
+#endif
+
+// ----------------------------------------------------------------------------------------
 // 3. Naive Eigen baseline
 // ----------------------------------------------------------------------------------------
 
@@ -539,6 +673,29 @@ void print_paths_summary(const std::map<std::string, Series>& all, double peak, 
                 "many threads)\n\n");
 }
 
+/// The kernel's tile product on each path beside oneDNN's matmul of the same shape.
+void print_tile_products_summary(const std::map<std::string, Series>& all, double peak)
+{
+    std::printf("Tile products C[MxN] = A[MxK] B[KxN], one thread, GFLOP/s (of the FMA peak); "
+                "star: A float, B float or bf16; oneDNN: f32, bf16 x bf16 -> f32:\n");
+    for (const auto& shape : kTileProducts) {
+        const std::string dims = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) +
+                                 "x" + std::to_string(shape[2]);
+        std::printf("  %-12s", dims.c_str());
+        for (const auto& [key, s] : all) {
+            const std::string& f = s.function_name;
+            if (f.rfind("BM_TileProduct/", 0) != 0 || f.size() < dims.size() ||
+                f.compare(f.size() - dims.size(), dims.size(), dims) != 0)
+                continue;
+            const double gflops = median(s.counter("FLOPS")) * 1e-9;
+            const std::string who = f.substr(15, f.size() - 15 - dims.size() - 1);
+            std::printf("  %s %.1f (%.2f)", who.c_str(), gflops, peak > 0.0 ? gflops / peak : 0.0);
+        }
+        std::printf("\n");
+    }
+    std::printf("\n");
+}
+
 void print_summary(const std::map<std::string, Series>& all)
 {
     std::printf("\n==================================== Summary (medians of %d repetitions) "
@@ -588,6 +745,7 @@ void print_summary(const std::map<std::string, Series>& all)
         std::printf("  2-thread aggregate / 1-thread peak = %.2f\n", two_threads / peak);
     std::printf("  => single-core peak used below: %.1f GFLOP/s (%s)\n\n", peak, peak_name.c_str());
     print_paths_summary(all, peak, two_threads);
+    print_tile_products_summary(all, peak);
 
     std::printf("Attention, Hq = Hkv = %ld (no GQA), causal FLOPs = 4*d*Hq*T(T+1)/2 for kernel and "
                 "naive alike.\n",
@@ -713,6 +871,30 @@ void register_all()
                     ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
                     ->MinTime(kMinTime)->Repetitions(kRepetitions);
             }
+
+    // Each shape: the kernel's product on every path, then oneDNN's, back to back.
+    for (const auto& shape : kTileProducts) {
+        const std::string dims = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) +
+                                 "x" + std::to_string(shape[2]);
+        const auto tile = [](benchmark::internal::Benchmark* b) {
+            b->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.2)->Repetitions(kRepetitions);
+        };
+        for (const star::KernelIsa isa : star::all_kernel_isas) {
+            if (!star::cpu_supports(isa))
+                continue;
+            const std::string prefix = "BM_TileProduct/star/" + std::string(star::name(isa));
+            tile(benchmark::RegisterBenchmark((prefix + "/float/" + dims).c_str(),
+                                              &BM_StarTileProduct<float>, isa, shape));
+            tile(benchmark::RegisterBenchmark((prefix + "/bf16/" + dims).c_str(),
+                                              &BM_StarTileProduct<Eigen::bfloat16>, isa, shape));
+        }
+#if STAR_BENCH_HAVE_ONEDNN
+        tile(benchmark::RegisterBenchmark(("BM_TileProduct/onednn/f32/" + dims).c_str(),
+                                          &BM_OneDnnProduct, dnnl::memory::data_type::f32, shape));
+        tile(benchmark::RegisterBenchmark(("BM_TileProduct/onednn/bf16/" + dims).c_str(),
+                                          &BM_OneDnnProduct, dnnl::memory::data_type::bf16, shape));
+#endif
+    }
 
     // Grouped by (d, T) so the kernel and the baseline of one size run back to back.
     for (const Index d : kHeadDims) {
