@@ -45,6 +45,15 @@ void expect_exact_coverage(const M& mask, index extent, const std::string& what)
                         << ", " << ke << ")";
 }
 
+TEST(CausalMask, CoverageIsExact)
+{
+    for (const index query_offset : {0, 3})
+        for (const index key_offset : {0, 2})
+            expect_exact_coverage(CausalMask{query_offset, key_offset}, 12,
+                                  "offsets " + std::to_string(query_offset) + ", " +
+                                      std::to_string(key_offset));
+}
+
 TEST(SlidingWindowMask, CoverageIsExact)
 {
     for (const index window : {-1, 0, 1, 2, 5, 13, 100})

@@ -37,6 +37,23 @@ concept Mask = std::copy_constructible<M> && requires(const M& m, index i, index
     { m.visible(i, j) } -> std::convertible_to<bool>;
 };
 
+namespace detail {
+
+/// The positions at the corners of a rectangle of (query, key) rows, for masks whose rows
+/// sit at `query_offset + i` and `key_offset + j`.
+struct RectanglePositions {
+    index first_query, last_query, first_key, last_key;
+};
+
+constexpr RectanglePositions positions(index query_offset, index key_offset, index q_begin,
+                                       index q_end, index k_begin, index k_end) noexcept
+{
+    return {query_offset + q_begin, query_offset + q_end - 1, key_offset + k_begin,
+            key_offset + k_end - 1};
+}
+
+} // namespace detail
+
 /// Every query sees every key.
 struct NoMask {
     /// Always `Coverage::full`.
@@ -61,11 +78,11 @@ struct CausalMask {
     [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
                                               index k_end) const noexcept
     {
-        const index first_query = query_offset + q_begin;
-        const index last_query = query_offset + q_end - 1;
-        if (key_offset + k_end - 1 <= first_query)
+        const auto [first_query, last_query, first_key, last_key] =
+            detail::positions(query_offset, key_offset, q_begin, q_end, k_begin, k_end);
+        if (last_key <= first_query)
             return Coverage::full;
-        if (key_offset + k_begin > last_query)
+        if (first_key > last_query)
             return Coverage::none;
         return Coverage::partial;
     }
@@ -89,8 +106,8 @@ struct SlidingWindowMask {
     [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
                                               index k_end) const noexcept
     {
-        const index first_query = query_offset + q_begin, last_query = query_offset + q_end - 1;
-        const index first_key = key_offset + k_begin, last_key = key_offset + k_end - 1;
+        const auto [first_query, last_query, first_key, last_key] =
+            detail::positions(query_offset, key_offset, q_begin, q_end, k_begin, k_end);
         // Written as differences to a query position, which cannot overflow for a huge
         // window the way `position - window` can.
         if (first_key > last_query || window <= 0 || first_query - last_key >= window)
@@ -123,8 +140,8 @@ struct DocumentMask {
     [[nodiscard]] constexpr Coverage coverage(index q_begin, index q_end, index k_begin,
                                               index k_end) const noexcept
     {
-        const index first_query = query_offset + q_begin, last_query = query_offset + q_end - 1;
-        const index first_key = key_offset + k_begin, last_key = key_offset + k_end - 1;
+        const auto [first_query, last_query, first_key, last_key] =
+            detail::positions(query_offset, key_offset, q_begin, q_end, k_begin, k_end);
         const index document_start = start_of(first_query);
         if (first_key > last_query || last_key < document_start)
             return Coverage::none;
