@@ -19,7 +19,9 @@ namespace star {
 ///   environment names no usable kernel path.
 class error : public std::exception {
 public:
+    /// An error whose `what()` is `message`.
     explicit error(const std::string& message) : message_(message) {}
+    /// The message: the problem and the values involved.
     [[nodiscard]] const char* what() const noexcept override { return message_.what(); }
 
 private:
@@ -29,12 +31,14 @@ private:
 /// A rejected argument or configuration (see `error`).
 class invalid_argument : public error {
 public:
+    /// An error of this kind whose `what()` is `message`.
     using error::error;
 };
 
 /// Acceptable inputs whose processing failed (see `error`).
 class runtime_failure : public error {
 public:
+    /// An error of this kind whose `what()` is `message`.
     using error::error;
 };
 
