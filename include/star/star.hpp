@@ -13,6 +13,7 @@
 #include "kv_cache.hpp"
 #include "kernel/isa.hpp"
 #include "kernel/mask.hpp"
+#include "kernel/score_transform.hpp"
 #include "kernel/attention.hpp"
 #include "policy/block.hpp"
 #include "policy/anchor.hpp"

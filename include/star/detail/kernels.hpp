@@ -14,6 +14,7 @@
 
 #include "../kernel/isa.hpp"
 #include "../kernel/mask.hpp"
+#include "../kernel/score_transform.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
 #include "simd/atom.hpp"
@@ -86,28 +87,28 @@ decltype(auto) with_path(KernelIsa isa, F&& f)
 }
 
 /// One task of an `attention` call on one path (see TileJob).
-template <class KV, class M>
-using TileTask = void (*)(const TileJob<KV, M>&, index);
+template <class KV, class M, class T>
+using TileTask = void (*)(const TileJob<KV, M, T>&, index);
 
 /// The tile kernel's entry point on path `isa`.
-template <class KV, class M>
-TileTask<KV, M> tile_task(KernelIsa isa)
+template <class KV, class M, class T>
+TileTask<KV, M, T> tile_task(KernelIsa isa)
 {
-    return with_path(isa, [](auto path) -> TileTask<KV, M> {
-        return decltype(path)::template tile<KV, M>;
+    return with_path(isa, [](auto path) -> TileTask<KV, M, T> {
+        return decltype(path)::template tile<KV, M, T>;
     });
 }
 
 /// One task of a decode call on one path: every KV head over the job's slice of keys.
-template <class KV, class M>
-using DecodeTask = void (*)(const TileJob<KV, M>&);
+template <class KV, class M, class T>
+using DecodeTask = void (*)(const TileJob<KV, M, T>&);
 
 /// The decode kernel's entry point on path `isa`.
-template <class KV, class M>
-DecodeTask<KV, M> decode_task(KernelIsa isa)
+template <class KV, class M, class T>
+DecodeTask<KV, M, T> decode_task(KernelIsa isa)
 {
-    return with_path(isa, [](auto path) -> DecodeTask<KV, M> {
-        return decltype(path)::template decode<KV, M>;
+    return with_path(isa, [](auto path) -> DecodeTask<KV, M, T> {
+        return decltype(path)::template decode<KV, M, T>;
     });
 }
 

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "../kernel/mask.hpp"
+#include "../kernel/score_transform.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
 
@@ -34,13 +35,15 @@ struct TileShape {
 /// Task `t` takes KV head `t % kv_heads` and the pair of query tiles `t / kv_heads` and its
 /// mirror from the other end, so that under a causal mask every task carries about the
 /// same work. Keys `[key_begin, key_end)` are attended to; `key_begin` is a multiple of the
-/// tile's keys, so a slice is cut into the same tiles as the whole.
-template <class KV, class M>
+/// tile's keys, so a slice is cut into the same tiles as the whole. The transform is per
+/// score, so it sees a slice's scores as it would the whole's.
+template <class KV, class M, class T>
 struct TileJob {
     const ConstView3<float>& q;
     const ConstView3<KV>& k;
     const ConstView3<KV>& v;
     const M& mask;
+    const T& transform;
     float scale;
     TileShape tiles;
     index tile_tokens; // query tokens per tile
@@ -106,8 +109,8 @@ bool sees_a_key(const M& mask, index i, index key_begin, index key_end, index ti
 /// (`head_dim` floats) and its softmax statistics: the largest score `max` and the sum
 /// `sum` of `exp(score - max)`. A row that saw no key gets 0 and `lse = -inf`; one whose
 /// arithmetic overflowed is an error.
-template <class KV, class M>
-void write_row(const TileJob<KV, M>& job, index token, index head, const float* acc, float max,
+template <class KV, class M, class T>
+void write_row(const TileJob<KV, M, T>& job, index token, index head, const float* acc, float max,
                float sum)
 {
     const index d = job.q.dimension(2);

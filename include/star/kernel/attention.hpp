@@ -22,6 +22,7 @@
 #include "../tensor.hpp"
 #include "isa.hpp"
 #include "mask.hpp"
+#include "score_transform.hpp"
 
 namespace star {
 
@@ -60,6 +61,8 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
 }
 
 /// Attention of `q` over `k`/`v` under `mask`, parallel over (KV head x query tile) with TBB.
+/// Each visible scaled score passes through `transform` (score_transform.hpp: `SoftCap`,
+/// `Alibi`, or one of the caller's own) before the softmax; the default leaves it as is.
 ///
 /// Shapes: `q` is `[Lq, Hq, d]` (float), `k` and `v` are `[Lk, Hkv, d]` (float, bf16 or
 /// half), with `Hq` a multiple of `Hkv` (query head `h` uses KV head `h / (Hq / Hkv)`).
@@ -74,14 +77,18 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
 /// same way. The split depends only on the shapes, so the result does not depend on the
 /// thread count. The instruction set is the one `kernel_isa()` names.
 /// \throws star::error on inconsistent shapes, zero heads or head_dim, a non-integral
-/// grouped-query ratio, a scale that is not finite and positive, or a `STAR_ISA` that
-/// names no path.
-template <KVElement KV, Mask M = NoMask>
+/// grouped-query ratio, a scale that is not finite and positive, a transform the library
+/// rejects (a `SoftCap` cap that is not finite and positive; `Alibi` slopes not one per
+/// query head, not finite, or so steep that a penalty would overflow float), or a
+/// `STAR_ISA` that names no path; star::runtime_failure when the arithmetic overflows float.
+template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
 AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
                          const ConstView3<KV>& v, const M& mask = {},
-                         const AttentionOptions& options = {})
+                         const AttentionOptions& options = {}, const T& transform = {})
 {
     const float scale = detail::check_qkv(q, k, v, options.scale, "attention");
+    detail::check_transform(transform, q.dimension(1), q.dimension(0), k.dimension(0),
+                            "attention");
     if (options.check_finite) {
         detail::check_finite(q, "q", 0, "attention");
         detail::check_finite(k, "k", 0, "attention");
@@ -104,13 +111,14 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
     // The decode kernel takes every KV head in one task; the tile kernel one KV head and a
     // pair of query tiles.
     const index tasks_per_slice = decode ? 1 : (query_tiles + 1) / 2 * kv_heads;
-    using Job = detail::TileJob<KV, M>;
+    using Job = detail::TileJob<KV, M, T>;
     const auto job_over = [&](index key_begin, index key_end, AttentionState& into) {
-        return Job{q, k, v, mask, scale, tiles, tile_tokens, query_tiles, key_begin, key_end, into};
+        return Job{q,     k,           v,         mask,    transform, scale,
+                   tiles, tile_tokens, query_tiles, key_begin, key_end, into};
     };
     const KernelIsa isa = kernel_isa();
-    const detail::TileTask<KV, M> tile_task = detail::tile_task<KV, M>(isa);
-    const detail::DecodeTask<KV, M> decode_task = detail::decode_task<KV, M>(isa);
+    const detail::TileTask<KV, M, T> tile_task = detail::tile_task<KV, M, T>(isa);
+    const detail::DecodeTask<KV, M, T> decode_task = detail::decode_task<KV, M, T>(isa);
     const auto run = [&](const Job& job, index task) {
         if (decode)
             decode_task(job);

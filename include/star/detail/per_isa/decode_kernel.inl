@@ -230,8 +230,8 @@ struct DecodeWorkspace {
 
 /// Attention of all of the job's query tokens (a single tile of few rows), every head,
 /// against the job's keys that its mask allows, written into the job's output.
-template <class S, class KV, class M>
-void attend_key_slice(const TileJob<KV, M>& job)
+template <class S, class KV, class M, class T>
+void attend_key_slice(const TileJob<KV, M, T>& job)
 {
     const auto& q = job.q;
     const M& mask = job.mask;
@@ -271,6 +271,9 @@ void attend_key_slice(const TileJob<KV, M>& job)
                                    rows, d, ws.scores.data(), block_stride,
                                    keys_follow ? step * kv_row_stride : 0};
         dot_scores<S>(block, k_count);
+        if constexpr (!std::same_as<T, NoTransform>)
+            transform_block<S>(job.transform, DecodeScores{ws.scores.data(), block_stride, k_count,
+                                                           rows, group, kv_heads, k_first});
         // -inf past the block's last key (a whole number of vectors is absorbed) and where
         // the mask hides a key from a row's token.
         for (index row = 0; row < kv_heads * rows; ++row) {

@@ -2,6 +2,7 @@
 // file once per path, into that path's namespace and target region, with `Simd` naming
 // the path's float atom; it has no include guard.
 #include "exp.inl"
+#include "score_transform.inl"
 #include "online_softmax.inl"
 #include "tile_gemm.inl"
 #include "tile_kernel.inl"
@@ -10,10 +11,10 @@
 /// This path's entry points, named alike on every path, so that kernels.hpp's one switch
 /// over the paths (`with_path`) serves every entry point.
 struct Entries {
-    template <class KV, class M>
-    static constexpr auto tile = &attend_tile_pair<Simd, KV, M>;
-    template <class KV, class M>
-    static constexpr auto decode = &attend_key_slice<Simd, KV, M>;
+    template <class KV, class M, class T>
+    static constexpr auto tile = &attend_tile_pair<Simd, KV, M, T>;
+    template <class KV, class M, class T>
+    static constexpr auto decode = &attend_key_slice<Simd, KV, M, T>;
     template <class KV>
     static constexpr auto tile_bytes = &workspace_bytes<Simd, KV>;
     template <class KV>

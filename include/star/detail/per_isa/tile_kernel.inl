@@ -73,8 +73,8 @@ void widen_rows(const KV* src, index src_stride, index rows, index d, float* dst
 
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
 /// against the job's keys that its mask allows, written into the job's output.
-template <class S, class KV, class M>
-void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, index q_count,
+template <class S, class KV, class M, class T>
+void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_first, index q_count,
                        Workspace<S, KV>& ws)
 {
     const auto& q = job.q;
@@ -117,6 +117,9 @@ void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, 
         float* scores = ws.scores_t.data();
         tile_gemm<S, false>(k_rows, k_strides, ws.queries_t.data(), ld, scores, ld, k_count,
                             columns, d);
+        if constexpr (!std::same_as<T, NoTransform>)
+            transform_tile<S>(job.transform, TileScores{scores, ld, k_count, rows, columns, group,
+                                                        q_first, first_head, k_first});
 
         if (coverage == Coverage::partial) {
             for (index j = 0; j < k_count; ++j)
@@ -143,8 +146,8 @@ void attend_query_tile(const TileJob<KV, M>& job, index kv_head, index q_first, 
 }
 
 /// Task `task` of the job (see TileJob): one query tile and its mirror, one KV head.
-template <class S, class KV, class M>
-void attend_tile_pair(const TileJob<KV, M>& job, index task)
+template <class S, class KV, class M, class T>
+void attend_tile_pair(const TileJob<KV, M, T>& job, index task)
 {
     const index kv_heads = job.k.dimension(1);
     const index group = job.q.dimension(1) / kv_heads;

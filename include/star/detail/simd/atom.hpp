@@ -28,6 +28,7 @@ concept FloatAtom = requires(typename A::reg x, const typename A::reg* xs, typen
     { A::add(x, x) } -> std::same_as<typename A::reg>;
     { A::sub(x, x) } -> std::same_as<typename A::reg>;
     { A::mul(x, x) } -> std::same_as<typename A::reg>;
+    { A::div(x, x) } -> std::same_as<typename A::reg>; // tanh of the soft cap
     { A::fma(x, x, x) } -> std::same_as<typename A::reg>; // x * x + x
     { A::max(x, x) } -> std::same_as<typename A::reg>;
     { A::min(x, x) } -> std::same_as<typename A::reg>;

@@ -38,6 +38,7 @@ struct Avx512Atom {
     static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
     static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
     static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
+    static reg div(reg a, reg b) noexcept { return _mm512_div_ps(a, b); }
     static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
     static reg max(reg a, reg b) noexcept { return _mm512_max_ps(a, b); }
     static reg min(reg a, reg b) noexcept { return _mm512_min_ps(a, b); }

@@ -48,6 +48,7 @@ struct XsimdAtom {
     static reg add(reg a, reg b) noexcept { return a + b; }
     static reg sub(reg a, reg b) noexcept { return a - b; }
     static reg mul(reg a, reg b) noexcept { return a * b; }
+    static reg div(reg a, reg b) noexcept { return a / b; }
     static reg fma(reg a, reg b, reg c) noexcept { return xsimd::fma(a, b, c); }
     static reg max(reg a, reg b) noexcept { return xsimd::max(a, b); }
     static reg min(reg a, reg b) noexcept { return xsimd::min(a, b); }

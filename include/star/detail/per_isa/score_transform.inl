@@ -1,0 +1,215 @@
+// Score transforms (kernel/score_transform.hpp) over a tile of scores, written once over a
+// float atom `S`. Included by kernels.hpp into one namespace per path, inside that path's
+// target region, after exp.inl; it has no include guard.
+//
+// The library's own transforms run in vector registers: a scalar tanhf per score would
+// cost about as much as the score's whole dot product. A transform of the caller's own is
+// called once per score. Both kernels transform every score of the tile they have just
+// computed, before the mask writes -inf over the hidden ones: masked scores are computed
+// and thrown away either way, and one pass without a test per score is cheaper than asking
+// the mask.
+
+/// `tanh(x)` in every lane, within 2 ulp (tests/test_variants.cpp sweeps it). Below
+/// |x| = 0.625 an odd polynomial `x + x^3 P(x^2)`, P of degree 4 fitted (least squares on
+/// Chebyshev nodes, relative error) for this library: 0.83 ulp in float. Above it
+/// `1 - 2 / (e^(2|x|) + 1)`, which loses nothing to cancellation there: the subtrahend is
+/// at most 0.45, so the relative error of the quotient (exp's ulp or two, the add's and the
+/// divide's) reaches the result at most 0.8 times; 1.3 ulp with a correctly rounded exp.
+/// Large |x| needs no clamp: `e^(2|x|)` is +inf past 44, and `2 / inf` is 0, so tanh is
+/// exactly +-1. NaN stays NaN (it fails every comparison and takes the second branch).
+template <class S>
+typename S::reg tanh_of(typename S::reg x) noexcept
+{
+    const auto c = [](float value) { return S::broadcast(value); };
+    const auto zero = c(0.0f);
+    const auto a = S::max(x, S::sub(zero, x));
+    const auto e = exp_of<S>(S::add(a, a));
+    const auto large = S::sub(c(1.0f), S::div(c(2.0f), S::add(e, c(1.0f))));
+    const auto y = S::mul(a, a);
+    auto p = c(-5.6919855997e-3f);
+    p = S::fma(p, y, c(2.0626291633e-2f));
+    p = S::fma(p, y, c(-5.3735319525e-2f));
+    p = S::fma(p, y, c(1.3331381977e-1f));
+    p = S::fma(p, y, c(-3.3333280683e-1f));
+    const auto small = S::fma(S::mul(a, y), p, a);
+    const auto magnitude = S::select(S::less(a, c(0.625f)), small, large);
+    return S::select(S::less(x, zero), S::sub(zero, magnitude), magnitude);
+}
+
+/// `out[i] = tanh(in[i])` for `i < n` through `tanh_of`: how the tests reach one path's
+/// tanh from code compiled for another.
+template <class S>
+void tanh_array(const float* in, float* out, index n) noexcept
+{
+    index i = 0;
+    for (; i + S::width <= n; i += S::width)
+        S::store(out + i, tanh_of<S>(S::load(in + i)));
+    if (i < n) {
+        float padded[S::width] = {};
+        for (index j = i; j < n; ++j)
+            padded[j - i] = in[j];
+        S::store(padded, tanh_of<S>(S::load(padded)));
+        for (index j = i; j < n; ++j)
+            out[j] = padded[j - i];
+    }
+}
+
+/// `cap * tanh(x / cap)` in every lane, `inverse` being `1 / cap`. Multiplying by the
+/// rounded inverse instead of dividing adds an ulp to the argument; tanh's relative
+/// condition number, `2x / sinh(2x)`, is at most 1, so it adds at most that to the result.
+template <class S>
+typename S::reg soft_cap_of(typename S::reg x, typename S::reg cap,
+                            typename S::reg inverse) noexcept
+{
+    return S::mul(cap, tanh_of<S>(S::mul(x, inverse)));
+}
+
+/// The tile kernel's scores, transposed (tile_kernel.inl): key `j` of the tile is row `j`
+/// (`ld` apart), column `r` is query token `q_first + r / group` at query head
+/// `first_head + r % group`. `columns` is `rows` rounded up to a vector; padding columns
+/// are transformed too, their results never read.
+struct TileScores {
+    float* scores;
+    index ld;
+    index keys;
+    index rows;
+    index columns;
+    index group;
+    index q_first;
+    index first_head;
+    index k_first;
+};
+
+/// A transform of the caller's own, one call per score of the tile's real rows and keys
+/// (those the mask hides are overwritten after).
+template <class S, class T>
+void transform_tile(const T& transform, const TileScores& tile)
+{
+    for (index j = 0; j < tile.keys; ++j) {
+        float* row = tile.scores + j * tile.ld;
+        for (index r = 0; r < tile.rows; ++r)
+            row[r] = static_cast<float>(transform(row[r], tile.q_first + r / tile.group,
+                                                  tile.k_first + j,
+                                                  tile.first_head + r % tile.group));
+    }
+}
+
+template <class S>
+void transform_tile(const SoftCap& transform, const TileScores& tile) noexcept
+{
+    const auto cap = S::broadcast(transform.cap);
+    const auto inverse = S::broadcast(1.0f / transform.cap);
+    for (index j = 0; j < tile.keys; ++j) {
+        float* row = tile.scores + j * tile.ld;
+        for (index c = 0; c < tile.columns; c += S::width)
+            S::store(row + c, soft_cap_of<S>(S::load(row + c), cap, inverse));
+    }
+}
+
+/// Columns at a time in `transform_tile(const Alibi&, ...)`: the per-column slopes and
+/// distances of a chunk are set up once, then every key of the tile walks the chunk's part
+/// of its row, in the order the scores lie in memory.
+inline constexpr index alibi_chunk = 64;
+
+/// Column `r`'s distance to key `j` is `|first + j|`, where `first` is the signed
+/// distance from its query to the tile's first key, computed exactly in integers and
+/// rounded once to float (exact below 2^24 tokens; beyond, relative to the distance, as
+/// the product's own rounding is). The penalty is one fma: a single rounding.
+template <class S>
+void transform_tile(const Alibi& transform, const TileScores& tile) noexcept
+{
+    static_assert(alibi_chunk % S::width == 0);
+    const index to_first_key = (transform.key_offset + tile.k_first) -
+                               (transform.query_offset + tile.q_first);
+    const auto zero = S::broadcast(0.0f);
+    for (index chunk = 0; chunk < tile.columns; chunk += alibi_chunk) {
+        const index width = std::min(alibi_chunk, tile.columns - chunk); // a whole number of vectors
+        alignas(64) float minus_slope[alibi_chunk];
+        alignas(64) float first[alibi_chunk];
+        for (index c = 0; c < width; ++c) {
+            const index r = chunk + c;
+            const bool real = r < tile.rows;
+            minus_slope[c] =
+                real ? -transform.slopes[static_cast<std::size_t>(tile.first_head + r % tile.group)]
+                     : 0.0f;
+            first[c] = real ? static_cast<float>(to_first_key - r / tile.group) : 0.0f;
+        }
+        for (index j = 0; j < tile.keys; ++j) {
+            float* row = tile.scores + j * tile.ld + chunk;
+            const auto key = S::broadcast(static_cast<float>(j));
+            for (index c = 0; c < width; c += S::width) {
+                const auto distance = S::add(S::load(first + c), key);
+                const auto magnitude = S::max(distance, S::sub(zero, distance));
+                S::store(row + c, S::fma(S::load(minus_slope + c), magnitude, S::load(row + c)));
+            }
+        }
+    }
+}
+
+/// The decode kernel's scores (decode_kernel.inl): row `r` of KV head `h` is at
+/// `scores + (h * rows + r) * ld`, query token `r / group` at query head
+/// `h * group + r % group`; its entry `j` is key `k_first + j`. Entries from `keys` up to
+/// the next whole vector are transformed too and overwritten after.
+struct DecodeScores {
+    float* scores;
+    index ld;
+    index keys;
+    index rows;
+    index group;
+    index kv_heads;
+    index k_first;
+};
+
+/// A transform of the caller's own, one call per score of the block's real keys.
+template <class S, class T>
+void transform_block(const T& transform, const DecodeScores& block)
+{
+    for (index h = 0; h < block.kv_heads; ++h)
+        for (index r = 0; r < block.rows; ++r) {
+            float* row = block.scores + (h * block.rows + r) * block.ld;
+            for (index j = 0; j < block.keys; ++j)
+                row[j] = static_cast<float>(transform(row[j], r / block.group,
+                                                      block.k_first + j,
+                                                      h * block.group + r % block.group));
+        }
+}
+
+template <class S>
+void transform_block(const SoftCap& transform, const DecodeScores& block) noexcept
+{
+    const auto cap = S::broadcast(transform.cap);
+    const auto inverse = S::broadcast(1.0f / transform.cap);
+    const index n = round_up(block.keys, S::width);
+    for (index row = 0; row < block.kv_heads * block.rows; ++row) {
+        float* scores = block.scores + row * block.ld;
+        for (index j = 0; j < n; j += S::width)
+            S::store(scores + j, soft_cap_of<S>(S::load(scores + j), cap, inverse));
+    }
+}
+
+/// As for the tile, distances are `|first + j|` with `first` exact in integers, rounded to
+/// float (exact below 2^24 tokens); here `j` runs along the lanes.
+template <class S>
+void transform_block(const Alibi& transform, const DecodeScores& block) noexcept
+{
+    alignas(64) float lane[S::width];
+    for (index l = 0; l < S::width; ++l)
+        lane[l] = static_cast<float>(l);
+    const auto lanes = S::load(lane);
+    const auto zero = S::broadcast(0.0f);
+    const index n = round_up(block.keys, S::width);
+    for (index h = 0; h < block.kv_heads; ++h)
+        for (index r = 0; r < block.rows; ++r) {
+            float* scores = block.scores + (h * block.rows + r) * block.ld;
+            const auto minus_slope = S::broadcast(
+                -transform.slopes[static_cast<std::size_t>(h * block.group + r % block.group)]);
+            const auto first = S::broadcast(static_cast<float>(
+                (transform.key_offset + block.k_first) - (transform.query_offset + r / block.group)));
+            for (index j = 0; j < n; j += S::width) {
+                const auto distance =
+                    S::add(first, S::add(lanes, S::broadcast(static_cast<float>(j))));
+                const auto magnitude = S::max(distance, S::sub(zero, distance));
+                S::store(scores + j, S::fma(minus_slope, magnitude, S::load(scores + j)));
+            }
+        }
+}
