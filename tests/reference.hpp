@@ -16,6 +16,9 @@
 namespace star::test {
 
 using Visible = std::function<bool(index query, index key)>;
+/// A score transform in double (kernel/score_transform.hpp): the score the softmax uses for
+/// the scaled score `score` of query row `query`, key row `key`, query head `head`.
+using Transform = std::function<double(double score, index query, index key, index head)>;
 
 struct ReferenceResult {
     Eigen::Tensor<double, 3, Eigen::RowMajor, index> output;
@@ -24,13 +27,19 @@ struct ReferenceResult {
     // of one score is proportional to.
     double max_abs_dot = 0.0;
     double max_abs_value = 0.0;
+    // Largest over rows of `|max score| + sum_j p_j |score_j|`, after the transform: an
+    // absolute error of `e |score_j|` in each transformed score moves the output by at most
+    // `2 e max|v|` times that and the LSE by `e` times it (a key's error counts in
+    // proportion to its weight; the first term bounds the rounding of `score - max`).
+    double transformed_magnitude = 0.0;
 };
 
-/// Attention in double, one (query, head) row at a time, with the full score row.
+/// Attention in double, one (query, head) row at a time, with the full score row; each
+/// visible scaled score passes through `transform` when one is given.
 template <class KV>
 ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
                                     const ConstView3<KV>& v, const Visible& visible,
-                                    double scale)
+                                    double scale, const Transform& transform = {})
 {
     const index lq = q.dimension(0), hq = q.dimension(1), d = q.dimension(2);
     const index lk = k.dimension(0), hkv = k.dimension(1);
@@ -60,7 +69,7 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
                     dot += p;
                     abs_dot += std::abs(p);
                 }
-                scores[j] = scale * dot;
+                scores[j] = transform ? transform(scale * dot, i, j, h) : scale * dot;
                 r.max_abs_dot = std::max(r.max_abs_dot, scale * abs_dot);
                 max_score = std::max(max_score, scores[j]);
             }
@@ -71,14 +80,17 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
             double sum = 0.0;
             for (index j = 0; j < lk; ++j)
                 sum += std::exp(scores[j] - max_score);
+            double magnitude = std::abs(max_score);
             for (index j = 0; j < lk; ++j) {
                 const double p = std::exp(scores[j] - max_score) / sum;
                 if (p == 0.0)
                     continue;
+                magnitude += p * std::abs(scores[j]);
                 for (index c = 0; c < d; ++c)
                     r.output(i, h, c) += p * double(float(v(j, kh, c)));
             }
             r.lse(i, h) = max_score + std::log(sum);
+            r.transformed_magnitude = std::max(r.transformed_magnitude, magnitude);
         }
     }
     return r;
@@ -90,16 +102,21 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
 /// about `u * sqrt(d) * scale * sum|q_i k_i|` (random-walk model, factor 4 of margin).
 /// Each probability inherits that error relatively, twice (numerator and normaliser), and
 /// the value sum over `Lk` keys adds `u * sqrt(Lk)` relative to `max|v|`; `exp` adds a few
-/// ulps. The LSE has the score error plus the sum's.
+/// ulps. The LSE has the score error plus the sum's. A score transform whose float result
+/// is within `transform_ulps` units of rounding of its own magnitude adds that relative
+/// error, weighted as `transformed_magnitude` says; it does not amplify the dot product's
+/// error as long as its slope is at most 1 (soft-capping's is, ALiBi's is exactly 1).
 struct Tolerance {
     double output;
     double lse;
 };
 
-inline Tolerance tolerance(const ReferenceResult& r, index head_dim, index key_count)
+inline Tolerance tolerance(const ReferenceResult& r, index head_dim, index key_count,
+                           double transform_ulps = 0.0)
 {
     constexpr double u = std::numeric_limits<float>::epsilon() / 2;
-    const double score_error = 4 * u * std::sqrt(double(head_dim)) * r.max_abs_dot;
+    const double score_error = 4 * u * std::sqrt(double(head_dim)) * r.max_abs_dot +
+                               transform_ulps * u * r.transformed_magnitude;
     const double sum_error = 4 * u * (std::sqrt(double(key_count)) + 4);
     return {(2 * score_error + sum_error) * std::max(1.0, r.max_abs_value) + 1e-7,
             score_error + sum_error + 1e-7};
