@@ -11,6 +11,10 @@
 ///                            names), float and bf16 K/V, 32 q / 8 kv heads of 128: causal
 ///                            prefill of 4K tokens (GFLOP/s), and one decode step over a
 ///                            32K-token cache (GB/s of K/V read), on N threads.
+///  * `BM_Transform/<none|soft_cap|alibi>/prefill|decode`  the best path, float K/V, one
+///                            thread, BM_Path's layer (causal prefill of 2K tokens, one decode
+///                            step over 32K) with each score transform back to back: the
+///                            summary gives each transform's time over none's.
 ///  * `BM_TileProduct/star/<isa>/<B>/MxNxK`, `BM_TileProduct/onednn/<type>/MxNxK`  the
 ///                            kernel's register-blocked product (`detail::tile_gemm`: A float,
 ///                            B float or bf16 widened as loaded) on every path, beside
@@ -319,6 +323,58 @@ void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
         const double flops = 4.0 * kPathHeadDim * kPathQHeads * (t * (t + 1.0) / 2.0);
         state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
     }
+}
+
+/// Score transforms (kernel/score_transform.hpp) in BM_Transform.
+enum class TransformKind { none, soft_cap, alibi };
+
+constexpr std::array<std::pair<TransformKind, const char*>, 3> kTransforms{
+    {{TransformKind::none, "none"}, {TransformKind::soft_cap, "soft_cap"}, {TransformKind::alibi, "alibi"}}};
+
+/// Prefill is shorter than BM_Path's: the three transforms run back to back, each for the
+/// same repetitions, and what they add per score does not depend on the length.
+constexpr Index kTransformPrefillTokens = 2048;
+
+/// `BM_Transform/<transform>/prefill|decode`: BM_Path's work on the best path, float K/V, one
+/// thread (the cost of a transform is per score, so one thread measures it without the
+/// scheduling of two), with the transform `kind`: Gemma 2's cap of 50, or ALiBi's slopes of
+/// 32 heads with the queries at the end of the sequence.
+void BM_Transform(benchmark::State& state, TransformKind kind, bool decode)
+{
+    const Index q_tokens = decode ? 1 : kTransformPrefillTokens;
+    const Index kv_tokens = decode ? kDecodeCacheTokens : kTransformPrefillTokens;
+    const PathInputs<float>& in = path_inputs<float>(q_tokens, kv_tokens);
+    const star::CausalMask mask{kv_tokens - q_tokens, 0};
+    const star::AttentionOptions options{std::nullopt, false};
+    const std::vector<float> slopes = star::alibi_slopes(kPathQHeads);
+    tbb::task_arena arena(1);
+    const auto attend = [&](const auto& transform) {
+        star::AttentionState out = star::attention(star::view(in.q), star::view(in.k),
+                                                   star::view(in.v), mask, options, transform);
+        benchmark::DoNotOptimize(out.output.data());
+        benchmark::ClobberMemory();
+    };
+    const auto run = [&] {
+        arena.execute([&] {
+            switch (kind) {
+            case TransformKind::none:
+                attend(star::NoTransform{});
+                break;
+            case TransformKind::soft_cap:
+                attend(star::SoftCap{50.0f});
+                break;
+            case TransformKind::alibi:
+                attend(star::Alibi{slopes, kv_tokens - q_tokens, 0});
+                break;
+            }
+        });
+    };
+    run(); // warm-up, as in BM_Path
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state)
+        run();
+    report_foreign_load(state, load);
 }
 
 /// `BM_ReadBandwidth/threads:N`: streaming read of 1 GiB (a sum, so nothing is written),
@@ -673,6 +729,33 @@ void print_paths_summary(const std::map<std::string, Series>& all, double peak, 
                 "many threads)\n\n");
 }
 
+/// Each score transform's time over that of none, for the same work in the same run.
+void print_transforms_summary(const std::map<std::string, Series>& all)
+{
+    bool any = false;
+    for (const char* work : {"prefill", "decode"}) {
+        std::map<std::string, std::pair<double, double>> times; // name -> (ms, other cores)
+        for (const auto& [key, s] : all)
+            for (const auto& [kind, name] : kTransforms)
+                if (s.function_name == std::string("BM_Transform/") + name + "/" + work)
+                    times[name] = {median(s.real_time), median(s.counter("other_cores"))};
+        if (times.count("none") == 0)
+            continue;
+        if (!any)
+            std::printf("Score transforms (best path, float K/V, 1 thread; prefill: causal T = %ld; "
+                        "decode: 1 token over %ld cached), time over none's:\n",
+                        static_cast<long>(kTransformPrefillTokens), static_cast<long>(kDecodeCacheTokens));
+        any = true;
+        for (const auto& [kind, name] : kTransforms)
+            if (times.count(name) != 0)
+                std::printf("  %-8s %-9s %10.2f ms  %5.3fx  (other processes: %.2f cores)\n", work, name,
+                            times[name].first, times[name].first / times["none"].first,
+                            times[name].second);
+    }
+    if (any)
+        std::printf("\n");
+}
+
 /// The kernel's tile product on each path beside oneDNN's matmul of the same shape.
 void print_tile_products_summary(const std::map<std::string, Series>& all, double peak)
 {
@@ -746,6 +829,7 @@ void print_summary(const std::map<std::string, Series>& all)
     std::printf("  => single-core peak used below: %.1f GFLOP/s (%s)\n\n", peak, peak_name.c_str());
     print_paths_summary(all, peak, two_threads);
     print_tile_products_summary(all, peak);
+    print_transforms_summary(all);
 
     std::printf("Attention, Hq = Hkv = %ld (no GQA), causal FLOPs = 4*d*Hq*T(T+1)/2 for kernel and "
                 "naive alike.\n",
@@ -871,6 +955,15 @@ void register_all()
                     ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
                     ->MinTime(kMinTime)->Repetitions(kRepetitions);
             }
+
+    // Each kind of work with every transform, back to back.
+    for (const bool decode : {false, true})
+        for (const auto& [kind, name] : kTransforms)
+            benchmark::RegisterBenchmark((std::string("BM_Transform/") + name +
+                                          (decode ? "/decode" : "/prefill")).c_str(),
+                                         &BM_Transform, kind, decode)
+                ->Unit(benchmark::kMillisecond)->UseRealTime()
+                ->MinTime(kMinTime)->Repetitions(kRepetitions);
 
     // Each shape: the kernel's product on every path, then oneDNN's, back to back.
     for (const auto& shape : kTileProducts) {
