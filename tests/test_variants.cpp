@@ -150,6 +150,25 @@ struct AlibiCase {
     static constexpr double ulps = alibi_ulps;
 };
 
+// ALiBi's penalty, then a soft cap: the rounding of the penalty (0.5 u of the penalised
+// score x) reaches the capped score through tanh's slope, as at most 0.5 u of it (x sech^2(x/c)
+// <= c tanh(x/c)), so the budgets add.
+struct AlibiThenCapCase {
+    float cap;
+    Composed<Alibi, SoftCap> make(const Shape& s, const std::vector<float>& slopes) const
+    {
+        return {AlibiCase{}.make(s, slopes), SoftCap{cap}};
+    }
+    Transform reference(const Shape& s, const std::vector<float>& slopes) const
+    {
+        const double c = cap;
+        return [c, alibi = AlibiCase{}.reference(s, slopes)](double score, index i, index j, index h) {
+            return c * std::tanh(alibi(score, i, j, h) / c);
+        };
+    }
+    static constexpr double ulps = soft_cap_ulps + alibi_ulps;
+};
+
 // A transform of the caller's own (the kernel's scalar fallback): a soft cap written out,
 // and a per-head shift that only the LSE sees, so that the head argument is checked too.
 struct ScalarCapAndShift {
@@ -235,6 +254,11 @@ TEST(Alibi, WithoutMaskMatchesReference) { for_every_shape<NoMask>(AlibiCase{});
 TEST(Alibi, CausalMatchesReference) { for_every_shape<CausalMask>(AlibiCase{}); }
 TEST(Alibi, SlidingWindowMatchesReference) { for_every_shape<SlidingWindowMask>(AlibiCase{}); }
 TEST(Alibi, DocumentMaskMatchesReference) { for_every_shape<DocumentMask>(AlibiCase{}); }
+
+TEST(Composed, AlibiThenSoftCapMatchesReference)
+{
+    for_every_shape<CausalMask>(AlibiThenCapCase{2.5f});
+}
 
 TEST(ScoreTransform, CallersOwnTransformMatchesReference)
 {
@@ -366,6 +390,16 @@ TEST(Alibi, RejectsSlopesNotOnePerQueryHead)
     expect_error([&] { in.call(Alibi{three}); },
                  "attention: Alibi has 3 slopes but q has 4 heads; give one slope per query head");
     expect_error([&] { in.call(Alibi{}); }, "Alibi has 0 slopes but q has 4 heads");
+}
+
+TEST(Composed, ChecksEachPart)
+{
+    const BadInputs in;
+    const std::vector<float> three(3, 0.5f), four(4, 0.5f);
+    expect_error([&] { in.call(Composed<Alibi, SoftCap>{{three}, {2.0f}}); },
+                 "Alibi has 3 slopes but q has 4 heads");
+    expect_error([&] { in.call(Composed<Alibi, SoftCap>{{four}, {0.0f}}); },
+                 "SoftCap's cap must be finite and positive, got 0");
 }
 
 TEST(Alibi, RejectsASlopeThatIsNotFinite)

@@ -118,9 +118,28 @@ inline std::vector<float> alibi_slopes(index heads)
     return slopes;
 }
 
+/// Two transforms, one after the other: `second(first(score, ...), ...)`, such as ALiBi's
+/// penalty and then a soft cap (`Composed<Alibi, SoftCap>{{slopes}, {cap}}`). Each part keeps
+/// its own code in the kernel (for the library's, vector code: a second pass over a tile that
+/// is still in cache), and `attention` checks each part as it would alone.
+template <ScoreTransform First, ScoreTransform Second>
+struct Composed {
+    First first;   ///< Applied to the score.
+    Second second; ///< Applied to what `first` returns.
+
+    /// `second(first(score, query_row, key_row, head), query_row, key_row, head)`.
+    [[nodiscard]] float operator()(float score, index query_row, index key_row,
+                                   index head) const
+    {
+        const auto once = static_cast<float>(first(score, query_row, key_row, head));
+        return static_cast<float>(second(once, query_row, key_row, head));
+    }
+};
+
 static_assert(ScoreTransform<NoTransform>);
 static_assert(ScoreTransform<SoftCap>);
 static_assert(ScoreTransform<Alibi>);
+static_assert(ScoreTransform<Composed<Alibi, SoftCap>>);
 
 namespace detail {
 
@@ -173,6 +192,15 @@ inline void check_transform(const Alibi& t, index q_heads, index q_tokens, index
                  ") overflows float");
         }
     }
+}
+
+/// Each part, as `attention` would check it alone.
+template <class First, class Second>
+void check_transform(const Composed<First, Second>& t, index q_heads, index q_tokens,
+                     index k_tokens, const char* where)
+{
+    check_transform(t.first, q_heads, q_tokens, k_tokens, where);
+    check_transform(t.second, q_heads, q_tokens, k_tokens, where);
 }
 
 } // namespace detail

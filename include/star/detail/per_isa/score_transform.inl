@@ -146,6 +146,13 @@ void transform_tile(const Alibi& transform, const TileScores& tile) noexcept
     }
 }
 
+template <class S, class First, class Second>
+void transform_tile(const Composed<First, Second>& transform, const TileScores& tile)
+{
+    transform_tile<S>(transform.first, tile);
+    transform_tile<S>(transform.second, tile);
+}
+
 /// The decode kernel's scores (decode_kernel.inl): row `r` of KV head `h` is at
 /// `scores + (h * rows + r) * ld`, query token `r / group` at query head
 /// `h * group + r % group`; its entry `j` is key `k_first + j`. Entries from `keys` up to
@@ -212,4 +219,11 @@ void transform_block(const Alibi& transform, const DecodeScores& block) noexcept
                 S::store(scores + j, S::fma(minus_slope, magnitude, S::load(scores + j)));
             }
         }
+}
+
+template <class S, class First, class Second>
+void transform_block(const Composed<First, Second>& transform, const DecodeScores& block)
+{
+    transform_block<S>(transform.first, block);
+    transform_block<S>(transform.second, block);
 }
