@@ -151,7 +151,7 @@ inline void dot_leftover_keys(int keys, const ScoreBlock<KV>& block, index j) no
 
 /// The scores of `keys` keys, every row of every head.
 template <class S, class KV>
-inline void dot_scores(const ScoreBlock<KV>& block, index keys) noexcept
+STAR_OUT_OF_LINE inline void dot_scores(const ScoreBlock<KV>& block, index keys) noexcept
 {
     static_assert(dot_rows<S> == 4, "dot_key_step finishes up to 3 leftover rows");
     constexpr int step = dot_keys<S>;

@@ -76,7 +76,7 @@ inline void gemm_panel(const float* a, Strides sa, const B* b, index ldb, float*
 /// or half, widened as it is loaded: worth it where each row of B is loaded about once (a
 /// few rows of A), not where many row blocks of A load it again.
 template <class S, bool Accumulate, class B>
-inline void tile_gemm(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
+STAR_OUT_OF_LINE inline void tile_gemm(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
                       index m, index n, index depth) noexcept
 {
     const index packets = n / S::width;
