@@ -310,6 +310,32 @@ void exchanges_equal_in_process(star::MpiCommunicator& mpi, const std::string& n
     }
 }
 
+// A deadline is reported back as given, none as none, and one that is not positive is
+// refused with a message naming it.
+void deadline_is_checked(const star::MpiCommunicator& without, const star::MpiCommunicator& with)
+{
+    const auto expect = [](bool holds, const char* what) {
+        ++checks;
+        if (!holds) {
+            ++failures;
+            std::cerr << "deadline: " << what << '\n';
+        }
+    };
+    expect(!without.deadline().has_value(), "a communicator without one reports one");
+    expect(with.deadline() == std::chrono::milliseconds(60000), "the deadline reads back wrong");
+    for (const auto bad : {std::chrono::milliseconds(0), std::chrono::milliseconds(-5)}) {
+        try {
+            star::MpiCommunicator refused(MPI_COMM_WORLD, bad);
+            expect(false, "a deadline that is not positive was accepted");
+        } catch (const star::invalid_argument& e) {
+            expect(std::string(e.what()).find("the deadline must be positive, got " +
+                                              std::to_string(bad.count()) + " ms") !=
+                       std::string::npos,
+                   "the message does not name the deadline");
+        }
+    }
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -365,6 +391,7 @@ int main(int argc, char** argv)
                                                             "star/per-host bf16, received anchor");
         // The same with a deadline: every collective is then polled against the clock.
         star::MpiCommunicator patient(MPI_COMM_WORLD, std::chrono::milliseconds(60000));
+        deadline_is_checked(mpi, patient);
         star_equals_in_process(patient, star::TreeReduction{}, "star/tree, with a deadline");
         ring_equals_in_process(mpi, star::RingLayout::plain, "ring/plain");
         ring_equals_in_process(mpi, star::RingLayout::zigzag, "ring/zig-zag");

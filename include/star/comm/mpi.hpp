@@ -72,14 +72,14 @@ class MpiCommunicator {
     struct Waiter {
         MPI_Comm comm;
         int rank;
-        std::optional<std::chrono::milliseconds> deadline;
+        std::chrono::milliseconds deadline; // zero: none
 
         // Waits for both requests; past the deadline, ends the job. Returns MPI's code.
         int wait_for(MPI_Request (&requests)[2], const char* call) const
         {
-            if (!deadline)
+            if (deadline == std::chrono::milliseconds::zero())
                 return MPI_Waitall(2, requests, MPI_STATUSES_IGNORE);
-            const auto give_up = std::chrono::steady_clock::now() + *deadline;
+            const auto give_up = std::chrono::steady_clock::now() + deadline;
             // Polls often at first (most collectives end within microseconds), then at most
             // every millisecond, so that a long wait does not take a core from the others.
             auto pause = std::chrono::microseconds(1);
@@ -93,7 +93,7 @@ class MpiCommunicator {
                                  "star: rank %d waited more than %lld ms in %s, a collective "
                                  "some rank has not joined (it stopped, failed, or made other "
                                  "calls); ending the job\n",
-                                 rank, static_cast<long long>(deadline->count()), call);
+                                 rank, static_cast<long long>(deadline.count()), call);
                     std::fflush(stderr);
                     MPI_Abort(comm, 1);
                     std::terminate(); // MPI_Abort does not return
@@ -107,23 +107,25 @@ class MpiCommunicator {
 
 public:
     /// `comm` stays the caller's (not duplicated, not freed); MPI must be initialised.
-    /// `deadline`: the longest wait in one collective before the job is ended; none waits
-    /// forever.
-    /// \throws star::error if MPI is not initialised, an MPI call fails or the deadline is
-    /// not positive.
-    explicit MpiCommunicator(MPI_Comm comm,
-                             std::optional<std::chrono::milliseconds> deadline = std::nullopt)
-        : comm_(comm), deadline_(deadline)
+    /// Collectives wait as long as it takes.
+    /// \throws star::error if MPI is not initialised or an MPI call fails.
+    explicit MpiCommunicator(MPI_Comm comm) : comm_(comm)
     {
-        if (deadline_ && deadline_->count() <= 0)
-            detail::fail("MpiCommunicator: the deadline must be positive, got ",
-                         deadline_->count(), " ms");
         int initialised = 0;
         MPI_Initialized(&initialised);
         if (!initialised)
             detail::fail("MpiCommunicator: MPI is not initialised (call MPI_Init first)");
         check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
         check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    }
+
+    /// As above, but a rank that waits longer than `deadline` in one collective ends the job.
+    /// \throws star::error if MPI is not initialised, an MPI call fails or the deadline is
+    /// not positive.
+    MpiCommunicator(MPI_Comm comm, std::chrono::milliseconds deadline)
+        : MpiCommunicator(positive_deadline(comm, deadline))
+    {
+        deadline_ = deadline;
     }
 
     /// Number of ranks in the communicator.
@@ -133,6 +135,8 @@ public:
     /// The longest wait in one collective, if any.
     [[nodiscard]] std::optional<std::chrono::milliseconds> deadline() const noexcept
     {
+        if (deadline_ == std::chrono::milliseconds::zero())
+            return std::nullopt;
         return deadline_;
     }
 
@@ -395,6 +399,16 @@ private:
                                 std::string(text, static_cast<std::size_t>(length)));
     }
 
+    // Checked before the delegated constructor touches MPI, so that a bad deadline is
+    // reported as such even without MPI.
+    static MPI_Comm positive_deadline(MPI_Comm comm, std::chrono::milliseconds deadline)
+    {
+        if (deadline.count() <= 0)
+            detail::fail("MpiCommunicator: the deadline must be positive, got ",
+                         deadline.count(), " ms");
+        return comm;
+    }
+
     [[nodiscard]] Waiter waiter() const { return {comm_, rank_, deadline_}; }
 
     // Completes the non-blocking collective just started into `request_` (`started` is what
@@ -408,7 +422,9 @@ private:
     }
 
     MPI_Comm comm_;
-    std::optional<std::chrono::milliseconds> deadline_;
+    // Zero: none. Kept out of std::optional, whose disengaged payload GCC 12 reports as
+    // maybe-uninitialized in users' code once the constructor is inlined.
+    std::chrono::milliseconds deadline_ = std::chrono::milliseconds::zero();
     int size_ = 0;
     int rank_ = 0;
     MPI_Request request_ = MPI_REQUEST_NULL;
