@@ -15,6 +15,11 @@
 ///                            thread, BM_Path's layer (causal prefill of 2K tokens, one decode
 ///                            step over 32K) with each score transform back to back: the
 ///                            summary gives each transform's time over none's.
+///  * `BM_TransformTile/<soft_cap|alibi>`  the transform alone over one of the tile kernel's
+///                            score tiles (128 keys x 256 rows, in cache), best path: its cost
+///                            per score, which the summary sets beside the kernel's own per
+///                            score computed (BM_Transform/none/prefill) - a ratio that the
+///                            load of other processes disturbs far less than two long runs.
 ///  * `BM_TileProduct/star/<isa>/<B>/MxNxK`, `BM_TileProduct/onednn/<type>/MxNxK`  the
 ///                            kernel's register-blocked product (`detail::tile_gemm`: A float,
 ///                            B float or bf16 widened as loaded) on every path, beside
@@ -375,6 +380,76 @@ void BM_Transform(benchmark::State& state, TransformKind kind, bool decode)
     for (auto _ : state)
         run();
     report_foreign_load(state, load);
+}
+
+/// The tile kernel's transform of path `isa` over a tile of `keys x rows` scores, `ld`
+/// apart, query rows grouped as BM_Path's heads are (4 query heads a KV head).
+template <class T>
+void transform_tile_on(star::KernelIsa isa, const T& transform, float* scores, Index ld,
+                       Index keys, Index rows)
+{
+    namespace sd = star::detail;
+    constexpr Index group = kPathQHeads / kPathKvHeads;
+    switch (isa) {
+#if STAR_X86_DISPATCH
+    case star::KernelIsa::avx512:
+        sd::avx512_path::transform_tile<sd::avx512_path::Simd>(
+            transform, sd::avx512_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+        return;
+    case star::KernelIsa::avx2:
+        sd::avx2_path::transform_tile<sd::avx2_path::Simd>(
+            transform, sd::avx2_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+        return;
+#endif
+    default:
+        sd::portable_path::transform_tile<sd::portable_path::Simd>(
+            transform, sd::portable_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+    }
+}
+
+/// `BM_TransformTile/<transform>`: one score tile of the tile kernel transformed, again and
+/// again (both transforms keep scores finite and normal, and neither branches on them), on
+/// the best path. Reports seconds per score.
+void BM_TransformTile(benchmark::State& state, TransformKind kind)
+{
+    constexpr Index keys = 128, rows = 256, ld = rows + 16;
+    std::vector<float, xsimd::aligned_allocator<float>> scores(static_cast<std::size_t>(keys * ld));
+    std::mt19937 rng(7);
+    std::normal_distribution<float> dist(0.0f, 3.0f);
+    for (float& s : scores)
+        s = dist(rng);
+    const std::vector<float> slopes = star::alibi_slopes(kPathQHeads);
+    const star::KernelIsa isa = star::kernel_isa();
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        if (kind == TransformKind::soft_cap)
+            transform_tile_on(isa, star::SoftCap{50.0f}, scores.data(), ld, keys, rows);
+        else
+            transform_tile_on(isa, star::Alibi{slopes, 0, 0}, scores.data(), ld, keys, rows);
+        benchmark::ClobberMemory();
+    }
+    report_foreign_load(state, load);
+    state.counters["per_score"] = benchmark::Counter(
+        static_cast<double>(keys * rows),
+        benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
+/// Scores the tile kernel computes for BM_Transform's causal prefill: every score of each
+/// (query tile, key tile) pair the mask does not hide wholly.
+double transform_prefill_scores_computed()
+{
+    const Index group = kPathQHeads / kPathKvHeads;
+    const Index tile_tokens = star::detail::TileShape{}.query_tokens(group);
+    const Index tile_keys = star::detail::TileShape{}.keys;
+    const Index tokens = kTransformPrefillTokens;
+    double scores = 0.0;
+    for (Index first = 0; first < tokens; first += tile_tokens) {
+        const Index count = std::min(tile_tokens, tokens - first);
+        const Index keys = std::min(tokens, (first + count + tile_keys - 1) / tile_keys * tile_keys);
+        scores += static_cast<double>(count * keys * kPathQHeads);
+    }
+    return scores;
 }
 
 /// `BM_ReadBandwidth/threads:N`: streaming read of 1 GiB (a sum, so nothing is written),
@@ -752,6 +827,25 @@ void print_transforms_summary(const std::map<std::string, Series>& all)
                             times[name].first, times[name].first / times["none"].first,
                             times[name].second);
     }
+    const auto named = [&](const std::string& function) -> const Series* {
+        for (const auto& [key, s] : all)
+            if (s.function_name == function)
+                return &s;
+        return nullptr;
+    };
+    if (const Series* none = named("BM_Transform/none/prefill")) {
+        const double kernel = median(none->real_time) * 1e-3 / transform_prefill_scores_computed();
+        for (const auto& [kind, name] : kTransforms) {
+            const Series* alone = named(std::string("BM_TransformTile/") + name);
+            if (alone == nullptr)
+                continue;
+            const double cost = median(alone->counter("per_score"));
+            std::printf("  %-9s alone: %.3f ns per score, the tile kernel %.3f ns per score computed: "
+                        "prefill %.3fx  (other processes: %.2f cores)\n",
+                        name, cost * 1e9, kernel * 1e9, 1.0 + cost / kernel,
+                        median(alone->counter("other_cores")));
+        }
+    }
     if (any)
         std::printf("\n");
 }
@@ -964,6 +1058,12 @@ void register_all()
                                          &BM_Transform, kind, decode)
                 ->Unit(benchmark::kMillisecond)->UseRealTime()
                 ->MinTime(kMinTime)->Repetitions(kRepetitions);
+    for (const auto& [kind, name] : kTransforms)
+        if (kind != TransformKind::none)
+            benchmark::RegisterBenchmark((std::string("BM_TransformTile/") + name).c_str(),
+                                         &BM_TransformTile, kind)
+                ->Unit(benchmark::kMicrosecond)->UseRealTime()
+                ->MinTime(0.2)->Repetitions(kRepetitions);
 
     // Each shape: the kernel's product on every path, then oneDNN's, back to back.
     for (const auto& shape : kTileProducts) {

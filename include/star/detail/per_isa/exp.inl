@@ -1,8 +1,30 @@
 // The kernel's exp, written once over a float atom. Included by kernels.hpp into one
 // namespace per path, inside that path's target region; it has no include guard.
 
-/// `e^x` in every lane: the atom's own where it has one (xsimd), else Cephes' `expf`
-/// (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r; about 1 ulp). Inputs
+/// `e^x` for `x` in [-87.34, 88.02], where the result is a normal float, by Cephes' `expf`
+/// (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r; about 1 ulp), with no
+/// test of the range: for callers that know it (exp_of, and tanh_of in
+/// score_transform.inl, which saves exp_of's limits and their three selects per vector).
+/// Needs the atom's `round` and `pow2`.
+template <class S>
+typename S::reg exp_in_range(typename S::reg x) noexcept
+{
+    const auto c = [](float value) { return S::broadcast(value); };
+    const auto n = S::round(S::mul(x, c(1.44269504088896341f)));
+    // r = x - n ln2, with ln2 split in two so that n * 0.693359375 is exact.
+    auto r = S::fma(n, c(-0.693359375f), x);
+    r = S::fma(n, c(2.12194440e-4f), r);
+    auto p = c(1.9875691500e-4f);
+    p = S::fma(p, r, c(1.3981999507e-3f));
+    p = S::fma(p, r, c(8.3334519073e-3f));
+    p = S::fma(p, r, c(4.1665795894e-2f));
+    p = S::fma(p, r, c(1.6666665459e-1f));
+    p = S::fma(p, r, c(5.0000001201e-1f));
+    const auto e_r = S::add(S::fma(p, S::mul(r, r), r), c(1.0f));
+    return S::mul(e_r, S::pow2(n));
+}
+
+/// `e^x` in every lane: the atom's own where it has one (xsimd), else exp_in_range. Inputs
 /// below -87.34 give 0, not a subnormal (the softmax adds these to a sum of at least 1);
 /// above 88.02 give +inf (the kernel only asks for x <= 0); NaN stays NaN; exp(0) is 1
 /// exactly, so a row's largest score weighs exactly 1.
@@ -15,19 +37,7 @@ typename S::reg exp_of(typename S::reg x) noexcept
         const auto c = [](float value) { return S::broadcast(value); };
         const auto lowest = c(-87.3365447505531f); // ln 2^-126
         const auto highest = c(88.0296919311131f); // ln 2^127.5
-        const auto clamped = S::min(S::max(x, lowest), highest);
-        const auto n = S::round(S::mul(clamped, c(1.44269504088896341f)));
-        // r = x - n ln2, with ln2 split in two so that n * 0.693359375 is exact.
-        auto r = S::fma(n, c(-0.693359375f), clamped);
-        r = S::fma(n, c(2.12194440e-4f), r);
-        auto p = c(1.9875691500e-4f);
-        p = S::fma(p, r, c(1.3981999507e-3f));
-        p = S::fma(p, r, c(8.3334519073e-3f));
-        p = S::fma(p, r, c(4.1665795894e-2f));
-        p = S::fma(p, r, c(1.6666665459e-1f));
-        p = S::fma(p, r, c(5.0000001201e-1f));
-        const auto e_r = S::add(S::fma(p, S::mul(r, r), r), c(1.0f));
-        auto y = S::mul(e_r, S::pow2(n));
+        auto y = exp_in_range<S>(S::min(S::max(x, lowest), highest));
         y = S::select(S::less(x, lowest), c(0.0f), y);
         y = S::select(S::less(highest, x), c(__builtin_huge_valf()), y);
         return S::select(S::unordered(x, x), x, y);
