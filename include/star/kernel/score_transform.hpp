@@ -32,8 +32,10 @@ namespace star {
 ///   index) and key row `key_row` (a row of `k`) at query head `q_head` (grouped-query heads
 ///   are distinct here even where they share a KV head).
 ///
-/// It is called only for pairs the mask lets through, in no particular order, from several
-/// threads at once, and must give the same result for the same arguments. It must not turn
+/// It is called for the pairs of every tile the mask does not hide wholly, in no particular
+/// order, from several threads at once, and must give the same result for the same
+/// arguments. Pairs the mask hides inside such a tile may be transformed too; their results
+/// are discarded (hidden scores stay `-inf`), so the call must merely be harmless there. It must not turn
 /// every score of a query into `-inf` or `+inf`: a row left with no usable weight although
 /// its mask shows it keys is reported as an overflow (`star::runtime_failure`). Transforms
 /// are small value types, copied freely.
