@@ -19,6 +19,7 @@
 #include "policy/anchor.hpp"
 #include "policy/partition.hpp"
 #include "policy/merge.hpp"
+#include "policy/variant.hpp"
 #include "comm/communicator.hpp"
 #include "comm/local.hpp"
 #include "algorithm/context.hpp"

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "../kernel/attention.hpp"
+#include "../policy/variant.hpp"
 
 namespace star {
 
@@ -32,6 +33,26 @@ AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>
         detail::fail("global_attention: causal self-attention needs as many queries as keys, got ",
                      q.dimension(0), " query tokens and ", k.dimension(0), " key tokens");
     return attention(q, k, v, CausalMask{}, kernel_options);
+}
+
+/// Exact self-attention of one layer over one sequence under `variant` (policy/variant.hpp),
+/// token `i` at position `i`: the baseline of every variant. `options.causal` must be true
+/// (every variant is causal).
+/// \throws star::error as `attention`, when `q` and `k` token counts differ, when
+/// `options.causal` is false, and when the variant rejects its settings.
+template <KVElement KV, Variant V>
+AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
+                                const ConstView3<KV>& v, const V& variant,
+                                const GlobalOptions& options = {})
+{
+    if (!options.causal)
+        detail::fail("global_attention: a Variant is causal; options.causal must be true");
+    if (q.dimension(0) != k.dimension(0))
+        detail::fail("global_attention: causal self-attention needs as many queries as keys, got ",
+                     q.dimension(0), " query tokens and ", k.dimension(0), " key tokens");
+    variant.check(q.dimension(1));
+    return attention(q, k, v, variant.mask(0, 0), AttentionOptions{options.scale},
+                     variant.transform(0, 0));
 }
 
 } // namespace star

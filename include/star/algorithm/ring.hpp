@@ -5,13 +5,17 @@
 /// states with the same LSE rule as Star's phase 2. The exact distributed baseline.
 
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string_view>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
 #include "../comm/communicator.hpp"
 #include "../kernel/attention.hpp"
 #include "../policy/block.hpp"
+#include "../policy/variant.hpp"
 #include "context.hpp"
 
 namespace star {
@@ -34,14 +38,23 @@ struct RingOptions {
 };
 
 /// Ring Attention over the hosts of a `Communicator`: exact causal self-attention of one
-/// sequence, each host computing the outputs of its own query shards (`shards`). Holds only
-/// its options, so one object serves every layer and every host.
-class RingAttention {
+/// sequence under the Variant `V` (every token at its true position, so exact for every
+/// variant), each host computing the outputs of its own query shards (`shards`). Holds only
+/// its options and variant, so one object serves every layer and every host.
+///
+/// `RingAttention` is this with plain causal attention. It stays a class, not a template
+/// with a default, so that code naming it as a type (a member, a return type) compiles as
+/// before; `BasicRingAttention(options, SlidingWindow{4096})` deduces `V`.
+template <Variant V = Causal>
+class BasicRingAttention {
 public:
     /// Plain layout, softmax scale `1/sqrt(head_dim)`.
-    RingAttention() = default;
-    /// Ring Attention with `options`.
-    explicit RingAttention(RingOptions options) : options_(options) {}
+    BasicRingAttention() = default;
+    /// Ring Attention with `options` under `variant`.
+    explicit BasicRingAttention(RingOptions options, V variant = {})
+        : options_(options), variant_(std::move(variant))
+    {
+    }
 
     /// The token ranges host `r` holds (queries and, at step 0, keys/values), for every host.
     /// \throws star::error if `tokens` or `hosts` is less than 1.
@@ -74,6 +87,10 @@ public:
         const int hosts = comm.size();
         const auto layout = shards(tokens, hosts);
         agree(comm, tokens, contexts);
+        for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
+            if (const std::int64_t q_heads = detail::head_settings(contexts[r])[0];
+                q_heads != detail::unknown_setting)
+                variant_.check(static_cast<index>(q_heads));
         // Every host checks its own shards once below; what travels round the ring was
         // checked by the host it came from.
         const AttentionOptions kernel_options{options_.scale, false};
@@ -129,8 +146,10 @@ public:
                                                     source, ", too few for its shards");
                         merge_into(out.state,
                                    attention(own.q, held(keys[rank]), held(values[rank]),
-                                             CausalMask{out.tokens.begin, kv_range.begin},
-                                             kernel_options));
+                                             variant_.mask(out.tokens.begin, kv_range.begin),
+                                             kernel_options,
+                                             variant_.transform(out.tokens.begin,
+                                                                kv_range.begin)));
                     }
                     offset += kv_range.size();
                 }
@@ -165,6 +184,8 @@ public:
 
     /// The options it was made with.
     [[nodiscard]] const RingOptions& options() const noexcept { return options_; }
+    /// The Variant policy.
+    [[nodiscard]] const V& variant() const noexcept { return variant_; }
 
 private:
     // Every host must run the same configuration: a host whose K/V have another type or
@@ -175,7 +196,13 @@ private:
         static constexpr const char* names[] = {
             "the number of tokens", "the layout (0 plain, 1 zig-zag)",
             "the softmax scale (bits)", "the K/V element type (1 float, 2 bf16, 3 half)",
-            "the number of query heads", "the number of kv heads", "head_dim"};
+            "the number of query heads", "the number of kv heads", "head_dim",
+            "the Variant policy (digest of its type)", "the variant's window (-1: none)",
+            "the variant's soft cap (bits)", "the variant's ALiBi slopes (digest)"};
+        // Every rank of a job runs the same program, so the same type has the same name.
+        const auto variant_digest =
+            static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(V).name()));
+        const VariantSettings variant = variant_.settings();
         auto settings = comm.template local<std::vector<std::int64_t>>();
         for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {
             const auto [q_heads, kv_heads, head_dim] = detail::head_settings(contexts[r]);
@@ -185,12 +212,20 @@ private:
                            detail::element_code<KV>(),
                            q_heads,
                            kv_heads,
-                           head_dim};
+                           head_dim,
+                           variant_digest,
+                           variant.window,
+                           detail::float_setting(variant.cap),
+                           static_cast<std::int64_t>(variant.slopes)};
         }
         detail::check_agreement(comm, settings, names, "RingAttention::run");
     }
 
     RingOptions options_;
+    V variant_{};
 };
+
+/// Ring Attention of plain causal attention: `BasicRingAttention<Causal>`.
+using RingAttention = BasicRingAttention<>;
 
 } // namespace star

@@ -4,9 +4,17 @@
 /// anchor block (phase 1), then exact query encoding and decoding over every host's cache
 /// (phase 2). See docs/ and ../shared/docs/star-attention.md for the method.
 ///
-/// `StarAttention<Block, Anchor, Partition, Merge>` reads as a sentence: cut the context
-/// into blocks like this, let each see this anchor, give blocks to hosts like that, and
-/// bring phase-2 partials together like so. The defaults are the paper's method.
+/// `StarAttention<Block, Anchor, Partition, Merge, Variant>` reads as a sentence: cut the
+/// context into blocks like this, let each see this anchor, give blocks to hosts like that,
+/// bring phase-2 partials together like so, and compute this kind of attention. The defaults
+/// are the paper's method.
+///
+/// Every kernel call places its rows at their true positions: a block at its start in the
+/// context, the anchor at its own (`[0, a)` for the paper's), the query right after the
+/// context and each decode step after that. So under a Variant (policy/variant.hpp) phase 2
+/// is exact given the phase-1 caches, and phase 1 is the usual approximation: a block sees
+/// its anchor and itself, each through the variant (a window hides the part of the anchor
+/// outside it; see docs/guides/variants.md).
 
 #include <algorithm>
 #include <cstdint>
@@ -24,6 +32,7 @@
 #include "../policy/block.hpp"
 #include "../policy/merge.hpp"
 #include "../policy/partition.hpp"
+#include "../policy/variant.hpp"
 #include "context.hpp"
 
 namespace star {
@@ -62,13 +71,14 @@ struct StarPlan {
 /// Star Attention over the hosts of a `Communicator`, composed of four policies: `B` cuts
 /// the context into blocks (`Block`), `A` picks the earlier keys each block also sees
 /// (`Anchor`), `P` gives the blocks to hosts and names the query host (`Partition`), and `M`
-/// brings the phase-2 partial states together (`Merge`). The defaults are the paper's method.
+/// brings the phase-2 partial states together (`Merge`), and `V` says what attention computes
+/// (`Variant`: plain causal by default). The defaults are the paper's method.
 ///
 /// For each layer: `plan` once per context, `encode_context` (phase 1) to fill every host's
 /// `KVCache`, then `attend_query` (phase 2) for the query and for each decode step. The object
 /// holds only its policies and the softmax scale; the state lives in the caches.
 template <Block B = FixedBlocks, Anchor A = FirstTokens, Partition P = Contiguous,
-          Merge M = GatherToQueryHost>
+          Merge M = GatherToQueryHost, Variant V = Causal>
 class StarAttention {
 public:
     /// Default-built policies and scale: with the default policies, the paper's method (one
@@ -77,9 +87,9 @@ public:
     StarAttention() = default;
     /// The given policies and softmax scale (`1/sqrt(head_dim)` when empty).
     explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
-                           std::optional<float> scale = {})
+                           std::optional<float> scale = {}, V variant = {})
         : block_(std::move(block)), anchor_(std::move(anchor)), partition_(std::move(partition)),
-          merge_(std::move(merge)), scale_(scale)
+          merge_(std::move(merge)), variant_(std::move(variant)), scale_(scale)
     {
     }
 
@@ -138,6 +148,10 @@ public:
             const auto [q_heads, kv_heads, head_dim] = detail::head_settings(contexts[rank]);
             return LayerShape{0, q_heads, kv_heads, head_dim};
         });
+        for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
+            if (const std::int64_t q_heads = detail::head_settings(contexts[r])[0];
+                q_heads != detail::unknown_setting)
+                variant_.check(static_cast<index>(q_heads));
         const AnchorKV<KV> received = plan.anchor_source == AnchorSource::receive
                                           ? receive_anchor(comm, plan, contexts)
                                           : AnchorKV<KV>{};
@@ -150,7 +164,9 @@ public:
                 // Inputs are checked once here (a received anchor was checked by its owner),
                 // not again by every kernel call.
                 const AttentionOptions options{scale_, false};
-                AttentionState state = attention(block.q, block.k, block.v, CausalMask{}, options);
+                const index at = plan.blocks[i].begin;
+                AttentionState state = attention(block.q, block.k, block.v, variant_.mask(at, at),
+                                                 options, variant_.transform(at, at));
                 if (const TokenRange a = plan.anchors[i]; !a.empty()) {
                     if (plan.anchor_source == AnchorSource::compute)
                         check_finite(contexts[rank].slice(a), a.begin,
@@ -158,8 +174,10 @@ public:
                     const auto [k, v] = plan.anchor_source == AnchorSource::receive
                                             ? received.prefix(rank, a.end, block.k)
                                             : kv_of(contexts[rank].slice(a));
-                    // The anchor precedes the block, so every block query sees all of it.
-                    merge_into(state, attention(block.q, k, v, NoMask{}, options));
+                    // The anchor precedes the block: the past mask (all of it, for plain causal
+                    // attention; what lies in the window, for a sliding window).
+                    merge_into(state, attention(block.q, k, v, variant_.past_mask(at, a.begin),
+                                                options, variant_.transform(at, a.begin)));
                 }
                 outputs[rank].push_back({plan.blocks[i], std::move(state)});
             }
@@ -222,6 +240,7 @@ public:
         agree<KV>(comm, plan, "StarAttention::attend_query", [&](int) {
             return LayerShape{q.dimension(0), q.dimension(1), k.dimension(1), q.dimension(2)};
         });
+        variant_.check(q.dimension(1));
         for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
             const KVCache<KV>& cache = caches[rank];
             if (cache.tokens() > 0 && (cache.kv_heads() != k.dimension(1) ||
@@ -234,16 +253,36 @@ public:
         // The caches hold only checked K/V (KVCache::append checks), the query was checked
         // above.
         const AttentionOptions options{scale_, false};
+        const index position = query_position(comm, plan, caches);
         auto partials = comm.template local<AttentionState>();
         comm.for_each_host([&](int rank) {
             const KVCache<KV>& cache = caches[rank];
-            partials[rank] = cache.tokens() > 0
-                                 ? attention(q, cache.keys(), cache.values(), NoMask{}, options)
-                                 : AttentionState(q.dimension(0), q.dimension(1), q.dimension(2));
+            partials[rank] = AttentionState(q.dimension(0), q.dimension(1), q.dimension(2));
+            if constexpr (V::positional) {
+                // Each run of consecutive positions in the cache at its own positions.
+                for (const auto& [tokens, from] : cache_runs(plan, rank, cache.tokens())) {
+                    const index row = cache.kv_heads() * cache.head_dim();
+                    const auto part = [&](const ConstView3<KV>& all) {
+                        return ConstView3<KV>(all.data() + from * row, tokens.size(),
+                                              cache.kv_heads(), cache.head_dim());
+                    };
+                    merge_into(partials[rank],
+                               attention(q, part(cache.keys()), part(cache.values()),
+                                         variant_.past_mask(position, tokens.begin), options,
+                                         variant_.transform(position, tokens.begin)));
+                }
+            } else if (cache.tokens() > 0) {
+                // Positions do not matter: the whole cache in one call.
+                partials[rank] = attention(q, cache.keys(), cache.values(),
+                                           variant_.past_mask(position, 0), options,
+                                           variant_.transform(position, 0));
+            }
             // The query host also sees the query's own keys, causally. They join its cache
             // only once the whole step has succeeded, so a failed step changes no cache.
             if (rank == plan.query_host)
-                merge_into(partials[rank], attention(q, k, v, CausalMask{}, options));
+                merge_into(partials[rank],
+                           attention(q, k, v, variant_.mask(position, position), options,
+                                     variant_.transform(position, position)));
         });
         auto merged = merge_.combine(comm, partials, plan.query_host);
         if (caches.holds(plan.query_host))
@@ -298,8 +337,61 @@ public:
     [[nodiscard]] const P& partition_policy() const noexcept { return partition_; }
     /// The Merge policy.
     [[nodiscard]] const M& merge_policy() const noexcept { return merge_; }
+    /// The Variant policy.
+    [[nodiscard]] const V& variant() const noexcept { return variant_; }
 
 private:
+    // The position of the query's first token: right after the context and the tokens the
+    // query host has appended since. Only the query host knows how many; for a positional
+    // variant it tells the others (plain causal attention and soft-capping need no position).
+    template <KVElement KV, Communicator C>
+    index query_position(C& comm, const StarPlan& plan, const PerHost<KVCache<KV>>& caches) const
+    {
+        const auto appended = [&] {
+            index own = 0;
+            for (const std::size_t i : plan.blocks_of(plan.query_host))
+                own += plan.blocks[i].size();
+            return plan.context_tokens + caches[plan.query_host].tokens() - own;
+        };
+        if constexpr (!V::positional) {
+            return caches.holds(plan.query_host) ? appended() : plan.context_tokens;
+        } else {
+            auto position = comm.template local<std::vector<std::int64_t>>();
+            if (position.holds(plan.query_host))
+                position[plan.query_host] = {appended()};
+            comm.broadcast(position, plan.query_host);
+            const int any = position.first_rank();
+            if (position[any].size() != 1)
+                detail::fail_at_runtime("StarAttention: host ", any,
+                                        " received no query position from the query host");
+            return position[any][0];
+        }
+    }
+
+    // The runs of consecutive positions in host `rank`'s cache of `tokens` tokens: its blocks
+    // in context order (neighbours joined), then at the query host the tokens appended after
+    // the context. Each run with the cache row it starts at.
+    static std::vector<std::pair<TokenRange, index>> cache_runs(const StarPlan& plan, int rank,
+                                                                index tokens)
+    {
+        std::vector<std::pair<TokenRange, index>> runs;
+        index row = 0;
+        const auto add = [&](TokenRange r) {
+            if (r.empty())
+                return;
+            if (!runs.empty() && runs.back().first.end == r.begin)
+                runs.back().first.end = r.end;
+            else
+                runs.push_back({r, row});
+            row += r.size();
+        };
+        for (const std::size_t i : plan.blocks_of(rank))
+            add(plan.blocks[i]);
+        if (rank == plan.query_host)
+            add({plan.context_tokens, plan.context_tokens + (tokens - row)});
+        return runs;
+    }
+
     // K/V of the shared anchor `[0, a)` as received by every local host.
     template <KVElement KV>
     struct AnchorKV {
@@ -382,7 +474,9 @@ private:
             "the anchor source", "the K/V element type (1 float, 2 bf16, 3 half)",
             "the Merge policy (digest of its type)", "the softmax scale (bits)",
             "the query length", "the number of query heads", "the number of kv heads",
-            "head_dim"};
+            "head_dim", "the Variant policy (digest of its type)",
+            "the variant's window (-1: none)", "the variant's soft cap (bits)",
+            "the variant's ALiBi slopes (digest)"};
         // Order-sensitive digests of the block layout: equal layouts give equal values.
         std::uint64_t bounds = 0, owners = 0, anchors = 0; // unsigned: wrapping is intended
         for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
@@ -395,6 +489,9 @@ private:
         // Every rank of a job runs the same program, so the same type has the same name.
         const auto merge_digest =
             static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(M).name()));
+        const auto variant_digest =
+            static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(V).name()));
+        const VariantSettings variant = variant_.settings();
         auto settings = comm.template local<std::vector<std::int64_t>>();
         for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {
             const LayerShape shape = shape_of(r);
@@ -411,7 +508,11 @@ private:
                            shape.query_tokens,
                            shape.q_heads,
                            shape.kv_heads,
-                           shape.head_dim};
+                           shape.head_dim,
+                           variant_digest,
+                           variant.window,
+                           detail::float_setting(variant.cap),
+                           static_cast<std::int64_t>(variant.slopes)};
         }
         detail::check_agreement(comm, settings, names, where);
     }
@@ -443,6 +544,7 @@ private:
     A anchor_{};
     P partition_{};
     M merge_{};
+    V variant_{};
     std::optional<float> scale_;
 };
 
