@@ -251,6 +251,18 @@ void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout,
     expect_identical(over_mpi[rank], in_process[rank], rank, name);
 }
 
+// Ring Attention under a sliding window of `window` tokens: a rank given another window must
+// be reported by the agreement, not compute with it.
+void ring_with_window(star::MpiCommunicator& mpi, star::index window)
+{
+    std::mt19937_64 rng(7);
+    const auto q = random_tensor(120, 4, 16, rng);
+    const auto k = random_tensor(120, 2, 16, rng);
+    const auto v = random_tensor(120, 2, 16, rng);
+    const star::BasicRingAttention ring(star::RingOptions{}, star::SlidingWindow{window});
+    (void)ring.run(mpi, star::view(q), star::view(k), star::view(v));
+}
+
 // Messages of every size (0 included), with hosts that only send, only receive or neither:
 // the blocking and the non-blocking exchange over MPI must both deliver exactly what the
 // in-process exchange delivers, for float and for bf16 payloads.
@@ -362,7 +374,9 @@ int main(int argc, char** argv)
         // nobody joins its collective, and its deadline must end the job.
         if (mode.starts_with("--mismatch-")) {
             star::MpiCommunicator mpi(MPI_COMM_WORLD, std::chrono::milliseconds(10000));
-            if (mode == "--mismatch-ring-layout")
+            if (mode == "--mismatch-window")
+                ring_with_window(mpi, rank == chosen_rank ? 65 : 64);
+            else if (mode == "--mismatch-ring-layout")
                 ring_equals_in_process(mpi,
                                        rank == chosen_rank ? star::RingLayout::zigzag
                                                            : star::RingLayout::plain,
