@@ -15,6 +15,7 @@
 #include "kernel/mask.hpp"
 #include "kernel/score_transform.hpp"
 #include "kernel/attention.hpp"
+#include "kernel/batch.hpp"
 #include "policy/block.hpp"
 #include "policy/anchor.hpp"
 #include "policy/partition.hpp"

@@ -14,6 +14,7 @@
 #include <vector>
 
 
+#include "../detail/attention_call.hpp"
 #include "../detail/check_inputs.hpp"
 #include "../detail/kernels.hpp"
 #include "../detail/parallel.hpp"
@@ -94,60 +95,9 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
         detail::check_finite(k, "k", 0, "attention");
         detail::check_finite(v, "v", 0, "attention");
     }
-    const index q_tokens = q.dimension(0);
-    const index kv_heads = k.dimension(1);
-    const index group = q.dimension(1) / kv_heads;
-    AttentionState out(q_tokens, q.dimension(1), q.dimension(2));
-    if (q_tokens == 0)
-        return out;
-
-    const detail::TileShape tiles;
-    const index tile_tokens = tiles.query_tokens(group);
-    const index query_tiles = (q_tokens + tile_tokens - 1) / tile_tokens;
-    const index key_count = k.dimension(0);
-    const bool decode = q_tokens * group <= tiles.decode_rows;
-    const index splits = decode ? detail::decode_splits(key_count, tiles)
-                                : detail::key_splits(query_tiles, kv_heads, key_count, tiles);
-    // The decode kernel takes every KV head in one task; the tile kernel one KV head and a
-    // pair of query tiles.
-    const index tasks_per_slice = decode ? 1 : (query_tiles + 1) / 2 * kv_heads;
-    using Job = detail::TileJob<KV, M, T>;
-    const auto job_over = [&](index key_begin, index key_end, AttentionState& into) {
-        return Job{q,     k,           v,         mask,    transform, scale,
-                   tiles, tile_tokens, query_tiles, key_begin, key_end, into};
-    };
-    const KernelIsa isa = kernel_isa();
-    const detail::TileTask<KV, M, T> tile_task = detail::tile_task<KV, M, T>(isa);
-    const detail::DecodeTask<KV, M, T> decode_task = detail::decode_task<KV, M, T>(isa);
-    const auto run = [&](const Job& job, index task) {
-        if (decode)
-            decode_task(job);
-        else
-            tile_task(job, task);
-    };
-    if (splits == 1) {
-        const Job job = job_over(0, key_count, out);
-        detail::parallel_for(index{0}, tasks_per_slice, [&](index t) { run(job, t); });
-        return out;
-    }
-
-    // Split-KV: one state per slice of the keys, every (slice, task) a task, then the exact
-    // merge. Slices are whole tiles, so the tiles are the same as without splitting.
-    const index slice_tiles = (key_count + splits * tiles.keys - 1) / (splits * tiles.keys);
-    const index slice_keys = slice_tiles * tiles.keys;
-    const index slices = (key_count + slice_keys - 1) / slice_keys;
-    std::vector<AttentionState> parts;
-    std::vector<Job> jobs;
-    parts.reserve(static_cast<std::size_t>(slices)); // jobs refer to the parts
-    jobs.reserve(static_cast<std::size_t>(slices));
-    for (index first = 0; first < key_count; first += slice_keys) {
-        parts.emplace_back(q_tokens, q.dimension(1), q.dimension(2));
-        jobs.push_back(job_over(first, std::min(first + slice_keys, key_count), parts.back()));
-    }
-    detail::parallel_for(index{0}, slices * tasks_per_slice, [&](index t) {
-        run(jobs[static_cast<std::size_t>(t / tasks_per_slice)], t % tasks_per_slice);
-    });
-    return merge(parts);
+    detail::AttentionCall<KV, M, T> call(q, k, v, mask, transform, scale, kernel_isa());
+    detail::parallel_for(index{0}, call.tasks(), [&](index t) { call.run(t); });
+    return call.result();
 }
 
 } // namespace star
