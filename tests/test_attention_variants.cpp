@@ -301,5 +301,21 @@ TEST(VariantErrors, RejectedPhasesLeaveEveryCacheUnchanged)
     EXPECT_EQ(caches[1].tokens(), before[1]);
 }
 
+// A positional variant reads each cached key's position off the plan: a cache phase 1 did not
+// fill is refused, not read past its end.
+TEST(VariantErrors, PositionalVariantNeedsThePhaseOneCaches)
+{
+    const Tokens q = random_tokens(3);
+    LocalCommunicator comm(2);
+    const StarAttention star(FixedBlocks{}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {},
+                             SlidingWindow{8});
+    const StarPlan plan = star.plan(50, 2);
+    auto caches = comm.local<KVCache<float>>();
+    expect_error(
+        [&] { (void)star.attend_query(comm, plan, caches, view(q.q), view(q.k), view(q.v)); },
+        "host 0's cache holds 0 tokens, fewer than the 25 of its blocks");
+    EXPECT_EQ(caches[1].tokens(), 0);
+}
+
 } // namespace
 } // namespace star::test

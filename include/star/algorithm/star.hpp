@@ -250,6 +250,19 @@ public:
                              ", the query's k has ", k.dimension(1), " of head_dim ",
                              k.dimension(2));
         }
+        if constexpr (V::positional) {
+            // Positions are read off the plan: each cache must start with its blocks.
+            for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
+                index own = 0;
+                for (const std::size_t i : plan.blocks_of(rank))
+                    own += plan.blocks[i].size();
+                if (caches[rank].tokens() < own)
+                    detail::fail("StarAttention::attend_query: host ", rank, "'s cache holds ",
+                                 caches[rank].tokens(), " tokens, fewer than the ", own,
+                                 " of its blocks; a positional variant places the cached keys "
+                                 "by the plan, so phase 1 must have filled the caches");
+            }
+        }
         // The caches hold only checked K/V (KVCache::append checks), the query was checked
         // above.
         const AttentionOptions options{scale_, false};
