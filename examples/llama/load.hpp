@@ -134,6 +134,17 @@ inline Config read_hf_config(const JsonConfig& json)
     if (json.has("hidden_act") && json.at("hidden_act") != "silu")
         json.fail("hidden_act ", json.at("hidden_act").dump(),
                   " is not supported: the forward pass implements SwiGLU (silu) only");
+    // The library has these variants (star::SlidingWindow, star::SoftCapped), but this
+    // forward pass does not yet choose them per layer: ignoring the keys would answer wrongly
+    // past the window, so they are refused. A null window, or use_sliding_window false
+    // (Qwen2 writes both), computes plain causal attention and is accepted.
+    if (json.has("sliding_window") && json.boolean("use_sliding_window", true))
+        json.fail("sliding_window ", json.at("sliding_window").dump(),
+                  " is not supported yet: the forward pass attends causally over every token");
+    for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"})
+        if (json.has(cap))
+            json.fail(cap, " ", json.at(cap).dump(),
+                      " is not supported yet: the forward pass does not cap logits");
     for (const char* bias : {"attention_bias", "mlp_bias"})
         if (json.boolean(bias, false))
             json.fail(bias, " = true is not supported: the forward pass has no biases");

@@ -960,6 +960,32 @@ TEST_F(HfRejects, ArchitectureVariants)
     expect_load_error([&] { load_hf(dir.path()); }, {"attention_bias = true is not supported"});
 }
 
+// Variants the forward pass does not choose yet: refused, never silently computed as plain
+// causal attention. A window switched off (null, or use_sliding_window false) is plain.
+TEST_F(HfRejects, AttentionVariantsNotYetWired)
+{
+    write_hf_with_config(dir, [](json& config) { config["sliding_window"] = 4096; });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"config.json", "sliding_window 4096 is not supported yet"});
+    write_hf_with_config(dir, [](json& config) { config["attn_logit_softcapping"] = 50.0; });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"attn_logit_softcapping 50.0 is not supported yet"});
+    write_hf_with_config(dir, [](json& config) { config["final_logit_softcapping"] = 30.0; });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"final_logit_softcapping 30.0 is not supported yet"});
+    write_hf_with_config(dir, [](json& config) { config["use_sliding_window"] = "no"; config["sliding_window"] = 64; });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"key use_sliding_window is \"no\", expected true or false"});
+
+    write_hf_with_config(dir, [](json& config) { config["sliding_window"] = nullptr; });
+    EXPECT_NO_THROW(load_hf(dir.path()));
+    write_hf_with_config(dir, [](json& config) {
+        config["sliding_window"] = 4096;
+        config["use_sliding_window"] = false;
+    });
+    EXPECT_NO_THROW(load_hf(dir.path()));
+}
+
 TEST_F(HfRejects, HeadsNotAMultipleOfKvHeads)
 {
     write_hf_with_config(dir, [](json& config) { config["num_key_value_heads"] = 3; });
