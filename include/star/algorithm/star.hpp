@@ -273,10 +273,12 @@ public:
             partials[rank] = AttentionState(q.dimension(0), q.dimension(1), q.dimension(2));
             if constexpr (V::positional) {
                 // Each run of consecutive positions in the cache at its own positions.
-                for (const auto& [tokens, from] : cache_runs(plan, rank, cache.tokens())) {
-                    const index row = cache.kv_heads() * cache.head_dim();
+                for (const auto& run : cache_runs(plan, rank, cache.tokens())) {
+                    // Named, not a structured binding: Clang before 16 cannot capture one.
+                    const TokenRange tokens = run.first;
+                    const index first_row = run.second * cache.kv_heads() * cache.head_dim();
                     const auto part = [&](const ConstView3<KV>& all) {
-                        return ConstView3<KV>(all.data() + from * row, tokens.size(),
+                        return ConstView3<KV>(all.data() + first_row, tokens.size(),
                                               cache.kv_heads(), cache.head_dim());
                     };
                     merge_into(partials[rank],
