@@ -11,6 +11,10 @@
 ///                            names), float and bf16 K/V, 32 q / 8 kv heads of 128: causal
 ///                            prefill of 4K tokens (GFLOP/s), and one decode step over a
 ///                            32K-token cache (GB/s of K/V read), on N threads.
+///  * `BM_KVSource/<kv>/decode|prefill/contiguous|paged:P`  K/V read in place from a paged
+///                            cache (pages of P tokens, shuffled) beside the same K/V laid out
+///                            contiguously: one decode step over 16K tokens, a causal prefill
+///                            of 2K; BM_Path's heads, best path, one thread.
 ///  * `BM_Transform/<none|soft_cap|alibi>/prefill|decode`  the best path, float K/V, one
 ///                            thread, BM_Path's layer (causal prefill of 2K tokens, one decode
 ///                            step over 32K) with each score transform back to back: the
@@ -63,6 +67,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <string>
@@ -486,6 +491,86 @@ void BM_ReadBandwidth(benchmark::State& state)
     report_foreign_load(state, load);
     state.counters["BYTES"] = benchmark::Counter(static_cast<double>(floats * sizeof(float)),
                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ----------------------------------------------------------------------------------------
+// 2b'. K/V read in place from a paged cache, beside the same K/V laid out contiguously
+// ----------------------------------------------------------------------------------------
+
+constexpr Index kSourceDecodeTokens = 16384;
+constexpr Index kSourcePrefillTokens = 2048;
+
+/// BM_Path's inputs with K and V also copied into pools of pages of `page_tokens`, through
+/// a shuffled page table (pages out of pool order, as a cache that has served many
+/// requests holds them).
+template <class KV>
+struct PagedInputs {
+    std::vector<KV> k_pool, v_pool;
+    std::vector<std::int32_t> table;
+    Index pages = 0;
+};
+
+template <class KV>
+const PagedInputs<KV>& paged_inputs(const PathInputs<KV>& in, Index page_tokens)
+{
+    // Keyed by sizes, not by address: path_inputs frees and refills its tensors (with the
+    // same values, from the same seed), so an address may come back holding other inputs.
+    static std::map<std::pair<Index, Index>, std::unique_ptr<PagedInputs<KV>>> cache;
+    auto& slot = cache[{in.k.dimension(0), page_tokens}];
+    if (!slot) {
+        slot = std::make_unique<PagedInputs<KV>>();
+        const Index tokens = in.k.dimension(0), row = kPathKvHeads * kPathHeadDim;
+        slot->pages = (tokens + page_tokens - 1) / page_tokens;
+        slot->table.resize(static_cast<std::size_t>(slot->pages));
+        std::iota(slot->table.begin(), slot->table.end(), 0);
+        std::shuffle(slot->table.begin(), slot->table.end(), std::mt19937(7));
+        for (auto [pool, from] : {std::pair{&slot->k_pool, &in.k}, std::pair{&slot->v_pool, &in.v}}) {
+            pool->assign(static_cast<std::size_t>(slot->pages * page_tokens * row), KV(0.0f));
+            for (Index t = 0; t < tokens; ++t)
+                std::copy_n(from->data() + t * row, row,
+                            pool->data() + (slot->table[static_cast<std::size_t>(t / page_tokens)] *
+                                                page_tokens + t % page_tokens) * row);
+        }
+    }
+    return *slot;
+}
+
+/// `BM_KVSource/<kv>/decode|prefill/contiguous|paged:<P>`: one decode step over a cache of
+/// kSourceDecodeTokens, or a causal prefill of kSourcePrefillTokens, BM_Path's heads, the
+/// best path, one thread; K/V contiguous (page_tokens 0) or in pages of `page_tokens`.
+template <class KV>
+void BM_KVSource(benchmark::State& state, bool decode, Index page_tokens)
+{
+    const Index q_tokens = decode ? 1 : kSourcePrefillTokens;
+    const Index kv_tokens = decode ? kSourceDecodeTokens : kSourcePrefillTokens;
+    const PathInputs<KV>& in = path_inputs<KV>(q_tokens, kv_tokens);
+    const star::CausalMask mask{kv_tokens - q_tokens, 0};
+    const star::AttentionOptions options{std::nullopt, false};
+    tbb::task_arena arena(1);
+    std::optional<star::KVPages<KV>> k, v;
+    if (page_tokens > 0) {
+        const PagedInputs<KV>& paged = paged_inputs(in, page_tokens);
+        k.emplace(star::paged_kv<KV>(paged.table, paged.k_pool.data(), paged.pages, page_tokens,
+                                     kv_tokens, kPathKvHeads, kPathHeadDim));
+        v.emplace(star::paged_kv<KV>(paged.table, paged.v_pool.data(), paged.pages, page_tokens,
+                                     kv_tokens, kPathKvHeads, kPathHeadDim));
+    } else {
+        k.emplace(star::view(in.k));
+        v.emplace(star::view(in.v));
+    }
+    const auto run = [&] {
+        arena.execute([&] {
+            star::AttentionState out = star::attention(star::view(in.q), *k, *v, mask, options);
+            benchmark::DoNotOptimize(out.output.data());
+            benchmark::ClobberMemory();
+        });
+    };
+    run();
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state)
+        run();
+    report_foreign_load(state, load);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1048,6 +1133,23 @@ void register_all()
                                              &BM_Path<Eigen::bfloat16>, isa, decode)
                     ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
                     ->MinTime(kMinTime)->Repetitions(kRepetitions);
+            }
+
+    // K/V sources: contiguous and paged side by side for each kind of work and element.
+    for (const bool decode : {true, false})
+        for (const bool bf16 : {false, true})
+            for (const Index page : {Index{0}, Index{16}, Index{128}}) {
+                const std::string label = std::string("BM_KVSource/") + (bf16 ? "bf16" : "float") +
+                                          (decode ? "/decode/" : "/prefill/") +
+                                          (page == 0 ? std::string("contiguous")
+                                                     : "paged:" + std::to_string(page));
+                auto* b = bf16 ? benchmark::RegisterBenchmark(label.c_str(),
+                                                              &BM_KVSource<Eigen::bfloat16>,
+                                                              decode, page)
+                               : benchmark::RegisterBenchmark(label.c_str(), &BM_KVSource<float>,
+                                                              decode, page);
+                b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(kMinTime)
+                    ->Repetitions(kRepetitions);
             }
 
     // Each kind of work with every transform, back to back.

@@ -14,6 +14,7 @@
 #include "kernel/isa.hpp"
 #include "kernel/mask.hpp"
 #include "kernel/score_transform.hpp"
+#include "kernel/kv_source.hpp"
 #include "kernel/attention.hpp"
 #include "kernel/batch.hpp"
 #include "policy/block.hpp"

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../kernel/isa.hpp"
+#include "../kernel/kv_source.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
 #include "kernels.hpp"
@@ -22,7 +23,7 @@ namespace star::detail {
 template <class KV, class M, class T>
 class AttentionCall {
 public:
-    AttentionCall(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
+    AttentionCall(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
                   const M& mask, const T& transform, float scale, KernelIsa isa)
         : q_(q), k_(k), v_(v), mask_(mask), transform_(transform),
           tile_task_(detail::tile_task<KV, M, T>(isa)),
@@ -33,12 +34,12 @@ public:
             parts_.emplace_back(0, q.dimension(1), q.dimension(2));
             return;
         }
-        const index kv_heads = k.dimension(1);
+        const index kv_heads = k.heads();
         const index group = q.dimension(1) / kv_heads;
         const TileShape tiles;
         const index tile_tokens = tiles.query_tokens(group);
         const index query_tiles = (q_tokens + tile_tokens - 1) / tile_tokens;
-        const index key_count = k.dimension(0);
+        const index key_count = k.tokens();
         decode_ = q_tokens * group <= tiles.decode_rows;
         const index splits = decode_ ? decode_splits(key_count, tiles)
                                      : key_splits(query_tiles, kv_heads, key_count, tiles);
@@ -92,8 +93,8 @@ public:
 private:
     using Job = TileJob<KV, M, T>;
     ConstView3<float> q_;
-    ConstView3<KV> k_;
-    ConstView3<KV> v_;
+    KVPages<KV> k_;
+    KVPages<KV> v_;
     M mask_;
     T transform_;
     TileTask<KV, M, T> tile_task_;

@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 #include <xsimd/xsimd.hpp>
 
+#include "../kernel/kv_source.hpp"
 #include "../tensor.hpp"
 
 namespace star::detail {
@@ -81,6 +82,81 @@ void check_finite(const ConstView3<T>& t, const char* name, index first_token, c
             fail(where..., ": ", name, " holds a non-finite value (", static_cast<float>(values[i]),
                  ") at token ", first_token + i / row, ", head ", (i % row) / t.dimension(2),
                  ", element ", i % t.dimension(2));
+}
+
+/// `check_finite` of a K/V source: one vectorised pass per run where its rows are
+/// contiguous (every run of a contiguous view or of a paged cache laid out
+/// `[page, token, head, d]`), else one per row.
+template <KVElement KV, class... Where>
+void check_finite(const KVPages<KV>& s, const char* name, index first_token, const Where&... where)
+{
+    const index heads = s.heads(), d = s.head_dim();
+    const index token_stride = s.layout().token_stride, head_stride = s.layout().head_stride;
+    const bool dense_runs = head_stride == d && token_stride == heads * d;
+    for (index t = 0; t < s.tokens();) {
+        const auto run = s.run(t, s.tokens());
+        bool finite = true;
+        if (dense_runs)
+            finite = all_finite(run.first, run.length * heads * d);
+        else
+            for (index i = 0; i < run.length && finite; ++i)
+                for (index h = 0; h < heads && finite; ++h)
+                    finite = all_finite(run.first + i * token_stride + h * head_stride, d);
+        if (!finite)
+            for (index i = 0; i < run.length; ++i)
+                for (index h = 0; h < heads; ++h)
+                    for (index c = 0; c < d; ++c)
+                        if (const KV x = run.first[i * token_stride + h * head_stride + c];
+                            !(Eigen::numext::isfinite)(x))
+                            fail(where..., ": ", name, " holds a non-finite value (",
+                                 static_cast<float>(x), ") at token ", first_token + t + i,
+                                 ", head ", h, ", element ", c);
+        t += run.length;
+    }
+}
+
+/// `check_tensor` of a K/V source, in the same words (a source from `strided_kv` or
+/// `paged_kv` was checked when made; one converted from a view was not).
+template <KVElement KV>
+void check_source(const KVPages<KV>& s, const char* name, const char* where)
+{
+    if (s.heads() <= 0)
+        fail(where, ": ", name, " has ", s.heads(), " heads; at least 1 is needed");
+    if (s.head_dim() <= 0)
+        fail(where, ": ", name, " has head_dim ", s.head_dim(), "; at least 1 is needed");
+    if (s.tokens() < 0)
+        fail(where, ": ", name, " has a negative token count ", s.tokens());
+    constexpr index most = std::numeric_limits<index>::max();
+    if (s.heads() > most / s.head_dim() || s.tokens() > most / (s.heads() * s.head_dim()))
+        fail(where, ": ", name, " has ", s.tokens(), " x ", s.heads(), " x ", s.head_dim(),
+             " elements, more than an index can count");
+    if (s.tokens() > 0 && s.data() == nullptr)
+        fail(where, ": ", name, " views null memory but has ", s.tokens() * s.heads() * s.head_dim(),
+             " elements");
+}
+
+/// `check_qkv` of keys and values read from K/V sources.
+template <KVElement KV>
+float check_qkv(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
+                std::optional<float> scale, const char* where)
+{
+    check_tensor(q, "q", where);
+    check_source(k, "k", where);
+    check_source(v, "v", where);
+    if (k.tokens() != v.tokens())
+        fail(where, ": k has ", k.tokens(), " tokens but v has ", v.tokens());
+    if (k.heads() != v.heads())
+        fail(where, ": k has ", k.heads(), " heads but v has ", v.heads());
+    if (q.dimension(2) != k.head_dim() || q.dimension(2) != v.head_dim())
+        fail(where, ": head_dim differs: q ", q.dimension(2), ", k ", k.head_dim(), ", v ",
+             v.head_dim());
+    if (q.dimension(1) % k.heads() != 0)
+        fail(where, ": q has ", q.dimension(1), " heads, not a multiple of the ", k.heads(),
+             " kv heads (grouped-query ratio must be an integer)");
+    const float resolved = scale.value_or(1.0f / std::sqrt(static_cast<float>(q.dimension(2))));
+    if (!std::isfinite(resolved) || resolved <= 0.0f)
+        fail(where, ": scale must be finite and positive, got ", resolved);
+    return resolved;
 }
 
 /// `check_finite` of the q, k and v of one range of tokens.

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "../kernel/kv_source.hpp"
 #include "../kernel/mask.hpp"
 #include "../kernel/score_transform.hpp"
 #include "../state.hpp"
@@ -40,8 +41,8 @@ struct TileShape {
 template <class KV, class M, class T>
 struct TileJob {
     const ConstView3<float>& q;
-    const ConstView3<KV>& k;
-    const ConstView3<KV>& v;
+    const KVPages<KV>& k; // read run by run: see KVPages::run
+    const KVPages<KV>& v;
     const M& mask;
     const T& transform;
     float scale;

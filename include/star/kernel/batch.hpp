@@ -25,18 +25,20 @@
 #include "../tensor.hpp"
 #include "attention.hpp"
 #include "isa.hpp"
+#include "kv_source.hpp"
 #include "mask.hpp"
 #include "score_transform.hpp"
 
 namespace star {
 
 /// One sequence of `attention_batch`: its queries `q` `[Lq, Hq, d]`, the keys and values it
-/// attends to `[Lk, Hkv, d]`, and its own mask and transform, as `attention` takes them.
+/// attends to `[Lk, Hkv, d]` (a contiguous view or any K/V source: a paged cache, a
+/// strided view; kv_source.hpp), and its own mask and transform, as `attention` takes them.
 template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
 struct BatchedSequence {
     ConstView3<float> q; ///< Queries `[Lq, Hq, d]`.
-    ConstView3<KV> k;    ///< Keys `[Lk, Hkv, d]`.
-    ConstView3<KV> v;    ///< Values `[Lk, Hkv, d]`.
+    KVPages<KV> k;       ///< Keys `[Lk, Hkv, d]`, from any K/V source.
+    KVPages<KV> v;       ///< Values `[Lk, Hkv, d]`, from any K/V source.
     M mask{};            ///< Which keys each query sees, rows counted in this sequence's q and k.
     T transform{};       ///< Applied to each visible scaled score.
 
@@ -72,12 +74,12 @@ void run_calls(const std::deque<Call>& calls)
 
 /// What `attention` checks, for sequence `s` of a batched entry point.
 template <class KV, class T>
-float check_sequence(const ConstView3<float>& q, const ConstView3<KV>& k,
-                     const ConstView3<KV>& v, const T& transform, const AttentionOptions& options,
+float check_sequence(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
+                     const T& transform, const AttentionOptions& options,
                      const std::string& where)
 {
     const float scale = check_qkv(q, k, v, options.scale, where.c_str());
-    check_transform(transform, q.dimension(1), q.dimension(0), k.dimension(0), where.c_str());
+    check_transform(transform, q.dimension(1), q.dimension(0), k.tokens(), where.c_str());
     if (options.check_finite) {
         check_finite(q, "q", 0, where.c_str());
         check_finite(k, "k", 0, where.c_str());
@@ -161,7 +163,8 @@ AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>
             detail::fail("attention_packed: starts must not decrease, got ", starts[s - 1],
                          " then ", starts[s], " at entry ", s);
     // Whole-tensor checks first (a view of a wrong shape names the tensor, not a sequence).
-    detail::check_sequence(q, k, v, NoTransform{}, options, "attention_packed");
+    detail::check_sequence(q, KVPages<KV>(k), KVPages<KV>(v), NoTransform{}, options,
+                           "attention_packed");
     const std::size_t sequences = starts.size() - 1;
     std::vector<ConstView3<float>> queries;
     std::vector<ConstView3<KV>> keys, values;
@@ -173,7 +176,7 @@ AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>
         values.push_back(token_slice(v, first, count));
         // Already checked for finiteness as a whole.
         scales.push_back(detail::check_sequence(
-            queries.back(), keys.back(), values.back(), transform,
+            queries.back(), KVPages<KV>(keys.back()), KVPages<KV>(values.back()), transform,
             AttentionOptions{options.scale, false},
             "attention_packed: sequence " + std::to_string(s)));
     }

@@ -23,7 +23,7 @@ template <class S>
 inline constexpr int dot_keys = S::width >= 16 ? 6 : 3;
 
 /// Where the scores of one block come from and go. Token `j`'s key row for KV head `h` is
-/// at `keys + j * stride + h * head_dim`, its value row likewise from `values`; the
+/// at `keys + j * k_stride + h * k_head_stride`, its value row likewise from `values`; the
 /// queries of head `h` are `rows` rows from `queries + h * rows * head_dim`, their scores
 /// `rows` rows of `ld` from `scores + h * rows * ld`.
 template <class KV>
@@ -31,7 +31,10 @@ struct ScoreBlock {
     const float* queries;
     const KV* keys;
     const KV* values;
-    index stride;
+    index k_stride;
+    index k_head_stride;
+    index v_stride;
+    index v_head_stride;
     index heads;
     index rows;
     index head_dim;
@@ -43,7 +46,7 @@ struct ScoreBlock {
 };
 
 /// `scores[r * lds + j] = q_r . k_j` for `Rows` query rows (`d` apart) and `Keys` key rows
-/// (`block.stride` apart) from `k`: whole vectors multiplied along d, lanes summed at the
+/// (`block.k_stride` apart) from `k`: whole vectors multiplied along d, lanes summed at the
 /// end. While it walks the key rows, it asks for the rows `block.ahead` further on and for
 /// the value rows beside its own, so that memory is read while the arithmetic runs rather
 /// than when the next loop waits for it.
@@ -52,7 +55,7 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
                            const KV* v, float* scores) noexcept
 {
     const index d = block.head_dim;
-    const index ldk = block.stride;
+    const index ldk = block.k_stride;
     typename S::reg acc[Keys][Rows];
     STAR_UNROLL
     for (int j = 0; j < Keys; ++j)
@@ -81,7 +84,7 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
         STAR_UNROLL
         for (int j = 0; j < Keys; ++j) {
             __builtin_prefetch(k + j * ldk + block.ahead + c);
-            __builtin_prefetch(v + j * ldk + c);
+            __builtin_prefetch(v + j * block.v_stride + c);
         }
         STAR_UNROLL
         for (index n = 0; n < line_vectors; ++n)
@@ -119,8 +122,8 @@ inline void dot_key_step(const ScoreBlock<KV>& block, index j) noexcept
     const index d = block.head_dim;
     for (index h = 0; h < block.heads; ++h) {
         const float* q = block.queries + h * block.rows * d;
-        const KV* k = block.keys + j * block.stride + h * d;
-        const KV* v = block.values + j * block.stride + h * d;
+        const KV* k = block.keys + j * block.k_stride + h * block.k_head_stride;
+        const KV* v = block.values + j * block.v_stride + h * block.v_head_stride;
         float* scores = block.scores + h * block.rows * block.ld + j;
         index r = 0;
         for (; r + step <= block.rows; r += step)
@@ -238,10 +241,11 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
     const index q_tokens = q.dimension(0);
     const index q_heads = q.dimension(1);
     const index d = q.dimension(2);
-    const index kv_heads = job.k.dimension(1);
+    const index kv_heads = job.k.heads();
     const index group = q_heads / kv_heads;
     const index rows = q_tokens * group;
-    const index kv_row_stride = kv_heads * d;
+    const index k_head_stride = job.k.layout().head_stride;
+    const index v_head_stride = job.v.layout().head_stride;
     DecodeWorkspace<S, KV> ws(kv_heads, rows, d);
     const index block_stride = round_up(decode_block_keys, S::width);
 
@@ -254,22 +258,27 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
                 dst[c] = job.scale * src[c];
         }
 
-    for (index k_first = job.key_begin; k_first < job.key_end; k_first += decode_block_keys) {
-        const index k_count = std::min(decode_block_keys, job.key_end - k_first);
+    for (index k_first = job.key_begin, k_count = 0; k_first < job.key_end; k_first += k_count) {
+        // A block never crosses the end of a run of K or of V (a page): its rows are one
+        // stride apart. A contiguous source is one run, so its blocks are all whole.
+        const auto k_run = job.k.run(k_first, job.key_end);
+        const auto v_run = job.v.run(k_first, job.key_end);
+        k_count = std::min({decode_block_keys, k_run.length, v_run.length});
         const Coverage coverage = mask.coverage(0, q_tokens, k_first, k_first + k_count);
         if (coverage == Coverage::none)
             continue;
         // Scores of every head first, then the values of every head: each loop over the
         // block's memory keeps to one of K and V, and the first asks for the second's rows.
-        const KV* k_rows = job.k.data() + k_first * kv_row_stride;
-        const KV* v_rows = job.v.data() + k_first * kv_row_stride;
+        const KV* k_rows = k_run.first;
+        const KV* v_rows = v_run.first;
         // Each key step asks for the next step's key rows, the last one for the next
-        // block's first, where the slice has them.
+        // block's first, where the run has them (the next page is elsewhere).
         constexpr index step = dot_keys<S>;
-        const bool keys_follow = job.key_end - k_first - k_count >= step;
-        const ScoreBlock<KV> block{ws.queries.data(), k_rows, v_rows, kv_row_stride, kv_heads,
+        const bool keys_follow = k_run.length - k_count >= step;
+        const ScoreBlock<KV> block{ws.queries.data(), k_rows, v_rows, k_run.token_stride,
+                                   k_head_stride, v_run.token_stride, v_head_stride, kv_heads,
                                    rows, d, ws.scores.data(), block_stride,
-                                   keys_follow ? step * kv_row_stride : 0};
+                                   keys_follow ? step * k_run.token_stride : 0};
         dot_scores<S>(block, k_count);
         if constexpr (!std::same_as<T, NoTransform>)
             transform_block<S>(job.transform, DecodeScores{ws.scores.data(), block_stride, k_count,
@@ -295,12 +304,13 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
                 if (factor != 1.0f)
                     scale_in_place<S>(acc + r * ws.padded_dim, ws.padded_dim, factor);
             }
-            const KV* v_head = v_rows + h * d;
+            const KV* v_head = v_rows + h * v_head_stride;
             if (ws.values_in_place()) {
-                tile_gemm<S, true>(scores, Strides{block_stride, 1}, v_head, kv_row_stride, acc,
+                tile_gemm<S, true>(scores, Strides{block_stride, 1}, v_head, v_run.token_stride, acc,
                                    ws.padded_dim, rows, ws.padded_dim, k_count);
             } else {
-                widen_rows<S>(v_head, kv_row_stride, k_count, d, ws.values.data(), ws.padded_dim);
+                widen_rows<S>(v_head, v_run.token_stride, k_count, d, ws.values.data(),
+                              ws.padded_dim);
                 tile_gemm<S, true>(scores, Strides{block_stride, 1}, ws.values.data(),
                                    ws.padded_dim, acc, ws.padded_dim, rows, ws.padded_dim, k_count);
             }

@@ -71,6 +71,22 @@ void widen_rows(const KV* src, index src_stride, index rows, index d, float* dst
     }
 }
 
+/// Rows of keys `[first, first + count)` of `head` of `source`, widened into `dst` as
+/// widen_rows does: one call per run of the source, so a tile of 128 keys over pages of 16
+/// is 8 calls, and a contiguous source one.
+template <class S, class KV>
+void widen_source(const KVPages<KV>& source, index head, index first, index count, float* dst,
+                  index dst_stride) noexcept
+{
+    const index head_offset = head * source.layout().head_stride;
+    for (index j = 0; j < count;) {
+        const auto run = source.run(first + j, first + count);
+        widen_rows<S>(run.first + head_offset, run.token_stride, run.length, source.head_dim(),
+                      dst + j * dst_stride, dst_stride);
+        j += run.length;
+    }
+}
+
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
 /// against the job's keys that its mask allows, written into the job's output.
 template <class S, class KV, class M, class T>
@@ -83,13 +99,12 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
     const M& mask = job.mask;
     const index d = ws.head_dim;
     const index q_heads = q.dimension(1);
-    const index kv_heads = k.dimension(1);
+    const index kv_heads = k.heads();
     const index group = q_heads / kv_heads;
     const index rows = q_count * group;
     const index columns = round_up(rows, S::width); // a short last tile or a decode step is narrow
     const index ld = columns + row_skew;            // of Q^T and of the scores
     const index first_head = kv_head * group;
-    const index kv_row_stride = kv_heads * d;
     const index tile_keys = job.tiles.keys;
 
     // Q^T, scaled; padding columns stay 0 and their results are never read.
@@ -110,8 +125,7 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
             continue;
 
         // S^T = K Q^T, K from its copy (see Workspace::keys).
-        const KV* k_tile = k.data() + (k_first * kv_heads + kv_head) * d;
-        widen_rows<S>(k_tile, kv_row_stride, k_count, d, ws.keys.data(), d);
+        widen_source<S>(k, kv_head, k_first, k_count, ws.keys.data(), d);
         const float* k_rows = ws.keys.data();
         const Strides k_strides{d, 1};
         float* scores = ws.scores_t.data();
@@ -134,8 +148,7 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
                 scale_in_place<S>(ws.accumulator.data() + r * ws.padded_dim, ws.padded_dim, f);
 
         // O += P V, reading P from the transposed score tile.
-        const KV* v_tile = v.data() + (k_first * kv_heads + kv_head) * d;
-        widen_rows<S>(v_tile, kv_row_stride, k_count, d, ws.values.data(), ws.values_ld);
+        widen_source<S>(v, kv_head, k_first, k_count, ws.values.data(), ws.values_ld);
         tile_gemm<S, true>(scores, Strides{1, ld}, ws.values.data(), ws.values_ld,
                            ws.accumulator.data(), ws.padded_dim, rows, ws.padded_dim, k_count);
     }
@@ -149,7 +162,7 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
 template <class S, class KV, class M, class T>
 void attend_tile_pair(const TileJob<KV, M, T>& job, index task)
 {
-    const index kv_heads = job.k.dimension(1);
+    const index kv_heads = job.k.heads();
     const index group = job.q.dimension(1) / kv_heads;
     const index q_tokens = job.q.dimension(0);
     const index kv_head = task % kv_heads;

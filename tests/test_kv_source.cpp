@@ -1,0 +1,434 @@
+// K/V sources (star/kernel/kv_source.hpp): paged caches and strided views attended in
+// place, against the double-precision reference and against the same keys and values laid
+// out contiguously, on every path of the kernel this CPU has.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "expect_error.hpp"
+#include "isa_paths.hpp"
+#include "reference.hpp"
+
+namespace star::test {
+namespace {
+
+bool same_bits(const AttentionState& a, const AttentionState& b)
+{
+    const auto same = [](const float* x, const float* y, index n) {
+        return n == 0 || std::memcmp(x, y, sizeof(float) * static_cast<std::size_t>(n)) == 0;
+    };
+    return a.shape() == b.shape() && a.lse.size() == b.lse.size() &&
+           same(a.output.data(), b.output.data(), a.output.size()) &&
+           same(a.lse.data(), b.lse.data(), a.lse.size());
+}
+
+/// The tokens of `t` copied into a pool of pages of `page_tokens`, `[page, token, head, d]`,
+/// through a shuffled page table that uses each pool page at most once. Every element the
+/// sequence does not own (spare pages, the tail of the last page) is NaN, so a read past
+/// the sequence shows in the output.
+template <class KV>
+struct PagedCopy {
+    std::vector<KV> pool;
+    std::vector<std::int32_t> table;
+    index pool_pages = 0;
+    index page_tokens = 0;
+    index tokens = 0, heads = 0, d = 0;
+
+    PagedCopy(const Tensor3<KV>& t, index page)
+        : page_tokens(page), tokens(t.dimension(0)), heads(t.dimension(1)), d(t.dimension(2))
+    {
+        const index pages = (tokens + page - 1) / page;
+        pool_pages = pages + 3;
+        const index row = heads * d;
+        pool.assign(static_cast<std::size_t>(pool_pages * page * row),
+                    KV(std::numeric_limits<float>::quiet_NaN()));
+        std::vector<std::int32_t> order(static_cast<std::size_t>(pool_pages));
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), rng());
+        table.assign(order.begin(), order.begin() + pages);
+        for (index tok = 0; tok < tokens; ++tok)
+            std::copy_n(t.data() + tok * row, row,
+                        pool.data() + (table[static_cast<std::size_t>(tok / page)] * page +
+                                       tok % page) * row);
+    }
+
+    [[nodiscard]] KVPages<KV> source() const
+    {
+        return paged_kv<KV>(table, pool.data(), pool_pages, page_tokens, tokens, heads, d);
+    }
+};
+
+bool everything(index, index) { return true; }
+
+struct Shape2 {
+    const char* name;
+    index q_tokens;
+    index k_tokens;
+};
+
+// Prefill (tile kernel, several query tiles), a short query (tile kernel, one query tile:
+// split-KV over a few thousand keys) and a decode step (decode kernel, split-KV).
+constexpr Shape2 kShapes[] = {{"prefill", 300, 1000}, {"short", 20, 3000}, {"decode", 1, 3000}};
+constexpr index kPageSizes[] = {1, 7, 16, 128, 300};
+
+template <class KV>
+void expect_paged_matches_reference(const Shape2& s)
+{
+    SCOPED_TRACE(s.name);
+    constexpr index q_heads = 8, kv_heads = 2, d = 64; // GQA, 4 query heads per KV head
+    const auto q = random_tensor<float>(s.q_tokens, q_heads, d);
+    const auto k = random_tensor<KV>(s.k_tokens, kv_heads, d);
+    const auto v = random_tensor<KV>(s.k_tokens, kv_heads, d);
+    const index offset = s.k_tokens - s.q_tokens; // the queries are the cache's last tokens
+    const CausalMask mask{offset, 0};
+    const double scale = 1.0 / std::sqrt(double(d));
+    const ReferenceResult want = reference_attention(
+        view(q), view(k), view(v), [&](index i, index j) { return j <= i + offset; }, scale);
+    const Tolerance tol = tolerance(want, d, s.k_tokens);
+
+    for (const index page : kPageSizes) {
+        SCOPED_TRACE("page_tokens " + std::to_string(page));
+        const PagedCopy<KV> pk(k, page), pv(v, page);
+        for (const KernelIsa isa : supported_isas()) {
+            SCOPED_TRACE("path " + std::string(name(isa)));
+            const ForcedIsa forced(isa);
+            const AttentionState got = attention(view(q), pk.source(), pv.source(), mask);
+            const Deviation dev = deviation(got, want);
+            EXPECT_TRUE(dev.all_finite) << "a read outside the sequence's rows";
+            EXPECT_TRUE(dev.infinities_match);
+            EXPECT_LE(dev.output, tol.output);
+            EXPECT_LE(dev.lse, tol.lse);
+        }
+    }
+}
+
+TEST(PagedKV, FloatMatchesReferenceForEveryPageSize)
+{
+    for (const Shape2& s : kShapes)
+        expect_paged_matches_reference<float>(s);
+}
+
+TEST(PagedKV, Bf16MatchesReferenceForEveryPageSize)
+{
+    for (const Shape2& s : kShapes)
+        expect_paged_matches_reference<Eigen::bfloat16>(s);
+}
+
+// A single page holding the whole sequence is read as the contiguous tensor is: one run,
+// the same arithmetic in the same order.
+TEST(PagedKV, OnePageIsBitIdenticalToContiguous)
+{
+    const auto q = random_tensor<float>(40, 8, 64);
+    const auto k = random_tensor<float>(500, 2, 64);
+    const auto v = random_tensor<float>(500, 2, 64);
+    const PagedCopy<float> pk(k, 512), pv(v, 512);
+    for (const KernelIsa isa : supported_isas()) {
+        SCOPED_TRACE("path " + std::string(name(isa)));
+        const ForcedIsa forced(isa);
+        const CausalMask mask{460, 0};
+        EXPECT_TRUE(same_bits(attention(view(q), pk.source(), pv.source(), mask),
+                              attention(view(q), view(k), view(v), mask)));
+    }
+}
+
+// Pages laid out head-major, `[page, head, token, d]` (FlashInfer's HND), through the
+// general constructor.
+TEST(PagedKV, HeadMajorPagesMatchReference)
+{
+    constexpr index tokens = 700, heads = 2, d = 32, page = 16, q_heads = 4;
+    const index pages = (tokens + page - 1) / page;
+    const auto q = random_tensor<float>(1, q_heads, d);
+    const auto k = random_tensor<float>(tokens, heads, d);
+    const auto v = random_tensor<float>(tokens, heads, d);
+    std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
+    std::iota(table.rbegin(), table.rend(), 0); // last page first in the pool
+    const auto head_major = [&](const Tensor3<float>& t) {
+        std::vector<float> pool(static_cast<std::size_t>(pages * heads * page * d), 0.0f);
+        for (index tok = 0; tok < tokens; ++tok)
+            for (index h = 0; h < heads; ++h)
+                std::copy_n(t.data() + (tok * heads + h) * d, d,
+                            pool.data() + ((table[static_cast<std::size_t>(tok / page)] * heads +
+                                            h) * page + tok % page) * d);
+        return pool;
+    };
+    const auto k_pool = head_major(k), v_pool = head_major(v);
+    const KVLayout layout{tokens, heads, d, page, d, page * d, heads * page * d};
+    const KVPages<float> ks(k_pool.data(), table, pages, layout);
+    const KVPages<float> vs(v_pool.data(), table, pages, layout);
+    const ReferenceResult want =
+        reference_attention(view(q), view(k), view(v), everything, 1.0 / std::sqrt(double(d)));
+    const Tolerance tol = tolerance(want, d, tokens);
+    for (const KernelIsa isa : supported_isas()) {
+        SCOPED_TRACE("path " + std::string(name(isa)));
+        const ForcedIsa forced(isa);
+        const Deviation dev = deviation(attention(view(q), ks, vs), want);
+        EXPECT_TRUE(dev.all_finite);
+        EXPECT_LE(dev.output, tol.output);
+        EXPECT_LE(dev.lse, tol.lse);
+    }
+}
+
+/// K and V sliced out of one fused QKV projection `[tokens, (Hq + 2 Hkv) * d]`, beside
+/// copies of them laid out contiguously.
+template <class KV>
+struct FusedQkv {
+    index tokens, q_heads, kv_heads, d;
+    std::vector<KV> fused;
+    Tensor3<float> q;
+    Tensor3<KV> k, v;
+
+    FusedQkv(index t, index hq, index hkv, index dim)
+        : tokens(t), q_heads(hq), kv_heads(hkv), d(dim),
+          q(random_tensor<float>(t, hq, dim)), k(t, hkv, dim), v(t, hkv, dim)
+    {
+        const Tensor3<KV> all = random_tensor<KV>(t, hq + 2 * hkv, dim);
+        fused.assign(all.data(), all.data() + all.size());
+        for (index tok = 0; tok < t; ++tok)
+            for (index h = 0; h < hkv; ++h)
+                for (index c = 0; c < d; ++c) {
+                    k(tok, h, c) = all(tok, hq + h, c);
+                    v(tok, h, c) = all(tok, hq + hkv + h, c);
+                }
+    }
+    [[nodiscard]] index stride() const { return (q_heads + 2 * kv_heads) * d; }
+    [[nodiscard]] KVPages<KV> k_source(index count) const
+    {
+        return strided_kv(fused.data() + q_heads * d, count, kv_heads, d, stride(), d);
+    }
+    [[nodiscard]] KVPages<KV> v_source(index count) const
+    {
+        return strided_kv(fused.data() + (q_heads + kv_heads) * d, count, kv_heads, d, stride(),
+                          d);
+    }
+};
+
+// The strongest check of the strided path: a strided view is one run, so the kernel does
+// the same arithmetic in the same order as on the contiguous copy.
+template <class KV>
+void expect_strided_bit_identical()
+{
+    const FusedQkv<KV> in(2500, 8, 2, 64);
+    for (const KernelIsa isa : supported_isas()) {
+        SCOPED_TRACE("path " + std::string(name(isa)));
+        const ForcedIsa forced(isa);
+        // Prefill of every token (causal), a short query and a decode step over the cache.
+        for (const index q_tokens : {index{2500}, index{20}, index{1}}) {
+            SCOPED_TRACE("q_tokens " + std::to_string(q_tokens));
+            const ConstView3<float> q =
+                token_slice(view(in.q), in.tokens - q_tokens, q_tokens);
+            const CausalMask mask{in.tokens - q_tokens, 0};
+            const AttentionState strided =
+                attention(q, in.k_source(in.tokens), in.v_source(in.tokens), mask);
+            const AttentionState contiguous = attention(q, view(in.k), view(in.v), mask);
+            EXPECT_TRUE(same_bits(strided, contiguous));
+        }
+    }
+}
+
+TEST(StridedKV, FloatFusedQkvIsBitIdenticalToContiguous) { expect_strided_bit_identical<float>(); }
+
+TEST(StridedKV, Bf16FusedQkvIsBitIdenticalToContiguous)
+{
+    expect_strided_bit_identical<Eigen::bfloat16>();
+}
+
+TEST(StridedKV, FusedQkvMatchesReference)
+{
+    const FusedQkv<float> in(300, 4, 2, 40); // head_dim not a whole number of vectors
+    const ReferenceResult want = reference_attention(
+        view(in.q), view(in.k), view(in.v), [](index i, index j) { return j <= i; },
+        1.0 / std::sqrt(40.0));
+    const Tolerance tol = tolerance(want, 40, 300);
+    for (const KernelIsa isa : supported_isas()) {
+        SCOPED_TRACE("path " + std::string(name(isa)));
+        const ForcedIsa forced(isa);
+        const Deviation dev =
+            deviation(attention(view(in.q), in.k_source(300), in.v_source(300), CausalMask{}), want);
+        EXPECT_LE(dev.output, tol.output);
+        EXPECT_LE(dev.lse, tol.lse);
+    }
+}
+
+// A batch mixes paged and contiguous sequences; each result is what `attention` gives it
+// alone, bit for bit.
+TEST(PagedKV, BatchOfPagedAndContiguousSequencesEqualsEachAlone)
+{
+    const auto q1 = random_tensor<float>(1, 8, 64);
+    const auto k1 = random_tensor<Eigen::bfloat16>(2000, 2, 64);
+    const auto v1 = random_tensor<Eigen::bfloat16>(2000, 2, 64);
+    const auto q2 = random_tensor<float>(3, 8, 64);
+    const auto k2 = random_tensor<Eigen::bfloat16>(77, 2, 64);
+    const auto v2 = random_tensor<Eigen::bfloat16>(77, 2, 64);
+    const PagedCopy<Eigen::bfloat16> pk(k1, 16), pv(v1, 16);
+    std::vector<BatchedSequence<Eigen::bfloat16>> batch;
+    batch.push_back({view(q1), pk.source(), pv.source()});
+    batch.push_back({view(q2), view(k2), view(v2)});
+    const auto together = attention_batch(batch);
+    ASSERT_EQ(together.size(), 2u);
+    EXPECT_TRUE(same_bits(together[0], attention(view(q1), pk.source(), pv.source())));
+    EXPECT_TRUE(same_bits(together[1], attention(view(q2), view(k2), view(v2))));
+}
+
+// ---- Errors: each names the problem.
+
+TEST(KVSourceErrors, PageSizeMustBePositive)
+{
+    const std::vector<float> pool(64, 0.0f);
+    const std::vector<std::int32_t> table{0};
+    expect_error([&] { (void)paged_kv<float>(table, pool.data(), 1, 0, 4, 2, 8); },
+                 "KVPages: page_tokens must be positive, got 0");
+    expect_error([&] { (void)paged_kv<float>(table, pool.data(), 1, -4, 4, 2, 8); },
+                 "page_tokens must be positive, got -4");
+}
+
+TEST(KVSourceErrors, TooFewPagesForTheTokens)
+{
+    const std::vector<float> pool(4 * 4 * 2 * 8, 0.0f);
+    const std::vector<std::int32_t> table{0, 1};
+    expect_error([&] { (void)paged_kv<float>(table, pool.data(), 4, 4, 9, 2, 8); },
+                 "9 tokens in pages of 4 need 3 pages, but the page table has 2");
+}
+
+TEST(KVSourceErrors, PageIndexOutsideThePool)
+{
+    const std::vector<float> pool(4 * 4 * 2 * 8, 0.0f);
+    expect_error(
+        [&] {
+            const std::vector<std::int32_t> table{0, 5};
+            (void)paged_kv<float>(table, pool.data(), 4, 4, 8, 2, 8);
+        },
+        "page table entry 1 is page 5, outside the pool of 4 pages");
+    expect_error(
+        [&] {
+            const std::vector<std::int32_t> table{-1, 0};
+            (void)paged_kv<float>(table, pool.data(), 4, 4, 8, 2, 8);
+        },
+        "page table entry 0 is page -1, outside the pool of 4 pages");
+}
+
+TEST(KVSourceErrors, NullPool)
+{
+    const std::vector<std::int32_t> table{0};
+    expect_error([&] { (void)paged_kv<float>(table, nullptr, 1, 4, 3, 2, 8); },
+                 "KVPages: the pool is null but holds 3 tokens");
+    expect_error([&] { (void)strided_kv<float>(nullptr, 3, 2, 8, 48, 8); },
+                 "the pool is null but holds 3 tokens");
+}
+
+TEST(KVSourceErrors, EmptyPool)
+{
+    const std::vector<float> pool(64, 0.0f);
+    const std::vector<std::int32_t> table{0};
+    expect_error([&] { (void)paged_kv<float>(table, pool.data(), 0, 4, 3, 2, 8); },
+                 "the pool must hold at least one page, got 0");
+}
+
+TEST(KVSourceErrors, SizesMustBePositive)
+{
+    const std::vector<float> data(64, 0.0f);
+    expect_error([&] { (void)strided_kv<float>(data.data(), 2, 0, 8, 8, 8); },
+                 "KVPages: need positive heads and head_dim and a token count of at least 0, "
+                 "got 0, 8 and 2");
+    expect_error([&] { (void)strided_kv<float>(data.data(), -1, 2, 8, 16, 8); },
+                 "got 2, 8 and -1");
+}
+
+TEST(KVSourceErrors, NegativeStrides)
+{
+    const std::vector<float> data(64, 0.0f);
+    expect_error([&] { (void)strided_kv<float>(data.data() + 32, 2, 2, 8, -16, 8); },
+                 "strides must not be negative, got token_stride -16, head_stride 8");
+}
+
+TEST(KVSourceErrors, OverlappingRows)
+{
+    const std::vector<float> data(256, 0.0f);
+    // Heads 4 apart but 8 long.
+    expect_error([&] { (void)strided_kv<float>(data.data(), 4, 2, 8, 16, 4); },
+                 "KVPages: rows overlap: token_stride 16 and head_stride 4 for 2 heads of "
+                 "head_dim 8 and 4 tokens per page");
+    // Tokens closer than a token's heads.
+    expect_error([&] { (void)strided_kv<float>(data.data(), 4, 2, 8, 8, 8); },
+                 "rows overlap: token_stride 8 and head_stride 8");
+}
+
+TEST(KVSourceErrors, OverlappingPages)
+{
+    const std::vector<float> pool(256, 0.0f);
+    const std::vector<std::int32_t> table{0, 1};
+    const KVLayout layout{8, 2, 8, 4, 16, 8, 32}; // a page is 4 x 16 = 64 elements
+    expect_error([&] { (void)KVPages<float>(pool.data(), table, 2, layout); },
+                 "KVPages: pages overlap: page_stride 32 is less than a page's 64 elements");
+}
+
+TEST(KVSourceErrors, OffsetsOverflowAnIndex)
+{
+    const std::vector<float> data(64, 0.0f);
+    const index huge = std::numeric_limits<index>::max() / 2;
+    expect_error([&] { (void)strided_kv<float>(data.data(), 4, 1, 8, huge, 8); },
+                 "KVPages: offsets within a page overflow an index");
+    const std::vector<std::int32_t> table{0};
+    const KVLayout layout{4, 1, 8, 4, 8, 8, huge};
+    expect_error([&] { (void)KVPages<float>(data.data(), table, 4, layout); },
+                 "KVPages: offsets in a pool of 4 pages of stride");
+}
+
+TEST(KVSourceErrors, KAndVMustAgree)
+{
+    const auto q = random_tensor<float>(1, 4, 8);
+    const std::vector<float> data(40 * 4 * 8, 0.0f);
+    const auto k = strided_kv<float>(data.data(), 10, 2, 8, 16, 8);
+    expect_error([&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 12, 2, 8, 16, 8)); },
+                 "attention: k has 10 tokens but v has 12");
+    expect_error([&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 10, 4, 8, 32, 8)); },
+                 "attention: k has 2 heads but v has 4");
+    expect_error([&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 10, 2, 4, 16, 4)); },
+                 "attention: head_dim differs: q 8, k 8, v 4");
+    const auto q3 = random_tensor<float>(1, 3, 8);
+    expect_error([&] { (void)attention(view(q3), k, k); },
+                 "q has 3 heads, not a multiple of the 2 kv heads");
+}
+
+TEST(KVSourceErrors, NonFiniteValueInAPageIsLocated)
+{
+    auto k = random_tensor<float>(50, 2, 8);
+    const auto v = random_tensor<float>(50, 2, 8);
+    k(37, 1, 3) = std::numeric_limits<float>::infinity();
+    const auto q = random_tensor<float>(1, 2, 8);
+    const PagedCopy<float> pk(k, 16), pv(v, 16);
+    expect_error([&] { (void)attention(view(q), pk.source(), pv.source()); },
+                 "attention: k holds a non-finite value (inf) at token 37, head 1, element 3");
+    // The strided (row by row) check finds it too.
+    FusedQkv<float> in(20, 2, 1, 8);
+    in.fused[static_cast<std::size_t>(13 * in.stride() + 3 * 8 + 5)] =
+        std::numeric_limits<float>::quiet_NaN(); // V of token 13, element 5
+    expect_error([&] { (void)attention(view(in.q), in.k_source(20), in.v_source(20)); },
+                 "attention: v holds a non-finite value (nan) at token 13, head 0, element 5");
+    std::vector<BatchedSequence<float>> batch;
+    batch.push_back({view(in.q), in.k_source(20), in.v_source(20)});
+    expect_error([&] { (void)attention_batch(batch); },
+                 "attention_batch: sequence 0: v holds a non-finite value (nan) at token 13");
+}
+
+// A zero-token source is empty, not an error: every row sees no key.
+TEST(PagedKV, EmptySourceGivesEmptyRows)
+{
+    const auto q = random_tensor<float>(2, 4, 8);
+    const std::vector<float> pool(64, 0.0f);
+    const auto k = paged_kv<float>({}, pool.data(), 1, 16, 0, 2, 8);
+    const AttentionState got = attention(view(q), k, k);
+    for (index n = 0; n < got.lse.size(); ++n)
+        EXPECT_EQ(got.lse.data()[n], -std::numeric_limits<float>::infinity());
+}
+
+} // namespace
+} // namespace star::test
