@@ -375,7 +375,7 @@ void star_phase2(C& comm, const star::StarAttention<>& s, const star::StarPlan& 
         const StepTokens t = step_tokens(in, step);
         const auto start = Clock::now();
         const auto merged = s.attend_query(comm, plan, caches, t.q, t.k, t.v);
-        benchmark::DoNotOptimize(merged[plan.query_host]->output.data());
+        benchmark::DoNotOptimize(merged[plan.query_host()]->output.data());
         on_step(step, ms_since(start));
     }
 }
@@ -752,8 +752,8 @@ bool cross_check()
         cache.append(t.k, t.v);
         const star::AttentionState ref =
             star::attention(t.q, cache.keys(), cache.values(), star::CausalMask{cached, 0});
-        worst_local = std::max(worst_local, max_abs_diff(ml[plan.query_host]->output, ref.output));
-        worst_timed = std::max(worst_timed, max_abs_diff(mt[plan.query_host]->output, ref.output));
+        worst_local = std::max(worst_local, max_abs_diff(ml[plan.query_host()]->output, ref.output));
+        worst_timed = std::max(worst_timed, max_abs_diff(mt[plan.query_host()]->output, ref.output));
     }
     line("star phase 2, 64 + 128 steps (Local) vs exact", worst_local, 1e-4f);
     line("star phase 2, 64 + 128 steps (TimedHosts) vs exact", worst_timed, 1e-4f);

@@ -198,11 +198,11 @@ std::vector<star::TokenRange> star_ranges(const star::StarPlan& plan)
 {
     std::vector<star::TokenRange> ranges;
     for (const std::size_t i : plan.blocks_of(g_mpi->rank())) {
-        if (plan.anchor_source == star::AnchorSource::compute)
-            ranges.push_back(plan.anchors[i]);
-        ranges.push_back(plan.blocks[i]);
+        if (plan.anchor_source() == star::AnchorSource::compute)
+            ranges.push_back(plan.anchors()[i]);
+        ranges.push_back(plan.blocks()[i]);
     }
-    if (plan.anchor_source == star::AnchorSource::receive) // the owner of the anchor sends it
+    if (plan.anchor_source() == star::AnchorSource::receive) // the owner of the anchor sends it
         ranges.push_back(plan.shared_anchor());
     return ranges;
 }
@@ -256,8 +256,8 @@ void BM_Phase2(benchmark::State& state, M merge)
     std::mt19937 rng(static_cast<unsigned>(g_mpi->rank()) + 7);
     auto caches = comm.local<star::KVCache<float>>();
     for (const std::size_t i : plan.blocks_of(g_mpi->rank())) {
-        const auto k = random_tensor(plan.blocks[i].size(), kKVHeads, rng);
-        const auto v = random_tensor(plan.blocks[i].size(), kKVHeads, rng);
+        const auto k = random_tensor(plan.blocks()[i].size(), kKVHeads, rng);
+        const auto v = random_tensor(plan.blocks()[i].size(), kKVHeads, rng);
         caches[g_mpi->rank()].append(star::view(k), star::view(v));
     }
     const auto q = random_tensor(tokens, kQHeads, rng);

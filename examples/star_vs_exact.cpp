@@ -129,7 +129,7 @@ int main(int argc, char** argv)
             star::attention(star::view(nq), star::view(all_k), star::view(all_v),
                             star::CausalMask{cached, 0});
         worst_phase2_error = std::max(
-            worst_phase2_error, relative_error(merged[plan.query_host]->output, reference.output));
+            worst_phase2_error, relative_error(merged[plan.query_host()]->output, reference.output));
     }
     std::cout << "star phase 2 (" << query_tokens << "-token query + " << decode_steps
               << " decode steps) " << std::setw(6) << phase2_ms
@@ -138,7 +138,7 @@ int main(int argc, char** argv)
 
     std::cout << "K/V bytes held per host after decoding:\n";
     for (int r = 0; r < hosts; ++r)
-        std::cout << "  host " << r << (r == plan.query_host ? " (query host)" : "             ")
+        std::cout << "  host " << r << (r == plan.query_host() ? " (query host)" : "             ")
                   << std::setw(12) << caches[r].bytes() << " bytes, " << caches[r].tokens()
                   << " tokens\n";
     return worst_phase2_error < 1e-5 ? 0 : 1;

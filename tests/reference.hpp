@@ -49,29 +49,41 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
     r.output.setZero();
     r.lse.resize(lq, hq);
     std::vector<double> scores(static_cast<std::size_t>(lk));
+    // Raw rows and one visibility test per (query, key) rather than per head: under the
+    // sanitizers and Eigen's bounds assertions (the Debug-based presets), indexing a tensor
+    // per element made the reference, not the kernel it checks, most of a test's time.
+    std::vector<char> sees(static_cast<std::size_t>(lk));
+    const auto k_row = [&](index j, index h) { return k.data() + (j * hkv + h) * d; };
+    const auto v_row = [&](index j, index h) { return v.data() + (j * hkv + h) * d; };
     for (index j = 0; j < lk; ++j)
         for (index h = 0; h < hkv; ++h)
             for (index c = 0; c < d; ++c)
                 r.max_abs_value =
-                    std::max(r.max_abs_value, std::abs(static_cast<double>(float(v(j, h, c)))));
+                    std::max(r.max_abs_value, std::abs(static_cast<double>(float(v_row(j, h)[c]))));
     for (index i = 0; i < lq; ++i) {
+        for (index j = 0; j < lk; ++j)
+            sees[static_cast<std::size_t>(j)] = visible(i, j) ? 1 : 0;
         for (index h = 0; h < hq; ++h) {
             const index kh = h / group;
+            const float* qi = q.data() + (i * hq + h) * d;
+            double* out = r.output.data() + (i * hq + h) * d;
             double max_score = -std::numeric_limits<double>::infinity();
             for (index j = 0; j < lk; ++j) {
-                if (!visible(i, j)) {
-                    scores[j] = -std::numeric_limits<double>::infinity();
+                if (sees[static_cast<std::size_t>(j)] == 0) {
+                    scores[static_cast<std::size_t>(j)] = -std::numeric_limits<double>::infinity();
                     continue;
                 }
+                const KV* kj = k_row(j, kh);
                 double dot = 0.0, abs_dot = 0.0;
                 for (index c = 0; c < d; ++c) {
-                    const double p = double(q(i, h, c)) * double(float(k(j, kh, c)));
+                    const double p = double(qi[c]) * double(float(kj[c]));
                     dot += p;
                     abs_dot += std::abs(p);
                 }
-                scores[j] = transform ? transform(scale * dot, i, j, h) : scale * dot;
+                scores[static_cast<std::size_t>(j)] =
+                    transform ? transform(scale * dot, i, j, h) : scale * dot;
                 r.max_abs_dot = std::max(r.max_abs_dot, scale * abs_dot);
-                max_score = std::max(max_score, scores[j]);
+                max_score = std::max(max_score, scores[static_cast<std::size_t>(j)]);
             }
             if (max_score == -std::numeric_limits<double>::infinity()) {
                 r.lse(i, h) = max_score;
@@ -79,15 +91,16 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
             }
             double sum = 0.0;
             for (index j = 0; j < lk; ++j)
-                sum += std::exp(scores[j] - max_score);
+                sum += std::exp(scores[static_cast<std::size_t>(j)] - max_score);
             double magnitude = std::abs(max_score);
             for (index j = 0; j < lk; ++j) {
-                const double p = std::exp(scores[j] - max_score) / sum;
+                const double p = std::exp(scores[static_cast<std::size_t>(j)] - max_score) / sum;
                 if (p == 0.0)
                     continue;
-                magnitude += p * std::abs(scores[j]);
+                magnitude += p * std::abs(scores[static_cast<std::size_t>(j)]);
+                const KV* vj = v_row(j, kh);
                 for (index c = 0; c < d; ++c)
-                    r.output(i, h, c) += p * double(float(v(j, kh, c)));
+                    out[c] += p * double(float(vj[c]));
             }
             r.lse(i, h) = max_score + std::log(sum);
             r.transformed_magnitude = std::max(r.transformed_magnitude, magnitude);
@@ -174,6 +187,22 @@ Tensor3<T> random_tensor(index tokens, index heads, index d, float scale = 1.0f)
     for (index n = 0; n < t.size(); ++n)
         t.data()[n] = T(normal(rng()));
     return t;
+}
+
+/// Queries, keys and values of one sequence: q `[tokens, q_heads, d]`, k and v
+/// `[tokens, kv_heads, d]`.
+template <class KV>
+struct Tokens {
+    Tensor3<float> q;
+    Tensor3<KV> k, v;
+};
+
+/// Random `Tokens` (normal values, K and V rounded to `KV`).
+template <class KV>
+Tokens<KV> random_tokens(index tokens, index q_heads, index kv_heads, index d)
+{
+    return {random_tensor<float>(tokens, q_heads, d), random_tensor<KV>(tokens, kv_heads, d),
+            random_tensor<KV>(tokens, kv_heads, d)};
 }
 
 /// The tokens of `a` followed by those of `b`, which must have the same heads and head_dim.

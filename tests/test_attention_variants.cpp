@@ -21,15 +21,9 @@ namespace {
 
 constexpr index q_heads = 4, kv_heads = 2, head_dim = 24;
 
-struct Tokens {
-    Tensor3<float> q, k, v;
-};
-
-Tokens random_tokens(index tokens)
+Tokens<float> random_tokens(index tokens)
 {
-    return {random_tensor<float>(tokens, q_heads, head_dim),
-            random_tensor<float>(tokens, kv_heads, head_dim),
-            random_tensor<float>(tokens, kv_heads, head_dim)};
+    return test::random_tokens<float>(tokens, q_heads, kv_heads, head_dim);
 }
 
 // A variant as the reference computes it, at true positions: a window (0: none), a cap (0:
@@ -60,7 +54,7 @@ const std::vector<float>& slopes()
 }
 
 // Rows of `q` at positions `query_at + i`, rows of `k` at `j`, under `spec` and `also`.
-ReferenceResult reference(const Tokens& q, const Tokens& kv, index query_at, const Spec& spec,
+ReferenceResult reference(const Tokens<float>& q, const Tokens<float>& kv, index query_at, const Spec& spec,
                           const Visible& also = {})
 {
     return reference_attention(
@@ -106,7 +100,7 @@ AttentionState assembled(const PerHost<std::vector<RangeOutput>>& outputs, index
 TEST(ExactVariants, GlobalAndRingEqualTheReference)
 {
     constexpr index tokens = 203;
-    const Tokens in = random_tokens(tokens);
+    const Tokens<float> in = random_tokens(tokens);
     for_each_variant([&](const auto& variant, const Spec& spec, const std::string& name) {
         const ReferenceResult want = reference(in, in, 0, spec);
         expect_close(global_attention(view(in.q), view(in.k), view(in.v), variant), want, tokens,
@@ -126,7 +120,7 @@ TEST(ExactVariants, GlobalAndRingEqualTheReference)
 
 // Star's phase 1 of `in` under `star` on 3 hosts.
 template <class Star>
-AttentionState phase_one(const Star& star, const Tokens& in)
+AttentionState phase_one(const Star& star, const Tokens<float>& in)
 {
     LocalCommunicator comm(3);
     const index tokens = in.q.dimension(0);
@@ -141,7 +135,7 @@ AttentionState phase_one(const Star& star, const Tokens& in)
 TEST(StarPhaseOne, WindowWithinThePreviousBlockIsExact)
 {
     constexpr index tokens = 203; // blocks of 64: three full and one of 11
-    const Tokens in = random_tokens(tokens);
+    const Tokens<float> in = random_tokens(tokens);
     const auto check = [&](const auto& variant, const Spec& spec, const std::string& name) {
         const StarAttention star(FixedBlocks{64}, PreviousBlock{}, Contiguous{},
                                  GatherToQueryHost{}, {}, variant);
@@ -159,7 +153,7 @@ TEST(StarPhaseOne, WindowWithinThePreviousBlockIsExact)
 TEST(StarPhaseOne, FirstBlockAnchorOutsideTheWindowIsInvisible)
 {
     constexpr index tokens = 203, block = 64;
-    const Tokens in = random_tokens(tokens);
+    const Tokens<float> in = random_tokens(tokens);
     const SlidingWindow window{37};
     const auto block_of = [](index t) { return t / block; };
     const AttentionState with_anchor = phase_one(
@@ -193,8 +187,8 @@ void expect_phase_two_exact(P partition, const std::string& where)
 {
     constexpr index context = 203, query = 7;
     constexpr int steps = 3;
-    const Tokens ctx = random_tokens(context), q = random_tokens(query);
-    std::vector<Tokens> decode;
+    const Tokens<float> ctx = random_tokens(context), q = random_tokens(query);
+    std::vector<Tokens<float>> decode;
     for (int s = 0; s < steps; ++s)
         decode.push_back(random_tokens(1));
     for_each_variant([&](const auto& variant, const Spec& spec, const std::string& name) {
@@ -204,15 +198,15 @@ void expect_phase_two_exact(P partition, const std::string& where)
         const StarPlan plan = star.plan(context, 3);
         auto caches = comm.local<KVCache<float>>();
         (void)star.encode_context(comm, plan, caches, view(ctx.q), view(ctx.k), view(ctx.v));
-        Tokens all{ctx.q, ctx.k, ctx.v};
-        const auto step = [&](const Tokens& t, const std::string& what) {
+        Tokens<float> all{ctx.q, ctx.k, ctx.v};
+        const auto step = [&](const Tokens<float>& t, const std::string& what) {
             const index at = all.k.dimension(0);
             all = {concat_tokens(all.q, t.q), concat_tokens(all.k, t.k),
                    concat_tokens(all.v, t.v)};
             const auto merged = star.attend_query(comm, plan, caches, view(t.q), view(t.k),
                                                   view(t.v));
-            ASSERT_TRUE(merged[plan.query_host].has_value()) << what;
-            expect_close(*merged[plan.query_host], reference(t, all, at, spec),
+            ASSERT_TRUE(merged[plan.query_host()].has_value()) << what;
+            expect_close(*merged[plan.query_host()], reference(t, all, at, spec),
                          all.k.dimension(0), name + ", " + where + ", " + what);
         };
         step(q, "query");
@@ -235,7 +229,7 @@ TEST(StarPhaseTwo, ExactWithScatteredBlocksAndAnotherQueryHost)
 
 TEST(VariantErrors, EachNamesTheProblem)
 {
-    const Tokens in = random_tokens(20);
+    const Tokens<float> in = random_tokens(20);
     expect_error([&] { (void)global_attention(view(in.q), view(in.k), view(in.v), SlidingWindow{}); },
                  "SlidingWindow: the window must be at least 1 token, got 0");
     expect_error(
@@ -272,7 +266,7 @@ TEST(VariantErrors, EachNamesTheProblem)
 // A rejected variant in either phase changes no cache.
 TEST(VariantErrors, RejectedPhasesLeaveEveryCacheUnchanged)
 {
-    const Tokens ctx = random_tokens(50), q = random_tokens(3);
+    const Tokens<float> ctx = random_tokens(50), q = random_tokens(3);
     LocalCommunicator comm(2);
     const StarAttention good(FixedBlocks{}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {},
                              SoftCapped<SlidingWindow>{2.0f, {8}});
@@ -305,7 +299,7 @@ TEST(VariantErrors, RejectedPhasesLeaveEveryCacheUnchanged)
 // fill is refused, not read past its end.
 TEST(VariantErrors, PositionalVariantNeedsThePhaseOneCaches)
 {
-    const Tokens q = random_tokens(3);
+    const Tokens<float> q = random_tokens(3);
     LocalCommunicator comm(2);
     const StarAttention star(FixedBlocks{}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {},
                              SlidingWindow{8});

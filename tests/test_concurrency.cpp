@@ -56,7 +56,7 @@ struct Conversation {
             star.encode_context(comm, plan, caches, view(q), view(k), view(v)), {tokens, 4, 24}));
         for (std::size_t s = 0; s < steps_q.size(); ++s)
             results.push_back(*star.attend_query(comm, plan, caches, view(steps_q[s]),
-                                                 view(steps_k[s]), view(steps_v[s]))[plan.query_host]);
+                                                 view(steps_k[s]), view(steps_v[s]))[plan.query_host()]);
         return results;
     }
 };

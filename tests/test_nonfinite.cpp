@@ -124,7 +124,7 @@ TEST_P(NonFinite, StarPhase1CatchesItInAHostsCopyOfTheComputedAnchor)
     LocalCommunicator comm(4);
     const StarAttention<> star(FixedBlocks{block});
     const StarPlan plan = star.plan(tokens, 4);
-    ASSERT_EQ(plan.anchor_source, AnchorSource::compute);
+    ASSERT_EQ(plan.anchor_source(), AnchorSource::compute);
     auto contexts = comm.local<HostContext<float>>();
     for (int r = 0; r < 4; ++r) {
         const index first = r * block;

@@ -186,9 +186,9 @@ TEST(OutOfMemory, AFailedQueryLeavesEveryCacheAsItWas)
         },
         [&] { return images(caches) == before; });
     EXPECT_GE(failures, 3);
-    EXPECT_EQ(caches[plan.query_host].tokens(),
-              before[static_cast<std::size_t>(plan.query_host)].tokens + 3);
-    expect_next_append_lines_up(caches[plan.query_host], "the query host");
+    EXPECT_EQ(caches[plan.query_host()].tokens(),
+              before[static_cast<std::size_t>(plan.query_host())].tokens + 3);
+    expect_next_append_lines_up(caches[plan.query_host()], "the query host");
 }
 
 } // namespace

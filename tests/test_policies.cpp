@@ -500,15 +500,9 @@ static_assert(Merge<FoldAtRoot>);
 
 constexpr index q_heads = 4, kv_heads = 2, head_dim = 32;
 
-struct Context {
-    Tensor3<float> q, k, v;
-};
-
-Context random_context(index tokens)
+Tokens<float> random_context(index tokens)
 {
-    return {random_tensor<float>(tokens, q_heads, head_dim),
-            random_tensor<float>(tokens, kv_heads, head_dim),
-            random_tensor<float>(tokens, kv_heads, head_dim)};
+    return random_tokens<float>(tokens, q_heads, kv_heads, head_dim);
 }
 
 void expect_close(const AttentionState& got, const ReferenceResult& want, index key_count,
@@ -532,13 +526,13 @@ void expect_phase_one_matches(const Star& star, index tokens, int hosts,
                               const std::vector<TokenRange>& anchors)
 {
     const StarPlan plan = star.plan(tokens, hosts);
-    ASSERT_EQ(plan.blocks, blocks);
+    ASSERT_EQ(plan.blocks(), blocks);
     for (std::size_t i = 0; i < blocks.size(); ++i)
-        EXPECT_TRUE(plan.anchors[i] == anchors[i] ||
-                    (plan.anchors[i].empty() && anchors[i].empty()))
-            << "block " << i << ": plan anchor [" << plan.anchors[i].begin << ", "
-            << plan.anchors[i].end << ")";
-    const Context c = random_context(tokens);
+        EXPECT_TRUE(plan.anchors()[i] == anchors[i] ||
+                    (plan.anchors()[i].empty() && anchors[i].empty()))
+            << "block " << i << ": plan anchor [" << plan.anchors()[i].begin << ", "
+            << plan.anchors()[i].end << ")";
+    const Tokens<float> c = random_context(tokens);
     LocalCommunicator comm(hosts);
     auto caches = comm.local<KVCache<float>>();
     const auto outputs = star.encode_context(comm, plan, caches, view(c.q), view(c.k), view(c.v));
@@ -579,8 +573,8 @@ TEST(UserPolicies, PartitionPuttingEverythingOnHostZero)
 {
     const StarAttention star(FixedBlocks{64}, FirstTokens{}, AllOnHostZero{});
     const StarPlan plan = star.plan(300, 4);
-    EXPECT_EQ(plan.owner, std::vector<int>(5, 0));
-    EXPECT_EQ(plan.query_host, 0);
+    EXPECT_EQ(plan.owner(), std::vector<int>(5, 0));
+    EXPECT_EQ(plan.query_host(), 0);
     const auto blocks = FixedBlocks{64}.blocks(300);
     std::vector<TokenRange> anchors(blocks.size(), TokenRange{0, 64});
     anchors[0] = {};
@@ -593,21 +587,21 @@ template <class Star>
 void expect_query_matches(const Star& star, index tokens, index query_tokens, int hosts)
 {
     const StarPlan plan = star.plan(tokens, hosts);
-    const Context c = random_context(tokens);
-    const Context query = random_context(query_tokens);
+    const Tokens<float> c = random_context(tokens);
+    const Tokens<float> query = random_context(query_tokens);
     LocalCommunicator comm(hosts);
     auto caches = comm.local<KVCache<float>>();
     (void)star.encode_context(comm, plan, caches, view(c.q), view(c.k), view(c.v));
     const auto merged =
         star.attend_query(comm, plan, caches, view(query.q), view(query.k), view(query.v));
-    ASSERT_TRUE(merged[plan.query_host].has_value());
+    ASSERT_TRUE(merged[plan.query_host()].has_value());
     const Tensor3<float> keys = concat_tokens(c.k, query.k);
     const Tensor3<float> values = concat_tokens(c.v, query.v);
     const ReferenceResult want = reference_attention(
         view(query.q), view(keys), view(values),
         [&](index i, index j) { return j < tokens || j - tokens <= i; },
         1.0 / std::sqrt(double(head_dim)));
-    expect_close(*merged[plan.query_host], want, tokens + query_tokens, "phase 2");
+    expect_close(*merged[plan.query_host()], want, tokens + query_tokens, "phase 2");
 }
 
 TEST(UserPolicies, MergePolicyFoldingAtTheRoot)
@@ -687,6 +681,52 @@ TEST(UserPolicies, ContractViolationsAreRejectedByPlan)
                  "must be a prefix of the context");
     expect_error([] { (void)StarAttention(FixedBlocks{10}, RecentTokens{0}).plan(100, 2); },
                  "window must be at least 1");
+}
+
+// A plan built by hand (e.g. to run phase 2 over caches another method filled) is
+// checked as a whole when it is made.
+TEST(StarPlanConstructor, AConsistentPlanIsKept)
+{
+    const StarPlan plan(10, 2, 1, {{0, 4}, {4, 10}}, {0, 1}, {{}, {0, 4}}, AnchorSource::receive);
+    EXPECT_EQ(plan.context_tokens(), 10);
+    EXPECT_EQ(plan.hosts(), 2);
+    EXPECT_EQ(plan.query_host(), 1);
+    EXPECT_EQ(plan.blocks_of(1), std::vector<std::size_t>{1});
+    EXPECT_EQ(plan.shared_anchor().end, 4);
+    EXPECT_EQ(plan.anchor_source(), AnchorSource::receive);
+    // An anchor given as any empty range is stored as {}, as the policies' are.
+    const StarPlan empty_anchor(10, 1, 0, {{0, 10}}, {0}, {{3, 3}});
+    EXPECT_EQ(empty_anchor.anchors()[0].begin, 0);
+    EXPECT_EQ(empty_anchor.anchors()[0].end, 0);
+}
+
+TEST(StarPlanConstructor, EveryInconsistencyIsNamed)
+{
+    using R = std::vector<TokenRange>;
+    expect_error([] { (void)StarPlan(10, 0, 0, R{{0, 10}}, {0}, R{{}}); },
+                 "StarPlan: the number of hosts must be at least 1, got 0");
+    expect_error([] { (void)StarPlan(0, 1, 0, R{}, {}, R{}); },
+                 "StarPlan: the context must hold at least 1 token, got 0");
+    expect_error([] { (void)StarPlan(10, 2, 2, R{{0, 10}}, {0}, R{{}}); },
+                 "StarPlan: query host 2 is out of range");
+    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {5, 10}}, {0, 1}, R{{}, {}}); },
+                 "StarPlan: block 1 = [5, 10); blocks must be non-empty, consecutive");
+    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}}, {0}, R{{}}); },
+                 "StarPlan: the blocks cover 4 of 10 context tokens");
+    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0}, R{{}, {}}); },
+                 "StarPlan: 1 block owners for 2 blocks");
+    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, -1}, R{{}, {}}); },
+                 "StarPlan: block owner -1 is out of range");
+    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}}); },
+                 "StarPlan: 1 anchors for 2 blocks");
+    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}, {2, 6}}); },
+                 "StarPlan: the anchor of block 1 is [2, 6), not before the block's start 4");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}, {2, 4}},
+                           AnchorSource::receive);
+        },
+        "StarPlan: a received anchor must be a prefix of the context; block 1 has [2, 4)");
 }
 
 } // namespace

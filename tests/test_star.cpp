@@ -17,19 +17,6 @@
 namespace star::test {
 namespace {
 
-template <class KV>
-struct Tokens {
-    Tensor3<float> q;
-    Tensor3<KV> k, v;
-};
-
-template <class KV>
-Tokens<KV> random_tokens(index tokens, index q_heads, index kv_heads, index d)
-{
-    return {random_tensor<float>(tokens, q_heads, d), random_tensor<KV>(tokens, kv_heads, d),
-            random_tensor<KV>(tokens, kv_heads, d)};
-}
-
 // `got` equals the double-precision reference to float accuracy. Every result checked here is
 // a merge of partial states (phase 1 merges a block's state with its anchor's, phase 2 the
 // hosts' partials), and each merge adds a few roundings per row (the weights' exp and
@@ -208,10 +195,10 @@ void expect_phase_one_matches_reference(const Star& star, const PhaseOneCase& c)
 {
     const StarPlan plan = star.plan(c.tokens, c.hosts);
     const auto blocks = expected_blocks(c);
-    ASSERT_EQ(plan.blocks, blocks);
+    ASSERT_EQ(plan.blocks(), blocks);
     const auto anchors = expected_anchors(c, blocks);
-    EXPECT_EQ(normalised(plan.anchors), anchors);
-    ASSERT_EQ(plan.owner.size(), blocks.size());
+    EXPECT_EQ(normalised(plan.anchors()), anchors);
+    ASSERT_EQ(plan.owner().size(), blocks.size());
 
     const auto in = random_tokens<KV>(c.tokens, c.q_heads, c.kv_heads, c.head_dim);
     LocalCommunicator comm(c.hosts);
@@ -223,7 +210,7 @@ void expect_phase_one_matches_reference(const Star& star, const PhaseOneCase& c)
     for (int r = 0; r < c.hosts; ++r) {
         std::vector<TokenRange> mine;
         for (std::size_t i = 0; i < blocks.size(); ++i)
-            if (plan.owner[i] == r)
+            if (plan.owner()[i] == r)
                 mine.push_back(blocks[i]);
         ASSERT_EQ(outputs[r].size(), mine.size()) << "host " << r;
         for (std::size_t n = 0; n < mine.size(); ++n)
@@ -296,7 +283,7 @@ TEST(PhaseOneScale, ExplicitScaleIsUsed)
         star.encode_context(comm, plan, caches, view(in.q), view(in.k), view(in.v)), {160, 4, 16});
     const ReferenceResult want =
         reference_attention(view(in.q), view(in.k), view(in.v),
-                            block_sparse_visible(plan.blocks, normalised(plan.anchors)), 0.2);
+                            block_sparse_visible(plan.blocks(), normalised(plan.anchors())), 0.2);
     expect_close(got, want, 16, 160, "scale 0.2");
 }
 
@@ -311,9 +298,9 @@ void expect_received_anchor_identical(BlockPolicy block, std::optional<index> an
     const StarAttention receive(block, FirstTokens{anchor, AnchorSource::receive}, partition);
     const StarPlan plan_compute = compute.plan(tokens, hosts);
     const StarPlan plan_receive = receive.plan(tokens, hosts);
-    EXPECT_EQ(plan_receive.anchor_source, AnchorSource::receive);
-    EXPECT_EQ(plan_compute.anchor_source, AnchorSource::compute);
-    ASSERT_EQ(plan_compute.anchors, plan_receive.anchors);
+    EXPECT_EQ(plan_receive.anchor_source(), AnchorSource::receive);
+    EXPECT_EQ(plan_compute.anchor_source(), AnchorSource::compute);
+    ASSERT_EQ(plan_compute.anchors(), plan_receive.anchors());
 
     const auto in = random_tokens<KV>(tokens, 4, 2, 32);
     LocalCommunicator comm(hosts);
@@ -398,10 +385,10 @@ void expect_caches_hold_own_blocks(int hosts, PartitionKind partition_kind)
             // this host's blocks, concatenated in context order
             std::vector<KV> keys, values;
             index count = 0;
-            for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
-                if (plan.owner[i] != r)
+            for (std::size_t i = 0; i < plan.blocks().size(); ++i) {
+                if (plan.owner()[i] != r)
                     continue;
-                const TokenRange b = plan.blocks[i];
+                const TokenRange b = plan.blocks()[i];
                 keys.insert(keys.end(), in.k.data() + b.begin * row, in.k.data() + b.end * row);
                 values.insert(values.end(), in.v.data() + b.begin * row, in.v.data() + b.end * row);
                 count += b.size();
@@ -507,7 +494,7 @@ std::vector<AttentionState> converse(const Star& star, const Conversation<KV>& c
     std::vector<AttentionState> results;
     const auto attend = [&](const Tokens<KV>& t) {
         const auto merged = star.attend_query(comm, plan, caches, view(t.q), view(t.k), view(t.v));
-        const int qh = plan.query_host;
+        const int qh = plan.query_host();
         if (!merged[qh].has_value()) {
             ADD_FAILURE() << what << ": no result at the query host " << qh;
             results.emplace_back();
@@ -538,7 +525,7 @@ std::vector<AttentionState> converse(const Star& star, const Conversation<KV>& c
     // Only the query host stores the query's and the generated tokens' K/V.
     for (int r = 0; r < hosts; ++r) {
         const index grown =
-            r == plan.query_host ? c.query_tokens + static_cast<index>(c.steps.size()) : 0;
+            r == plan.query_host() ? c.query_tokens + static_cast<index>(c.steps.size()) : 0;
         EXPECT_EQ(caches[r].tokens(), phase_one_tokens[static_cast<std::size_t>(r)] + grown)
             << what << ", host " << r;
     }
@@ -688,12 +675,12 @@ void expect_sixty_four_hosts_work(index block_size)
     const auto outputs = star.encode_context(comm, plan, caches, view(c.context.q),
                                              view(c.context.k), view(c.context.v));
     std::vector<TokenRange> anchors;
-    for (const auto& b : plan.blocks)
+    for (const auto& b : plan.blocks())
         anchors.push_back(b.begin == 0 ? TokenRange{}
                                        : TokenRange{0, std::min(block_size, b.begin)});
     const ReferenceResult want =
         reference_attention(view(c.context.q), view(c.context.k), view(c.context.v),
-                            block_sparse_visible(plan.blocks, anchors), 1.0 / std::sqrt(double(d)));
+                            block_sparse_visible(plan.blocks(), anchors), 1.0 / std::sqrt(double(d)));
     expect_close(assemble(outputs, {tokens, q_heads, d}), want, d, tokens, what + ", phase 1");
 
     // Phase 2 with every merge policy.
@@ -724,10 +711,10 @@ TEST(DefaultStarAttention, RunsThePapersMethod)
 {
     const StarAttention<> star;
     const StarPlan plan = star.plan(103, 4);
-    EXPECT_EQ(plan.blocks, (std::vector<TokenRange>{{0, 26}, {26, 52}, {52, 78}, {78, 103}}));
-    EXPECT_EQ(plan.owner, (std::vector<int>{0, 1, 2, 3}));
-    EXPECT_EQ(plan.anchors, (std::vector<TokenRange>{{}, {0, 26}, {0, 26}, {0, 26}}));
-    EXPECT_EQ(plan.query_host, 3);
+    EXPECT_EQ(plan.blocks(), (std::vector<TokenRange>{{0, 26}, {26, 52}, {52, 78}, {78, 103}}));
+    EXPECT_EQ(plan.owner(), (std::vector<int>{0, 1, 2, 3}));
+    EXPECT_EQ(plan.anchors(), (std::vector<TokenRange>{{}, {0, 26}, {0, 26}, {0, 26}}));
+    EXPECT_EQ(plan.query_host(), 3);
 
     const auto c = make_conversation<float>(103, 5, 2, 4, 2, 16);
     LocalCommunicator comm(4);
@@ -736,11 +723,11 @@ TEST(DefaultStarAttention, RunsThePapersMethod)
                                              view(c.context.k), view(c.context.v));
     const ReferenceResult want =
         reference_attention(view(c.context.q), view(c.context.k), view(c.context.v),
-                            block_sparse_visible(plan.blocks, plan.anchors), 1.0 / std::sqrt(16.0));
+                            block_sparse_visible(plan.blocks(), plan.anchors()), 1.0 / std::sqrt(16.0));
     expect_close(assemble(outputs, {103, 4, 16}), want, 16, 52, "default, phase 1");
     expect_exact(converse(star, c, 4, false, "default"), c, "default");
     // A context shorter than the hosts: one token per block, some hosts hold none.
-    EXPECT_EQ(star.plan(2, 4).blocks, (std::vector<TokenRange>{{0, 1}, {1, 2}}));
+    EXPECT_EQ(star.plan(2, 4).blocks(), (std::vector<TokenRange>{{0, 1}, {1, 2}}));
 }
 
 // =============================================================================================
@@ -872,7 +859,7 @@ TEST(StarErrors, HostsWhoseContextsDifferInShapeDisagree)
         for (int r = 0; r < 3; ++r) {
             const auto& t = r == 2 ? last_host : in;
             for (const std::size_t i : plan.blocks_of(r)) {
-                const TokenRange b = plan.blocks[i];
+                const TokenRange b = plan.blocks()[i];
                 contexts[r].add(b.begin, token_slice(view(t.q), b.begin, b.size()),
                                 token_slice(view(t.k), b.begin, b.size()),
                                 token_slice(view(t.v), b.begin, b.size()));

@@ -164,12 +164,12 @@ public:
         if (!plan_)
             throw setting_error("star attention: encode a context before the query");
         auto merged = star_.attend_query(*comm_, *plan_, cache(layer), q, k, v);
-        return std::move(merged[plan_->query_host]->output);
+        return std::move(merged[plan_->query_host()]->output);
     }
 
     [[nodiscard]] std::vector<std::size_t> cache_bytes() const override
     {
-        std::vector<std::size_t> bytes(plan_ ? static_cast<std::size_t>(plan_->hosts) : 0);
+        std::vector<std::size_t> bytes(plan_ ? static_cast<std::size_t>(plan_->hosts()) : 0);
         for (const auto& layer : caches_)
             for (int r = 0; r < layer.count(); ++r)
                 bytes[static_cast<std::size_t>(r)] += layer[r].bytes();
@@ -181,7 +181,7 @@ public:
         std::ostringstream s;
         s << label_;
         if (plan_)
-            s << " hosts=" << plan_->hosts << " blocks=" << plan_->blocks.size();
+            s << " hosts=" << plan_->hosts() << " blocks=" << plan_->blocks().size();
         return s.str();
     }
 
@@ -230,9 +230,9 @@ public:
         const auto outputs = ring_.run(comm_, q, k, v);
         // Each host keeps its shard's K/V for the query: the blocks the plan gives it.
         auto& caches = caches_.at(static_cast<std::size_t>(layer));
-        for (std::size_t i = 0; i < plan_->blocks.size(); ++i) {
-            const star::TokenRange b = plan_->blocks[i];
-            caches[plan_->owner[i]].append(star::token_slice(k, b.begin, b.size()),
+        for (std::size_t i = 0; i < plan_->blocks().size(); ++i) {
+            const star::TokenRange b = plan_->blocks()[i];
+            caches[plan_->owner()[i]].append(star::token_slice(k, b.begin, b.size()),
                                            star::token_slice(v, b.begin, b.size()));
         }
         return std::move(
@@ -247,7 +247,7 @@ public:
             throw setting_error("ring attention: encode a context before the query");
         auto merged = phase2_.attend_query(comm_, *plan_, caches_.at(static_cast<std::size_t>(layer)),
                                            q, k, v);
-        return std::move(merged[plan_->query_host]->output);
+        return std::move(merged[plan_->query_host()]->output);
     }
 
     [[nodiscard]] std::vector<std::size_t> cache_bytes() const override
@@ -270,10 +270,6 @@ private:
     star::StarPlan phase2_plan(index tokens) const
     {
         const auto shards = ring_.shards(tokens, hosts_);
-        star::StarPlan plan;
-        plan.context_tokens = tokens;
-        plan.hosts = hosts_;
-        plan.query_host = hosts_ - 1;
         std::vector<std::pair<star::TokenRange, int>> owned;
         for (int r = 0; r < hosts_; ++r)
             for (const star::TokenRange& s : shards[static_cast<std::size_t>(r)])
@@ -281,12 +277,15 @@ private:
                     owned.emplace_back(s, r);
         std::sort(owned.begin(), owned.end(),
                   [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+        std::vector<star::TokenRange> blocks;
+        std::vector<int> owner;
         for (const auto& [range, rank] : owned) {
-            plan.blocks.push_back(range);
-            plan.owner.push_back(rank);
-            plan.anchors.push_back({});
+            blocks.push_back(range);
+            owner.push_back(rank);
         }
-        return plan;
+        // No anchors: phase 2 reads only the caches, which hold the ring's exact K/V.
+        std::vector<star::TokenRange> anchors(blocks.size());
+        return {tokens, hosts_, hosts_ - 1, std::move(blocks), std::move(owner), std::move(anchors)};
     }
 
     int layers_;

@@ -170,7 +170,7 @@ void query_and_decode(star::MpiCommunicator& comm, const Algorithm& algorithm,
             report.push_back({name + " decode (per step)", ms / static_cast<double>(decode_steps)});
         else
             report.back().ms += ms / static_cast<double>(decode_steps);
-        if (comm.rank() == plan.query_host)
+        if (comm.rank() == plan.query_host())
             results.push_back(merged[comm.rank()]->output);
         position += tokens;
     }
@@ -198,8 +198,8 @@ int main(int argc, char** argv)
         const star::StarPlan plan = star_attention.plan(context, hosts);
         std::vector<star::TokenRange> star_ranges;
         for (const std::size_t i : plan.blocks_of(rank)) {
-            star_ranges.push_back(plan.anchors[i]);
-            star_ranges.push_back(plan.blocks[i]);
+            star_ranges.push_back(plan.anchors()[i]);
+            star_ranges.push_back(plan.blocks()[i]);
         }
         const Holding star_part(comm, star_ranges);
         auto star_caches = comm.local<star::KVCache<float>>();
@@ -245,8 +245,8 @@ int main(int argc, char** argv)
         // block's anchor and, causally, to the block itself. Exact up to float rounding, so
         // its approximation (relative to exact attention, shown below) is the only one.
         star::Tensor3<float> block_sparse(context, q_heads, head_dim);
-        for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
-            const star::TokenRange block = plan.blocks[i], anchor = plan.anchors[i];
+        for (std::size_t i = 0; i < plan.blocks().size(); ++i) {
+            const star::TokenRange block = plan.blocks()[i], anchor = plan.anchors()[i];
             const auto with_anchor = [&](Which which) {
                 const star::Tensor3<float> a = rows(which, anchor.begin, anchor.size());
                 const star::Tensor3<float> b = rows(which, block.begin, block.size());

@@ -973,24 +973,24 @@ std::vector<int> expected_owners(const StarSpec& s, const std::vector<star::Toke
 
 void check_plan(const star::StarPlan& plan, const StarSpec& s, index tokens, int hosts)
 {
-    if (plan.context_tokens != tokens || plan.hosts != hosts)
-        fail("StarAttention::plan: plan for ", plan.context_tokens, " tokens on ", plan.hosts,
+    if (plan.context_tokens() != tokens || plan.hosts() != hosts)
+        fail("StarAttention::plan: plan for ", plan.context_tokens(), " tokens on ", plan.hosts(),
              " hosts, asked for ", tokens, " on ", hosts);
-    if (plan.query_host != s.query_host.value_or(hosts - 1))
-        fail("StarAttention::plan: query host ", plan.query_host);
+    if (plan.query_host() != s.query_host.value_or(hosts - 1))
+        fail("StarAttention::plan: query host ", plan.query_host());
     const auto blocks = expected_blocks(s, tokens);
-    if (plan.blocks != blocks)
-        fail("StarAttention::plan: ", plan.blocks.size(), " blocks differ from the block "
+    if (plan.blocks() != blocks)
+        fail("StarAttention::plan: ", plan.blocks().size(), " blocks differ from the block "
              "policy's definition (", blocks.size(), " expected)");
     std::vector<star::TokenRange> anchors;
-    for (const star::TokenRange& a : plan.anchors)
+    for (const star::TokenRange& a : plan.anchors())
         anchors.push_back(normalised(a));
     if (anchors != expected_anchors(s, blocks))
         fail("StarAttention::plan: the anchors differ from the anchor policy's definition");
-    if (plan.owner != expected_owners(s, blocks, hosts))
+    if (plan.owner() != expected_owners(s, blocks, hosts))
         fail("StarAttention::plan: the owners differ from the partition policy's definition");
     const bool receives = s.receive && s.anchor_kind <= 3;
-    if ((plan.anchor_source == star::AnchorSource::receive) != receives)
+    if ((plan.anchor_source() == star::AnchorSource::receive) != receives)
         fail("StarAttention::plan: anchor source differs from the policy's");
 }
 
@@ -1037,21 +1037,21 @@ void check_phase_one(const star::StarPlan& plan, const Tensors<KV>& t,
     const index row = t.ks.heads * t.ks.head_dim;
     star::AttentionState got;
     verify("StarAttention::encode_context", [&] {
-        for (int r = 0; r < plan.hosts; ++r) {
+        for (int r = 0; r < plan.hosts(); ++r) {
             // Each host returns its own blocks, in context order...
             const auto mine = plan.blocks_of(r);
             if (outputs[r].size() != mine.size())
                 fail("encode_context: host ", r, " returned ", outputs[r].size(),
                      " block outputs, it owns ", mine.size(), " blocks");
             for (std::size_t n = 0; n < mine.size(); ++n)
-                if (!(outputs[r][n].tokens == plan.blocks[mine[n]]))
+                if (!(outputs[r][n].tokens == plan.blocks()[mine[n]]))
                     fail("encode_context: host ", r, " returned output ", n, " for tokens [",
                          outputs[r][n].tokens.begin, ", ", outputs[r][n].tokens.end, ")");
             // ...and its cache holds exactly those blocks' K/V.
             const star::KVCache<KV>& cache = caches[r];
             std::vector<KV> keys, values;
             for (const std::size_t i : mine) {
-                const star::TokenRange b = plan.blocks[i];
+                const star::TokenRange b = plan.blocks()[i];
                 keys.insert(keys.end(), t.k.begin() + b.begin * row, t.k.begin() + b.end * row);
                 values.insert(values.end(), t.v.begin() + b.begin * row, t.v.begin() + b.end * row);
             }
@@ -1071,7 +1071,7 @@ void check_phase_one(const star::StarPlan& plan, const Tensors<KV>& t,
         got = star::assemble(outputs, {tokens, t.qs.heads, d});
     });
     const auto want = star::test::reference_attention(
-        t.qv(), t.kv(), t.vv(), star::test::block_sparse_visible(plan.blocks, plan.anchors),
+        t.qv(), t.kv(), t.vv(), star::test::block_sparse_visible(plan.blocks(), plan.anchors()),
         reference_scale(scale, d));
     expect_close(got, want, d, tokens, merged_factor, "StarAttention::encode_context (phase 1)");
 }
@@ -1111,7 +1111,7 @@ void fuzz_star(Input& in, const Common& c)
 
         // Phase 1.
         std::string problem;
-        if (plan->hosts != comm->size())
+        if (plan->hosts() != comm->size())
             problem = "a plan for another number of hosts";
         if (problem.empty())
             problem = qkv_problem(context, c.scale);
@@ -1147,7 +1147,7 @@ void fuzz_star(Input& in, const Common& c)
             const std::string what = n == 0 ? std::string("StarAttention::attend_query (query)")
                                             : cat("StarAttention::attend_query (step ", n, ")");
             problem.clear();
-            if (plan->hosts != comm->size())
+            if (plan->hosts() != comm->size())
                 problem = "a plan for another number of hosts";
             if (problem.empty())
                 problem = qkv_problem(call, c.scale);
@@ -1176,7 +1176,7 @@ void fuzz_star(Input& in, const Common& c)
                 continue;
             }
             for (int r = 0; r < s.hosts; ++r) {
-                const index grown = r == plan->query_host ? call.ks.tokens : 0;
+                const index grown = r == plan->query_host() ? call.ks.tokens : 0;
                 if (after[static_cast<std::size_t>(r)] != before[static_cast<std::size_t>(r)] + grown)
                     fail(what, ": host ", r, "'s cache went from ",
                          before[static_cast<std::size_t>(r)], " to ",
@@ -1197,7 +1197,7 @@ void fuzz_star(Input& in, const Common& c)
                 reference_scale(c.scale, call.qs.head_dim));
             const bool everywhere = s.merge_kind == 1; // AllGather
             for (int r = 0; r < s.hosts; ++r) {
-                const bool expected_here = everywhere || r == plan->query_host;
+                const bool expected_here = everywhere || r == plan->query_host();
                 if (merged[r].has_value() != expected_here)
                     fail(what, ": host ", r, (expected_here ? " has no" : " has a"),
                          " merged result");

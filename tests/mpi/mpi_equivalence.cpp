@@ -129,11 +129,11 @@ void per_host_contexts_equal_in_process(star::MpiCommunicator& mpi, star::Anchor
                            star::token_slice(star::view(v), r.begin, r.size()));
     };
     for (const std::size_t i : plan.blocks_of(rank)) {
-        const star::TokenRange anchor = plan.anchors[i];
+        const star::TokenRange anchor = plan.anchors()[i];
         if (source == star::AnchorSource::compute && !anchor.empty() &&
-            plan.owner[0] != rank) // a host holding block 0 holds the anchor already
+            plan.owner()[0] != rank) // a host holding block 0 holds the anchor already
             hold(anchor);
-        hold(plan.blocks[i]);
+        hold(plan.blocks()[i]);
     }
     auto mpi_caches = mpi.local<star::KVCache<KV>>();
     const auto mpi_p1 = star_attention.encode_context(mpi, plan, mpi_caches, contexts);
@@ -183,7 +183,7 @@ void run_star(star::MpiCommunicator& mpi, const Setting& s)
     const star::StarPlan plan = star_attention.plan(context, mpi.size());
     auto contexts = mpi.local<star::HostContext<KV>>();
     for (const std::size_t i : plan.blocks_of(rank)) {
-        const star::TokenRange b = plan.blocks[i];
+        const star::TokenRange b = plan.blocks()[i];
         contexts[rank].add(b.begin, star::token_slice(star::view(q), b.begin, b.size()),
                            star::token_slice(star::view(k), b.begin, b.size()),
                            star::token_slice(star::view(v), b.begin, b.size()));

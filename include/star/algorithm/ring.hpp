@@ -5,10 +5,7 @@
 /// states with the same LSE rule as Star's phase 2. The exact distributed baseline.
 
 #include <cstdint>
-#include <functional>
 #include <optional>
-#include <string_view>
-#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -199,9 +196,7 @@ private:
             "the number of query heads", "the number of kv heads", "head_dim",
             "the Variant policy (digest of its type)", "the variant's window (-1: none)",
             "the variant's soft cap (bits)", "the variant's ALiBi slopes (digest)"};
-        // Every rank of a job runs the same program, so the same type has the same name.
-        const auto variant_digest =
-            static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(V).name()));
+        const std::int64_t variant_digest = detail::type_digest<V>();
         const VariantSettings variant = variant_.settings();
         auto settings = comm.template local<std::vector<std::int64_t>>();
         for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {

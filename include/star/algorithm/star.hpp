@@ -18,10 +18,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <optional>
 #include <string_view>
-#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -37,23 +35,93 @@
 
 namespace star {
 
+namespace detail {
+
+/// Checks that `blocks` cut `[0, context_tokens)` into non-empty consecutive ranges.
+inline void check_blocks(const std::vector<TokenRange>& blocks, index context_tokens,
+                         std::string_view where)
+{
+    index expected = 0;
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+        if (blocks[i].begin != expected || blocks[i].empty())
+            fail(where, ": block ", i, " = [", blocks[i].begin, ", ", blocks[i].end,
+                 "); blocks must be non-empty, consecutive and start at 0");
+        expected = blocks[i].end;
+    }
+    if (expected != context_tokens)
+        fail(where, ": the blocks cover ", expected, " of ", context_tokens, " context tokens");
+}
+
+} // namespace detail
+
 /// Where the blocks of one context go: computed once by `StarAttention::plan`, shared by
-/// phase 1 and phase 2 on every host.
-struct StarPlan {
-    index context_tokens = 0;        ///< Tokens in the context.
-    int hosts = 0;                   ///< Hosts in the group.
-    int query_host = 0;              ///< Rank that receives the merged phase-2 result.
-    std::vector<TokenRange> blocks;  ///< The blocks, consecutive, covering the context.
-    std::vector<int> owner;          ///< `owner[i]`: the host of `blocks[i]`.
-    std::vector<TokenRange> anchors; ///< `anchors[i]`: earlier keys block `i` also sees.
-    AnchorSource anchor_source = AnchorSource::compute; ///< How hosts get the anchors' K/V.
+/// phase 1 and phase 2 on every host. Its constructor checks that the pieces fit together,
+/// so a plan built by hand (e.g. to run phase 2 over caches another method filled) is
+/// either consistent or an error, never a silent misplacement.
+class StarPlan {
+public:
+    /// `blocks` cut `[0, context_tokens)` into non-empty consecutive ranges; `owner[i]` is
+    /// the host of `blocks[i]` and `anchors[i]` the earlier keys it also sees (empty for
+    /// none; with `AnchorSource::receive`, a prefix of the context). `query_host` receives the
+    /// merged phase-2 result.
+    /// 	hrows star::error naming the first piece that does not fit.
+    StarPlan(index context_tokens, int hosts, int query_host, std::vector<TokenRange> blocks,
+             std::vector<int> owner, std::vector<TokenRange> anchors,
+             AnchorSource anchor_source = AnchorSource::compute)
+        : context_tokens_(context_tokens), hosts_(hosts), query_host_(query_host),
+          blocks_(std::move(blocks)), owner_(std::move(owner)), anchors_(std::move(anchors)),
+          anchor_source_(anchor_source)
+    {
+        if (hosts_ <= 0)
+            detail::fail("StarPlan: the number of hosts must be at least 1, got ", hosts_);
+        if (context_tokens_ <= 0)
+            detail::fail("StarPlan: the context must hold at least 1 token, got ",
+                         context_tokens_);
+        detail::check_rank(query_host_, hosts_, "StarPlan: query host");
+        detail::check_blocks(blocks_, context_tokens_, "StarPlan");
+        if (owner_.size() != blocks_.size())
+            detail::fail("StarPlan: ", owner_.size(), " block owners for ", blocks_.size(),
+                         " blocks");
+        for (const int o : owner_)
+            detail::check_rank(o, hosts_, "StarPlan: block owner");
+        if (anchors_.size() != blocks_.size())
+            detail::fail("StarPlan: ", anchors_.size(), " anchors for ", blocks_.size(), " blocks");
+        for (std::size_t i = 0; i < blocks_.size(); ++i) {
+            TokenRange& a = anchors_[i];
+            if (a.empty()) {
+                a = {};
+                continue;
+            }
+            if (a.begin < 0 || a.end > blocks_[i].begin)
+                detail::fail("StarPlan: the anchor of block ", i, " is [", a.begin, ", ", a.end,
+                             "), not before the block's start ", blocks_[i].begin);
+            if (anchor_source_ == AnchorSource::receive && a.begin != 0)
+                detail::fail("StarPlan: a received anchor must be a prefix of the context; "
+                             "block ", i, " has [", a.begin, ", ", a.end, ")");
+        }
+    }
+
+    /// Tokens in the context.
+    [[nodiscard]] index context_tokens() const noexcept { return context_tokens_; }
+    /// Hosts in the group.
+    [[nodiscard]] int hosts() const noexcept { return hosts_; }
+    /// Rank that receives the merged phase-2 result.
+    [[nodiscard]] int query_host() const noexcept { return query_host_; }
+    /// The blocks, consecutive, covering the context.
+    [[nodiscard]] const std::vector<TokenRange>& blocks() const noexcept { return blocks_; }
+    /// `owner()[i]`: the host of `blocks()[i]`.
+    [[nodiscard]] const std::vector<int>& owner() const noexcept { return owner_; }
+    /// `anchors()[i]`: earlier keys block `i` also sees (`{}` for none).
+    [[nodiscard]] const std::vector<TokenRange>& anchors() const noexcept { return anchors_; }
+    /// How hosts get the anchors' K/V.
+    [[nodiscard]] AnchorSource anchor_source() const noexcept { return anchor_source_; }
 
     /// Indices of the blocks `host` owns, in context order.
     [[nodiscard]] std::vector<std::size_t> blocks_of(int host) const
     {
         std::vector<std::size_t> mine;
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            if (owner[i] == host)
+        for (std::size_t i = 0; i < blocks_.size(); ++i)
+            if (owner_[i] == host)
                 mine.push_back(i);
         return mine;
     }
@@ -62,10 +130,19 @@ struct StarPlan {
     [[nodiscard]] TokenRange shared_anchor() const
     {
         index end = 0;
-        for (const auto& a : anchors)
+        for (const auto& a : anchors_)
             end = std::max(end, a.end);
         return {0, end};
     }
+
+private:
+    index context_tokens_;
+    int hosts_;
+    int query_host_;
+    std::vector<TokenRange> blocks_;
+    std::vector<int> owner_;
+    std::vector<TokenRange> anchors_;
+    AnchorSource anchor_source_;
 };
 
 /// Star Attention over the hosts of a `Communicator`, composed of four policies: `B` cuts
@@ -105,33 +182,22 @@ public:
             detail::fail("StarAttention: the context must hold at least 1 token, got ",
                          context_tokens);
         anchor_.check(context_tokens);
-        StarPlan p;
-        p.context_tokens = context_tokens;
-        p.hosts = hosts;
-        p.query_host = partition_.query_host(hosts);
+        std::vector<TokenRange> blocks;
         if constexpr (requires { block_.blocks(context_tokens, hosts); })
-            p.blocks = block_.blocks(context_tokens, hosts);
+            blocks = block_.blocks(context_tokens, hosts);
         else
-            p.blocks = block_.blocks(context_tokens);
-        check_blocks(p.blocks, context_tokens);
-        p.owner = partition_.assign(p.blocks, hosts);
-        if (p.owner.size() != p.blocks.size())
-            detail::fail("StarAttention: the partition assigned ", p.owner.size(), " of ",
-                         p.blocks.size(), " blocks");
-        for (const int o : p.owner)
-            detail::check_rank(o, hosts, "StarAttention: block owner");
-        p.anchor_source = anchor_.source();
-        for (std::size_t i = 0; i < p.blocks.size(); ++i) {
-            const TokenRange a = anchor_.anchor_for(p.blocks, static_cast<index>(i));
-            if (!a.empty() && (a.begin < 0 || a.end > p.blocks[i].begin))
-                detail::fail("StarAttention: the anchor of block ", i, " is [", a.begin, ", ",
-                             a.end, "), not before the block's start ", p.blocks[i].begin);
-            if (p.anchor_source == AnchorSource::receive && !a.empty() && a.begin != 0)
-                detail::fail("StarAttention: a received anchor must be a prefix of the context; "
-                             "block ", i, " has [", a.begin, ", ", a.end, ")");
-            p.anchors.push_back(a.empty() ? TokenRange{} : a);
-        }
-        return p;
+            blocks = block_.blocks(context_tokens);
+        // Before the partition and anchor policies read them.
+        detail::check_blocks(blocks, context_tokens, "StarAttention: the block policy's plan");
+        std::vector<int> owner = partition_.assign(blocks, hosts);
+        if (owner.size() != blocks.size())
+            detail::fail("StarAttention: the partition assigned ", owner.size(), " of ",
+                         blocks.size(), " blocks");
+        std::vector<TokenRange> anchors;
+        for (std::size_t i = 0; i < blocks.size(); ++i)
+            anchors.push_back(anchor_.anchor_for(blocks, static_cast<index>(i)));
+        return StarPlan(context_tokens, hosts, partition_.query_host(hosts), std::move(blocks),
+                        std::move(owner), std::move(anchors), anchor_.source());
     }
 
     /// Phase 1 for one layer: every host attends over each of its blocks with the block's
@@ -152,26 +218,26 @@ public:
             if (const std::int64_t q_heads = detail::head_settings(contexts[r])[0];
                 q_heads != detail::unknown_setting)
                 variant_.check(static_cast<index>(q_heads));
-        const AnchorKV<KV> received = plan.anchor_source == AnchorSource::receive
+        const AnchorKV<KV> received = plan.anchor_source() == AnchorSource::receive
                                           ? receive_anchor(comm, plan, contexts)
                                           : AnchorKV<KV>{};
         auto outputs = comm.template local<std::vector<RangeOutput>>();
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
-                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks[i]);
-                check_finite(block, plan.blocks[i].begin, "StarAttention::encode_context: host ",
+                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks()[i]);
+                check_finite(block, plan.blocks()[i].begin, "StarAttention::encode_context: host ",
                              rank);
                 // Inputs are checked once here (a received anchor was checked by its owner),
                 // not again by every kernel call.
                 const AttentionOptions options{scale_, false};
-                const index at = plan.blocks[i].begin;
+                const index at = plan.blocks()[i].begin;
                 AttentionState state = attention(block.q, block.k, block.v, variant_.mask(at, at),
                                                  options, variant_.transform(at, at));
-                if (const TokenRange a = plan.anchors[i]; !a.empty()) {
-                    if (plan.anchor_source == AnchorSource::compute)
+                if (const TokenRange a = plan.anchors()[i]; !a.empty()) {
+                    if (plan.anchor_source() == AnchorSource::compute)
                         check_finite(contexts[rank].slice(a), a.begin,
                                      "StarAttention::encode_context: host ", rank, ", anchor");
-                    const auto [k, v] = plan.anchor_source == AnchorSource::receive
+                    const auto [k, v] = plan.anchor_source() == AnchorSource::receive
                                             ? received.prefix(rank, a.end, block.k)
                                             : kv_of(contexts[rank].slice(a));
                     // The anchor precedes the block: the past mask (all of it, for plain causal
@@ -179,7 +245,7 @@ public:
                     merge_into(state, attention(block.q, k, v, variant_.past_mask(at, a.begin),
                                                 options, variant_.transform(at, a.begin)));
                 }
-                outputs[rank].push_back({plan.blocks[i], std::move(state)});
+                outputs[rank].push_back({plan.blocks()[i], std::move(state)});
             }
         });
         // Caches change only once every host has succeeded, and all or none: every cache
@@ -187,7 +253,7 @@ public:
         auto blocks_kv = comm.template local<std::vector<ConstView3<KV>>>();
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
-                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks[i]);
+                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks()[i]);
                 blocks_kv[rank].push_back(block.k);
                 blocks_kv[rank].push_back(block.v);
             }
@@ -207,8 +273,8 @@ public:
                                                      const ConstView3<KV>& v) const
     {
         detail::check_qkv(q, k, v, scale_, "StarAttention::encode_context");
-        if (q.dimension(0) != plan.context_tokens || k.dimension(0) != plan.context_tokens)
-            detail::fail("StarAttention::encode_context: the plan is for ", plan.context_tokens,
+        if (q.dimension(0) != plan.context_tokens() || k.dimension(0) != plan.context_tokens())
+            detail::fail("StarAttention::encode_context: the plan is for ", plan.context_tokens(),
                          " context tokens, q has ", q.dimension(0), " and k ", k.dimension(0));
         auto contexts = comm.template local<HostContext<KV>>();
         for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
@@ -255,7 +321,7 @@ public:
             for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
                 index own = 0;
                 for (const std::size_t i : plan.blocks_of(rank))
-                    own += plan.blocks[i].size();
+                    own += plan.blocks()[i].size();
                 if (caches[rank].tokens() < own)
                     detail::fail("StarAttention::attend_query: host ", rank, "'s cache holds ",
                                  caches[rank].tokens(), " tokens, fewer than the ", own,
@@ -294,14 +360,14 @@ public:
             }
             // The query host also sees the query's own keys, causally. They join its cache
             // only once the whole step has succeeded, so a failed step changes no cache.
-            if (rank == plan.query_host)
+            if (rank == plan.query_host())
                 merge_into(partials[rank],
                            attention(q, k, v, variant_.mask(position, position), options,
                                      variant_.transform(position, position)));
         });
-        auto merged = merge_.combine(comm, partials, plan.query_host);
-        if (caches.holds(plan.query_host))
-            caches[plan.query_host].append(k, v);
+        auto merged = merge_.combine(comm, partials, plan.query_host());
+        if (caches.holds(plan.query_host()))
+            caches[plan.query_host()].append(k, v);
         return merged;
     }
 
@@ -320,21 +386,21 @@ public:
                                                    index kv_heads, index head_dim,
                                                    int threads) const
     {
-        detail::check_rank(host, plan.hosts, "phase1_working_bytes: host");
+        detail::check_rank(host, plan.hosts(), "phase1_working_bytes: host");
         if (threads <= 0)
             detail::fail("phase1_working_bytes: threads must be at least 1, got ", threads);
         std::size_t outputs = 0, anchor_state = 0;
         for (const std::size_t i : plan.blocks_of(host)) {
-            const std::size_t state = AttentionState::bytes(plan.blocks[i].size(), q_heads, head_dim);
+            const std::size_t state = AttentionState::bytes(plan.blocks()[i].size(), q_heads, head_dim);
             outputs += state;
-            if (!plan.anchors[i].empty())
+            if (!plan.anchors()[i].empty())
                 anchor_state = std::max(anchor_state, state);
         }
         std::size_t received = 0;
-        if (plan.anchor_source == AnchorSource::receive) {
+        if (plan.anchor_source() == AnchorSource::receive) {
             const TokenRange anchor = plan.shared_anchor();
             index largest_part = 0;
-            for (const TokenRange& b : plan.blocks)
+            for (const TokenRange& b : plan.blocks())
                 largest_part = std::max(largest_part, std::min(b.end, anchor.end) - b.begin);
             received = 2 * sizeof(KV) * static_cast<std::size_t>((anchor.size() + largest_part) *
                                                                  kv_heads * head_dim);
@@ -364,17 +430,17 @@ private:
     {
         const auto appended = [&] {
             index own = 0;
-            for (const std::size_t i : plan.blocks_of(plan.query_host))
-                own += plan.blocks[i].size();
-            return plan.context_tokens + caches[plan.query_host].tokens() - own;
+            for (const std::size_t i : plan.blocks_of(plan.query_host()))
+                own += plan.blocks()[i].size();
+            return plan.context_tokens() + caches[plan.query_host()].tokens() - own;
         };
         if constexpr (!V::positional) {
-            return caches.holds(plan.query_host) ? appended() : plan.context_tokens;
+            return caches.holds(plan.query_host()) ? appended() : plan.context_tokens();
         } else {
             auto position = comm.template local<std::vector<std::int64_t>>();
-            if (position.holds(plan.query_host))
-                position[plan.query_host] = {appended()};
-            comm.broadcast(position, plan.query_host);
+            if (position.holds(plan.query_host()))
+                position[plan.query_host()] = {appended()};
+            comm.broadcast(position, plan.query_host());
             const int any = position.first_rank();
             if (position[any].size() != 1)
                 detail::fail_at_runtime("StarAttention: host ", any,
@@ -401,9 +467,9 @@ private:
             row += r.size();
         };
         for (const std::size_t i : plan.blocks_of(rank))
-            add(plan.blocks[i]);
-        if (rank == plan.query_host)
-            add({plan.context_tokens, plan.context_tokens + (tokens - row)});
+            add(plan.blocks()[i]);
+        if (rank == plan.query_host())
+            add({plan.context_tokens(), plan.context_tokens() + (tokens - row)});
         return runs;
     }
 
@@ -447,11 +513,11 @@ private:
         AnchorKV<KV> anchor{comm.template local<std::vector<KV>>(),
                             comm.template local<std::vector<KV>>()};
         const TokenRange shared = plan.shared_anchor();
-        for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
-            const TokenRange part{plan.blocks[i].begin, std::min(plan.blocks[i].end, shared.end)};
+        for (std::size_t i = 0; i < plan.blocks().size(); ++i) {
+            const TokenRange part{plan.blocks()[i].begin, std::min(plan.blocks()[i].end, shared.end)};
             if (part.empty())
                 continue;
-            const int root = plan.owner[i];
+            const int root = plan.owner()[i];
             auto keys = comm.template local<std::vector<KV>>();
             auto values = comm.template local<std::vector<KV>>();
             if (keys.holds(root)) {
@@ -494,29 +560,26 @@ private:
             "the variant's ALiBi slopes (digest)"};
         // Order-sensitive digests of the block layout: equal layouts give equal values.
         std::uint64_t bounds = 0, owners = 0, anchors = 0; // unsigned: wrapping is intended
-        for (std::size_t i = 0; i < plan.blocks.size(); ++i) {
-            bounds = bounds * 1000003 + static_cast<std::uint64_t>(plan.blocks[i].end);
-            owners = owners * 1000003 + static_cast<std::uint64_t>(plan.owner[i]);
-            anchors = (anchors * 1000003 + static_cast<std::uint64_t>(plan.anchors[i].begin)) *
+        for (std::size_t i = 0; i < plan.blocks().size(); ++i) {
+            bounds = bounds * 1000003 + static_cast<std::uint64_t>(plan.blocks()[i].end);
+            owners = owners * 1000003 + static_cast<std::uint64_t>(plan.owner()[i]);
+            anchors = (anchors * 1000003 + static_cast<std::uint64_t>(plan.anchors()[i].begin)) *
                           1000003 +
-                      static_cast<std::uint64_t>(plan.anchors[i].end);
+                      static_cast<std::uint64_t>(plan.anchors()[i].end);
         }
-        // Every rank of a job runs the same program, so the same type has the same name.
-        const auto merge_digest =
-            static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(M).name()));
-        const auto variant_digest =
-            static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(V).name()));
+        const std::int64_t merge_digest = detail::type_digest<M>();
+        const std::int64_t variant_digest = detail::type_digest<V>();
         const VariantSettings variant = variant_.settings();
         auto settings = comm.template local<std::vector<std::int64_t>>();
         for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {
             const LayerShape shape = shape_of(r);
-            settings[r] = {plan.context_tokens,
-                           plan.query_host,
-                           static_cast<std::int64_t>(plan.blocks.size()),
+            settings[r] = {plan.context_tokens(),
+                           plan.query_host(),
+                           static_cast<std::int64_t>(plan.blocks().size()),
                            static_cast<std::int64_t>(bounds),
                            static_cast<std::int64_t>(owners),
                            static_cast<std::int64_t>(anchors),
-                           static_cast<std::int64_t>(plan.anchor_source),
+                           static_cast<std::int64_t>(plan.anchor_source()),
                            detail::element_code<KV>(),
                            merge_digest,
                            detail::float_setting(scale_),
@@ -535,24 +598,9 @@ private:
     template <Communicator C>
     static void check_group(const C& comm, const StarPlan& plan)
     {
-        if (comm.size() != plan.hosts)
-            detail::fail("StarAttention: the plan is for ", plan.hosts,
+        if (comm.size() != plan.hosts())
+            detail::fail("StarAttention: the plan is for ", plan.hosts(),
                          " hosts but the communicator has ", comm.size());
-    }
-
-    static void check_blocks(const std::vector<TokenRange>& blocks, index context_tokens)
-    {
-        index expected = 0;
-        for (std::size_t i = 0; i < blocks.size(); ++i) {
-            if (blocks[i].begin != expected || blocks[i].empty())
-                detail::fail("StarAttention: the block policy returned block ", i, " = [",
-                             blocks[i].begin, ", ", blocks[i].end,
-                             "); blocks must be non-empty, consecutive and start at 0");
-            expected = blocks[i].end;
-        }
-        if (expected != context_tokens)
-            detail::fail("StarAttention: the blocks cover ", expected, " of ", context_tokens,
-                         " context tokens");
     }
 
     B block_{};

@@ -18,6 +18,8 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <string_view>
+#include <typeinfo>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -185,6 +187,15 @@ inline std::int64_t float_setting(std::optional<float> value)
     std::uint32_t bits = 0;
     std::memcpy(&bits, &*value, sizeof bits);
     return bits;
+}
+
+/// A setting that says which type `T` a host was compiled with (a policy, a variant), for
+/// `check_agreement`. Every rank of a job runs the same program, so the same type has the
+/// same name.
+template <class T>
+std::int64_t type_digest()
+{
+    return static_cast<std::int64_t>(std::hash<std::string_view>{}(typeid(T).name()));
 }
 
 /// Checks that every host of the group was given the same configuration: `settings[r]`

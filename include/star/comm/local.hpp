@@ -7,6 +7,7 @@
 /// thread, where they are plain moves of buffers between hosts).
 
 #include <atomic>
+#include <functional>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -58,12 +59,13 @@ public:
     /// Runs `step(rank)` for every host as oneTBB tasks (in the arena capped by
     /// `max_threads`, if one was given) and returns when all have; an exception thrown by a
     /// step is rethrown here.
-    template <class F>
-    void for_each_host(F&& step)
+    /// (`step` is type-erased, as detail::parallel_for's body is, so that the arena and the
+    /// loop are compiled once, not once per caller.)
+    void for_each_host(const std::function<void(int)>& step)
     {
         const InUse in_use(busy_, "for_each_host");
-        const auto run = [&] {
-            detail::parallel_for(0, size_, [&](int rank) { step(rank); });
+        const std::function<void()> run = [&] {
+            detail::parallel_for(0, size_, [&](index rank) { step(static_cast<int>(rank)); });
         };
         if (arena_)
             arena_->execute(run);

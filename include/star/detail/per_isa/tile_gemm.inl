@@ -44,16 +44,23 @@ inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, f
             S::store(c + r * ldc + p * S::width, acc[r][p]);
 }
 
+/// The last `m - i` rows of a panel, fewer than a micro-tile's, in blocks of `Rows`, then
+/// of half as many, down to 1. Three shapes cover every remainder (7 = 4 + 2 + 1) where a
+/// shape per remainder would be 5 to 7: every shape is compiled for every path, B type and
+/// mode, in every translation unit (about a tenth of a test file's machine code), and the
+/// remainder is only ever the last rows of a call.
 template <class S, int Rows, int Packets, bool Accumulate, class B>
-inline void gemm_leftover_rows(int rows, const float* a, Strides sa, const B* b, index ldb,
-                               float* c, index ldc, index depth) noexcept
+inline void gemm_remainder_rows(index i, index m, const float* a, Strides sa, const B* b,
+                                index ldb, float* c, index ldc, index depth) noexcept
 {
     if constexpr (Rows > 0) {
-        if (rows == Rows)
-            gemm_micro_tile<S, Rows, Packets, Accumulate>(a, sa, b, ldb, c, ldc, depth);
-        else
-            gemm_leftover_rows<S, Rows - 1, Packets, Accumulate>(rows, a, sa, b, ldb, c, ldc,
-                                                                 depth);
+        if (m - i >= Rows) {
+            gemm_micro_tile<S, Rows, Packets, Accumulate>(a + i * sa.row, sa, b, ldb,
+                                                          c + i * ldc, ldc, depth);
+            i += Rows;
+        }
+        gemm_remainder_rows<S, Rows / 2, Packets, Accumulate>(i, m, a, sa, b, ldb, c, ldc,
+                                                              depth);
     }
 }
 
@@ -62,13 +69,12 @@ inline void gemm_panel(const float* a, Strides sa, const B* b, index ldb, float*
                        index m, index depth) noexcept
 {
     constexpr int rows = gemm_rows<S>;
+    static_assert(rows <= 8, "the remainder takes blocks of 4, 2 and 1 rows");
     index i = 0;
     for (; i + rows <= m; i += rows)
         gemm_micro_tile<S, rows, Packets, Accumulate>(a + i * sa.row, sa, b, ldb, c + i * ldc,
                                                       ldc, depth);
-    if (i < m)
-        gemm_leftover_rows<S, rows - 1, Packets, Accumulate>(
-            static_cast<int>(m - i), a + i * sa.row, sa, b, ldb, c + i * ldc, ldc, depth);
+    gemm_remainder_rows<S, 4, Packets, Accumulate>(i, m, a, sa, b, ldb, c, ldc, depth);
 }
 
 /// `C[m x n] = A[m x depth] * B[depth x n]` (or `+=` when `Accumulate`); B and C row-major
