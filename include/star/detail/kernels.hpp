@@ -6,6 +6,7 @@
 /// `attention` call.
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <vector>

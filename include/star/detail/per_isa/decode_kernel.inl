@@ -131,24 +131,31 @@ inline void dot_key_step(const ScoreBlock<KV>& block, index j) noexcept
         const int left = static_cast<int>(block.rows - r);
         q += r * d;
         scores += r * block.ld;
-        if (left == 3)
-            dot_micro_tile<S, 3, Keys>(block, q, k, v, scores);
-        else if (left == 2)
+        // Up to 3 rows left: 2 and 1 (see dot_remainder_keys for why not a shape each).
+        if (left >= 2) {
             dot_micro_tile<S, 2, Keys>(block, q, k, v, scores);
-        else if (left == 1)
+            q += 2 * d;
+            scores += 2 * block.ld;
+        }
+        if (left % 2 == 1)
             dot_micro_tile<S, 1, Keys>(block, q, k, v, scores);
     }
 }
 
-/// dot_key_step for `keys < Keys` keys, chosen at run time.
+/// The last `keys` keys of a block, fewer than a step's, in steps of `Keys`, then of half
+/// as many, down to 1: three shapes cover every remainder (5 = 4 + 1) where a shape per
+/// remainder would be 5. Every shape is compiled for every path and K/V type in every
+/// translation unit that calls `attention`, and the remainder is a block's last few keys.
 template <class S, int Keys, class KV>
-inline void dot_leftover_keys(int keys, const ScoreBlock<KV>& block, index j) noexcept
+inline void dot_remainder_keys(index keys, const ScoreBlock<KV>& block, index j) noexcept
 {
     if constexpr (Keys > 0) {
-        if (keys == Keys)
+        if (keys >= Keys) {
             dot_key_step<S, Keys>(block, j);
-        else
-            dot_leftover_keys<S, Keys - 1>(keys, block, j);
+            j += Keys;
+            keys -= Keys;
+        }
+        dot_remainder_keys<S, Keys / 2>(keys, block, j);
     }
 }
 
@@ -157,12 +164,12 @@ template <class S, class KV>
 STAR_OUT_OF_LINE inline void dot_scores(const ScoreBlock<KV>& block, index keys) noexcept
 {
     static_assert(dot_rows<S> == 4, "dot_key_step finishes up to 3 leftover rows");
+    static_assert(dot_keys<S> <= 8, "the remainder takes steps of 4, 2 and 1 keys");
     constexpr int step = dot_keys<S>;
     index j = 0;
     for (; j + step <= keys; j += step)
         dot_key_step<S, step>(block, j);
-    if (j < keys)
-        dot_leftover_keys<S, step - 1>(static_cast<int>(keys - j), block, j);
+    dot_remainder_keys<S, static_cast<int>(std::bit_floor(unsigned(step - 1)))>(keys - j, block, j);
 }
 
 /// Folds one block of a row's scores (`n` of them, a whole number of vectors, `-inf` where
