@@ -202,6 +202,8 @@ void print_summary(const std::map<std::string, Series>& series)
             continue;
         std::string label = run;
         label.erase(at, 9);
+        if (const auto suffix = label.find("/real_time"); suffix != std::string::npos)
+            label.erase(suffix);
         std::printf("  %-44s %.2fx\n", label.c_str(),
                     median(s.real_time) / median(match->second.real_time));
     }
