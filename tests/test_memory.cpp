@@ -16,14 +16,15 @@ namespace star::test {
 namespace {
 
 constexpr index q_heads = 4, kv_heads = 1, head_dim = 32;
+constexpr HeadShape layer{.q_heads = q_heads, .kv_heads = kv_heads, .head_dim = head_dim};
 
 template <class Anchor>
 std::size_t working_bytes(index context, index block, Anchor anchor, int host)
 {
     const StarAttention<FixedBlocks, Anchor> star(FixedBlocks{block}, anchor);
     const int hosts = static_cast<int>((context + block - 1) / block); // one block each
-    return star.template phase1_working_bytes<float>(star.plan(context, hosts), host, q_heads,
-                                                     kv_heads, head_dim, 2);
+    return star.template phase1_working_bytes<float>(star.plan(context, hosts), host, layer,
+                                                     2);
 }
 
 TEST(Memory, Phase1AccountDoesNotGrowWithTheContext)
@@ -52,12 +53,12 @@ TEST(Memory, AccountCountsTheHostsBlocksOutputs)
 {
     const StarAttention<> star(FixedBlocks{100});
     const StarPlan plan = star.plan(1000, 3); // 10 blocks: 4, 3 and 3 per host
-    const std::size_t four = star.phase1_working_bytes<float>(plan, 0, q_heads, kv_heads, head_dim, 1);
-    const std::size_t three = star.phase1_working_bytes<float>(plan, 1, q_heads, kv_heads, head_dim, 1);
+    const std::size_t four = star.phase1_working_bytes<float>(plan, 0, layer, 1);
+    const std::size_t three = star.phase1_working_bytes<float>(plan, 1, layer, 1);
     EXPECT_EQ(four - three, AttentionState::bytes(100, q_heads, head_dim));
-    expect_error([&] { (void)star.phase1_working_bytes<float>(plan, 3, q_heads, kv_heads, head_dim, 1); },
+    expect_error([&] { (void)star.phase1_working_bytes<float>(plan, 3, layer, 1); },
                  "host 3 is out of range");
-    expect_error([&] { (void)star.phase1_working_bytes<float>(plan, 0, q_heads, kv_heads, head_dim, 0); },
+    expect_error([&] { (void)star.phase1_working_bytes<float>(plan, 0, layer, 0); },
                  "threads must be at least 1");
 }
 
@@ -81,7 +82,9 @@ TEST(Memory, AccountIsTheSumOfItsDocumentedTerms)
     const auto account = [&](index context, AnchorSource source, int host) {
         const StarAttention<FixedBlocks, FirstTokens, RoundRobin> star(
             FixedBlocks{100}, FirstTokens{150, source});
-        return star.phase1_working_bytes<KV>(star.plan(context, 2), host, hq, hkv, d, threads);
+        return star.phase1_working_bytes<KV>(star.plan(context, 2), host,
+                                                {.q_heads = hq, .kv_heads = hkv, .head_dim = d},
+                                                threads);
     };
 
     // Host 0 of 250 tokens owns blocks 0 (no anchor) and 2 (50 tokens, anchored):
@@ -140,7 +143,7 @@ TEST(Memory, Phase1AtSixteenThousandTokensStaysWithinTheAccount)
     const StarPlan plan = star.plan(context, hosts);
     std::size_t account = 0;
     for (int h = 0; h < hosts; ++h)
-        account += star.phase1_working_bytes<float>(plan, h, q_heads, kv_heads, head_dim, 1);
+        account += star.phase1_working_bytes<float>(plan, h, layer, 1);
     const std::size_t caches = 2 * sizeof(float) * context * kv_heads * head_dim;
     constexpr std::size_t margin = 24u << 20;
 

@@ -68,6 +68,18 @@ struct Shape {
     friend bool operator==(const Shape&, const Shape&) = default;
 };
 
+/// The heads of one attention layer: `q_heads` query heads sharing `kv_heads` KV heads of
+/// `head_dim`. Named fields, so that three adjacent counts cannot be swapped silently:
+/// `HeadShape{.q_heads = 32, .kv_heads = 8, .head_dim = 128}`.
+struct HeadShape {
+    index q_heads = 0;  ///< Query heads (a multiple of `kv_heads`).
+    index kv_heads = 0; ///< KV heads.
+    index head_dim = 0; ///< Elements per head.
+
+    /// Equal when all three sizes are.
+    friend bool operator==(const HeadShape&, const HeadShape&) = default;
+};
+
 /// The sizes of the view `t`.
 template <class T>
 Shape shape_of(const Eigen::TensorMap<const Tensor3<T>>& t)

@@ -64,7 +64,7 @@ public:
     /// the host of `blocks[i]` and `anchors[i]` the earlier keys it also sees (empty for
     /// none; with `AnchorSource::receive`, a prefix of the context). `query_host` receives the
     /// merged phase-2 result.
-    /// 	hrows star::error naming the first piece that does not fit.
+    /// \throws star::error naming the first piece that does not fit.
     StarPlan(index context_tokens, int hosts, int query_host, std::vector<TokenRange> blocks,
              std::vector<int> owner, std::vector<TokenRange> anchors,
              AnchorSource anchor_source = AnchorSource::compute)
@@ -372,8 +372,8 @@ public:
     }
 
     /// The most memory host `host` allocates in phase 1 (one `encode_context` call) besides
-    /// its cache and its inputs, for a layer of `q_heads` query heads and `kv_heads` KV heads
-    /// of `head_dim`, with K/V stored as `KV`, on `threads` threads:
+    /// its cache and its inputs, for a layer of `heads`, with K/V stored as `KV`, on
+    /// `threads` threads:
     /// - the outputs of its blocks (what `encode_context` returns for it);
     /// - one block-sized partial state for the anchor, merged in and dropped block by block;
     /// - one kernel workspace per thread (`attention_workspace_bytes`);
@@ -382,10 +382,10 @@ public:
     /// it does not grow with the context length. No L x L (or L x b) buffer is ever built.
     /// \throws star::error if `host` is out of range or the shapes are invalid.
     template <KVElement KV>
-    [[nodiscard]] std::size_t phase1_working_bytes(const StarPlan& plan, int host, index q_heads,
-                                                   index kv_heads, index head_dim,
-                                                   int threads) const
+    [[nodiscard]] std::size_t phase1_working_bytes(const StarPlan& plan, int host,
+                                                   const HeadShape& heads, int threads) const
     {
+        const auto [q_heads, kv_heads, head_dim] = heads;
         detail::check_rank(host, plan.hosts(), "phase1_working_bytes: host");
         if (threads <= 0)
             detail::fail("phase1_working_bytes: threads must be at least 1, got ", threads);

@@ -174,23 +174,11 @@ template <class KV>
 float check_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
                 std::optional<float> scale, const char* where)
 {
+    // In a view's own words first; the rest is the same for every source.
     check_tensor(q, "q", where);
     check_tensor(k, "k", where);
     check_tensor(v, "v", where);
-    if (k.dimension(0) != v.dimension(0))
-        fail(where, ": k has ", k.dimension(0), " tokens but v has ", v.dimension(0));
-    if (k.dimension(1) != v.dimension(1))
-        fail(where, ": k has ", k.dimension(1), " heads but v has ", v.dimension(1));
-    if (q.dimension(2) != k.dimension(2) || q.dimension(2) != v.dimension(2))
-        fail(where, ": head_dim differs: q ", q.dimension(2), ", k ", k.dimension(2), ", v ",
-             v.dimension(2));
-    if (q.dimension(1) % k.dimension(1) != 0)
-        fail(where, ": q has ", q.dimension(1), " heads, not a multiple of the ", k.dimension(1),
-             " kv heads (grouped-query ratio must be an integer)");
-    const float resolved = scale.value_or(1.0f / std::sqrt(static_cast<float>(q.dimension(2))));
-    if (!std::isfinite(resolved) || resolved <= 0.0f)
-        fail(where, ": scale must be finite and positive, got ", resolved);
-    return resolved;
+    return check_qkv(q, KVPages<KV>(k), KVPages<KV>(v), scale, where);
 }
 
 } // namespace star::detail

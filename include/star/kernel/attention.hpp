@@ -62,6 +62,31 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
                                                        head_dim));
 }
 
+/// `attention` (the overload on views, below) over keys and values read in place from K/V
+/// sources (kv_source.hpp): a paged cache (`paged_kv`), K and V sliced out of a fused QKV
+/// projection (`strided_kv`), or any other `KVPages` layout; nothing is copied. The result is that of the same keys
+/// and values laid out contiguously, up to rounding: bit for bit when each source is a
+/// single page (a strided view), since the kernel's arithmetic and its order are then the
+/// same. `k` and `v` may have different layouts but must have the same tokens, heads and
+/// head_dim; to pair a contiguous view with another source, pass it as `KVPages<KV>(view)`.
+/// \throws star::error as the overload on views does.
+template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
+AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
+                         const M& mask = {}, const AttentionOptions& options = {},
+                         const T& transform = {})
+{
+    const float scale = detail::check_qkv(q, k, v, options.scale, "attention");
+    detail::check_transform(transform, q.dimension(1), q.dimension(0), k.tokens(), "attention");
+    if (options.check_finite) {
+        detail::check_finite(q, "q", 0, "attention");
+        detail::check_finite(k, "k", 0, "attention");
+        detail::check_finite(v, "v", 0, "attention");
+    }
+    detail::AttentionCall<KV, M, T> call(q, k, v, mask, transform, scale, kernel_isa());
+    detail::parallel_for(index{0}, call.tasks(), [&](index t) { call.run(t); });
+    return call.result();
+}
+
 /// Attention of `q` over `k`/`v` under `mask`, parallel over (KV head x query tile) with TBB.
 /// Each visible scaled score passes through `transform` (score_transform.hpp: `SoftCap`,
 /// `Alibi`, or one of the caller's own) before the softmax; the default leaves it as is.
@@ -88,42 +113,9 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
                          const ConstView3<KV>& v, const M& mask = {},
                          const AttentionOptions& options = {}, const T& transform = {})
 {
-    const float scale = detail::check_qkv(q, k, v, options.scale, "attention");
-    detail::check_transform(transform, q.dimension(1), q.dimension(0), k.dimension(0),
-                            "attention");
-    if (options.check_finite) {
-        detail::check_finite(q, "q", 0, "attention");
-        detail::check_finite(k, "k", 0, "attention");
-        detail::check_finite(v, "v", 0, "attention");
-    }
-    detail::AttentionCall<KV, M, T> call(q, k, v, mask, transform, scale, kernel_isa());
-    detail::parallel_for(index{0}, call.tasks(), [&](index t) { call.run(t); });
-    return call.result();
-}
-
-/// `attention` over keys and values read in place from K/V sources (kv_source.hpp): a
-/// paged cache (`paged_kv`), K and V sliced out of a fused QKV projection (`strided_kv`),
-/// or any other `KVPages` layout; nothing is copied. The result is that of the same keys
-/// and values laid out contiguously, up to rounding: bit for bit when each source is a
-/// single page (a strided view), since the kernel's arithmetic and its order are then the
-/// same. `k` and `v` may have different layouts but must have the same tokens, heads and
-/// head_dim; to pair a contiguous view with another source, pass it as `KVPages<KV>(view)`.
-/// 	hrows star::error as the other overload does.
-template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
-AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
-                         const M& mask = {}, const AttentionOptions& options = {},
-                         const T& transform = {})
-{
-    const float scale = detail::check_qkv(q, k, v, options.scale, "attention");
-    detail::check_transform(transform, q.dimension(1), q.dimension(0), k.tokens(), "attention");
-    if (options.check_finite) {
-        detail::check_finite(q, "q", 0, "attention");
-        detail::check_finite(k, "k", 0, "attention");
-        detail::check_finite(v, "v", 0, "attention");
-    }
-    detail::AttentionCall<KV, M, T> call(q, k, v, mask, transform, scale, kernel_isa());
-    detail::parallel_for(index{0}, call.tasks(), [&](index t) { call.run(t); });
-    return call.result();
+    // The view's own words for a bad view (a source is described by its layout instead).
+    (void)detail::check_qkv(q, k, v, options.scale, "attention");
+    return attention(q, KVPages<KV>(k), KVPages<KV>(v), mask, options, transform);
 }
 
 } // namespace star
