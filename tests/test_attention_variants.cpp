@@ -79,7 +79,8 @@ void expect_close(const AttentionState& got, const ReferenceResult& want, index 
 }
 
 // Calls `f(variant, spec, name)` for each built-in variant but plain causal (tested everywhere
-// else): a window, a soft cap, ALiBi, and Gemma 2's local layers (a window and a cap).
+// else): a window, a soft cap, ALiBi, Gemma 2's local layers (a window and a cap), and all
+// three nested.
 template <class F>
 void for_each_variant(F&& f)
 {
@@ -87,6 +88,9 @@ void for_each_variant(F&& f)
     f(SoftCapped<>{1.5f}, Spec{0, 1.5, {}}, "SoftCapped{1.5}");
     f(WithAlibi<>{slopes()}, Spec{0, 0.0, slopes()}, "WithAlibi");
     f(SoftCapped<SlidingWindow>{1.5f, {37}}, Spec{37, 1.5, {}}, "SoftCapped<SlidingWindow{37}>");
+    // All three nested: ALiBi's penalty first, then the cap (the reference's order).
+    f(SoftCapped<WithAlibi<SlidingWindow>>{1.5f, {slopes(), {37}}}, Spec{37, 1.5, slopes()},
+      "SoftCapped<WithAlibi<SlidingWindow{37}>>");
 }
 
 AttentionState assembled(const PerHost<std::vector<RangeOutput>>& outputs, index tokens)

@@ -169,10 +169,27 @@ struct Setting {
     int extra_steps = 0;     // decode steps after the query, beyond the others'
 };
 
+// What this rank holds of a context under `plan` when the anchor is received: its own
+// blocks of q, k and v.
+template <star::KVElement KV>
+star::PerHost<star::HostContext<KV>> own_blocks(star::MpiCommunicator& mpi, const star::StarPlan& plan,
+                                                const star::Tensor3<float>& q,
+                                                const star::Tensor3<KV>& k,
+                                                const star::Tensor3<KV>& v)
+{
+    auto contexts = mpi.local<star::HostContext<KV>>();
+    for (const std::size_t i : plan.blocks_of(mpi.rank())) {
+        const star::TokenRange b = plan.blocks()[i];
+        contexts[mpi.rank()].add(b.begin, star::token_slice(star::view(q), b.begin, b.size()),
+                                 star::token_slice(star::view(k), b.begin, b.size()),
+                                 star::token_slice(star::view(v), b.begin, b.size()));
+    }
+    return contexts;
+}
+
 template <star::KVElement KV, star::Merge M>
 void run_star(star::MpiCommunicator& mpi, const Setting& s)
 {
-    const int rank = mpi.rank();
     const star::index context = 400;
     std::mt19937_64 rng(5);
     const auto q = random_tensor(context, s.q_heads, s.d, rng);
@@ -181,13 +198,7 @@ void run_star(star::MpiCommunicator& mpi, const Setting& s)
     const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous, M> star_attention(
         star::FixedBlocks{s.block}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, M{}, s.scale);
     const star::StarPlan plan = star_attention.plan(context, mpi.size());
-    auto contexts = mpi.local<star::HostContext<KV>>();
-    for (const std::size_t i : plan.blocks_of(rank)) {
-        const star::TokenRange b = plan.blocks()[i];
-        contexts[rank].add(b.begin, star::token_slice(star::view(q), b.begin, b.size()),
-                           star::token_slice(star::view(k), b.begin, b.size()),
-                           star::token_slice(star::view(v), b.begin, b.size()));
-    }
+    const auto contexts = own_blocks(mpi, plan, q, k, v);
     auto caches = mpi.local<star::KVCache<KV>>();
     (void)star_attention.encode_context(mpi, plan, caches, contexts);
     for (int step = 0; step < 3 + s.extra_steps; ++step) {
@@ -261,6 +272,24 @@ void ring_with_window(star::MpiCommunicator& mpi, star::index window)
     const auto v = random_tensor(120, 2, 16, rng);
     const star::BasicRingAttention ring(star::RingOptions{}, star::SlidingWindow{window});
     (void)ring.run(mpi, star::view(q), star::view(k), star::view(v));
+}
+
+// Star under a soft cap of `cap`: a rank given another cap must be reported by the
+// agreement before phase 1 computes anything with it.
+void star_with_cap(star::MpiCommunicator& mpi, float cap)
+{
+    std::mt19937_64 rng(7);
+    const auto q = random_tensor(120, 4, 16, rng);
+    const auto k = random_tensor(120, 2, 16, rng);
+    const auto v = random_tensor(120, 2, 16, rng);
+    const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous,
+                              star::GatherToQueryHost, star::SoftCapped<>>
+        star_attention(star::FixedBlocks{40}, star::FirstTokens{{}, star::AnchorSource::receive},
+                       {}, {}, {}, star::SoftCapped<>{cap});
+    const star::StarPlan plan = star_attention.plan(120, mpi.size());
+    const auto contexts = own_blocks(mpi, plan, q, k, v);
+    auto caches = mpi.local<star::KVCache<float>>();
+    (void)star_attention.encode_context(mpi, plan, caches, contexts);
 }
 
 // Messages of every size (0 included), with hosts that only send, only receive or neither:
@@ -376,6 +405,8 @@ int main(int argc, char** argv)
             star::MpiCommunicator mpi(MPI_COMM_WORLD, std::chrono::milliseconds(10000));
             if (mode == "--mismatch-window")
                 ring_with_window(mpi, rank == chosen_rank ? 65 : 64);
+            else if (mode == "--mismatch-cap")
+                star_with_cap(mpi, rank == chosen_rank ? 30.0f : 50.0f);
             else if (mode == "--mismatch-ring-layout")
                 ring_equals_in_process(mpi,
                                        rank == chosen_rank ? star::RingLayout::zigzag
