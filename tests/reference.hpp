@@ -205,6 +205,19 @@ Tokens<KV> random_tokens(index tokens, index q_heads, index kv_heads, index d)
             random_tensor<KV>(tokens, kv_heads, d)};
 }
 
+/// The rows of a K/V source (a cache's `keys()`, a paged or strided view) copied into a
+/// contiguous `[tokens, heads, head_dim]` tensor, row by row through `KVPages::row`.
+template <KVElement KV>
+Tensor3<KV> contiguous(const KVPages<KV>& source)
+{
+    Tensor3<KV> t(source.tokens(), source.heads(), source.head_dim());
+    for (index j = 0; j < source.tokens(); ++j)
+        for (index h = 0; h < source.heads(); ++h)
+            std::copy_n(source.row(j, h), source.head_dim(),
+                        t.data() + (j * source.heads() + h) * source.head_dim());
+    return t;
+}
+
 /// The tokens of `a` followed by those of `b`, which must have the same heads and head_dim.
 template <class T>
 Tensor3<T> concat_tokens(const Tensor3<T>& a, const Tensor3<T>& b)

@@ -186,8 +186,11 @@ TEST(StarPhaseOne, FirstBlockAnchorOutsideTheWindowIsInvisible)
 // =============================================================================================
 // Star, phase 2: exact given the caches, for the query and every decode step
 
+// With caches in pages of `page_tokens`: pages of 7 cut the runs of positions a
+// positional variant attends to one by one (KVPages::tokens_from) at page ends.
 template <class P>
-void expect_phase_two_exact(P partition, const std::string& where)
+void expect_phase_two_exact(P partition, const std::string& where,
+                            index page_tokens = KVCache<float>::default_page_tokens)
 {
     constexpr index context = 203, query = 7;
     constexpr int steps = 3;
@@ -201,6 +204,8 @@ void expect_phase_two_exact(P partition, const std::string& where)
         LocalCommunicator comm(3);
         const StarPlan plan = star.plan(context, 3);
         auto caches = comm.local<KVCache<float>>();
+        for (int r = 0; r < 3; ++r)
+            caches[r] = KVCache<float>(page_tokens);
         (void)star.encode_context(comm, plan, caches, view(ctx.q), view(ctx.k), view(ctx.v));
         Tokens<float> all{ctx.q, ctx.k, ctx.v};
         const auto step = [&](const Tokens<float>& t, const std::string& what) {
@@ -226,6 +231,12 @@ TEST(StarPhaseTwo, ExactForEveryVariant) { expect_phase_two_exact(Contiguous{}, 
 TEST(StarPhaseTwo, ExactWithScatteredBlocksAndAnotherQueryHost)
 {
     expect_phase_two_exact(RoundRobin{{0}}, "round robin, query host 0");
+}
+
+TEST(StarPhaseTwo, ExactOverCachesInPagesThatCutTheRuns)
+{
+    expect_phase_two_exact(Contiguous{}, "contiguous, pages of 7", 7);
+    expect_phase_two_exact(RoundRobin{{0}}, "round robin, pages of 7", 7);
 }
 
 // =============================================================================================

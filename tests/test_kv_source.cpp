@@ -434,5 +434,198 @@ TEST(PagedKV, EmptySourceGivesEmptyRows)
         EXPECT_EQ(got.lse.data()[n], -std::numeric_limits<float>::infinity());
 }
 
+
+// ---- Pages by pointer (KVCache's pages), and a range of a source's tokens
+
+/// The tokens of `t` in pages of `page_tokens`, each a separate allocation, NaN past the
+/// last token: no pool offset reaches them.
+template <class KV>
+struct PointerPages {
+    std::vector<std::vector<KV>> storage;
+    std::vector<const KV*> pages;
+    index page_tokens = 0, tokens = 0, heads = 0, d = 0;
+
+    PointerPages(const Tensor3<KV>& t, index page)
+        : page_tokens(page), tokens(t.dimension(0)), heads(t.dimension(1)), d(t.dimension(2))
+    {
+        const index row = heads * d;
+        for (index first = 0; first < tokens; first += page) {
+            storage.emplace_back(static_cast<std::size_t>(page * row),
+                                 KV(std::numeric_limits<float>::quiet_NaN()));
+            std::copy_n(t.data() + first * row, std::min(page, tokens - first) * row,
+                        storage.back().data());
+        }
+        for (const auto& p : storage)
+            pages.push_back(p.data());
+    }
+
+    [[nodiscard]] KVPages<KV> source() const
+    {
+        return paged_kv<KV>(std::span<const KV* const>(pages), page_tokens, tokens, heads, d);
+    }
+};
+
+TEST(PointerPagedKV, RowsAndRunsFollowThePages)
+{
+    const auto k = random_tensor<float>(23, 2, 8);
+    const PointerPages<float> pages(k, 7);
+    const KVPages<float> s = pages.source();
+    EXPECT_FALSE(s.contiguous());
+    for (index t = 0; t < 23; ++t)
+        for (index h = 0; h < 2; ++h) {
+            EXPECT_EQ(s.row(t, h), pages.pages[static_cast<std::size_t>(t / 7)] + (t % 7) * 16 + h * 8);
+            EXPECT_EQ(std::memcmp(s.row(t, h), &k(t, h, 0), sizeof(float) * 8), 0);
+        }
+    EXPECT_EQ(s.run(0, 23).length, 7);
+    EXPECT_EQ(s.run(5, 23).length, 2);
+    EXPECT_EQ(s.run(21, 23).length, 2);
+    EXPECT_EQ(s.run(8, 10).length, 2);
+}
+
+// A range of tokens starts where it says, on every layout, and its runs never start before
+// it or cross a page end.
+TEST(KVSourceRange, TokensFromViewsTheRangeInPlace)
+{
+    const auto k = random_tensor<float>(23, 2, 8);
+    const PointerPages<float> by_pointer(k, 7);
+    const PagedCopy<float> in_pool(k, 7);
+    const KVPages<float> contiguous_source(view(k));
+    for (const KVPages<float>& s : {by_pointer.source(), in_pool.source(), contiguous_source}) {
+        const KVPages<float> part = s.tokens_from(5, 12);
+        EXPECT_EQ(part.tokens(), 12);
+        for (index j = 0; j < 12; ++j)
+            for (index h = 0; h < 2; ++h)
+                EXPECT_EQ(part.row(j, h), s.row(5 + j, h));
+        const auto first = part.run(0, 12);
+        EXPECT_EQ(first.first, s.row(5, 0));
+        EXPECT_EQ(first.length, s.contiguous() ? 12 : 2); // pages of 7: tokens 5 and 6
+        const auto last = part.run(9, 12);                // tokens 14 to 16 of the source
+        EXPECT_EQ(last.first, s.row(14, 0));
+        EXPECT_EQ(last.length, 3);
+        // A range of a range.
+        const KVPages<float> inner = s.tokens_from(3, 15).tokens_from(2, 12);
+        for (index j = 0; j < 12; ++j)
+            EXPECT_EQ(inner.row(j, 1), s.row(5 + j, 1));
+        EXPECT_EQ(s.tokens_from(23, 0).tokens(), 0);
+    }
+    // A range of a contiguous view is one.
+    const KVPages<float> part = contiguous_source.tokens_from(5, 12);
+    EXPECT_TRUE(part.contiguous());
+    EXPECT_EQ(part.data(), k.data() + 5 * 16);
+}
+
+TEST(KVSourceRange, AttentionOverARangeOfPagesMatchesReference)
+{
+    constexpr index d = 64;
+    const auto q = random_tensor<float>(5, 8, d);
+    const auto k = random_tensor<float>(1200, 2, d), v = random_tensor<float>(1200, 2, d);
+    const PointerPages<float> pk(k, 7), pv(v, 7);
+    const ReferenceResult want =
+        reference_attention(view(q), token_slice(view(k), 300, 777), token_slice(view(v), 300, 777),
+                            everything, 1.0 / std::sqrt(double(d)));
+    const Tolerance tol = tolerance(want, d, 777);
+    const Deviation dev = deviation(
+        attention(view(q), pk.source().tokens_from(300, 777), pv.source().tokens_from(300, 777)),
+        want);
+    EXPECT_TRUE(dev.all_finite) << "a read outside the range's rows";
+    EXPECT_LE(dev.output, tol.output);
+    EXPECT_LE(dev.lse, tol.lse);
+}
+
+TEST(KVSourceErrors, PagesByPointerMustCoverTheTokens)
+{
+    const std::vector<float> page(7 * 2 * 8, 0.0f);
+    const std::vector<const float*> three{page.data(), page.data(), page.data()};
+    expect_error([&] { (void)paged_kv<float>(std::span<const float* const>(three), 7, 23, 2, 8); },
+                 "KVPages: 23 tokens in pages of 7 need 4 pages, but 3 page pointers are given");
+    const std::vector<const float*> with_null{page.data(), nullptr};
+    expect_error([&] { (void)paged_kv<float>(std::span<const float* const>(with_null), 7, 10, 2, 8); },
+                 "KVPages: page 1 of 2 is null");
+    expect_error([&] { (void)paged_kv<float>(std::span<const float* const>(three), 0, 10, 2, 8); },
+                 "KVPages: page_tokens must be positive, got 0");
+    // Spare pages past the tokens may be anything.
+    EXPECT_EQ(paged_kv<float>(std::span<const float* const>(with_null), 7, 7, 2, 8).tokens(), 7);
+}
+
+TEST(KVSourceErrors, TokensFromMustLieInTheSource)
+{
+    const auto k = random_tensor<float>(23, 2, 8);
+    const PointerPages<float> pages(k, 7);
+    expect_error([&] { (void)pages.source().tokens_from(20, 5); },
+                 "KVPages::tokens_from: 5 tokens from token 20 are out of range [0, 23)");
+    expect_error([&] { (void)pages.source().tokens_from(-1, 5); }, "5 tokens from token -1");
+    expect_error([&] { (void)KVPages<float>(view(k)).tokens_from(0, 24); }, "24 tokens from token 0 are out of range [0, 23)");
+}
+
+// ---- Attention over a KVCache, read in place from its pages
+
+// A cache of 3000 tokens appended in pieces of awkward sizes, then a decode step (decode
+// kernel), a short query of 5 tokens with 4 query heads per KV head (tile kernel: 20 rows)
+// and one without grouping (decode kernel, 5 query tokens), each as the cache's last
+// tokens. Against the double-precision reference always; bit for bit against the same K/V
+// laid out contiguously where the pages are a multiple of 128 tokens: the tile kernel
+// copies each 128-key tile run by run into the same buffer, and the decode kernel's
+// 32-key blocks and the split-KV slices (whole 128-key tiles) then start where they do
+// over the contiguous tensor, so the arithmetic and its order are the same. Pages of 7
+// cut the decode kernel's blocks, which changes the order of the sums: equal up to
+// rounding.
+template <class KV>
+void expect_cache_attention_matches(index page_tokens)
+{
+    SCOPED_TRACE("page_tokens " + std::to_string(page_tokens));
+    constexpr index cached = 3000, kv_heads = 2, d = 64;
+    const auto k = random_tensor<KV>(cached, kv_heads, d);
+    const auto v = random_tensor<KV>(cached, kv_heads, d);
+    KVCache<KV> cache(page_tokens);
+    const index pieces[] = {1, 255, 513, 7, 1000, 256};
+    for (index first = 0, n = 0; first < cached; ++n) {
+        const index count = std::min(pieces[n % 6], cached - first);
+        cache.append(token_slice(view(k), first, count), token_slice(view(v), first, count));
+        first += count;
+    }
+    ASSERT_EQ(cache.tokens(), cached);
+    struct Case {
+        const char* name;
+        index q_tokens, q_heads;
+    };
+    for (const Case c : {Case{"decode", 1, 8}, Case{"short query", 5, 8},
+                         Case{"short query, no grouping", 5, 2}}) {
+        SCOPED_TRACE(c.name);
+        const auto q = random_tensor<float>(c.q_tokens, c.q_heads, d);
+        const index offset = cached - c.q_tokens;
+        const CausalMask mask{offset, 0};
+        const ReferenceResult want =
+            reference_attention(view(q), view(k), view(v),
+                                [&](index i, index j) { return j <= i + offset; },
+                                1.0 / std::sqrt(double(d)));
+        const Tolerance tol = tolerance(want, d, cached);
+        for (const KernelIsa isa : supported_isas()) {
+            SCOPED_TRACE("path " + std::string(name(isa)));
+            const ForcedIsa forced(isa);
+            const AttentionState got = attention(view(q), cache.keys(), cache.values(), mask);
+            const Deviation dev = deviation(got, want);
+            EXPECT_TRUE(dev.all_finite);
+            EXPECT_TRUE(dev.infinities_match);
+            EXPECT_LE(dev.output, tol.output);
+            EXPECT_LE(dev.lse, tol.lse);
+            if (page_tokens % 128 == 0) {
+                EXPECT_TRUE(same_bits(got, attention(view(q), view(k), view(v), mask)));
+            }
+        }
+    }
+}
+
+TEST(CacheAttention, FloatOverPagesEqualsContiguous)
+{
+    expect_cache_attention_matches<float>(7);
+    expect_cache_attention_matches<float>(KVCache<float>::default_page_tokens);
+}
+
+TEST(CacheAttention, Bf16OverPagesEqualsContiguous)
+{
+    expect_cache_attention_matches<Eigen::bfloat16>(7);
+    expect_cache_attention_matches<Eigen::bfloat16>(KVCache<Eigen::bfloat16>::default_page_tokens);
+}
+
 } // namespace
 } // namespace star::test

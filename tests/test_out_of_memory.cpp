@@ -55,9 +55,14 @@ struct CacheImage {
 
     explicit CacheImage(const KVCache<KV>& c)
         : tokens(c.tokens()), heads(c.kv_heads()), head_dim(c.head_dim()),
-          keys(c.keys().data(), c.keys().data() + c.keys().size()),
-          values(c.values().data(), c.values().data() + c.values().size())
+          keys(flat(c.keys())), values(flat(c.values()))
     {
+    }
+
+    static std::vector<KV> flat(const KVPages<KV>& source)
+    {
+        const Tensor3<KV> t = contiguous(source);
+        return std::vector<KV>(t.data(), t.data() + t.size());
     }
 
     bool operator==(const CacheImage& o) const
@@ -111,9 +116,10 @@ void expect_next_append_lines_up(KVCache<float>& cache, const std::string& what)
 {
     const auto k = random_tensor<float>(1, 2, 16), v = random_tensor<float>(1, 2, 16);
     cache.append(view(k), view(v));
-    const index last = (cache.tokens() - 1) * 2 * 16;
-    EXPECT_EQ(std::memcmp(cache.keys().data() + last, k.data(), sizeof(float) * 32), 0) << what;
-    EXPECT_EQ(std::memcmp(cache.values().data() + last, v.data(), sizeof(float) * 32), 0) << what;
+    // The two heads of a token are one row of 32 elements in a page.
+    const index last = cache.tokens() - 1;
+    EXPECT_EQ(std::memcmp(cache.keys().row(last, 0), k.data(), sizeof(float) * 32), 0) << what;
+    EXPECT_EQ(std::memcmp(cache.values().row(last, 0), v.data(), sizeof(float) * 32), 0) << what;
 }
 
 struct Layer {

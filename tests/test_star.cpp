@@ -322,8 +322,9 @@ void expect_received_anchor_identical(BlockPolicy block, std::optional<index> an
                                      std::to_string(n));
         }
         ASSERT_EQ(caches_compute[r].tokens(), caches_receive[r].tokens());
-        EXPECT_TRUE(same_bytes(caches_compute[r].keys().data(), caches_receive[r].keys().data(),
-                               sizeof(KV) * caches_compute[r].keys().size()))
+        const Tensor3<KV> keys_compute = contiguous(caches_compute[r].keys());
+        EXPECT_TRUE(same_bytes(keys_compute.data(), contiguous(caches_receive[r].keys()).data(),
+                               sizeof(KV) * keys_compute.size()))
             << what << ", host " << r;
     }
 }
@@ -401,11 +402,13 @@ void expect_caches_hold_own_blocks(int hosts, PartitionKind partition_kind)
                 continue;
             EXPECT_EQ(cache.kv_heads(), kv_heads);
             EXPECT_EQ(cache.head_dim(), d);
-            ASSERT_EQ(cache.keys().size(), static_cast<index>(keys.size()));
-            EXPECT_TRUE(same_bytes(cache.keys().data(), keys.data(), sizeof(KV) * keys.size()))
+            const Tensor3<KV> cached_k = contiguous(cache.keys());
+            const Tensor3<KV> cached_v = contiguous(cache.values());
+            ASSERT_EQ(cached_k.size(), static_cast<index>(keys.size()));
+            EXPECT_TRUE(same_bytes(cached_k.data(), keys.data(), sizeof(KV) * keys.size()))
                 << "host " << r << " keys";
             EXPECT_TRUE(
-                same_bytes(cache.values().data(), values.data(), sizeof(KV) * values.size()))
+                same_bytes(cached_v.data(), values.data(), sizeof(KV) * values.size()))
                 << "host " << r << " values";
         }
     });

@@ -1061,10 +1061,12 @@ void check_phase_one(const star::StarPlan& plan, const Tensors<KV>& t,
                      " tokens, its blocks ", count);
             if (cache.bytes() != 2 * keys.size() * sizeof(KV))
                 fail("encode_context: host ", r, "'s cache reports ", cache.bytes(), " bytes");
+            const auto cached_k = star::test::contiguous(cache.keys());
+            const auto cached_v = star::test::contiguous(cache.values());
             if (cache.tokens() > 0 &&
-                (cache.keys().size() != static_cast<index>(keys.size()) ||
-                 !same_bytes(cache.keys().data(), keys.data(), static_cast<index>(keys.size())) ||
-                 !same_bytes(cache.values().data(), values.data(),
+                (cached_k.size() != static_cast<index>(keys.size()) ||
+                 !same_bytes(cached_k.data(), keys.data(), static_cast<index>(keys.size())) ||
+                 !same_bytes(cached_v.data(), values.data(),
                              static_cast<index>(values.size()))))
                 fail("encode_context: host ", r, "'s cache does not hold its blocks' K/V");
         }
@@ -1272,9 +1274,11 @@ void fuzz_cache(Input& in, const Common& c)
             fail("KVCache: reports ", cache.kv_heads(), " kv heads of head_dim ",
                  cache.head_dim(), ", expected ", model.heads, " of ", model.head_dim);
         const auto size = static_cast<index>(model.k.size());
-        if (cache.keys().size() != size || cache.values().size() != size ||
-            !same_bytes(cache.keys().data(), model.k.data(), size) ||
-            !same_bytes(cache.values().data(), model.v.data(), size))
+        const auto cached_k = star::test::contiguous(cache.keys());
+        const auto cached_v = star::test::contiguous(cache.values());
+        if (cached_k.size() != size || cached_v.size() != size ||
+            !same_bytes(cached_k.data(), model.k.data(), size) ||
+            !same_bytes(cached_v.data(), model.v.data(), size))
             fail("KVCache: keys()/values() differ from what was appended");
     }
 }

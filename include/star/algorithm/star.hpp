@@ -342,10 +342,8 @@ public:
                 for (const auto& run : cache_runs(plan, rank, cache.tokens())) {
                     // Named, not a structured binding: Clang before 16 cannot capture one.
                     const TokenRange tokens = run.first;
-                    const index first_row = run.second * cache.kv_heads() * cache.head_dim();
-                    const auto part = [&](const ConstView3<KV>& all) {
-                        return ConstView3<KV>(all.data() + first_row, tokens.size(),
-                                              cache.kv_heads(), cache.head_dim());
+                    const auto part = [&](const KVPages<KV>& all) {
+                        return all.tokens_from(run.second, tokens.size());
                     };
                     merge_into(partials[rank],
                                attention(q, part(cache.keys()), part(cache.values()),

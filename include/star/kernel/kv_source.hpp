@@ -3,10 +3,12 @@
 /// Where the kernel reads keys and values from: a *K/V source*. One runtime type,
 /// `KVPages`, describes every layout the kernel reads without a copy: a contiguous
 /// `[tokens, heads, head_dim]` view (one page), a strided view (K or V sliced out of a
-/// fused QKV projection: one page with wider strides) and a paged cache (a page table into
-/// a pool of fixed-size pages, the vLLM / FlashInfer layout, whose last page may be
-/// partial). Being one type rather than a template parameter, it leaves the kernel one
-/// instantiation per element type, so adding a layout costs no compile time.
+/// fused QKV projection: one page with wider strides) and a paged cache, its pages given
+/// either by a page table into a pool of fixed-size pages (the vLLM / FlashInfer layout) or
+/// by one pointer per page (pages allocated one by one, as `KVCache` grows); the last page
+/// may be partial. Any of them may be narrowed to a range of its tokens (`tokens_from`).
+/// Being one type rather than a template parameter, it leaves the kernel one instantiation
+/// per element type, so adding a layout costs no compile time.
 ///
 /// The kernel only ever asks a source for *runs*: consecutive tokens that lie in one page,
 /// one stride apart. A contiguous view is a single run, so it is read exactly as before.
@@ -33,12 +35,14 @@ struct KVLayout {
     index page_tokens = 0;  ///< Tokens per page; positive.
     index token_stride = 0; ///< Elements from a token's row to the next token's, in a page.
     index head_stride = 0;  ///< Elements from a head's row to the next head's.
-    index page_stride = 0;  ///< Elements from one page of the pool to the next.
+    index page_stride = 0;  ///< Elements from one page of the pool to the next (unused when
+                            ///< each page is given by its own pointer).
 };
 
 /// A K or V source: `tokens` rows of `heads x head_dim` elements of type `KV`, read in
 /// place from caller memory (see the file's comment). It views that memory (and the page
-/// table) without owning it: both must outlive every use. Copying is cheap.
+/// table or the array of page pointers) without owning it: both must outlive every use.
+/// Copying is cheap.
 template <KVElement KV>
 class KVPages {
 public:
@@ -74,7 +78,19 @@ public:
             const KVLayout& layout)
         : base_(pool), table_(page_table), layout_(layout)
     {
-        validate(pool_pages);
+        validate(pool_pages, false);
+    }
+
+    /// Pages `pages[p]`, each `layout.page_tokens` tokens laid out by the layout's token and
+    /// head strides (`layout.page_stride` is unused): token `t` lies in page
+    /// `pages[t / layout.page_tokens]`. For pages allocated one by one, which no pool
+    /// offset can reach (`KVCache`'s).
+    /// \throws star::invalid_argument for sizes, strides and offsets as the pool constructor,
+    /// fewer page pointers than the tokens need, or a null page among those needed.
+    KVPages(std::span<const KV* const> pages, const KVLayout& layout)
+        : base_(pages.empty() ? nullptr : pages.front()), pages_(pages), layout_(layout)
+    {
+        validate(0, true);
     }
 
     /// Tokens of the source.
@@ -85,13 +101,39 @@ public:
     [[nodiscard]] index head_dim() const noexcept { return layout_.head_dim; }
     /// The layout: sizes and strides.
     [[nodiscard]] const KVLayout& layout() const noexcept { return layout_; }
-    /// The pool (or single page) the rows are read from.
+    /// The pool (or single page, or first page) the rows are read from.
     [[nodiscard]] const KV* data() const noexcept { return base_; }
+    /// Which token of the pages is the source's token 0: 0 but for a source from
+    /// `tokens_from` over pages.
+    [[nodiscard]] index first_token() const noexcept { return first_; }
     /// Whether the rows lie as a contiguous `[tokens, heads, head_dim]` tensor.
     [[nodiscard]] bool contiguous() const noexcept
     {
-        return table_.empty() && layout_.head_stride == layout_.head_dim &&
+        return table_.empty() && pages_.empty() && layout_.head_stride == layout_.head_dim &&
                layout_.token_stride == layout_.heads * layout_.head_dim;
+    }
+
+    /// The `count` tokens `[first, first + count)` of this source, as a source of their own
+    /// (its token 0 is this one's token `first`) over the same memory: e.g. the part of a
+    /// cache that lies at some positions. A run of it never starts before `first`.
+    /// \throws star::invalid_argument unless `0 <= first`, `0 <= count` and
+    /// `first + count <= tokens()`.
+    [[nodiscard]] KVPages tokens_from(index first, index count) const
+    {
+        if (first < 0 || count < 0 || first > layout_.tokens - count)
+            detail::fail("KVPages::tokens_from: ", count, " tokens from token ", first,
+                         " are out of range [0, ", layout_.tokens, ")");
+        KVPages part = *this;
+        part.layout_.tokens = count;
+        if (table_.empty() && pages_.empty()) {
+            // A single page stays one: its rows start `first` tokens further on.
+            if (count > 0)
+                part.base_ = base_ + first * layout_.token_stride;
+            part.layout_.page_tokens = std::max<index>(count, 1);
+        } else {
+            part.first_ = first_ + first;
+        }
+        return part;
     }
 
     /// Row `(token, head)`.
@@ -105,22 +147,27 @@ public:
     /// (`token < end <= tokens()`).
     [[nodiscard]] Run run(index token, index end) const noexcept
     {
-        const index page = token / layout_.page_tokens;
-        const index in_page = token - page * layout_.page_tokens;
-        const KV* page_base =
-            table_.empty() ? base_
-                           : base_ + static_cast<index>(table_[static_cast<std::size_t>(page)]) *
-                                         layout_.page_stride;
+        const index at = first_ + token; // in the pages
+        const index page = at / layout_.page_tokens;
+        const index in_page = at - page * layout_.page_tokens;
+        const KV* page_base = base_;
+        if (!pages_.empty())
+            page_base = pages_[static_cast<std::size_t>(page)];
+        else if (!table_.empty())
+            page_base = base_ + static_cast<index>(table_[static_cast<std::size_t>(page)]) *
+                                    layout_.page_stride;
         return {page_base + in_page * layout_.token_stride, layout_.token_stride,
-                std::min(end, (page + 1) * layout_.page_tokens) - token};
+                std::min(first_ + end, (page + 1) * layout_.page_tokens) - at};
     }
 
 private:
-    void validate(index pool_pages) const;
+    void validate(index pool_pages, bool by_pointer) const;
 
     const KV* base_;
-    std::span<const std::int32_t> table_;
+    std::span<const std::int32_t> table_; // pages in a pool, or
+    std::span<const KV* const> pages_;    // pages by pointer, or neither: a single page
     KVLayout layout_;
+    index first_ = 0; // the source's token 0 in the pages (tokens_from)
 };
 
 /// What the kernel's entry points take as keys or values: anything that converts to
@@ -159,8 +206,20 @@ KVPages<KV> paged_kv(std::span<const std::int32_t> page_table, const KV* pool, i
                                 page_tokens * heads * head_dim});
 }
 
+/// A paged cache whose pages lie anywhere: `tokens` tokens in pages of `page_tokens`, page
+/// `p` of the sequence at `pages[p]`, laid out `[page_tokens, heads, head_dim]` (the last
+/// page may be partly used). `KVCache::keys()` and `values()` are such sources.
+/// \throws star::invalid_argument as KVPages' constructor.
 template <KVElement KV>
-void KVPages<KV>::validate(index pool_pages) const
+KVPages<KV> paged_kv(std::span<const KV* const> pages, index page_tokens, index tokens,
+                     index heads, index head_dim)
+{
+    return KVPages<KV>(pages, KVLayout{tokens, heads, head_dim, page_tokens, heads * head_dim,
+                                       head_dim, 0});
+}
+
+template <KVElement KV>
+void KVPages<KV>::validate(index pool_pages, bool by_pointer) const
 {
     const KVLayout& l = layout_;
     if (l.heads <= 0 || l.head_dim <= 0 || l.tokens < 0)
@@ -192,6 +251,17 @@ void KVPages<KV>::validate(index pool_pages) const
         detail::fail("KVPages: rows overlap: token_stride ", l.token_stride, " and head_stride ",
                      l.head_stride, " for ", l.heads, " heads of head_dim ", l.head_dim, " and ",
                      page_rows, " tokens per page");
+    if (by_pointer) {
+        // Pages by pointer.
+        const index needed = (l.tokens + l.page_tokens - 1) / l.page_tokens;
+        if (static_cast<index>(pages_.size()) < needed)
+            detail::fail("KVPages: ", l.tokens, " tokens in pages of ", l.page_tokens, " need ",
+                         needed, " pages, but ", pages_.size(), " page pointers are given");
+        for (index p = 0; p < needed; ++p)
+            if (pages_[static_cast<std::size_t>(p)] == nullptr)
+                detail::fail("KVPages: page ", p, " of ", needed, " is null");
+        return;
+    }
     if (l.tokens > 0 && base_ == nullptr)
         detail::fail("KVPages: the pool is null but holds ", l.tokens, " tokens");
     const index page_extent = (page_rows - 1) * l.token_stride + head_span;
