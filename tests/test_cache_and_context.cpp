@@ -3,6 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
 #include "expect_error.hpp"
 #include "reference.hpp"
 
@@ -52,6 +58,193 @@ TEST(KVCache, LaterAppendsMustKeepTheHeadLayout)
     expect_error([&] { cache.append(view(k4), view(v4)); },
                  "holds 2 kv heads of head_dim 8, the new tokens have 4 of head_dim 8");
     EXPECT_EQ(cache.tokens(), 3);
+}
+
+// ---- Pages
+
+static_assert(KVCache<float>::default_page_tokens % 128 == 0,
+              "pages of the default size must not cut the kernel's 32-key blocks or 128-key tiles");
+
+bool same_bytes(const Tensor3<float>& a, const Tensor3<float>& b)
+{
+    return a.dimensions() == b.dimensions() &&
+           std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+// Everything one can observe of a cache, and where its rows lie.
+struct Snapshot {
+    index tokens, heads, head_dim;
+    std::size_t bytes, capacity;
+    Tensor3<float> keys, values;
+    std::vector<const float*> rows;
+
+    explicit Snapshot(const KVCache<float>& c)
+        : tokens(c.tokens()), heads(c.kv_heads()), head_dim(c.head_dim()), bytes(c.bytes()),
+          capacity(c.capacity_bytes()), keys(contiguous(c.keys())), values(contiguous(c.values()))
+    {
+        for (index t = 0; t < tokens; ++t) {
+            rows.push_back(c.keys().row(t, 0));
+            rows.push_back(c.values().row(t, 0));
+        }
+    }
+
+    bool operator==(const Snapshot& o) const
+    {
+        return tokens == o.tokens && heads == o.heads && head_dim == o.head_dim &&
+               bytes == o.bytes && capacity == o.capacity && same_bytes(keys, o.keys) &&
+               same_bytes(values, o.values) && rows == o.rows;
+    }
+};
+
+// Appends of 1, P - 1, P and 3P + 5 tokens, twice (the second round starts mid-page): after
+// each, the cache holds what was appended, every row appended before is where it was (no
+// append moves or copies the cache), and the memory held is the tokens' plus at most one
+// partly filled page of K and one of V.
+TEST(PagedKVCache, AppendingNeverMovesCachedRowsAndHoldsAtMostOnePartPage)
+{
+    constexpr index heads = 2, d = 8;
+    for (const index page : {index{1}, index{7}, index{256}}) {
+        SCOPED_TRACE("page_tokens " + std::to_string(page));
+        KVCache<float> cache(page);
+        EXPECT_EQ(cache.page_tokens(), page);
+        EXPECT_EQ(cache.capacity_bytes(), 0u);
+        Tensor3<float> all_k(0, heads, d), all_v(0, heads, d);
+        std::vector<const float*> k_rows, v_rows;
+        const std::size_t page_bytes = sizeof(float) * static_cast<std::size_t>(page * heads * d);
+        for (int round = 0; round < 2; ++round)
+            for (const index n : {index{1}, page - 1, page, 3 * page + 5}) {
+                if (n == 0)
+                    continue;
+                const auto k = random_tensor<float>(n, heads, d), v = random_tensor<float>(n, heads, d);
+                cache.append(view(k), view(v));
+                all_k = concat_tokens(all_k, k);
+                all_v = concat_tokens(all_v, v);
+                SCOPED_TRACE(std::to_string(cache.tokens()) + " tokens");
+                ASSERT_EQ(cache.tokens(), all_k.dimension(0));
+                EXPECT_TRUE(same_bytes(contiguous(cache.keys()), all_k));
+                EXPECT_TRUE(same_bytes(contiguous(cache.values()), all_v));
+                for (std::size_t t = 0; t < k_rows.size(); ++t) {
+                    EXPECT_EQ(cache.keys().row(static_cast<index>(t), 0), k_rows[t]);
+                    EXPECT_EQ(cache.values().row(static_cast<index>(t), 0), v_rows[t]);
+                }
+                for (auto t = static_cast<index>(k_rows.size()); t < cache.tokens(); ++t) {
+                    k_rows.push_back(cache.keys().row(t, 0));
+                    v_rows.push_back(cache.values().row(t, 0));
+                }
+                const auto pages = static_cast<std::size_t>((cache.tokens() + page - 1) / page);
+                EXPECT_EQ(cache.capacity_bytes(), 2 * pages * page_bytes);
+                EXPECT_LT(cache.capacity_bytes(), cache.bytes() + 2 * page_bytes);
+                EXPECT_EQ(cache.bytes(), 2 * sizeof(float) *
+                                             static_cast<std::size_t>(cache.tokens() * heads * d));
+            }
+    }
+}
+
+TEST(PagedKVCache, DefaultPagesAre256Tokens)
+{
+    const KVCache<float> cache;
+    EXPECT_EQ(cache.page_tokens(), 256);
+    EXPECT_EQ(cache.page_tokens(), KVCache<float>::default_page_tokens);
+}
+
+TEST(KVCacheErrors, PageSizeMustBePositive)
+{
+    expect_error([] { (void)KVCache<float>(0); }, "KVCache: page_tokens must be positive, got 0");
+    expect_error([] { (void)KVCache<float>(-3); }, "page_tokens must be positive, got -3");
+}
+
+// A rejected append changes nothing: not the tokens, the shape, the memory, nor where the
+// rows lie. The rejected pieces would have crossed pages.
+TEST(PagedKVCache, ARejectedAppendLeavesTheCacheAsItWas)
+{
+    KVCache<float> cache(7);
+    const auto k = random_tensor<float>(10, 2, 8), v = random_tensor<float>(10, 2, 8);
+    cache.append(view(k), view(v));
+    const Snapshot before(cache);
+
+    const auto k3 = random_tensor<float>(20, 3, 8), v3 = random_tensor<float>(20, 3, 8);
+    expect_error([&] { cache.append(view(k3), view(v3)); },
+                 "KVCache::append: the cache holds 2 kv heads of head_dim 8, the new tokens "
+                 "have 3 of head_dim 8");
+    EXPECT_TRUE(Snapshot(cache) == before);
+
+    const auto k20 = random_tensor<float>(20, 2, 8), v19 = random_tensor<float>(19, 2, 8);
+    expect_error([&] { cache.append(view(k20), view(v19)); },
+                 "KVCache::append: k is [20, 2, 8] but v is [19, 2, 8]");
+    EXPECT_TRUE(Snapshot(cache) == before);
+
+    auto bad_v = random_tensor<float>(20, 2, 8);
+    bad_v(13, 1, 2) = std::numeric_limits<float>::quiet_NaN();
+    expect_error([&] { cache.append(view(k20), view(bad_v)); },
+                 "KVCache::append: v holds a non-finite value (nan) at token 23, head 1, "
+                 "element 2");
+    EXPECT_TRUE(Snapshot(cache) == before);
+
+    // All or none: the first pair is fine, the second is not.
+    const ConstView3<float> pairs[4] = {view(k20), view(k20), view(k20), view(bad_v)};
+    expect_error([&] { cache.append(std::span<const ConstView3<float>>(pairs)); },
+                 "v holds a non-finite value (nan) at token 43");
+    EXPECT_TRUE(Snapshot(cache) == before);
+    const ConstView3<float> odd[3] = {view(k20), view(k20), view(k20)};
+    expect_error([&] { cache.append(std::span<const ConstView3<float>>(odd)); },
+                 "KVCache::append: keys and values come in pairs, got 3 views");
+    EXPECT_TRUE(Snapshot(cache) == before);
+
+    // It still appends after.
+    cache.append(view(k20), view(k20));
+    EXPECT_EQ(cache.tokens(), 30);
+}
+
+// reserve_for makes room (whole pages) without changing the content; the append that
+// follows then allocates nothing and moves nothing.
+TEST(PagedKVCache, ReserveThenAppendAllocatesOnce)
+{
+    KVCache<float> cache(7);
+    const auto k = random_tensor<float>(10, 2, 8);
+    cache.append(view(k), view(k));
+    const auto more = random_tensor<float>(30, 2, 8);
+    const ConstView3<float> pair[2] = {view(more), view(more)};
+    cache.reserve_for(pair);
+    EXPECT_EQ(cache.tokens(), 10);
+    const std::size_t page_bytes = 7 * 2 * 8 * sizeof(float);
+    EXPECT_EQ(cache.capacity_bytes(), 2 * 6 * page_bytes); // 40 tokens
+    const float* first = cache.keys().row(0, 0);
+    cache.append(pair);
+    EXPECT_EQ(cache.capacity_bytes(), 2 * 6 * page_bytes);
+    EXPECT_EQ(cache.keys().row(0, 0), first);
+    EXPECT_TRUE(same_bytes(contiguous(cache.keys()), concat_tokens(k, more)));
+}
+
+TEST(PagedKVCache, CopiesAreDeepAndMovesTakeThePages)
+{
+    KVCache<float> cache(7);
+    const auto k = random_tensor<float>(17, 2, 8), v = random_tensor<float>(17, 2, 8);
+    cache.append(view(k), view(v));
+    KVCache<float> copy = cache;
+    EXPECT_EQ(copy.page_tokens(), 7);
+    EXPECT_TRUE(same_bytes(contiguous(copy.keys()), k));
+    EXPECT_TRUE(same_bytes(contiguous(copy.values()), v));
+    EXPECT_NE(copy.keys().row(0, 0), cache.keys().row(0, 0));
+    const auto one = random_tensor<float>(1, 2, 8);
+    copy.append(view(one), view(one));
+    EXPECT_EQ(cache.tokens(), 17);
+
+    const float* rows = cache.keys().row(0, 0);
+    KVCache<float> moved = std::move(cache);
+    EXPECT_EQ(moved.keys().row(0, 0), rows);
+    EXPECT_EQ(moved.tokens(), 17);
+    EXPECT_EQ(cache.tokens(), 0); // NOLINT(bugprone-use-after-move): moved-from is empty
+    EXPECT_EQ(cache.capacity_bytes(), 0u);
+    cache.append(view(one), view(one)); // and usable
+    EXPECT_EQ(cache.tokens(), 1);
+
+    copy = moved;
+    EXPECT_EQ(copy.tokens(), 17);
+    EXPECT_TRUE(same_bytes(contiguous(copy.keys()), k));
+    KVCache<float> empty;
+    copy = empty;
+    EXPECT_EQ(copy.tokens(), 0);
+    EXPECT_EQ(copy.keys().tokens(), 0);
 }
 
 TEST(HostContext, SlicesComeFromThePieceThatHoldsThem)

@@ -11,8 +11,14 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <new>
 #include <string>
+
+#if defined(__GLIBC__)
+#include <malloc.h> // malloc_usable_size: the live bytes of operator new
+#define STAR_TEST_COUNTS_BYTES 1
+#endif
 
 #include <star/star.hpp>
 
@@ -23,14 +29,37 @@ namespace {
 // Allocations left before one fails; negative: none fails.
 std::atomic<long> allocations_until_failure{-1};
 
+// Bytes operator new has handed out and not yet taken back, and the most there were since
+// the last reset (where the C library tells a block's size).
+std::atomic<std::size_t> live_bytes{0};
+std::atomic<std::size_t> peak_live_bytes{0};
+
 void* allocate(std::size_t bytes)
 {
     if (allocations_until_failure.load(std::memory_order_relaxed) >= 0 &&
         allocations_until_failure.fetch_sub(1, std::memory_order_relaxed) == 0)
         throw std::bad_alloc();
-    if (void* p = std::malloc(bytes == 0 ? 1 : bytes))
+    if (void* p = std::malloc(bytes == 0 ? 1 : bytes)) {
+#ifdef STAR_TEST_COUNTS_BYTES
+        const std::size_t now =
+            live_bytes.fetch_add(malloc_usable_size(p), std::memory_order_relaxed) +
+            malloc_usable_size(p);
+        std::size_t peak = peak_live_bytes.load(std::memory_order_relaxed);
+        while (now > peak && !peak_live_bytes.compare_exchange_weak(peak, now))
+            ;
+#endif
         return p;
+    }
     throw std::bad_alloc();
+}
+
+void release(void* p) noexcept
+{
+#ifdef STAR_TEST_COUNTS_BYTES
+    if (p != nullptr)
+        live_bytes.fetch_sub(malloc_usable_size(p), std::memory_order_relaxed);
+#endif
+    std::free(p);
 }
 
 } // namespace
@@ -39,10 +68,10 @@ void* allocate(std::size_t bytes)
 // mismatched allocation (-Wmismatched-new-delete); it does not know these replace both.
 void* operator new(std::size_t bytes) { return allocate(bytes); }
 void* operator new[](std::size_t bytes) { return allocate(bytes); }
-[[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
-[[gnu::noinline]] void operator delete[](void* p) noexcept { std::free(p); }
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p) noexcept { release(p); }
+[[gnu::noinline]] void operator delete[](void* p) noexcept { release(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { release(p); }
+[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept { release(p); }
 
 namespace star::test {
 namespace {
@@ -122,6 +151,57 @@ void expect_next_append_lines_up(KVCache<float>& cache, const std::string& what)
     EXPECT_EQ(std::memcmp(cache.values().row(last, 0), v.data(), sizeof(float) * 32), 0) << what;
 }
 
+// A failed append that needed several new pages (pages of 7 tokens: 5 tokens cached, 30
+// appended) leaves the cache as it was, down to the memory it holds and where its rows lie:
+// the pages are allocated before any is added.
+TEST(OutOfMemory, AFailedAppendAcrossPagesLeavesTheCacheAsItWas)
+{
+    const auto first = random_tensor<float>(5, 2, 16), more = random_tensor<float>(30, 2, 16);
+    KVCache<float> cache(7);
+    cache.append(view(first), view(first));
+    const CacheImage<float> before(cache);
+    const std::size_t capacity = cache.capacity_bytes();
+    const float* row = cache.keys().row(0, 0);
+    const int failures = fail_each_allocation_in_turn(
+        [&] { cache.append(view(more), view(more)); },
+        [&] {
+            return CacheImage<float>(cache) == before && cache.capacity_bytes() == capacity &&
+                   cache.keys().row(0, 0) == row;
+        });
+    EXPECT_GE(failures, 4) << "four new pages (of K and V each) at least";
+    EXPECT_EQ(cache.tokens(), 35);
+    EXPECT_EQ(cache.keys().row(0, 0), row);
+    expect_next_append_lines_up(cache, "the cache");
+}
+
+// A cache that grows one token at a time (decode) holds, at its peak, the tokens' K/V plus
+// at most one page of K and one of V (and its small lists of pages): no growth copies the
+// cache. A vector that doubled would have held the old and the new buffer at once, up to 3x
+// the tokens' bytes.
+TEST(OutOfMemory, PeakMemoryOfAGrowingCacheIsItsTokensPlusOnePage)
+{
+#ifndef STAR_TEST_COUNTS_BYTES
+    GTEST_SKIP() << "needs malloc_usable_size (glibc) to count live bytes";
+#else
+    constexpr index tokens = 3000, heads = 2, d = 64;
+    const auto k = random_tensor<float>(tokens, heads, d);
+    KVCache<float> cache;
+    const std::size_t page_bytes =
+        sizeof(float) * static_cast<std::size_t>(cache.page_tokens() * heads * d);
+    const std::size_t baseline = live_bytes.load();
+    peak_live_bytes.store(baseline);
+    for (index t = 0; t < tokens; ++t)
+        cache.append(token_slice(view(k), t, 1), token_slice(view(k), t, 1));
+    const std::size_t peak = peak_live_bytes.load() - baseline;
+    constexpr std::size_t lists = 4096; // the two lists of page pointers, with slack
+    std::cout << "peak " << peak << " bytes for " << cache.bytes() << " bytes of K/V ("
+              << double(peak) / double(cache.bytes()) << "x); pages of " << page_bytes
+              << " bytes\n";
+    EXPECT_LE(peak, cache.bytes() + 2 * page_bytes + lists);
+    EXPECT_EQ(cache.capacity_bytes(), 2 * 12 * page_bytes); // 3000 tokens: 12 pages of 256
+#endif
+}
+
 struct Layer {
     Tensor3<float> q, k, v;
 };
@@ -135,7 +215,7 @@ Layer random_layer(index tokens)
 TEST(OutOfMemory, AFailedAppendLeavesTheCacheAsItWas)
 {
     const Layer first = random_layer(5), more = random_layer(7);
-    KVCache<float> cache;
+    KVCache<float> cache(8); // the 7 more tokens need a second page
     cache.append(view(first.k), view(first.v));
     const CacheImage<float> before(cache);
     const int failures = fail_each_allocation_in_turn(

@@ -230,8 +230,8 @@ private:
     // one allocation of 2 * elements owned through keys[p].
     struct Pages {
         index elements = 0; // of one page of K (or of V)
-        std::vector<const KV*> keys;
-        std::vector<const KV*> values;
+        std::vector<KV*> keys;
+        std::vector<KV*> values;
 
         Pages() = default;
         Pages(const Pages&) = delete;
@@ -247,8 +247,8 @@ private:
         ~Pages()
         {
             std::allocator<KV> allocator;
-            for (const KV* page : keys)
-                allocator.deallocate(const_cast<KV*>(page), 2 * static_cast<std::size_t>(elements));
+            for (KV* page : keys)
+                allocator.deallocate(page, 2 * static_cast<std::size_t>(elements));
         }
         void swap(Pages& other) noexcept
         {
@@ -264,7 +264,7 @@ private:
             reserve(count);
             std::allocator<KV> allocator;
             while (keys.size() < count) {
-                const KV* page = allocator.allocate(2 * static_cast<std::size_t>(elements));
+                KV* page = allocator.allocate(2 * static_cast<std::size_t>(elements));
                 keys.push_back(page); // cannot throw: reserved
                 values.push_back(page + elements);
             }
@@ -291,11 +291,12 @@ private:
         return static_cast<std::size_t>((tokens + page_tokens_ - 1) / page_tokens_);
     }
 
-    [[nodiscard]] KVPages<KV> source(const std::vector<const KV*>& pages) const
+    [[nodiscard]] KVPages<KV> source(const std::vector<KV*>& pages) const
     {
         if (tokens_ == 0)
             return KVPages<KV>(ConstView3<KV>(nullptr, 0, heads_, head_dim_));
-        return paged_kv<KV>(std::span<const KV* const>(pages.data(), pages.size()), page_tokens_,
+        const KV* const* first = pages.data(); // read-only from here
+        return paged_kv<KV>(std::span<const KV* const>(first, pages.size()), page_tokens_,
                             tokens_, heads_, head_dim_);
     }
 
@@ -313,10 +314,8 @@ private:
             const index in_page = at % page_tokens_;
             count = std::min(page_tokens_ - in_page, k.dimension(0) - t);
             const std::size_t bytes = static_cast<std::size_t>(count * row) * sizeof(KV);
-            std::memcpy(const_cast<KV*>(pages_.keys[page]) + in_page * row, k.data() + t * row,
-                        bytes);
-            std::memcpy(const_cast<KV*>(pages_.values[page]) + in_page * row, v.data() + t * row,
-                        bytes);
+            std::memcpy(pages_.keys[page] + in_page * row, k.data() + t * row, bytes);
+            std::memcpy(pages_.values[page] + in_page * row, v.data() + t * row, bytes);
         }
         tokens_ += k.dimension(0);
     }
