@@ -235,6 +235,7 @@ TEST(PagedKVCache, CopiesAreDeepAndMovesTakeThePages)
     EXPECT_EQ(moved.tokens(), 17);
     EXPECT_EQ(cache.tokens(), 0); // NOLINT(bugprone-use-after-move): moved-from is empty
     EXPECT_EQ(cache.capacity_bytes(), 0u);
+    EXPECT_EQ(cache.page_tokens(), 7);
     cache.append(view(one), view(one)); // and usable
     EXPECT_EQ(cache.tokens(), 1);
 

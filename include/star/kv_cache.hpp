@@ -73,8 +73,8 @@ public:
         pages_ = std::move(copy);
     }
 
-    /// Takes `other`'s pages; `other` is left empty.
-    KVCache(KVCache&& other) noexcept { swap(other); }
+    /// Takes `other`'s pages; `other` is left empty, with pages of the same size.
+    KVCache(KVCache&& other) noexcept : page_tokens_(other.page_tokens_) { swap(other); }
 
     /// Replaces the tokens by a copy of `other`'s (strong guarantee).
     /// \throws std::bad_alloc if memory runs out.
@@ -87,7 +87,8 @@ public:
         return *this;
     }
 
-    /// Takes `other`'s pages, freeing this cache's; `other` is left empty.
+    /// Takes `other`'s pages, freeing this cache's; `other` is left empty, with pages of the
+    /// same size.
     KVCache& operator=(KVCache&& other) noexcept
     {
         if (this != &other) {
