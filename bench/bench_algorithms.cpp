@@ -395,7 +395,7 @@ void exact_phase2(star::KVCache<float>& cache, const Inputs& in, std::vector<dou
         // cache again at every step would add a pass over it that Star's phase 2 does not make.
         const star::AttentionState out =
             star::attention(t.q, cache.keys(), cache.values(), star::CausalMask{cached, 0},
-                            star::AttentionOptions{{}, false});
+                            star::AttentionOptions{.check_finite = false});
         benchmark::DoNotOptimize(out.output.data());
         step_cpu_ms[static_cast<std::size_t>(step)] = thread_cpu_ms() - cpu_start;
         step_ms[static_cast<std::size_t>(step)] = ms_since(start);
@@ -408,7 +408,7 @@ double decode_median(const std::vector<double>& step_ms)
     return median(std::vector<double>(step_ms.begin() + 1, step_ms.end()));
 }
 
-star::RingAttention ring_for(star::RingLayout layout) { return star::RingAttention({layout, {}}); }
+star::RingAttention ring_for(star::RingLayout layout) { return star::RingAttention({.layout = layout}); }
 
 benchmark::Counter per_iteration(double value)
 {

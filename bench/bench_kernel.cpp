@@ -308,7 +308,7 @@ void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
     const PathInputs<KV>& in = path_inputs<KV>(q_tokens, kv_tokens);
     star::detail::forced_isa.store(static_cast<int>(isa));
     const star::CausalMask mask{kv_tokens - q_tokens, 0};
-    const star::AttentionOptions options{std::nullopt, false};
+    const star::AttentionOptions options{.check_finite = false};
     tbb::task_arena arena(threads);
     const auto run = [&] {
         arena.execute([&] {
@@ -355,7 +355,7 @@ void BM_Transform(benchmark::State& state, TransformKind kind, bool decode)
     const Index kv_tokens = decode ? kDecodeCacheTokens : kTransformPrefillTokens;
     const PathInputs<float>& in = path_inputs<float>(q_tokens, kv_tokens);
     const star::CausalMask mask{kv_tokens - q_tokens, 0};
-    const star::AttentionOptions options{std::nullopt, false};
+    const star::AttentionOptions options{.check_finite = false};
     const std::vector<float> slopes = star::alibi_slopes(kPathQHeads);
     tbb::task_arena arena(1);
     const auto attend = [&](const auto& transform) {
@@ -545,7 +545,7 @@ void BM_KVSource(benchmark::State& state, bool decode, Index page_tokens)
     const Index kv_tokens = decode ? kSourceDecodeTokens : kSourcePrefillTokens;
     const PathInputs<KV>& in = path_inputs<KV>(q_tokens, kv_tokens);
     const star::CausalMask mask{kv_tokens - q_tokens, 0};
-    const star::AttentionOptions options{std::nullopt, false};
+    const star::AttentionOptions options{.check_finite = false};
     tbb::task_arena arena(1);
     std::optional<star::KVPages<KV>> k, v;
     if (page_tokens > 0) {

@@ -231,7 +231,7 @@ void BM_RingPhase1(benchmark::State& state, star::RingLayout layout)
 {
     const index context = state.range(0);
     CountingMpi<Overlap> comm(*g_mpi);
-    const star::RingAttention ring({layout, {}});
+    const star::RingAttention ring({.layout = layout});
     const Part part(ring.shards(context, comm.size())[static_cast<std::size_t>(g_mpi->rank())]);
     // Every rank passes on a K and a V shard of L/H tokens in each of H-1 steps.
     const double formula = static_cast<double>(context) / comm.size() * kKVHeads * kHeadDim * 2 *

@@ -82,7 +82,7 @@ int main(int argc, char** argv)
     // Ring attention: exact, distributed.
     star::LocalCommunicator comm(hosts);
     for (const auto layout : {star::RingLayout::plain, star::RingLayout::zigzag}) {
-        const star::RingAttention ring({layout, {}});
+        const star::RingAttention ring({.layout = layout});
         start = Clock::now();
         const auto ring_out = ring.run(comm, star::view(q), star::view(k), star::view(v));
         const double ms = milliseconds_since(start);

@@ -111,7 +111,7 @@ TEST(ExactVariants, GlobalAndRingEqualTheReference)
                      name + ", global");
         for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
             LocalCommunicator comm(3);
-            const BasicRingAttention ring(RingOptions{layout, {}}, variant);
+            const BasicRingAttention ring(RingOptions{.layout = layout}, variant);
             expect_close(assembled(ring.run(comm, view(in.q), view(in.k), view(in.v)), tokens),
                          want, tokens,
                          name + (layout == RingLayout::plain ? ", ring" : ", zig-zag ring"));
@@ -161,8 +161,7 @@ TEST(StarPhaseOne, FirstBlockAnchorOutsideTheWindowIsInvisible)
     const SlidingWindow window{37};
     const auto block_of = [](index t) { return t / block; };
     const AttentionState with_anchor = phase_one(
-        StarAttention(FixedBlocks{block}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {},
-                      window),
+        StarAttention(FixedBlocks{block}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {}, window),
         in);
     expect_close(with_anchor,
                  reference(in, in, 0, Spec{37, 0.0, {}},
@@ -171,8 +170,7 @@ TEST(StarPhaseOne, FirstBlockAnchorOutsideTheWindowIsInvisible)
                            }),
                  tokens, "first-block anchor");
     const AttentionState without = phase_one(
-        StarAttention(FixedBlocks{block}, NoAnchor{}, Contiguous{}, GatherToQueryHost{}, {},
-                      window),
+        StarAttention(FixedBlocks{block}, NoAnchor{}, Contiguous{}, GatherToQueryHost{}, {}, window),
         in);
     // The hidden anchor's state weighs nothing in the merge: a few roundings at most.
     for (index t = 2 * block; t < tokens; ++t)
@@ -250,7 +248,7 @@ TEST(VariantErrors, EachNamesTheProblem)
     expect_error(
         [&] {
             (void)global_attention(view(in.q), view(in.k), view(in.v), Causal{},
-                                   GlobalOptions{false, {}});
+                                   GlobalOptions{.causal = false});
         },
         "a Variant is causal; options.causal must be true");
     LocalCommunicator comm(2);

@@ -112,7 +112,7 @@ TEST_P(Batch, MasksAndTransformsArePerSequence)
         batch.push_back({view(r.q), view(r.k), view(r.v), CausalMask{std::max<index>(cached, 0)},
                          SoftCap{2.0f + static_cast<float>(s)}});
     }
-    const AttentionOptions options{0.3f, true};
+    const AttentionOptions options{.scale = 0.3f};
     const std::vector<AttentionState> together = attention_batch(batch, options);
     for (std::size_t s = 0; s < requests.size(); ++s)
         EXPECT_TRUE(same_bits(together[s],

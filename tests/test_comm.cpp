@@ -391,6 +391,34 @@ TEST(CheckAgreement, UnknownSettingsAgreeWithAnyValue)
                  "phase 1: the hosts disagree on head_dim: host 1 has 64, host 3 has 80");
 }
 
+// The per-step agreement: one all-gather carries a digest of each host's settings and its
+// payload. Agreeing hosts get every payload back; a host whose settings differ, in any one
+// place, is named as by check_agreement.
+TEST(CheckAgreementInStep, ReturnsThePayloadsAndNamesADisagreement)
+{
+    LocalCommunicator comm(3);
+    auto settings = comm.local<std::vector<std::int64_t>>();
+    auto payload = comm.local<std::vector<std::int64_t>>();
+    for (int r = 0; r < 3; ++r)
+        settings[r] = {128, 64, -1};
+    payload[2] = {4242};
+    const char* const names[] = {"the block size", "head_dim", "the scale"};
+    const auto all = detail::check_agreement_in_step(comm, settings, payload, names, "step");
+    for (int r = 0; r < 3; ++r) {
+        ASSERT_EQ(all[r].size(), 3u);
+        EXPECT_TRUE(all[r][0].empty());
+        EXPECT_TRUE(all[r][1].empty());
+        EXPECT_EQ(all[r][2], std::vector<std::int64_t>{4242});
+    }
+    for (const std::size_t place : {0u, 1u, 2u}) {
+        auto changed = settings;
+        changed[1][place] += std::int64_t{1} << 62; // a large difference, as digests wrap
+        expect_error(
+            [&] { (void)detail::check_agreement_in_step(comm, changed, payload, names, "step"); },
+            std::string("step: the hosts disagree on ") + names[place] + ": host 0 has ");
+    }
+}
+
 // Counts the values every local host receives through the collectives of a
 // LocalCommunicator.
 class CountingCommunicator {

@@ -64,7 +64,7 @@ struct Conversation {
 TEST(Concurrency, ThreadsWithTheirOwnStateGetWhatTheyGetAlone)
 {
     const StarAttention<> star(FixedBlocks{70});
-    const RingAttention ring({RingLayout::zigzag, {}});
+    const RingAttention ring({.layout = RingLayout::zigzag});
     constexpr int threads = 6;
     std::vector<Conversation> conversations;
     std::vector<std::vector<AttentionState>> alone;

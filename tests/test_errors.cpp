@@ -134,7 +134,7 @@ TEST(Errors, ViewsWhoseElementCountOverflows)
     const ConstView3<float> q(in.q.data(), huge, index{1} << 20, 8);
     const char* message = "has 1099511627776 x 1048576 x 8 elements, more than an index can count";
     expect_error([&] { (void)attention(view(in.q), k, k); }, message);
-    expect_error([&] { (void)global_attention(q, k, k, GlobalOptions{false, {}}); }, message);
+    expect_error([&] { (void)global_attention(q, k, k, GlobalOptions{.causal = false}); }, message);
     KVCache<float> cache;
     expect_error([&] { cache.append(k, k); }, message);
     EXPECT_EQ(cache.tokens(), 0);

@@ -282,6 +282,31 @@ TEST(PagedKV, BatchOfPagedAndContiguousSequencesEqualsEachAlone)
     EXPECT_TRUE(same_bits(together[1], attention(view(q2), view(k2), view(v2))));
 }
 
+// Packed prefill reading K and V in place: from a fused QKV projection (one strided run, so
+// the same arithmetic as on contiguous copies) and from pages that cut sequences at
+// arbitrary tokens (a sequence starting mid-page, one spanning several pages). Each is
+// bit-identical to the contiguous packed call, which test_batch checks against the reference.
+TEST(PackedKV, StridedAndPagedSourcesEqualContiguous)
+{
+    const FusedQkv<float> in(301, 8, 2, 40);
+    const std::vector<index> starts{0, 5, 5, 140, 301}; // an empty sequence too
+    const std::span<const index> spans(starts);
+    const AttentionState contiguous =
+        attention_packed(view(in.q), view(in.k), view(in.v), spans);
+    EXPECT_TRUE(same_bits(
+        attention_packed(view(in.q), in.k_source(301), in.v_source(301), spans), contiguous));
+    const PagedCopy<float> pk(in.k, 16), pv(in.v, 16);
+    EXPECT_TRUE(same_bits(attention_packed(view(in.q), pk.source(), pv.source(), spans,
+                                           SlidingWindowMask{50}),
+                          attention_packed(view(in.q), view(in.k), view(in.v), spans,
+                                           SlidingWindowMask{50})));
+    expect_error(
+        [&] {
+            (void)attention_packed(view(in.q), in.k_source(300), in.v_source(300), spans);
+        },
+        "attention_packed: q, k and v must hold the same packed tokens, got 301, 300 and 300");
+}
+
 // ---- Errors: each names the problem.
 
 TEST(KVSourceErrors, PageSizeMustBePositive)

@@ -186,6 +186,48 @@ TEST_P(NonFinite, CacheRefusesIt)
     EXPECT_EQ(fresh.head_dim(), 0);
 }
 
+// `check_finite = false` skips the up-front pass wherever `AttentionOptions` are taken. What
+// a bad value then gives is unspecified (non-finite outputs, or the kernel's overflow error
+// on the way out), but never the check's message; a cache still refuses bad K/V, before
+// any cache changes.
+TEST_P(NonFinite, UncheckedInputsSkipThePassButCachesStillRefuseThem)
+{
+    const auto [tensor, bad] = GetParam();
+    constexpr AttentionOptions unchecked{.check_finite = false};
+    const auto check_skipped = [&](const char* where, auto&& run) {
+        try {
+            run();
+        } catch (const star::error& e) {
+            EXPECT_EQ(std::string(e.what()).find("non-finite value"), std::string::npos)
+                << where << ": " << e.what();
+        }
+    };
+    Layer layer(40);
+    layer.tensor(tensor)(25, 0, 3) = bad;
+    check_skipped("global", [&] {
+        (void)global_attention(view(layer.q), view(layer.k), view(layer.v),
+                               {.attention = unchecked});
+    });
+    LocalCommunicator comm(4);
+    check_skipped("ring", [&] {
+        (void)RingAttention({.attention = unchecked})
+            .run(comm, view(layer.q), view(layer.k), view(layer.v));
+    });
+    const StarAttention<> star(FixedBlocks{10}, {}, {}, {}, unchecked);
+    const StarPlan plan = star.plan(40, 4);
+    auto caches = comm.local<KVCache<float>>();
+    const auto encode = [&] {
+        (void)star.encode_context(comm, plan, caches, view(layer.q), view(layer.k), view(layer.v));
+    };
+    if (tensor == 'q') {
+        check_skipped("star", encode);
+        return;
+    }
+    expect_error(encode, "KVCache::append: " + expected(tensor));
+    for (int r = 0; r < 4; ++r)
+        EXPECT_EQ(caches[r].tokens(), 0) << "host " << r;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     EveryTensorAndValue, NonFinite,
     ::testing::Values(Case{'q', nan}, Case{'q', inf}, Case{'q', -inf}, Case{'k', nan},
@@ -251,7 +293,7 @@ TEST(NonFinite, UncheckedNanScoreIsStillAnError)
     expect_error(
         [&] {
             (void)attention(view(layer.q), view(layer.k), view(layer.v), CausalMask{},
-                            AttentionOptions{{}, false});
+                            AttentionOptions{.check_finite = false});
         },
         "overflow float");
 }
@@ -369,7 +411,7 @@ TEST(LargeScores, ScoresOverflowingToMinusInfinityAreAnError)
     q(0, 0, 0) = 1.0f;
     k(0, 0, 0) = -4.0f; // scale * q.k = -4e38: not a float
     v(0, 0, 0) = 2.0f;
-    expect_error([&] { (void)attention(view(q), view(k), view(v), NoMask{}, AttentionOptions{1e38f}); },
+    expect_error([&] { (void)attention(view(q), view(k), view(v), NoMask{}, AttentionOptions{.scale = 1e38f}); },
                  "the scores of query token 0, head 0 overflow float");
     // A row that really sees no key is still output 0, lse -inf.
     const AttentionState empty = attention(view(q), view(k), view(v), CausalMask{0, 1});

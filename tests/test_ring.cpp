@@ -80,7 +80,7 @@ TEST(Ring, PlainAndZigzagEqualExactCausalAttentionForManyHostCounts)
     const auto s = random_sequence<float>(517, 4, 2, 32);
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag})
         for (const int hosts : {1, 2, 3, 4, 5, 8, 16})
-            expect_ring_is_exact(s, hosts, {layout, {}});
+            expect_ring_is_exact(s, hosts, {.layout = layout});
 }
 
 TEST(Ring, FewerTokensThanHosts)
@@ -88,8 +88,8 @@ TEST(Ring, FewerTokensThanHosts)
     // Some hosts hold no token at all (and with zig-zag, some hold one chunk of two).
     const auto s = random_sequence<float>(5, 4, 2, 32);
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
-        expect_ring_is_exact(s, 8, {layout, {}});
-        expect_ring_is_exact(s, 3, {layout, {}}); // zig-zag: 6 chunks for 5 tokens
+        expect_ring_is_exact(s, 8, {.layout = layout});
+        expect_ring_is_exact(s, 3, {.layout = layout}); // zig-zag: 6 chunks for 5 tokens
     }
 }
 
@@ -98,21 +98,21 @@ TEST(Ring, SingleToken)
     const auto s = random_sequence<float>(1, 4, 2, 32);
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag})
         for (const int hosts : {1, 2, 5})
-            expect_ring_is_exact(s, hosts, {layout, {}});
+            expect_ring_is_exact(s, hosts, {.layout = layout});
 }
 
 TEST(Ring, Bfloat16KeysAndValues)
 {
     const auto s = random_sequence<Eigen::bfloat16>(517, 8, 2, 32);
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag})
-        expect_ring_is_exact(s, 4, {layout, {}});
+        expect_ring_is_exact(s, 4, {.layout = layout});
 }
 
 TEST(Ring, ExplicitScale)
 {
     const auto s = random_sequence<float>(200, 4, 1, 16, 0.3);
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag})
-        expect_ring_is_exact(s, 3, {layout, 0.3f});
+        expect_ring_is_exact(s, 3, {.layout = layout, .attention = {.scale = 0.3f}});
 }
 
 TEST(Ring, SameResultOnOneThreadAndOnMany)
@@ -121,7 +121,7 @@ TEST(Ring, SameResultOnOneThreadAndOnMany)
     // of threads must not change a bit.
     const auto s = random_sequence<float>(300, 4, 2, 16);
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
-        const RingAttention ring({layout, {}});
+        const RingAttention ring({.layout = layout});
         LocalCommunicator one(5, 1), many(5);
         const AttentionState a =
             assemble(ring.run(one, view(s.q), view(s.k), view(s.v)), {300, 4, 16});
@@ -169,7 +169,7 @@ TEST(RingShards, PlainGivesEachHostOneContiguousNearEqualRange)
 
 TEST(RingShards, ZigzagGivesHostRChunksRAndTwoHMinusOneMinusR)
 {
-    const RingAttention ring({RingLayout::zigzag, {}});
+    const RingAttention ring({.layout = RingLayout::zigzag});
     for (const index tokens : {1, 5, 16, 517, 1000})
         for (const int hosts : {1, 2, 3, 8, 16}) {
             const auto shards = ring.shards(tokens, hosts);
@@ -198,7 +198,7 @@ index causal_work(const std::vector<TokenRange>& ranges)
 
 TEST(RingShards, ZigzagBalancesCausalWork)
 {
-    const RingAttention zigzag({RingLayout::zigzag, {}});
+    const RingAttention zigzag({.layout = RingLayout::zigzag});
     for (const int hosts : {2, 3, 4, 8, 16})
         for (const index tokens : {index{2} * hosts * 37, index{517}, index{1000}, index{1001}}) {
             std::vector<index> work;

@@ -309,7 +309,7 @@ TEST(SoftCap, BoundsScoresThatOverflowFloat)
         q.setConstant(1.5e19f);
         k.setValues({{{1.5e19f, 1.5e19f}}, {{1.0f, 0.0f}}, {{-1.5e19f, -1.5e19f}}});
         v.setValues({{{1.0f, 2.0f}}, {{3.0f, 4.0f}}, {{5.0f, 6.0f}}});
-        const AttentionOptions unscaled{1.0f};
+        const AttentionOptions unscaled{.scale = 1.0f};
         for (const KernelIsa isa : supported_isas()) {
             SCOPED_TRACE(std::string(name(isa)) + ", " + std::to_string(tokens) + " tokens");
             const ForcedIsa forced(isa);

@@ -121,7 +121,7 @@ int run_host(fork_transport::ForkCommunicator& comm, int fail_on_host)
 
     LocalCommunicator local(comm.size());
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
-        const RingAttention ring({layout, {}});
+        const RingAttention ring({.layout = layout});
         const auto q = view(layer.q), k = view(layer.k), v = view(layer.v);
         differences += !same_bits(ring.run(comm, q, k, v)[comm.rank()],
                                   ring.run(local, q, k, v)[comm.rank()]);

@@ -93,7 +93,7 @@ public:
         // scores are checked on the way out).
         return std::move(star::attention(q, cache.keys(), cache.values(),
                                          star::CausalMask{before, 0},
-                                         star::AttentionOptions{{}, false})
+                                         star::AttentionOptions{.check_finite = false})
                              .output);
     }
 
@@ -211,7 +211,7 @@ private:
 class RingBackend final : public AttentionBackend {
 public:
     RingBackend(int layers, int hosts, star::RingLayout layout)
-        : layers_(layers), hosts_(hosts), layout_(layout), ring_(star::RingOptions{layout, {}}),
+        : layers_(layers), hosts_(hosts), layout_(layout), ring_(star::RingOptions{.layout = layout}),
           comm_(hosts)
     {
     }

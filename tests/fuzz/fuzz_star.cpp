@@ -544,7 +544,7 @@ void fuzz_attention(Input& in, const Common& c, bool causal)
     if (problem.empty() && t.non_finite)
         expected.outcome = Outcome::unspecified;
 
-    const star::AttentionOptions options{c.scale, check_finite};
+    const star::AttentionOptions options{.scale = c.scale, .check_finite = check_finite};
     const star::CausalMask mask{query_offset, key_offset};
     star::AttentionState got;
     const bool ok = attempt("star::attention", expected, [&] {
@@ -582,7 +582,7 @@ void fuzz_global(Input& in, const Common& c, bool causal)
 
     star::AttentionState got;
     if (!attempt("star::global_attention", expected, [&] {
-            got = star::global_attention(t.qv(), t.kv(), t.vv(), {causal, c.scale});
+            got = star::global_attention(t.qv(), t.kv(), t.vv(), {.causal = causal, .attention = {.scale = c.scale}});
         }))
         return;
     const auto want = star::test::reference_attention(
@@ -622,7 +622,7 @@ void fuzz_ring(Input& in, const Common& c, star::RingLayout layout)
     auto comm = make_communicator(hosts, threads);
     if (!comm)
         return;
-    const star::RingAttention ring({layout, c.scale});
+    const star::RingAttention ring({.layout = layout, .attention = {.scale = c.scale}});
 
     std::string problem = qkv_problem(t, c.scale);
     if (problem.empty() && t.qs.tokens != t.ks.tokens)
@@ -833,11 +833,14 @@ void with_star(const StarSpec& s, std::optional<float> scale, F&& f)
 
     switch (s.merge_kind) {
     case 0:
-        return f(star::StarAttention(block, anchor, partition, star::GatherToQueryHost{}, scale));
+        return f(star::StarAttention(block, anchor, partition, star::GatherToQueryHost{},
+                                     {.scale = scale}));
     case 1:
-        return f(star::StarAttention(block, anchor, partition, star::AllGather{}, scale));
+        return f(star::StarAttention(block, anchor, partition, star::AllGather{},
+                                     {.scale = scale}));
     default:
-        return f(star::StarAttention(block, anchor, partition, star::TreeReduction{}, scale));
+        return f(star::StarAttention(block, anchor, partition, star::TreeReduction{},
+                                     {.scale = scale}));
     }
 }
 
@@ -1317,7 +1320,7 @@ void fuzz_merge(Input& in, const Common& c)
                               {key_tokens, c.heads.kv, c.heads.d}, {});
     fill(t, in, c);
 
-    const star::AttentionOptions options{c.scale};
+    const star::AttentionOptions options{.scale = c.scale};
     const std::string shape_problem = qkv_problem(t, c.scale);
     const Verdict expected =
         verdict(shape_problem, overflow_possible(c.scale, max_abs(t.q), max_abs(t.k), t.qs.head_dim));

@@ -164,6 +164,7 @@ void per_host_contexts_equal_in_process(star::MpiCommunicator& mpi, star::Anchor
 struct Setting {
     star::index block = 100, q_heads = 4, kv_heads = 2, d = 16, query_tokens = 2;
     std::optional<float> scale;
+    bool check_finite = true;
     bool half = false;      // K/V as half instead of bf16 (the same size)
     bool all_gather = false; // the AllGather merge instead of GatherToQueryHost
     int extra_steps = 0;     // decode steps after the query, beyond the others'
@@ -196,7 +197,8 @@ void run_star(star::MpiCommunicator& mpi, const Setting& s)
     const star::Tensor3<KV> k = random_tensor(context, s.kv_heads, s.d, rng).cast<KV>();
     const star::Tensor3<KV> v = random_tensor(context, s.kv_heads, s.d, rng).cast<KV>();
     const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous, M> star_attention(
-        star::FixedBlocks{s.block}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, M{}, s.scale);
+        star::FixedBlocks{s.block}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, M{},
+        {.scale = s.scale, .check_finite = s.check_finite});
     const star::StarPlan plan = star_attention.plan(context, mpi.size());
     const auto contexts = own_blocks(mpi, plan, q, k, v);
     auto caches = mpi.local<star::KVCache<KV>>();
@@ -227,6 +229,8 @@ void star_with_one_rank_changed(star::MpiCommunicator& mpi, const std::string& c
             s.d = 24;
         else if (change == "scale")
             s.scale = 0.5f;
+        else if (change == "check-finite")
+            s.check_finite = false;
         else if (change == "query-length")
             s.query_tokens = 3;
         else if (change == "element-type")
@@ -255,7 +259,7 @@ void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout,
     const auto q = random_tensor(333, 4, 2 * 8, rng);
     const auto k = random_tensor(333, 2, 2 * 8, rng);
     const auto v = random_tensor(333, 2, 2 * 8, rng);
-    const star::RingAttention ring({layout, {}});
+    const star::RingAttention ring({.layout = layout});
     star::LocalCommunicator local(mpi.size());
     const auto over_mpi = ring.run(mpi, star::view(q), star::view(k), star::view(v));
     const auto in_process = ring.run(local, star::view(q), star::view(k), star::view(v));

@@ -14,8 +14,8 @@ struct GlobalOptions {
     /// Causal self-attention (token `i` sees tokens `0..i`) when true; every query sees
     /// every key when false.
     bool causal = true;
-    /// Softmax scale; `1/sqrt(head_dim)` when empty.
-    std::optional<float> scale;
+    /// The softmax scale and the finiteness check.
+    AttentionOptions attention{};
 };
 
 /// Exact attention of one layer over one sequence: `q` `[L, Hq, d]`, `k`/`v` `[L, Hkv, d]`.
@@ -26,13 +26,12 @@ template <KVElement KV>
 AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
                                 const ConstView3<KV>& v, const GlobalOptions& options = {})
 {
-    const AttentionOptions kernel_options{options.scale};
     if (!options.causal)
-        return attention(q, k, v, NoMask{}, kernel_options);
+        return attention(q, k, v, NoMask{}, options.attention);
     if (q.dimension(0) != k.dimension(0))
         detail::fail("global_attention: causal self-attention needs as many queries as keys, got ",
                      q.dimension(0), " query tokens and ", k.dimension(0), " key tokens");
-    return attention(q, k, v, CausalMask{}, kernel_options);
+    return attention(q, k, v, CausalMask{}, options.attention);
 }
 
 /// Exact self-attention of one layer over one sequence under `variant` (policy/variant.hpp),
@@ -51,8 +50,7 @@ AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>
         detail::fail("global_attention: causal self-attention needs as many queries as keys, got ",
                      q.dimension(0), " query tokens and ", k.dimension(0), " key tokens");
     variant.check(q.dimension(1));
-    return attention(q, k, v, variant.mask(0, 0), AttentionOptions{options.scale},
-                     variant.transform(0, 0));
+    return attention(q, k, v, variant.mask(0, 0), options.attention, variant.transform(0, 0));
 }
 
 } // namespace star

@@ -30,8 +30,8 @@ enum class RingLayout {
 /// Options of Ring Attention.
 struct RingOptions {
     RingLayout layout = RingLayout::plain; ///< How the sequence is sharded over the hosts.
-    /// Softmax scale; `1/sqrt(head_dim)` when empty.
-    std::optional<float> scale;
+    /// The softmax scale, and whether each host checks its shards for finiteness.
+    AttentionOptions attention{};
 };
 
 /// Ring Attention over the hosts of a `Communicator`: exact causal self-attention of one
@@ -90,7 +90,8 @@ public:
                 variant_.check(static_cast<index>(q_heads));
         // Every host checks its own shards once below; what travels round the ring was
         // checked by the host it came from.
-        const AttentionOptions kernel_options{options_.scale, false};
+        const AttentionOptions kernel_options{.scale = options_.attention.scale,
+                                              .check_finite = false};
 
         // Each host starts with its own K/V shards, concatenated in shard order.
         auto keys = comm.template local<std::vector<KV>>();
@@ -101,9 +102,10 @@ public:
                 if (range.empty())
                     continue;
                 const ContextSlice<KV> s = contexts[rank].slice(range);
-                detail::check_qkv(s.q, s.k, s.v, options_.scale, "RingAttention::run");
-                detail::check_finite_qkv(s.q, s.k, s.v, range.begin, "RingAttention::run: host ",
-                                         rank);
+                detail::check_qkv(s.q, s.k, s.v, options_.attention.scale, "RingAttention::run");
+                if (options_.attention.check_finite)
+                    detail::check_finite_qkv(s.q, s.k, s.v, range.begin,
+                                             "RingAttention::run: host ", rank);
                 keys[rank].insert(keys[rank].end(), s.k.data(), s.k.data() + s.k.size());
                 values[rank].insert(values[rank].end(), s.v.data(), s.v.data() + s.v.size());
                 partial[rank].push_back(
@@ -169,7 +171,7 @@ public:
     PerHost<std::vector<RangeOutput>> run(C& comm, const ConstView3<float>& q,
                                           const ConstView3<KV>& k, const ConstView3<KV>& v) const
     {
-        detail::check_qkv(q, k, v, options_.scale, "RingAttention::run");
+        detail::check_qkv(q, k, v, options_.attention.scale, "RingAttention::run");
         if (q.dimension(0) != k.dimension(0))
             detail::fail("RingAttention::run: causal self-attention needs as many queries as keys, "
                          "got ", q.dimension(0), " and ", k.dimension(0));
@@ -192,7 +194,8 @@ private:
     {
         static constexpr const char* names[] = {
             "the number of tokens", "the layout (0 plain, 1 zig-zag)",
-            "the softmax scale (bits)", "the K/V element type (1 float, 2 bf16, 3 half)",
+            "the softmax scale (bits)", "whether inputs are checked for finiteness",
+            "the K/V element type (1 float, 2 bf16, 3 half)",
             "the number of query heads", "the number of kv heads", "head_dim",
             "the Variant policy (digest of its type)", "the variant's window (-1: none)",
             "the variant's soft cap (bits)", "the variant's ALiBi slopes (digest)"};
@@ -203,7 +206,8 @@ private:
             const auto [q_heads, kv_heads, head_dim] = detail::head_settings(contexts[r]);
             settings[r] = {tokens,
                            static_cast<std::int64_t>(options_.layout),
-                           detail::float_setting(options_.scale),
+                           detail::float_setting(options_.attention.scale),
+                           std::int64_t{options_.attention.check_finite},
                            detail::element_code<KV>(),
                            q_heads,
                            kv_heads,

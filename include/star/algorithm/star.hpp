@@ -162,11 +162,12 @@ public:
     /// block per host, the first block as every other block's anchor, the last host asks
     /// the query, partial states gathered to it).
     StarAttention() = default;
-    /// The given policies and softmax scale (`1/sqrt(head_dim)` when empty).
+    /// The given policies, softmax scale and finiteness check (`attention`, e.g.
+    /// `{.scale = 0.125f}`) and variant.
     explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
-                           std::optional<float> scale = {}, V variant = {})
+                           AttentionOptions attention = {}, V variant = {})
         : block_(std::move(block)), anchor_(std::move(anchor)), partition_(std::move(partition)),
-          merge_(std::move(merge)), variant_(std::move(variant)), scale_(scale)
+          merge_(std::move(merge)), variant_(std::move(variant)), attention_(attention)
     {
     }
 
@@ -225,16 +226,17 @@ public:
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
                 const ContextSlice<KV> block = contexts[rank].slice(plan.blocks()[i]);
-                check_finite(block, plan.blocks()[i].begin, "StarAttention::encode_context: host ",
-                             rank);
+                if (attention_.check_finite)
+                    check_finite(block, plan.blocks()[i].begin,
+                                 "StarAttention::encode_context: host ", rank);
                 // Inputs are checked once here (a received anchor was checked by its owner),
                 // not again by every kernel call.
-                const AttentionOptions options{scale_, false};
+                const AttentionOptions options{.scale = attention_.scale, .check_finite = false};
                 const index at = plan.blocks()[i].begin;
                 AttentionState state = attention(block.q, block.k, block.v, variant_.mask(at, at),
                                                  options, variant_.transform(at, at));
                 if (const TokenRange a = plan.anchors()[i]; !a.empty()) {
-                    if (plan.anchor_source() == AnchorSource::compute)
+                    if (plan.anchor_source() == AnchorSource::compute && attention_.check_finite)
                         check_finite(contexts[rank].slice(a), a.begin,
                                      "StarAttention::encode_context: host ", rank, ", anchor");
                     const auto [k, v] = plan.anchor_source() == AnchorSource::receive
@@ -272,7 +274,7 @@ public:
                                                      const ConstView3<KV>& k,
                                                      const ConstView3<KV>& v) const
     {
-        detail::check_qkv(q, k, v, scale_, "StarAttention::encode_context");
+        detail::check_qkv(q, k, v, attention_.scale, "StarAttention::encode_context");
         if (q.dimension(0) != plan.context_tokens() || k.dimension(0) != plan.context_tokens())
             detail::fail("StarAttention::encode_context: the plan is for ", plan.context_tokens(),
                          " context tokens, q has ", q.dimension(0), " and k ", k.dimension(0));
@@ -298,14 +300,15 @@ public:
                                                         const ConstView3<KV>& v) const
     {
         check_group(comm, plan);
-        detail::check_qkv(q, k, v, scale_, "StarAttention::attend_query");
+        detail::check_qkv(q, k, v, attention_.scale, "StarAttention::attend_query");
         if (q.dimension(0) != k.dimension(0))
             detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
                          " tokens but k has ", k.dimension(0));
-        check_finite(ContextSlice<KV>{q, k, v}, 0, "StarAttention::attend_query: query");
-        agree<KV>(comm, plan, "StarAttention::attend_query", [&](int) {
-            return LayerShape{q.dimension(0), q.dimension(1), k.dimension(1), q.dimension(2)};
-        });
+        if (attention_.check_finite)
+            check_finite(ContextSlice<KV>{q, k, v}, 0, "StarAttention::attend_query: query");
+        const index position = agree_on_query(
+            comm, plan, caches,
+            LayerShape{q.dimension(0), q.dimension(1), k.dimension(1), q.dimension(2)});
         variant_.check(q.dimension(1));
         for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
             const KVCache<KV>& cache = caches[rank];
@@ -331,8 +334,7 @@ public:
         }
         // The caches hold only checked K/V (KVCache::append checks), the query was checked
         // above.
-        const AttentionOptions options{scale_, false};
-        const index position = query_position(comm, plan, caches);
+        const AttentionOptions options{.scale = attention_.scale, .check_finite = false};
         auto partials = comm.template local<AttentionState>();
         comm.for_each_host([&](int rank) {
             const KVCache<KV>& cache = caches[rank];
@@ -418,33 +420,45 @@ public:
     [[nodiscard]] const M& merge_policy() const noexcept { return merge_; }
     /// The Variant policy.
     [[nodiscard]] const V& variant() const noexcept { return variant_; }
+    /// The softmax scale and the finiteness check it was made with.
+    [[nodiscard]] const AttentionOptions& attention_options() const noexcept { return attention_; }
 
 private:
-    // The position of the query's first token: right after the context and the tokens the
-    // query host has appended since. Only the query host knows how many; for a positional
-    // variant it tells the others (plain causal attention and soft-capping need no position).
+    // A host's shapes of a layer, `detail::unknown_setting` where it has none.
+    struct LayerShape {
+        std::int64_t query_tokens, q_heads, kv_heads, head_dim;
+    };
+
+    // Checks that every host runs the same configuration for this query (as `agree`) and
+    // returns the position of the query's first token: right after the context and the
+    // tokens the query host has appended since, which only the query host knows. Across
+    // processes, the settings digest and that position travel in one all-gather, the step's
+    // only collective besides the merge. When every host is in this process they all run
+    // this very call, with one query, plan and object, so they cannot disagree: no
+    // collective at all.
     template <KVElement KV, Communicator C>
-    index query_position(C& comm, const StarPlan& plan, const PerHost<KVCache<KV>>& caches) const
+    index agree_on_query(C& comm, const StarPlan& plan, const PerHost<KVCache<KV>>& caches,
+                         const LayerShape& shape) const
     {
-        const auto appended = [&] {
+        auto position = comm.template local<std::vector<std::int64_t>>();
+        if (position.holds(plan.query_host())) {
             index own = 0;
             for (const std::size_t i : plan.blocks_of(plan.query_host()))
                 own += plan.blocks()[i].size();
-            return plan.context_tokens() + caches[plan.query_host()].tokens() - own;
-        };
-        if constexpr (!V::positional) {
-            return caches.holds(plan.query_host()) ? appended() : plan.context_tokens();
-        } else {
-            auto position = comm.template local<std::vector<std::int64_t>>();
-            if (position.holds(plan.query_host()))
-                position[plan.query_host()] = {appended()};
-            comm.broadcast(position, plan.query_host());
-            const int any = position.first_rank();
-            if (position[any].size() != 1)
-                detail::fail_at_runtime("StarAttention: host ", any,
-                                        " received no query position from the query host");
-            return position[any][0];
+            position[plan.query_host()] = {plan.context_tokens() +
+                                           caches[plan.query_host()].tokens() - own};
         }
+        if (position.first_rank() == 0 && position.end_rank() == comm.size())
+            return position[plan.query_host()][0];
+        const auto payloads = detail::check_agreement_in_step(
+            comm, settings<KV>(comm, plan, [&](int) { return shape; }), position, setting_names,
+            "StarAttention::attend_query");
+        const auto& from_query_host =
+            payloads[payloads.first_rank()][static_cast<std::size_t>(plan.query_host())];
+        if (from_query_host.size() != 1)
+            detail::fail_at_runtime("StarAttention: host ", payloads.first_rank(),
+                                    " received no query position from the query host");
+        return from_query_host[0];
     }
 
     // The runs of consecutive positions in host `rank`'s cache of `tokens` tokens: its blocks
@@ -534,28 +548,27 @@ private:
         return anchor;
     }
 
-    // A host's shapes of a layer, `detail::unknown_setting` where it has none.
-    struct LayerShape {
-        std::int64_t query_tokens, q_heads, kv_heads, head_dim;
-    };
-
     // Every host must run the same configuration; across processes nothing else checks it,
     // and a difference gives wrong results (a received anchor read with the wrong type or
     // heads) or a hang (hosts calling different collectives). The plan stands for the
     // Block, Anchor and Partition policies; the Merge policy, the scale, the K/V type and
     // `shape_of(rank)`, each local host's shapes, complete it.
+    static constexpr const char* setting_names[] = {
+        "the number of context tokens", "the query host", "the number of blocks",
+        "the block boundaries (digest)", "the block owners (digest)", "the anchors (digest)",
+        "the anchor source", "the K/V element type (1 float, 2 bf16, 3 half)",
+        "the Merge policy (digest of its type)", "the softmax scale (bits)",
+        "whether inputs are checked for finiteness",
+        "the query length", "the number of query heads", "the number of kv heads",
+        "head_dim", "the Variant policy (digest of its type)",
+        "the variant's window (-1: none)", "the variant's soft cap (bits)",
+        "the variant's ALiBi slopes (digest)"};
+
+    // Each local host's values of `setting_names`.
     template <KVElement KV, Communicator C, class ShapeOf>
-    void agree(C& comm, const StarPlan& plan, const char* where, ShapeOf&& shape_of) const
+    PerHost<std::vector<std::int64_t>> settings(C& comm, const StarPlan& plan,
+                                               ShapeOf&& shape_of) const
     {
-        static constexpr const char* names[] = {
-            "the number of context tokens", "the query host", "the number of blocks",
-            "the block boundaries (digest)", "the block owners (digest)", "the anchors (digest)",
-            "the anchor source", "the K/V element type (1 float, 2 bf16, 3 half)",
-            "the Merge policy (digest of its type)", "the softmax scale (bits)",
-            "the query length", "the number of query heads", "the number of kv heads",
-            "head_dim", "the Variant policy (digest of its type)",
-            "the variant's window (-1: none)", "the variant's soft cap (bits)",
-            "the variant's ALiBi slopes (digest)"};
         // Order-sensitive digests of the block layout: equal layouts give equal values.
         std::uint64_t bounds = 0, owners = 0, anchors = 0; // unsigned: wrapping is intended
         for (std::size_t i = 0; i < plan.blocks().size(); ++i) {
@@ -568,29 +581,38 @@ private:
         const std::int64_t merge_digest = detail::type_digest<M>();
         const std::int64_t variant_digest = detail::type_digest<V>();
         const VariantSettings variant = variant_.settings();
-        auto settings = comm.template local<std::vector<std::int64_t>>();
-        for (int r = settings.first_rank(); r < settings.end_rank(); ++r) {
+        auto values = comm.template local<std::vector<std::int64_t>>();
+        for (int r = values.first_rank(); r < values.end_rank(); ++r) {
             const LayerShape shape = shape_of(r);
-            settings[r] = {plan.context_tokens(),
-                           plan.query_host(),
-                           static_cast<std::int64_t>(plan.blocks().size()),
-                           static_cast<std::int64_t>(bounds),
-                           static_cast<std::int64_t>(owners),
-                           static_cast<std::int64_t>(anchors),
-                           static_cast<std::int64_t>(plan.anchor_source()),
-                           detail::element_code<KV>(),
-                           merge_digest,
-                           detail::float_setting(scale_),
-                           shape.query_tokens,
-                           shape.q_heads,
-                           shape.kv_heads,
-                           shape.head_dim,
-                           variant_digest,
-                           variant.window,
-                           detail::float_setting(variant.cap),
-                           static_cast<std::int64_t>(variant.slopes)};
+            values[r] = {plan.context_tokens(),
+                         plan.query_host(),
+                         static_cast<std::int64_t>(plan.blocks().size()),
+                         static_cast<std::int64_t>(bounds),
+                         static_cast<std::int64_t>(owners),
+                         static_cast<std::int64_t>(anchors),
+                         static_cast<std::int64_t>(plan.anchor_source()),
+                         detail::element_code<KV>(),
+                         merge_digest,
+                         detail::float_setting(attention_.scale),
+                         std::int64_t{attention_.check_finite},
+                         shape.query_tokens,
+                         shape.q_heads,
+                         shape.kv_heads,
+                         shape.head_dim,
+                         variant_digest,
+                         variant.window,
+                         detail::float_setting(variant.cap),
+                         static_cast<std::int64_t>(variant.slopes)};
         }
-        detail::check_agreement(comm, settings, names, where);
+        return values;
+    }
+
+    // Phase 1's check, each host with its own shapes: a gather and a broadcast, once per
+    // layer and context.
+    template <KVElement KV, Communicator C, class ShapeOf>
+    void agree(C& comm, const StarPlan& plan, const char* where, ShapeOf&& shape_of) const
+    {
+        detail::check_agreement(comm, settings<KV>(comm, plan, shape_of), setting_names, where);
     }
 
     template <Communicator C>
@@ -606,7 +628,7 @@ private:
     P partition_{};
     M merge_{};
     V variant_{};
-    std::optional<float> scale_;
+    AttentionOptions attention_;
 };
 
 } // namespace star

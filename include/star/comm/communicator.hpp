@@ -10,6 +10,7 @@
 /// inside `for_each_host` waiting for another host, so any number of hosts runs on any
 /// number of cores without deadlock.
 
+#include <algorithm>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -234,6 +235,43 @@ void check_agreement(C& comm, const PerHost<std::vector<std::int64_t>>& settings
         if (const auto& v = verdict[r]; v.size() == 5)
             fail(where, ": the hosts disagree on ", names[static_cast<std::size_t>(v[0])],
                  ": host ", v[1], " has ", v[2], ", host ", v[3], " has ", v[4]);
+}
+
+/// `check_agreement` carried by a message the step sends anyway: each host sends a digest of
+/// its settings (every one known) followed by `payload` (what the step would otherwise
+/// broadcast), in one all-gather. When the digests are equal that is all it costs; when two
+/// differ, every host sees so in the same gathered values, and all run `check_agreement`,
+/// which throws naming the setting. Returns every host's payload in rank order, at each
+/// local host. A digest is a polynomial in the settings with an odd base, so settings that
+/// differ in one place always give different digests.
+template <class C>
+PerHost<std::vector<std::vector<std::int64_t>>>
+check_agreement_in_step(C& comm, const PerHost<std::vector<std::int64_t>>& settings,
+                        const PerHost<std::vector<std::int64_t>>& payload,
+                        std::span<const char* const> names, const char* where)
+{
+    auto sent = comm.template local<std::vector<std::int64_t>>();
+    for (int r = sent.first_rank(); r < sent.end_rank(); ++r) {
+        std::uint64_t digest = 0; // unsigned: wrapping is intended
+        for (const std::int64_t setting : settings[r])
+            digest = digest * 1000003 + static_cast<std::uint64_t>(setting);
+        sent[r].reserve(payload[r].size() + 1);
+        sent[r].push_back(static_cast<std::int64_t>(digest));
+        sent[r].insert(sent[r].end(), payload[r].begin(), payload[r].end());
+    }
+    auto all = comm.all_gather(sent);
+    const auto& seen = all[all.first_rank()];
+    const bool agreed = std::all_of(seen.begin(), seen.end(), [&](const auto& host) {
+        return !host.empty() && !seen.front().empty() && host.front() == seen.front().front();
+    });
+    if (!agreed) {
+        check_agreement(comm, settings, names, where);
+        fail_at_runtime(where, ": the hosts' settings digests differ, yet every setting agrees");
+    }
+    for (int r = all.first_rank(); r < all.end_rank(); ++r)
+        for (auto& host : all[r])
+            host.erase(host.begin());
+    return all;
 }
 
 /// An exchange that has already happened, for communicators without `start_exchange`.

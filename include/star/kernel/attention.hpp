@@ -28,14 +28,20 @@
 
 namespace star {
 
-/// Options of one attention call.
+/// What every attention entry point computes besides its mask and transform: the kernel's
+/// calls take it directly, and `GlobalOptions`, `RingOptions` and `StarAttention` hold one,
+/// so the softmax scale is set in this one place, and a baseline and an approximation given
+/// the same `AttentionOptions` compute the same thing. Name the fields:
+/// `{.scale = 0.125f, .check_finite = false}`.
 struct AttentionOptions {
-    /// Softmax scale `tau` in `softmax(tau * q.k)`; `1/sqrt(head_dim)` when empty.
+    /// Softmax scale `tau` in `softmax(tau * q.k)`; `1/sqrt(head_dim)` when empty. Must be
+    /// finite and positive.
     std::optional<float> scale;
-    /// Check that q, k and v hold no NaN or infinity (one linear pass), throwing
+    /// Check that the inputs hold no NaN or infinity (one linear pass), throwing
     /// `star::error` naming the first one found. Turn it off only in a hot loop whose inputs
     /// are known to be finite: a non-finite input then gives unspecified values in the
     /// output rows that see it (and possibly in rows of the same tile), never a crash.
+    /// K/V entering a `KVCache` are checked whatever it says (a cache holds only finite K/V).
     bool check_finite = true;
 };
 

@@ -138,20 +138,21 @@ std::vector<AttentionState> attention_batch(const std::vector<BatchedSequence<KV
 /// from its first token: `mask` (causal by default, or e.g. a `SlidingWindowMask`) and
 /// `transform` apply to every sequence alike, and no token sees another sequence's. The
 /// rows of sequence `s` in the result are what `attention` gives that sequence alone, bit
-/// for bit; all sequences' tasks run in one parallel loop.
+/// for bit; all sequences' tasks run in one parallel loop. `k` and `v` are any K/V source
+/// (kv_source.hpp): a strided view reads them in place from a fused QKV projection.
 /// \throws star::error if `starts` is not as above or q, k and v differ in token count,
 /// for anything `attention` rejects (naming the sequence), and star::runtime_failure when
 /// the arithmetic overflows float.
 template <KVElement KV, Mask M = CausalMask, ScoreTransform T = NoTransform>
-AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>& k,
-                                const ConstView3<KV>& v, std::span<const index> starts,
+AttentionState attention_packed(const ConstView3<float>& q, const KVPages<KV>& k,
+                                const KVPages<KV>& v, std::span<const index> starts,
                                 const M& mask = {}, const AttentionOptions& options = {},
                                 const T& transform = {})
 {
     const index tokens = q.dimension(0);
-    if (k.dimension(0) != tokens || v.dimension(0) != tokens)
+    if (k.tokens() != tokens || v.tokens() != tokens)
         detail::fail("attention_packed: q, k and v must hold the same packed tokens, got ",
-                     tokens, ", ", k.dimension(0), " and ", v.dimension(0));
+                     tokens, ", ", k.tokens(), " and ", v.tokens());
     if (starts.size() < 2)
         detail::fail("attention_packed: starts needs at least 2 entries (0 and the token "
                      "count), got ", starts.size());
@@ -163,21 +164,20 @@ AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>
             detail::fail("attention_packed: starts must not decrease, got ", starts[s - 1],
                          " then ", starts[s], " at entry ", s);
     // Whole-tensor checks first (a view of a wrong shape names the tensor, not a sequence).
-    detail::check_sequence(q, KVPages<KV>(k), KVPages<KV>(v), NoTransform{}, options,
-                           "attention_packed");
+    detail::check_sequence(q, k, v, NoTransform{}, options, "attention_packed");
     const std::size_t sequences = starts.size() - 1;
     std::vector<ConstView3<float>> queries;
-    std::vector<ConstView3<KV>> keys, values;
+    std::vector<KVPages<KV>> keys, values;
     std::vector<float> scales;
     for (std::size_t s = 0; s < sequences; ++s) {
         const index first = starts[s], count = starts[s + 1] - starts[s];
         queries.push_back(token_slice(q, first, count));
-        keys.push_back(token_slice(k, first, count));
-        values.push_back(token_slice(v, first, count));
+        keys.push_back(k.tokens_from(first, count));
+        values.push_back(v.tokens_from(first, count));
         // Already checked for finiteness as a whole.
         scales.push_back(detail::check_sequence(
-            queries.back(), KVPages<KV>(keys.back()), KVPages<KV>(values.back()), transform,
-            AttentionOptions{options.scale, false},
+            queries.back(), keys.back(), values.back(), transform,
+            AttentionOptions{.scale = options.scale, .check_finite = false},
             "attention_packed: sequence " + std::to_string(s)));
     }
     const KernelIsa isa = kernel_isa();
@@ -196,6 +196,16 @@ AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>
                     out.lse.data() + first * q.dimension(1));
     }
     return out;
+}
+
+/// `attention_packed` of contiguous `k` and `v`.
+template <KVElement KV, Mask M = CausalMask, ScoreTransform T = NoTransform>
+AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>& k,
+                                const ConstView3<KV>& v, std::span<const index> starts,
+                                const M& mask = {}, const AttentionOptions& options = {},
+                                const T& transform = {})
+{
+    return attention_packed(q, KVPages<KV>(k), KVPages<KV>(v), starts, mask, options, transform);
 }
 
 } // namespace star
