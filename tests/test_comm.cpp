@@ -1,13 +1,21 @@
-// LocalCommunicator: in-process hosts, their collectives and their per-host steps.
+// LocalCommunicator: in-process hosts, their collectives and their per-host steps; and
+// SimulatedCluster, a cluster modelled over them.
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
+
+#include <star/comm/simulated.hpp>
 
 #include "expect_error.hpp"
 #include "reference.hpp"
@@ -510,6 +518,195 @@ TEST(CheckAgreement, HostsReceiveValuesLinearInTheirNumber)
         // The settings once, then the five values of the verdict at every host.
         EXPECT_EQ(comm.received, 19u * static_cast<std::size_t>(hosts)) << hosts << " hosts";
     }
+}
+
+// ---- SimulatedCluster (star/comm/simulated.hpp): the algorithms give the inner
+// communicator's results bit for bit, and every collective advances the host clocks as its
+// model says.
+
+// One millisecond of latency and a megabyte per second: a 1000-byte message takes 2 ms.
+constexpr LinkModel kLink{1e-3, 1e6};
+constexpr double kMessage = 2e-3;
+
+bool same_output_bits(const Tensor3<float>& a, const Tensor3<float>& b)
+{
+    return a.size() == b.size() &&
+           std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+// 250 floats: 1000 bytes per host.
+PerHost<std::vector<float>> kilobyte_messages(LocalCommunicator& comm)
+{
+    auto buffers = comm.local<std::vector<float>>();
+    for (int r = 0; r < comm.size(); ++r)
+        buffers[r].assign(250, static_cast<float>(r));
+    return buffers;
+}
+
+TEST(SimulatedCluster, StarAndRingGiveTheInnerResultsBitForBit)
+{
+    const Tokens<float> in = random_tokens<float>(300, 4, 2, 32);
+    const StarAttention<> star(FixedBlocks{75});
+    const StarPlan plan = star.plan(300, 4);
+    LocalCommunicator plain(4), inner(4);
+    SimulatedCluster cluster(inner, {5e-6, 1.25e9});
+    auto plain_caches = plain.local<KVCache<float>>();
+    auto cluster_caches = cluster.local<KVCache<float>>();
+    const auto expected = star.encode_context(plain, plan, plain_caches, view(in.q), view(in.k),
+                                              view(in.v));
+    const auto got = star.encode_context(cluster, plan, cluster_caches, view(in.q), view(in.k),
+                                         view(in.v));
+    for (int r = 0; r < 4; ++r)
+        EXPECT_TRUE(same_output_bits(got[r][0].state.output, expected[r][0].state.output)) << r;
+    const Tokens<float> query = random_tokens<float>(3, 4, 2, 32);
+    const auto plain_answer = star.attend_query(plain, plan, plain_caches, view(query.q),
+                                                view(query.k), view(query.v));
+    const auto cluster_answer = star.attend_query(cluster, plan, cluster_caches, view(query.q),
+                                                  view(query.k), view(query.v));
+    EXPECT_TRUE(same_output_bits(cluster_answer[3]->output, plain_answer[3]->output));
+    EXPECT_GT(cluster.simulated_seconds(), 0.0);
+    EXPECT_GT(cluster.bytes_sent(0), 0u); // a partial state to the query host
+
+    for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
+        const RingAttention ring({.layout = layout});
+        const auto ring_expected = ring.run(plain, view(in.q), view(in.k), view(in.v));
+        const auto ring_got = ring.run(cluster, view(in.q), view(in.k), view(in.v));
+        for (int r = 0; r < 4; ++r)
+            for (std::size_t i = 0; i < ring_got[r].size(); ++i)
+                EXPECT_TRUE(same_output_bits(ring_got[r][i].state.output,
+                                             ring_expected[r][i].state.output))
+                    << r;
+    }
+}
+
+// Binomial tree from host 1 over 4 hosts (relative ranks: host 1 is 0, host 3 is 2): round
+// one 1 -> 3; round two 1 -> 2 and 3 -> 0. Everyone has the data after two messages.
+TEST(SimulatedCluster, BroadcastFollowsABinomialTree)
+{
+    LocalCommunicator inner(4);
+    SimulatedCluster cluster(inner, kLink);
+    auto buffers = kilobyte_messages(inner);
+    cluster.broadcast(buffers, 1);
+    for (int r = 0; r < 4; ++r) {
+        EXPECT_EQ(buffers[r], std::vector<float>(250, 1.0f)) << r;
+        EXPECT_DOUBLE_EQ(cluster.clock(r), 2 * kMessage) << r;
+    }
+    EXPECT_EQ(cluster.bytes_sent(1), 2000u);
+    EXPECT_EQ(cluster.bytes_sent(3), 1000u);
+    EXPECT_EQ(cluster.bytes_sent(0), 0u);
+}
+
+// The root's one link takes the messages one after another.
+TEST(SimulatedCluster, GatherQueuesAtTheRoot)
+{
+    LocalCommunicator inner(3);
+    SimulatedCluster cluster(inner, kLink);
+    const auto all = cluster.gather(kilobyte_messages(inner), 0);
+    EXPECT_EQ(all[0].size(), 3u);
+    EXPECT_DOUBLE_EQ(cluster.clock(0), 2 * kMessage);
+    EXPECT_DOUBLE_EQ(cluster.clock(1) + cluster.clock(2), 3 * kMessage); // one, then the other
+    EXPECT_EQ(cluster.bytes_sent(0), 0u);
+    EXPECT_EQ(cluster.bytes_sent(1) + cluster.bytes_sent(2), 2000u);
+}
+
+// A ring over 4 hosts: 3 steps of latency, and every other host's 1000 bytes through each
+// host's link.
+TEST(SimulatedCluster, AllGatherRunsRoundARing)
+{
+    LocalCommunicator inner(4);
+    SimulatedCluster cluster(inner, kLink);
+    const auto all = cluster.all_gather(kilobyte_messages(inner));
+    for (int r = 0; r < 4; ++r) {
+        EXPECT_EQ(all[r].size(), 4u);
+        EXPECT_DOUBLE_EQ(cluster.clock(r), 3 * kMessage) << r;
+        EXPECT_EQ(cluster.bytes_sent(r), 3000u) << r;
+    }
+    cluster.barrier();
+    EXPECT_DOUBLE_EQ(cluster.simulated_seconds(), 3 * kMessage + 2 * kLink.latency_seconds);
+}
+
+// A message started before a step travels while the receiver computes: after the step the
+// receiver does not wait at all if the step took longer than the message, and otherwise
+// waits only for the rest.
+TEST(SimulatedCluster, AnExchangeStartedBeforeAStepOverlapsIt)
+{
+    LocalCommunicator inner(2);
+    SimulatedCluster cluster(inner, kLink);
+    auto routes = inner.local<Route>();
+    routes[0] = {1, 1};
+    routes[1] = {0, 0};
+    auto pending = cluster.start_exchange(kilobyte_messages(inner), routes);
+    cluster.for_each_host([](int rank) {
+        if (rank == 1)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    });
+    const double busy = cluster.clock(1);
+    ASSERT_GE(busy, 20e-3);
+    ASSERT_GE(busy, kMessage);
+    const auto received = pending.wait();
+    EXPECT_EQ(received[0], std::vector<float>(250, 1.0f));
+    EXPECT_EQ(cluster.clock(1), busy) << "the message had arrived during the step";
+    EXPECT_DOUBLE_EQ(cluster.clock(0), std::max(cluster.compute_seconds(0), kMessage));
+    cluster.reset();
+    EXPECT_EQ(cluster.simulated_seconds(), 0.0);
+    EXPECT_EQ(cluster.bytes_sent(0), 0u);
+}
+
+TEST(SimulatedCluster, HostsTwiceAsFastHalveTheComputeTime)
+{
+    LocalCommunicator inner(1);
+    SimulatedCluster cluster(inner, kLink, 2.0);
+    cluster.for_each_host([](int) { std::this_thread::sleep_for(std::chrono::milliseconds(20)); });
+    EXPECT_GE(cluster.compute_seconds(0), 10e-3);
+    EXPECT_EQ(cluster.clock(0), cluster.compute_seconds(0));
+}
+
+// Hosts [1, 3) of 3 in this process, the others elsewhere.
+class PartOfAGroup {
+public:
+    [[nodiscard]] int size() const { return 3; }
+    template <class T>
+    [[nodiscard]] PerHost<T> local() const
+    {
+        return PerHost<T>(1, 2);
+    }
+    void for_each_host(const std::function<void(int)>&) {}
+    template <Message T>
+    void broadcast(PerHost<std::vector<T>>&, int)
+    {
+    }
+    template <Message T>
+    PerHost<std::vector<std::vector<T>>> gather(const PerHost<std::vector<T>>&, int)
+    {
+        return {};
+    }
+    template <Message T>
+    PerHost<std::vector<std::vector<T>>> all_gather(const PerHost<std::vector<T>>&)
+    {
+        return {};
+    }
+    template <Message T>
+    PerHost<std::vector<T>> exchange(const PerHost<std::vector<T>>&, const PerHost<Route>&)
+    {
+        return {};
+    }
+    void barrier() {}
+};
+static_assert(Communicator<PartOfAGroup>);
+
+TEST(SimulatedCluster, RejectsBadSettings)
+{
+    LocalCommunicator inner(2);
+    expect_error([&] { SimulatedCluster cluster(inner, {-1.0, 1e9}); },
+                 "SimulatedCluster: the latency must be finite and not negative, got -1");
+    expect_error([&] { SimulatedCluster cluster(inner, {0.0, 0.0}); },
+                 "SimulatedCluster: the bandwidth must be finite and positive, got 0");
+    expect_error([&] { SimulatedCluster cluster(inner, kLink, 0.0); },
+                 "SimulatedCluster: the compute speedup must be finite and positive, got 0");
+    PartOfAGroup part;
+    expect_error([&] { SimulatedCluster cluster(part, kLink); },
+                 "SimulatedCluster: the inner communicator must run every host in this "
+                 "process; it runs hosts [1, 3) of 3");
 }
 
 } // namespace

@@ -274,7 +274,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(PhaseOneScale, ExplicitScaleIsUsed)
 {
     const StarAttention star(FixedBlocks{50}, FirstTokens{}, Contiguous{}, GatherToQueryHost{},
-                             0.2f);
+                             {.scale = 0.2f});
     const auto in = random_tokens<float>(160, 4, 2, 16);
     LocalCommunicator comm(2);
     const StarPlan plan = star.plan(160, 2);
@@ -642,7 +642,7 @@ TEST(PhaseTwoVariants, ExplicitScale)
             view(c.steps[s].q), view(keys), view(values), [](index, index) { return true; }, 0.2);
     }
     expect_exact(converse(StarAttention(FixedBlocks{64}, FirstTokens{}, Contiguous{},
-                                        GatherToQueryHost{}, 0.2f),
+                                        GatherToQueryHost{}, {.scale = 0.2f}),
                           c, 3, false, "scale 0.2"),
                  c, "scale 0.2");
 }

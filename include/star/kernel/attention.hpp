@@ -36,7 +36,7 @@ namespace star {
 struct AttentionOptions {
     /// Softmax scale `tau` in `softmax(tau * q.k)`; `1/sqrt(head_dim)` when empty. Must be
     /// finite and positive.
-    std::optional<float> scale;
+    std::optional<float> scale = std::nullopt;
     /// Check that the inputs hold no NaN or infinity (one linear pass), throwing
     /// `star::error` naming the first one found. Turn it off only in a hot loop whose inputs
     /// are known to be finite: a non-finite input then gives unspecified values in the
