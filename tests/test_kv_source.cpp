@@ -141,6 +141,44 @@ TEST(PagedKV, OnePageIsBitIdenticalToContiguous)
     }
 }
 
+// The decode kernel reads a block of 32 keys across page ends in pieces, one per page, and
+// adds each piece's values to the same accumulators key by key: pages of any size give the
+// bits of the contiguous cache. Head dims 64 (values read in place) and 40 (values widened
+// into a buffer first), a single query and 3 (12 rows per KV head), float and bf16.
+template <class KV>
+void expect_paged_decode_bit_identical()
+{
+    for (const index d : {index{64}, index{40}}) {
+        const auto k = random_tensor<KV>(1100, 2, d);
+        const auto v = random_tensor<KV>(1100, 2, d);
+        for (const index q_tokens : {index{1}, index{3}}) {
+            const auto q = random_tensor<float>(q_tokens, 8, d);
+            const CausalMask mask{1100 - q_tokens, 0};
+            for (const index page : kPageSizes) {
+                SCOPED_TRACE("d " + std::to_string(d) + ", " + std::to_string(q_tokens) +
+                             " queries, pages of " + std::to_string(page));
+                const PagedCopy<KV> pk(k, page), pv(v, page);
+                for (const KernelIsa isa : supported_isas()) {
+                    SCOPED_TRACE("path " + std::string(name(isa)));
+                    const ForcedIsa forced(isa);
+                    EXPECT_TRUE(same_bits(attention(view(q), pk.source(), pv.source(), mask),
+                                          attention(view(q), view(k), view(v), mask)));
+                }
+            }
+        }
+    }
+}
+
+TEST(PagedKV, FloatDecodeIsBitIdenticalToContiguousForEveryPageSize)
+{
+    expect_paged_decode_bit_identical<float>();
+}
+
+TEST(PagedKV, Bf16DecodeIsBitIdenticalToContiguousForEveryPageSize)
+{
+    expect_paged_decode_bit_identical<Eigen::bfloat16>();
+}
+
 // Pages laid out head-major, `[page, head, token, d]` (FlashInfer's HND), through the
 // general constructor.
 TEST(PagedKV, HeadMajorPagesMatchReference)

@@ -6,6 +6,7 @@
 /// `attention` call.
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstddef>
