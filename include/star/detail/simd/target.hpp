@@ -14,6 +14,8 @@
 /// compiled with `-mavx2`, so a region's code uses the small per-ISA atoms of
 /// avx2_ops.hpp and avx512_ops.hpp; xsimd remains the portable path.
 
+#include "../cxx20.hpp"
+
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define STAR_X86_DISPATCH 1
 #else
