@@ -12,6 +12,9 @@
 #include <cstdio>
 
 #include <star/star.hpp>
+#include <star/version.hpp>
+
+static_assert(STAR_VERSION_MAJOR >= 0 && STAR_VERSION_MINOR >= 0 && STAR_VERSION_PATCH >= 0);
 
 int main()
 {
