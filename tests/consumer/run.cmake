@@ -127,7 +127,7 @@ if(PKG_CONFIG)
     message(FATAL_ERROR "install_and_consume: pkg-config says version '${pc_modversion}', the "
                         "project is ${VERSION}")
   endif()
-  string(FIND "${pc_cflags}" "-I${moved}/include" at)
+  string(FIND "${pc_cflags}" "-I${moved}/" at) # ${pcfiledir}/../../include, not normalised
   if(at EQUAL -1)
     message(FATAL_ERROR "install_and_consume: pkg-config's --cflags '${pc_cflags}' do not point "
                         "into the moved prefix ${moved}")
