@@ -13,6 +13,13 @@
 // location, which is inside these headers. So the headers are included here first, inside a
 // region where those warnings are off; their include guards make every later include a no-op.
 // The warnings stay on for the project's own code.
+//
+// The library's headers do not rely on this: users never get the prelude, so the code of the
+// library into which intrinsics are inlined is itself marked (STAR_INTRINSICS_BEGIN/END in
+// include/star/detail/simd/target.hpp), and tests/consumer/warnings.cmake compiles a user's
+// file without the prelude, -Werror, for AVX-512 too. What is left here is for the project's
+// own tests, benchmarks and examples: their direct use of Eigen (its AVX-512 GEMM) and of
+// std::string.
 #pragma once
 
 #pragma GCC diagnostic push

@@ -2,6 +2,8 @@
 /// \file
 /// The library's exceptions: one base, `star::error`, and two kinds below it.
 
+#include "detail/cxx20.hpp"
+
 #include <sstream>
 #include <stdexcept>
 #include <string>

@@ -7,6 +7,9 @@
 /// Everything public of the library. Internals live in `star::detail`, which is not part
 /// of the API.
 
+#include "detail/cxx20.hpp"
+#if STAR_DETAIL_CXX20 // otherwise the one #error above, not hundreds from the headers
+
 #include "error.hpp"
 #include "tensor.hpp"
 #include "state.hpp"
@@ -28,3 +31,5 @@
 #include "algorithm/global.hpp"
 #include "algorithm/ring.hpp"
 #include "algorithm/star.hpp"
+
+#endif // STAR_DETAIL_CXX20

@@ -1,10 +1,18 @@
 // Smoke test of an installed Star: include the umbrella header, run global attention on a
-// small random input, and check that every output value and every LSE is finite.
+// small random input, and check that every output value and every LSE is finite. Built with
+// find_package (tests/consumer/CMakeLists.txt) and with pkg-config (run.cmake), each passing
+// the version of the package it found as EXPECTED_VERSION_*.
 
 #include <cmath>
 #include <cstdio>
 
 #include <star/star.hpp>
+#include <star/version.hpp>
+
+static_assert(STAR_VERSION_MAJOR == EXPECTED_VERSION_MAJOR && STAR_VERSION_MINOR == EXPECTED_VERSION_MINOR &&
+                  STAR_VERSION_PATCH == EXPECTED_VERSION_PATCH,
+              "<star/version.hpp> disagrees with the version of the package found");
+static_assert(STAR_VERSION == STAR_VERSION_MAJOR * 10000 + STAR_VERSION_MINOR * 100 + STAR_VERSION_PATCH);
 
 int main()
 {

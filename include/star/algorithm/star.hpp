@@ -2,7 +2,10 @@
 /// \file
 /// Star Attention (Acharya, Jia, Ginsburg 2024): block-sparse context encoding with an
 /// anchor block (phase 1), then exact query encoding and decoding over every host's cache
-/// (phase 2). See docs/ and ../shared/docs/star-attention.md for the method.
+/// (phase 2). The method: S. Acharya, F. Jia, B. Ginsburg, "Star Attention: Efficient LLM
+/// Inference over Long Sequences", arXiv:2411.17116 (https://arxiv.org/abs/2411.17116). This
+/// library's account of it: docs/architecture.md (the two phases and their data flow) and
+/// docs/tutorial.md in the source repository, and the API reference (target `docs`).
 ///
 /// `StarAttention<Block, Anchor, Partition, Merge, Variant>` reads as a sentence: cut the
 /// context into blocks like this, let each see this anchor, give blocks to hosts like that,

@@ -15,6 +15,7 @@
 #include "../kernel/kv_source.hpp"
 #include "../tensor.hpp"
 
+STAR_INTRINSICS_BEGIN // see simd/target.hpp
 namespace star::detail {
 
 template <class T>
@@ -182,3 +183,4 @@ float check_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const Const
 }
 
 } // namespace star::detail
+STAR_INTRINSICS_END

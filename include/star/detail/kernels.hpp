@@ -26,6 +26,7 @@
 #include "simd/xsimd_atom.hpp"
 #include "tile_job.hpp"
 
+STAR_INTRINSICS_BEGIN // see simd/target.hpp
 namespace star::detail {
 
 /// Scratch memory of the kernel, aligned for the widest vector of any path.
@@ -133,3 +134,4 @@ std::size_t decode_workspace_bytes(KernelIsa isa, index kv_heads, index rows, in
 }
 
 } // namespace star::detail
+STAR_INTRINSICS_END

@@ -75,7 +75,7 @@ namespace detail {
 /// The state components the OS saves on a context switch (XCR0). A CPU may support
 /// AVX-512 while the kernel does not enable its registers; then the instructions fault.
 STAR_TARGET_BEGIN("xsave")
-inline unsigned long long os_saved_state() noexcept { return _xgetbv(0); }
+inline unsigned long long os_saved_state() noexcept { return static_cast<unsigned long long>(_xgetbv(0)); }
 STAR_TARGET_END
 
 /// Features of this CPU, read once with CPUID. xsimd's own detection (Debian's 8.1) checks

@@ -56,14 +56,14 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
 {
     const index d = block.head_dim;
     const index ldk = block.k_stride;
-    typename S::reg acc[Keys][Rows];
+    typename S::reg acc[std::size_t{Keys}][std::size_t{Rows}];
     STAR_UNROLL
     for (int j = 0; j < Keys; ++j)
         STAR_UNROLL
         for (int r = 0; r < Rows; ++r)
             acc[j][r] = S::broadcast(0.0f);
     const auto multiply = [&](index c) {
-        typename S::reg key[Keys];
+        typename S::reg key[std::size_t{Keys}];
         STAR_UNROLL
         for (int j = 0; j < Keys; ++j)
             key[j] = S::load(k + j * ldk + c);
@@ -95,7 +95,7 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
 
     STAR_UNROLL
     for (int j = 0; j < Keys; ++j) {
-        float sums[Rows];
+        float sums[std::size_t{Rows}];
         if constexpr (Rows == 4)
             S::reduce_add4(acc[j], sums);
         else {

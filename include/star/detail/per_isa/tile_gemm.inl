@@ -18,14 +18,14 @@ template <class S, int Rows, int Packets, bool Accumulate, class B>
 inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, float* c,
                             index ldc, index depth) noexcept
 {
-    typename S::reg acc[Rows][Packets];
+    typename S::reg acc[std::size_t{Rows}][std::size_t{Packets}];
     STAR_UNROLL
     for (int r = 0; r < Rows; ++r)
         STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             acc[r][p] = Accumulate ? S::load(c + r * ldc + p * S::width) : S::broadcast(0.0f);
     for (index kk = 0; kk < depth; ++kk) {
-        typename S::reg row[Packets];
+        typename S::reg row[std::size_t{Packets}];
         STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             row[p] = S::load(b + kk * ldb + p * S::width);

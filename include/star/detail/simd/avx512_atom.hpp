@@ -12,6 +12,7 @@
 
 #include "atom.hpp"
 
+STAR_INTRINSICS_BEGIN // see simd/target.hpp
 namespace star::detail {
 
 STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
@@ -77,5 +78,6 @@ struct Avx512Atom {
 STAR_TARGET_END
 
 } // namespace star::detail
+STAR_INTRINSICS_END
 
 #endif

@@ -14,6 +14,8 @@
 /// compiled with `-mavx2`, so a region's code uses the small per-ISA atoms of
 /// avx2_ops.hpp and avx512_ops.hpp; xsimd remains the portable path.
 
+#include "../cxx20.hpp"
+
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define STAR_X86_DISPATCH 1
 #else
@@ -21,6 +23,24 @@
 #endif
 
 #define STAR_PRAGMA(text) _Pragma(#text)
+
+/// Put around code into which AVX-512 intrinsics are inlined (STAR_INTRINSICS_END after it).
+/// GCC 12 builds an "undefined" vector in its intrinsics as `__m512 __Y = __Y;` and reports
+/// it, once inlined, as -Wuninitialized or -Wmaybe-uninitialized (GCC bug 105593, a false
+/// positive, fixed in GCC 13). Including <immintrin.h> with them off (below) is not enough:
+/// a user's unit that includes it, or Eigen, before the library reads it with the user's
+/// warnings on. GCC 12 also consults the pragma state at every place a function was inlined
+/// into, so the library's code that inlines intrinsics is marked instead; the warnings stay
+/// on for the user's code, and for the library's under Clang and later GCCs.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#define STAR_INTRINSICS_BEGIN                                                                 \
+    STAR_PRAGMA(GCC diagnostic push) STAR_PRAGMA(GCC diagnostic ignored "-Wuninitialized")    \
+    STAR_PRAGMA(GCC diagnostic ignored "-Wmaybe-uninitialized")
+#define STAR_INTRINSICS_END STAR_PRAGMA(GCC diagnostic pop)
+#else
+#define STAR_INTRINSICS_BEGIN
+#define STAR_INTRINSICS_END
+#endif
 
 /// Put before a loop over a register block (its trip count a template parameter). GCC
 /// unrolls such loops only at -O3; at -O2 (CMake's RelWithDebInfo, many engines' builds) it

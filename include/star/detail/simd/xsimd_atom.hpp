@@ -12,6 +12,7 @@
 #include "atom.hpp"
 #include "target.hpp"
 
+STAR_INTRINSICS_BEGIN // see simd/target.hpp
 namespace star::detail {
 
 template <class Arch>
@@ -30,7 +31,7 @@ struct XsimdAtom {
     /// its float one.
     static reg load(const Eigen::bfloat16* p) noexcept
     {
-        alignas(64) std::uint32_t bits[width];
+        alignas(64) std::uint32_t bits[reg::size];
         STAR_UNROLL
         for (index i = 0; i < width; ++i)
             bits[i] = std::uint32_t{Eigen::numext::bit_cast<std::uint16_t>(p[i])} << 16;
@@ -39,7 +40,7 @@ struct XsimdAtom {
     /// half is widened one element at a time (x86 atoms use F16C in registers).
     static reg load(const Eigen::half* p) noexcept
     {
-        alignas(64) float wide[width];
+        alignas(64) float wide[reg::size];
         for (index i = 0; i < width; ++i)
             wide[i] = static_cast<float>(p[i]);
         return reg::load_aligned(wide);
@@ -68,3 +69,4 @@ struct XsimdAtom {
 static_assert(FloatAtom<XsimdAtom<xsimd::default_arch>>);
 
 } // namespace star::detail
+STAR_INTRINSICS_END
