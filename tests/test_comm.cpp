@@ -477,6 +477,33 @@ private:
 };
 static_assert(Communicator<CountingCommunicator>);
 
+// In-process every host runs the same decode call on the same query, plan and object, so
+// a step needs no agreement and no broadcast of the query position: what the hosts receive
+// is the merge alone, each host's partial state (outputs and log-sum-exps) at the query host.
+TEST(StarDecodeStep, InProcessTheMergeIsTheOnlyMessage)
+{
+    constexpr int hosts = 3;
+    constexpr index q_heads = 4, kv_heads = 2, d = 16;
+    const Tokens<float> context = random_tokens<float>(90, q_heads, kv_heads, d);
+    const Tokens<float> step = random_tokens<float>(1, q_heads, kv_heads, d);
+    const auto decode = [&](const auto& star) {
+        CountingCommunicator comm(hosts);
+        const StarPlan plan = star.plan(90, hosts);
+        auto caches = comm.local<KVCache<float>>();
+        (void)star.encode_context(comm, plan, caches, view(context.q), view(context.k),
+                                  view(context.v));
+        comm.received = 0;
+        (void)star.attend_query(comm, plan, caches, view(step.q), view(step.k), view(step.v));
+        return comm.received;
+    };
+    const std::size_t merge = hosts * (q_heads * d + q_heads);
+    EXPECT_EQ(decode(StarAttention<>(FixedBlocks{30})), merge);
+    // A positional variant needs the query's position, known to the query host alone.
+    EXPECT_EQ(decode(StarAttention(FixedBlocks{30}, FirstTokens{}, Contiguous{},
+                                   GatherToQueryHost{}, {}, SlidingWindow{40})),
+              merge);
+}
+
 // A transport that moves only float satisfies every requirement spelled for float, but Star
 // sends bf16 K/V and std::int64_t settings too: the concept must reject it up front.
 struct FloatOnlyCommunicator {
