@@ -5,7 +5,10 @@
 //   x = embedding[tokens]
 //   per layer:  x += Wo * attention(RoPE(Wq * norm(x)), RoPE(Wk * norm(x)), Wv * norm(x))
 //               x += Wdown * (silu(Wgate * norm(x)) .* (Wup * norm(x)))
-//   logits = lm_head * norm(x)
+//   logits = lm_head * norm(x)            (then cap * tanh(logits / cap) under a final soft cap)
+//
+// Each layer's attention is the variant its config gives it (a sliding window, a soft cap on
+// the scores; attention_backend.hpp), run by the library wherever attention runs.
 //
 // A `Sequence` is one text being read and continued. Its first call encodes the context
 // (Star's phase 1); every later call appends tokens that attend to everything before them
@@ -217,6 +220,11 @@ private:
             logits.middleRows(begin, count).noalias() =
                 rms_norm(x.middleRows(first + begin, count), m.final_norm, c.rms_norm_eps) *
                 m.lm_head.transpose();
+            if (c.final_logit_softcapping) {
+                const float cap = *c.final_logit_softcapping;
+                logits.middleRows(begin, count).array() =
+                    cap * (logits.middleRows(begin, count).array() / cap).tanh();
+            }
         });
         return logits;
     }

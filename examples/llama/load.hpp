@@ -93,6 +93,24 @@ public:
         return has(key) ? positive_int(key) : fallback;
     }
 
+    // A non-negative integer (max_window_layers may be 0: every layer slides).
+    int non_negative_int(const char* key, int fallback) const
+    {
+        if (!has(key))
+            return fallback;
+        const nlohmann::json& value = json_.at(key);
+        std::optional<std::int64_t> n;
+        if (value.is_number_unsigned()) {
+            if (value.get<std::uint64_t>() <= std::numeric_limits<int>::max())
+                n = value.get<std::int64_t>();
+        } else if (value.is_number_integer()) {
+            n = value.get<std::int64_t>();
+        }
+        if (!n || *n < 0 || *n > std::numeric_limits<int>::max())
+            fail("key ", key, " is ", value.dump(), ", expected a non-negative integer");
+        return static_cast<int>(*n);
+    }
+
     float positive_float(const char* key, float fallback) const
     {
         if (!has(key))
@@ -124,6 +142,75 @@ private:
     nlohmann::json json_;
 };
 
+// A positive float key that has no default: empty when absent or null.
+inline std::optional<float> optional_positive_float(const JsonConfig& json, const char* key)
+{
+    if (!json.has(key))
+        return std::nullopt;
+    return json.positive_float(key, 0.0f);
+}
+
+// The attention variants of config.json, into `c` (whose num_hidden_layers is read):
+//
+//   sliding_window           the window in tokens: a query at position p sees the keys at
+//                            (p - w, p], itself included. That is transformers' meaning
+//                            (masking_utils.sliding_window_overlay: kv_idx > q_idx - w) and
+//                            star::SlidingWindow's. Which layers slide:
+//     - layer_types present (Gemma 2/3, and every family in transformers >= 4.53): the
+//       layers listed as "sliding_attention"; "full_attention" layers attend to everything;
+//     - else Qwen2 (model_type "qwen2", or a config that writes use_sliding_window or
+//       max_window_layers): Qwen2Config's rule, layers i >= max_window_layers (default 28);
+//     - else (Mistral and the Llama family): every layer.
+//     use_sliding_window false (Qwen2; its default when model_type is "qwen2") switches the
+//     window off on every layer, as Qwen2Config sets sliding_window to None then; so does a
+//     null sliding_window. (Gemma 2 without layer_types alternates, layer 0 sliding: its
+//     layer_types default; model_type gemma2 is refused above.)
+//   attn_logit_softcapping   every layer's scores, scaled, become cap * tanh(score / cap)
+//   final_logit_softcapping  the output logits become cap * tanh(logits / cap)
+//   query_pre_attn_scalar    the softmax scale is 1/sqrt(this) instead of 1/sqrt(head_dim)
+inline void read_attention_variants(const JsonConfig& json, Config& c)
+{
+    c.attn_logit_softcapping = optional_positive_float(json, "attn_logit_softcapping");
+    c.final_logit_softcapping = optional_positive_float(json, "final_logit_softcapping");
+    c.query_pre_attn_scalar = optional_positive_float(json, "query_pre_attn_scalar");
+
+    const bool qwen2_type = json.has("model_type") && json.at("model_type") == "qwen2";
+    const bool qwen2 =
+        qwen2_type || json.has("use_sliding_window") || json.has("max_window_layers");
+    // Both read (and so checked) whether or not a window is on.
+    const bool window_on = json.boolean("use_sliding_window", !qwen2_type);
+    const int max_window_layers = json.non_negative_int("max_window_layers", 28);
+
+    std::vector<bool> slides(static_cast<std::size_t>(c.layers), !qwen2);
+    if (json.has("layer_types")) {
+        const nlohmann::json& types = json.at("layer_types");
+        if (!types.is_array() || types.size() != static_cast<std::size_t>(c.layers))
+            json.fail("key layer_types is ", types.dump(), ", expected an array of ", c.layers,
+                      " entries (num_hidden_layers), each \"sliding_attention\" or "
+                      "\"full_attention\"");
+        for (std::size_t i = 0; i < types.size(); ++i) {
+            if (types[i] == "sliding_attention")
+                slides[i] = true;
+            else if (types[i] == "full_attention")
+                slides[i] = false;
+            else
+                json.fail("layer_types[", i, "] is ", types[i].dump(),
+                          ": only \"sliding_attention\" and \"full_attention\" are supported");
+        }
+    } else if (qwen2) {
+        for (int i = 0; i < c.layers; ++i)
+            slides[static_cast<std::size_t>(i)] = i >= max_window_layers;
+    }
+
+    if (!json.has("sliding_window") || !window_on)
+        return;
+    const int window = json.positive_int("sliding_window");
+    c.sliding_window.assign(static_cast<std::size_t>(c.layers), 0);
+    for (std::size_t i = 0; i < slides.size(); ++i)
+        if (slides[i])
+            c.sliding_window[i] = window;
+}
+
 inline Config read_hf_config(const JsonConfig& json)
 {
     // Options that change what the model computes. Loading the weights anyway would give a
@@ -134,17 +221,14 @@ inline Config read_hf_config(const JsonConfig& json)
     if (json.has("hidden_act") && json.at("hidden_act") != "silu")
         json.fail("hidden_act ", json.at("hidden_act").dump(),
                   " is not supported: the forward pass implements SwiGLU (silu) only");
-    // The library has these variants (star::SlidingWindow, star::SoftCapped), but this
-    // forward pass does not yet choose them per layer: ignoring the keys would answer wrongly
-    // past the window, so they are refused. A null window, or use_sliding_window false
-    // (Qwen2 writes both), computes plain causal attention and is accepted.
-    if (json.has("sliding_window") && json.boolean("use_sliding_window", true))
-        json.fail("sliding_window ", json.at("sliding_window").dump(),
-                  " is not supported yet: the forward pass attends causally over every token");
-    for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"})
-        if (json.has(cap))
-            json.fail(cap, " ", json.at(cap).dump(),
-                      " is not supported yet: the forward pass does not cap logits");
+    // Gemma's architecture differs from Llama's beyond attention (an RMSNorm after attention
+    // and after the MLP, RMSNorm weights used as 1 + w, GeGLU, embeddings scaled by
+    // sqrt(hidden_size)); the forward pass implements none of it.
+    if (json.has("model_type") && json.at("model_type").is_string() &&
+        json.at("model_type").get<std::string>().starts_with("gemma"))
+        json.fail("model_type ", json.at("model_type").dump(),
+                  " is not supported: the forward pass implements the Llama architecture, not "
+                  "Gemma's extra norms, (1 + w) norm weights, GeGLU and scaled embeddings");
     for (const char* bias : {"attention_bias", "mlp_bias"})
         if (json.boolean(bias, false))
             json.fail(bias, " = true is not supported: the forward pass has no biases");
@@ -169,6 +253,7 @@ inline Config read_hf_config(const JsonConfig& json)
     c.rms_norm_eps = json.positive_float("rms_norm_eps", 1e-6f);
     c.max_positions = json.positive_int("max_position_embeddings", 0);
     c.rope = RopeStyle::rotate_half;
+    read_attention_variants(json, c);
     return c;
 }
 
@@ -254,6 +339,12 @@ inline void check_weights(const JsonConfig& json, const SafeTensors& weights, co
             json.fail("num_hidden_layers is ", c.layers, ", but ", file,
                       " holds no tensors of layer ", i, " (model.layers.", i, ".*)");
 
+    // Biases (Qwen2's q/k/v projections have them whatever its config says) would be left
+    // out of the forward pass, which has none: refuse them rather than answer wrongly.
+    for (const std::string& name : weights.names())
+        if (name.ends_with(".bias"))
+            throw load_error(message(weights.path().string(), ": tensor ", name,
+                                     " is not supported: the forward pass has no biases"));
     for (const ImpliedWeight& w : implied_weights(c, tied)) {
         if (!weights.contains(w.name)) {
             if (w.name == "lm_head.weight")

@@ -3,6 +3,7 @@
 // Filled by the loaders (load.hpp); read by the forward pass (forward.hpp).
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,21 @@ struct Config {
     float rms_norm_eps = 1e-5f;
     int max_positions = 0; // trained context length; 0 if unknown
     RopeStyle rope = RopeStyle::rotate_half;
+
+    // Attention variants (load.hpp reads them from config.json; the forward pass hands each
+    // layer's to the library as a star::Variant policy, attention_backend.hpp).
+    // The sliding window of each layer in tokens (a query at p sees the keys of
+    // (p - w, p], itself included), 0 for plain causal attention. Empty: every layer plain.
+    std::vector<std::int64_t> sliding_window;
+    std::optional<float> attn_logit_softcapping;  // scores -> cap * tanh(score / cap)
+    std::optional<float> final_logit_softcapping; // logits -> cap * tanh(logits / cap)
+    std::optional<float> query_pre_attn_scalar;   // softmax scale 1/sqrt(this), else 1/sqrt(head_dim)
+
+    // The window of layer `layer`, 0 for none.
+    [[nodiscard]] std::int64_t window_of(int layer) const
+    {
+        return sliding_window.empty() ? 0 : sliding_window.at(static_cast<std::size_t>(layer));
+    }
 };
 
 struct LayerWeights {
