@@ -12,6 +12,7 @@
 
 #include <array>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -68,6 +69,10 @@ public:
     bool has(const char* key) const { return json_.contains(key) && !json_.at(key).is_null(); }
 
     const nlohmann::json& at(const char* key) const { return json_.at(key); }
+
+    // Whether the key is written at all, null included (Gemma 2's defaults apply only to
+    // absent keys: a null cap means no cap).
+    bool present(const char* key) const { return json_.contains(key); }
 
     const std::filesystem::path& path() const { return path_; }
 
@@ -142,9 +147,12 @@ private:
     nlohmann::json json_;
 };
 
-// A positive float key that has no default: empty when absent or null.
-inline std::optional<float> optional_positive_float(const JsonConfig& json, const char* key)
+// A positive float key: `fallback` when absent, empty when null.
+inline std::optional<float> optional_positive_float(const JsonConfig& json, const char* key,
+                                                    std::optional<float> fallback = {})
 {
+    if (!json.present(key))
+        return fallback;
     if (!json.has(key))
         return std::nullopt;
     return json.positive_float(key, 0.0f);
@@ -170,9 +178,18 @@ inline std::optional<float> optional_positive_float(const JsonConfig& json, cons
 //   query_pre_attn_scalar    the softmax scale is 1/sqrt(this) instead of 1/sqrt(head_dim)
 inline void read_attention_variants(const JsonConfig& json, Config& c)
 {
-    c.attn_logit_softcapping = optional_positive_float(json, "attn_logit_softcapping");
-    c.final_logit_softcapping = optional_positive_float(json, "final_logit_softcapping");
-    c.query_pre_attn_scalar = optional_positive_float(json, "query_pre_attn_scalar");
+    // Gemma2Config's defaults for absent keys: caps 50 and 30, query_pre_attn_scalar 256, a
+    // window of 4096 on alternate layers.
+    const bool gemma2 = c.family == Family::gemma2;
+    const auto gemma_default = [&](float value) {
+        return gemma2 ? std::optional<float>(value) : std::nullopt;
+    };
+    c.attn_logit_softcapping =
+        optional_positive_float(json, "attn_logit_softcapping", gemma_default(50.0f));
+    c.final_logit_softcapping =
+        optional_positive_float(json, "final_logit_softcapping", gemma_default(30.0f));
+    c.query_pre_attn_scalar =
+        optional_positive_float(json, "query_pre_attn_scalar", gemma_default(256.0f));
 
     const bool qwen2_type = json.has("model_type") && json.at("model_type") == "qwen2";
     const bool qwen2 =
@@ -197,14 +214,20 @@ inline void read_attention_variants(const JsonConfig& json, Config& c)
                 json.fail("layer_types[", i, "] is ", types[i].dump(),
                           ": only \"sliding_attention\" and \"full_attention\" are supported");
         }
+    } else if (gemma2) {
+        // Gemma2Config's layer_types default: "sliding_attention" if (i + 1) % 2 else
+        // "full_attention", i.e. layers 0, 2, 4, ... slide.
+        for (int i = 0; i < c.layers; ++i)
+            slides[static_cast<std::size_t>(i)] = (i + 1) % 2 != 0;
     } else if (qwen2) {
         for (int i = 0; i < c.layers; ++i)
             slides[static_cast<std::size_t>(i)] = i >= max_window_layers;
     }
 
-    if (!json.has("sliding_window") || !window_on)
+    const bool absent_gemma_window = gemma2 && !json.present("sliding_window");
+    if ((!json.has("sliding_window") && !absent_gemma_window) || !window_on)
         return;
-    const int window = json.positive_int("sliding_window");
+    const int window = absent_gemma_window ? 4096 : json.positive_int("sliding_window");
     c.sliding_window.assign(static_cast<std::size_t>(c.layers), 0);
     for (std::size_t i = 0; i < slides.size(); ++i)
         if (slides[i])
@@ -218,17 +241,21 @@ inline Config read_hf_config(const JsonConfig& json)
     if (json.has("rope_scaling"))
         json.fail("rope_scaling ", json.at("rope_scaling").dump(),
                   " is not supported: the forward pass implements plain RoPE only");
-    if (json.has("hidden_act") && json.at("hidden_act") != "silu")
-        json.fail("hidden_act ", json.at("hidden_act").dump(),
-                  " is not supported: the forward pass implements SwiGLU (silu) only");
-    // Gemma's architecture differs from Llama's beyond attention (an RMSNorm after attention
-    // and after the MLP, RMSNorm weights used as 1 + w, GeGLU, embeddings scaled by
-    // sqrt(hidden_size)); the forward pass implements none of it.
-    if (json.has("model_type") && json.at("model_type").is_string() &&
+    // Of the Gemma family, Gemma 2 is implemented (Family::gemma2); Gemma 1 and 3 differ
+    // from it (Gemma 3: norms of q and k, a second RoPE base for local layers).
+    const bool gemma2 = json.has("model_type") && json.at("model_type") == "gemma2";
+    if (!gemma2 && json.has("model_type") && json.at("model_type").is_string() &&
         json.at("model_type").get<std::string>().starts_with("gemma"))
         json.fail("model_type ", json.at("model_type").dump(),
-                  " is not supported: the forward pass implements the Llama architecture, not "
-                  "Gemma's extra norms, (1 + w) norm weights, GeGLU and scaled embeddings");
+                  " is not supported: of the Gemma family only gemma2 is implemented");
+    // Gemma 2's MLP reads hidden_activation (transformers' Gemma2MLP), the others hidden_act.
+    if (gemma2 && json.has("hidden_activation") &&
+        json.at("hidden_activation") != "gelu_pytorch_tanh")
+        json.fail("hidden_activation ", json.at("hidden_activation").dump(),
+                  " is not supported: the forward pass implements Gemma 2's gelu_pytorch_tanh");
+    if (!gemma2 && json.has("hidden_act") && json.at("hidden_act") != "silu")
+        json.fail("hidden_act ", json.at("hidden_act").dump(),
+                  " is not supported: the forward pass implements SwiGLU (silu) only");
     for (const char* bias : {"attention_bias", "mlp_bias"})
         if (json.boolean(bias, false))
             json.fail(bias, " = true is not supported: the forward pass has no biases");
@@ -239,11 +266,12 @@ inline Config read_hf_config(const JsonConfig& json)
     c.intermediate_size = json.positive_int("intermediate_size");
     c.layers = json.positive_int("num_hidden_layers");
     c.heads = json.positive_int("num_attention_heads");
-    c.kv_heads = json.positive_int("num_key_value_heads", c.heads);
-    if (!json.has("head_dim") && c.hidden_size % c.heads != 0)
+    // Gemma2Config's defaults: 4 KV heads, head_dim 256.
+    c.kv_heads = json.positive_int("num_key_value_heads", gemma2 ? 4 : c.heads);
+    if (!gemma2 && !json.has("head_dim") && c.hidden_size % c.heads != 0)
         json.fail("hidden_size ", c.hidden_size, " is not a multiple of num_attention_heads ",
                   c.heads, " and head_dim is not given");
-    c.head_dim = json.positive_int("head_dim", c.hidden_size / c.heads);
+    c.head_dim = json.positive_int("head_dim", gemma2 ? 256 : c.hidden_size / c.heads);
     if (c.heads % c.kv_heads != 0)
         json.fail("num_attention_heads ", c.heads, " is not a multiple of num_key_value_heads ",
                   c.kv_heads, ": every KV head must serve the same number of query heads");
@@ -253,6 +281,12 @@ inline Config read_hf_config(const JsonConfig& json)
     c.rms_norm_eps = json.positive_float("rms_norm_eps", 1e-6f);
     c.max_positions = json.positive_int("max_position_embeddings", 0);
     c.rope = RopeStyle::rotate_half;
+    if (gemma2) {
+        c.family = Family::gemma2;
+        c.activation = Activation::gelu_tanh;
+        // transformers: hidden * torch.tensor(hidden_size**0.5, dtype=hidden.dtype)
+        c.embedding_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+    }
     read_attention_variants(json, c);
     return c;
 }
@@ -311,6 +345,10 @@ inline std::vector<ImpliedWeight> implied_weights(const Config& c, bool tied)
         w.push_back({prefix + "self_attn.v_proj.weight", {kv_size, hidden}});
         w.push_back({prefix + "self_attn.o_proj.weight", {hidden, q_size}});
         w.push_back({prefix + "post_attention_layernorm.weight", {hidden}});
+        if (c.family == Family::gemma2) {
+            w.push_back({prefix + "pre_feedforward_layernorm.weight", {hidden}});
+            w.push_back({prefix + "post_feedforward_layernorm.weight", {hidden}});
+        }
         w.push_back({prefix + "mlp.gate_proj.weight", {ffn, hidden}});
         w.push_back({prefix + "mlp.up_proj.weight", {ffn, hidden}});
         w.push_back({prefix + "mlp.down_proj.weight", {hidden, ffn}});
@@ -391,8 +429,8 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
     Model model;
     model.config = read_hf_config(json);
     const Config& c = model.config;
-    // Tied models store no lm_head; transformers' default is untied.
-    const bool tied = json.boolean("tie_word_embeddings", false);
+    // Tied models store no lm_head; transformers' default is untied, Gemma 2's tied.
+    const bool tied = json.boolean("tie_word_embeddings", c.family == Family::gemma2);
 
     const std::filesystem::path weights_file = dir / "model.safetensors";
     std::error_code unreadable; // then SafeTensors below reports why
@@ -406,8 +444,14 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
     const auto matrix = [&](const std::string& name, Eigen::Index rows, Eigen::Index cols) {
         return read_matrix(weights, name, rows, cols);
     };
+    // Gemma 2 stores each RMSNorm weight as w and scales by 1 + w (Gemma2RMSNorm, in
+    // float32: the same sum as here).
+    const bool gemma2 = c.family == Family::gemma2;
     const auto vector = [&](const std::string& name, Eigen::Index size) {
-        return read_vector(weights, name, size);
+        Vector v = read_vector(weights, name, size);
+        if (gemma2)
+            v.array() += 1.0f;
+        return v;
     };
 
     const Eigen::Index hidden = c.hidden_size;
@@ -425,7 +469,13 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
         layer.wk = matrix(prefix + "self_attn.k_proj.weight", kv_size, hidden);
         layer.wv = matrix(prefix + "self_attn.v_proj.weight", kv_size, hidden);
         layer.wo = matrix(prefix + "self_attn.o_proj.weight", hidden, q_size);
-        layer.mlp_norm = vector(prefix + "post_attention_layernorm.weight", hidden);
+        if (gemma2) {
+            layer.post_attention_norm = vector(prefix + "post_attention_layernorm.weight", hidden);
+            layer.mlp_norm = vector(prefix + "pre_feedforward_layernorm.weight", hidden);
+            layer.post_mlp_norm = vector(prefix + "post_feedforward_layernorm.weight", hidden);
+        } else {
+            layer.mlp_norm = vector(prefix + "post_attention_layernorm.weight", hidden);
+        }
         layer.w_gate = matrix(prefix + "mlp.gate_proj.weight", ffn, hidden);
         layer.w_up = matrix(prefix + "mlp.up_proj.weight", ffn, hidden);
         layer.w_down = matrix(prefix + "mlp.down_proj.weight", hidden, ffn);

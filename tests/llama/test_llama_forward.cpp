@@ -18,6 +18,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <numbers>
 #include <ostream>
 #include <stdexcept>
 #include <random>
@@ -53,12 +54,14 @@ struct TinyShape {
     double theta = 10000.0;
     double eps = 1e-5;
     llama::RopeStyle rope = llama::RopeStyle::rotate_half;
+    bool gemma2 = false; // Gemma 2's architecture (written as model_type gemma2)
 };
 
 using Weights = std::vector<double>; // row-major
 
 struct TinyLayer {
     Weights attention_norm, wq, wk, wv, wo, mlp_norm, gate, up, down;
+    Weights post_attention_norm, post_mlp_norm; // Gemma 2 only
 };
 
 // Attention variants, as config.json states them (`config`, a fragment of JSON keys
@@ -113,10 +116,27 @@ TinyModel random_model(const TinyShape& s, unsigned seed)
         layer.gate = random(f, h, 1.0 / std::sqrt(double(h)));
         layer.up = random(f, h, 1.0 / std::sqrt(double(h)));
         layer.down = random(h, f, 1.0 / std::sqrt(double(f)));
+        if (s.gemma2) {
+            layer.post_attention_norm = norm(h);
+            layer.post_mlp_norm = norm(h);
+        }
         m.layers.push_back(std::move(layer));
     }
     m.final_norm = norm(h);
     m.lm_head = random(static_cast<std::size_t>(s.vocab), h, 1.0 / std::sqrt(double(h)));
+    if (s.gemma2) {
+        // Gemma 2 stores norm weights as w and scales by 1 + w: norms near 1 are stored near
+        // 0. Its embeddings are tied.
+        for (Weights* w : {&m.final_norm})
+            for (double& x : *w)
+                x = static_cast<float>(x - 1.0);
+        for (TinyLayer& layer : m.layers)
+            for (Weights* w : {&layer.attention_norm, &layer.mlp_norm,
+                               &layer.post_attention_norm, &layer.post_mlp_norm})
+                for (double& x : *w)
+                    x = static_cast<float>(x - 1.0);
+        m.lm_head = m.embedding;
+    }
     return m;
 }
 
@@ -138,7 +158,10 @@ std::filesystem::path write_hf(const TinyModel& m, const std::string& name)
         << ", \"intermediate_size\": " << s.intermediate << ", \"num_hidden_layers\": " << s.layers
         << ", \"num_attention_heads\": " << s.heads << ", \"num_key_value_heads\": " << s.kv_heads
         << ", \"head_dim\": " << s.head_dim << ", \"rope_theta\": " << s.theta
-        << ", \"rms_norm_eps\": " << s.eps << ", \"tie_word_embeddings\": false"
+        << ", \"rms_norm_eps\": " << s.eps
+        << (s.gemma2 ? ", \"model_type\": \"gemma2\", \"hidden_activation\": "
+                       "\"gelu_pytorch_tanh\", \"tie_word_embeddings\": true"
+                     : ", \"tie_word_embeddings\": false")
         << (m.variants.config.empty() ? "" : ", ") << m.variants.config << "}";
     std::vector<llama::NamedTensor> tensors;
     const auto add = [&](const std::string& tensor, std::vector<std::int64_t> shape,
@@ -157,13 +180,20 @@ std::filesystem::path write_hf(const TinyModel& m, const std::string& name)
         add(p + "self_attn.k_proj.weight", {kv, h}, w.wk);
         add(p + "self_attn.v_proj.weight", {kv, h}, w.wv);
         add(p + "self_attn.o_proj.weight", {h, q}, w.wo);
-        add(p + "post_attention_layernorm.weight", {h}, w.mlp_norm);
+        if (s.gemma2) {
+            add(p + "post_attention_layernorm.weight", {h}, w.post_attention_norm);
+            add(p + "pre_feedforward_layernorm.weight", {h}, w.mlp_norm);
+            add(p + "post_feedforward_layernorm.weight", {h}, w.post_mlp_norm);
+        } else {
+            add(p + "post_attention_layernorm.weight", {h}, w.mlp_norm);
+        }
         add(p + "mlp.gate_proj.weight", {f, h}, w.gate);
         add(p + "mlp.up_proj.weight", {f, h}, w.up);
         add(p + "mlp.down_proj.weight", {h, f}, w.down);
     }
     add("model.norm.weight", {h}, m.final_norm);
-    add("lm_head.weight", {s.vocab, h}, m.lm_head);
+    if (!s.gemma2)
+        add("lm_head.weight", {s.vocab, h}, m.lm_head);
     llama::write_safetensors(dir / "model.safetensors", tensors);
     return dir;
 }
@@ -248,7 +278,9 @@ std::vector<double> matvec(const Weights& w, std::size_t rows, const std::vector
     return y;
 }
 
-std::vector<double> rms(const std::vector<double>& x, const Weights& w, double eps)
+// RMSNorm; Gemma 2 (`offset` 1) scales by 1 + w.
+std::vector<double> rms(const std::vector<double>& x, const Weights& w, double eps,
+                        double offset = 0.0)
 {
     double ss = 0.0;
     for (const double v : x)
@@ -256,7 +288,7 @@ std::vector<double> rms(const std::vector<double>& x, const Weights& w, double e
     const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
     std::vector<double> y(x.size());
     for (std::size_t i = 0; i < x.size(); ++i)
-        y[i] = x[i] * inv * w[i];
+        y[i] = x[i] * inv * (offset + w[i]);
     return y;
 }
 
@@ -286,6 +318,11 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
     for (std::size_t t = 0; t < n; ++t)
         x[t].assign(m.embedding.begin() + static_cast<long>(tokens[t] * h),
                     m.embedding.begin() + static_cast<long>((tokens[t] + 1) * h));
+    const double offset = s.gemma2 ? 1.0 : 0.0; // Gemma 2's norms scale by 1 + w
+    if (s.gemma2)
+        for (auto& row : x)
+            for (double& value : row)
+                value *= std::sqrt(double(s.hidden));
     const TinyVariants& variants = m.variants;
     for (std::size_t l = 0; l < m.layers.size(); ++l) {
         const TinyLayer& w = m.layers[l];
@@ -297,7 +334,7 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
         const double scale = variants.scale > 0.0 ? variants.scale : 1.0 / std::sqrt(double(d));
         std::vector<std::vector<double>> q(n), k(n), v(n);
         for (std::size_t t = 0; t < n; ++t) {
-            const auto hn = rms(x[t], w.attention_norm, s.eps);
+            const auto hn = rms(x[t], w.attention_norm, s.eps, offset);
             q[t] = matvec(w.wq, static_cast<std::size_t>(s.heads * d), hn);
             k[t] = matvec(w.wk, static_cast<std::size_t>(s.kv_heads * d), hn);
             v[t] = matvec(w.wv, static_cast<std::size_t>(s.kv_heads * d), hn);
@@ -334,17 +371,25 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
                             p * v[j][static_cast<std::size_t>(kvh * d + c)];
                 }
             }
-            const auto o = matvec(w.wo, h, attended);
+            auto o = matvec(w.wo, h, attended);
+            if (s.gemma2)
+                o = rms(o, w.post_attention_norm, s.eps, offset);
             for (std::size_t c = 0; c < h; ++c)
                 x[i][c] += o[c];
         }
         for (std::size_t t = 0; t < n; ++t) {
-            const auto hn = rms(x[t], w.mlp_norm, s.eps);
+            const auto hn = rms(x[t], w.mlp_norm, s.eps, offset);
             const auto g = matvec(w.gate, static_cast<std::size_t>(s.intermediate), hn);
             auto u = matvec(w.up, static_cast<std::size_t>(s.intermediate), hn);
-            for (std::size_t c = 0; c < u.size(); ++c)
-                u[c] *= g[c] / (1.0 + std::exp(-g[c]));
-            const auto down = matvec(w.down, h, u);
+            for (std::size_t c = 0; c < u.size(); ++c) {
+                const double x3 = g[c] * g[c] * g[c];
+                u[c] *= s.gemma2 ? 0.5 * g[c] *
+                                       (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (g[c] + 0.044715 * x3)))
+                                 : g[c] / (1.0 + std::exp(-g[c]));
+            }
+            auto down = matvec(w.down, h, u);
+            if (s.gemma2)
+                down = rms(down, w.post_mlp_norm, s.eps, offset);
             for (std::size_t c = 0; c < h; ++c)
                 x[t][c] += down[c];
         }
@@ -352,7 +397,7 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
     std::vector<std::vector<double>> logits(n);
     for (std::size_t t = 0; t < n; ++t) {
         logits[t] = matvec(m.lm_head, static_cast<std::size_t>(s.vocab),
-                           rms(x[t], m.final_norm, s.eps));
+                           rms(x[t], m.final_norm, s.eps, offset));
         if (variants.final_cap > 0.0)
             for (double& z : logits[t])
                 z = variants.final_cap * std::tanh(z / variants.final_cap);
@@ -715,6 +760,39 @@ TEST(VariantForwardWindow, PreviousBlockAnchorIsExactForAShortWindow)
               tolerance);
     // The paper's first-block anchor is not: its late blocks lose the keys before them.
     EXPECT_GT(max_difference(run(model, "star:b=4:hosts=3", tokens, 22, 3), expected), 1e-2);
+}
+
+// Gemma 2: its architecture (post norms, 1 + w norm weights, GeGLU, scaled and tied
+// embeddings) with its variants, alternate layers sliding by default (no layer_types).
+TEST(Gemma2Forward, EqualsTheReferenceUnderGlobalRingAndStar)
+{
+    TinyShape shape;
+    shape.gemma2 = true;
+    TinyModel tiny = random_model(shape, 25);
+    tiny.variants = {"\"sliding_window\": 4, \"attn_logit_softcapping\": 1.5, "
+                     "\"final_logit_softcapping\": 2.0, \"query_pre_attn_scalar\": 2",
+                     {4, 0, 4},
+                     1.5,
+                     2.0,
+                     1.0 / std::sqrt(2.0)};
+    const llama::Model model = load_written(tiny, "gemma2");
+    ASSERT_EQ(model.config.family, llama::Family::gemma2);
+    const index context = 23, query = 4;
+    const std::vector<int> tokens = random_tokens(context + query + 2, tiny.shape.vocab, 35);
+    const auto exact = reference_logits(tiny, tokens, causal());
+    for (const char* setting : {"global", "ring:hosts=3", "star:b=L:hosts=2"}) {
+        SCOPED_TRACE(setting);
+        EXPECT_LT(max_difference(run(model, setting, tokens, context, query), exact), tolerance);
+    }
+    EXPECT_LT(max_difference(run(model, "star:b=5:hosts=3", tokens, context, query),
+                             reference_logits(tiny, tokens, star_mask(context, 5, 5))),
+              tolerance);
+    // The architecture is real: the same weights as a Llama give other logits.
+    TinyModel as_llama = tiny;
+    as_llama.shape.gemma2 = false;
+    EXPECT_GT(max_difference(run(model, "global", tokens, context, query),
+                             reference_logits(as_llama, tokens, causal())),
+              1e-2);
 }
 
 // What the backends say they run names each layer's variant.

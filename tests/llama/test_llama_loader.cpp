@@ -1052,6 +1052,39 @@ TEST_F(HfLoader, ReadsAttentionVariants)
     EXPECT_FALSE(uncapped.query_pre_attn_scalar);
 }
 
+// Gemma 2's config: Gemma2Config's defaults for absent keys, its own activation key.
+TEST_F(HfLoader, Gemma2ConfigTakesGemma2Defaults)
+{
+    const auto config_of = [&](const json& config) {
+        write_text(dir / "config.json", config.dump());
+        return detail::read_hf_config(detail::JsonConfig(dir / "config.json"));
+    };
+    json gemma = {{"model_type", "gemma2"},   {"hidden_act", "gelu_pytorch_tanh"},
+                  {"vocab_size", 11},         {"hidden_size", 16},
+                  {"intermediate_size", 20},  {"num_hidden_layers", 3},
+                  {"num_attention_heads", 8}};
+    const Config c = config_of(gemma);
+    EXPECT_EQ(c.family, Family::gemma2);
+    EXPECT_EQ(c.activation, Activation::gelu_tanh);
+    EXPECT_EQ(c.embedding_scale, 4.0f);
+    EXPECT_EQ(c.kv_heads, 4);
+    EXPECT_EQ(c.head_dim, 256);
+    EXPECT_EQ(c.attn_logit_softcapping, 50.0f);
+    EXPECT_EQ(c.final_logit_softcapping, 30.0f);
+    EXPECT_EQ(c.query_pre_attn_scalar, 256.0f);
+    EXPECT_EQ(c.sliding_window, (std::vector<std::int64_t>{4096, 0, 4096}));
+    // Null switches a default off; written values win.
+    gemma["final_logit_softcapping"] = nullptr;
+    gemma["sliding_window"] = 8;
+    gemma["layer_types"] = {"full_attention", "sliding_attention", "full_attention"};
+    const Config d = config_of(gemma);
+    EXPECT_FALSE(d.final_logit_softcapping);
+    EXPECT_EQ(d.sliding_window, (std::vector<std::int64_t>{0, 8, 0}));
+    gemma["hidden_activation"] = "gelu";
+    expect_load_error([&] { config_of(gemma); },
+                      {"config.json", "hidden_activation \"gelu\" is not supported"});
+}
+
 // A variant key the forward pass cannot honour exactly is an error naming it, never a model
 // that runs plain causal attention instead.
 TEST_F(HfRejects, AttentionVariantKeys)
@@ -1098,11 +1131,12 @@ TEST_F(HfRejects, AttentionVariantKeys)
     expect_load_error([&] { load_hf(dir.path()); },
                       {"layer_types[1] is \"chunked_attention\": only \"sliding_attention\" "
                        "and \"full_attention\" are supported"});
-    for (const char* family : {"gemma", "gemma2", "gemma3_text"}) {
+    for (const char* family : {"gemma", "gemma3", "gemma3_text"}) {
         write_hf_with_config(dir, [&](json& config) { config["model_type"] = family; });
         expect_load_error([&] { load_hf(dir.path()); },
                           {"config.json", "model_type \"" + std::string(family) +
-                                              "\" is not supported"});
+                                              "\" is not supported: of the Gemma family only "
+                                              "gemma2 is implemented"});
     }
 }
 
