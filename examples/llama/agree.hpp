@@ -29,7 +29,7 @@ namespace llama {
 inline std::vector<int> global_continuation(const Model& model, std::span<const int> prompt,
                                             int count)
 {
-    Sequence sequence(model, std::make_unique<GlobalBackend>(model.config.layers));
+    Sequence sequence(model, std::make_unique<GlobalBackend>(attention_of(model.config)));
     const Matrix logits = sequence.encode_context(prompt, Logits::last);
     std::vector<int> text(prompt.begin(), prompt.end());
     const std::vector<int> generated = generate_greedy(sequence, logits, count);
@@ -56,7 +56,7 @@ inline ContinuationLogits continuation_logits(const Model& model, const Attentio
                             std::to_string(text.size()) + "-token text, got " +
                             std::to_string(context_tokens));
     using Clock = std::chrono::steady_clock;
-    Sequence sequence(model, make_backend(setting, model.config.layers, context_tokens));
+    Sequence sequence(model, make_backend(setting, model.config, context_tokens));
     const auto c = static_cast<std::size_t>(context_tokens);
     ContinuationLogits out;
     const auto t0 = Clock::now();

@@ -8,12 +8,18 @@
 //     one call per generated token).
 // Each backend owns the K/V caches of one sequence, one per layer; with several hosts one
 // per layer and host, as the library keeps them. Q and K arrive with RoPE already applied
-// at their absolute positions, so the library never needs to know about positions.
+// at their absolute positions; the library knows each token's position only for the
+// layer's attention variant (a sliding window counts positions).
+//
+// What a layer's attention computes (`LayerVariant`) is one of the library's Variant
+// policies, chosen per layer from the model's config and dispatched once, at the call, to
+// the matching instantiation of global, Ring or Star.
 //
 // A setting is written like `star:b=L/4:anchor=none` (see `parse_setting`), where `L` is
 // the context length the caller says the setting is for.
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -21,11 +27,14 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
 
 #include <star/star.hpp>
+
+#include "model.hpp"
 
 namespace llama {
 
@@ -36,6 +45,99 @@ class setting_error : public std::invalid_argument {
 public:
     using std::invalid_argument::invalid_argument;
 };
+
+// What one layer's attention computes. The library takes the variant as a template
+// parameter, so the run-time choice is one of a fixed set of types: exactly those the
+// configs the loader reads can produce (a window or none per layer; a cap on every layer or
+// none), so that no other combination is compiled. Each is the library's own policy.
+using LayerVariant = std::variant<star::Causal, star::SlidingWindow, star::SoftCapped<>,
+                                  star::SoftCapped<star::SlidingWindow>>;
+
+// What attention computes in every layer of a model: each layer's variant and the softmax
+// scale (1/sqrt(head_dim) when empty).
+struct ModelAttention {
+    std::vector<LayerVariant> layers;
+    std::optional<float> scale;
+
+    [[nodiscard]] int count() const noexcept { return static_cast<int>(layers.size()); }
+    [[nodiscard]] const LayerVariant& at(int layer) const
+    {
+        return layers.at(static_cast<std::size_t>(layer));
+    }
+};
+
+// Plain causal attention in each of `layers` layers, the default scale.
+inline ModelAttention plain_attention(int layers)
+{
+    return {std::vector<LayerVariant>(static_cast<std::size_t>(std::max(layers, 0)),
+                                      star::Causal{}),
+            {}};
+}
+
+// The attention a model's config asks for: per layer its sliding window (or none) and the
+// attention logit soft cap (or none); the scale from query_pre_attn_scalar.
+inline ModelAttention attention_of(const Config& c)
+{
+    ModelAttention a;
+    for (int l = 0; l < c.layers; ++l) {
+        const index window = c.window_of(l);
+        const std::optional<float> cap = c.attn_logit_softcapping;
+        if (window > 0 && cap)
+            a.layers.emplace_back(star::SoftCapped<star::SlidingWindow>{*cap, {window}});
+        else if (window > 0)
+            a.layers.emplace_back(star::SlidingWindow{window});
+        else if (cap)
+            a.layers.emplace_back(star::SoftCapped<>{*cap});
+        else
+            a.layers.emplace_back(star::Causal{});
+    }
+    if (c.query_pre_attn_scalar)
+        a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(*c.query_pre_attn_scalar)));
+    return a;
+}
+
+// "window 4096", "cap 50", "window 4096, cap 50" or "causal": for describe().
+inline std::string describe(const LayerVariant& variant)
+{
+    return std::visit(
+        [](const auto& v) -> std::string {
+            const star::VariantSettings s = v.settings();
+            std::string text;
+            if (s.window > 0)
+                text = "window " + std::to_string(s.window);
+            if (s.cap) {
+                std::ostringstream cap;
+                cap << *s.cap;
+                text += (text.empty() ? "cap " : ", cap ") + cap.str();
+            }
+            return text.empty() ? "causal" : text;
+        },
+        variant);
+}
+
+// " (layers: 0-1 window 4, 2 causal)" when some layer is not plain causal, else "".
+inline std::string describe(const ModelAttention& a)
+{
+    std::string text;
+    bool plain = true;
+    for (int l = 0; l < a.count();) {
+        const std::string what = describe(a.at(l));
+        plain = plain && what == "causal";
+        int last = l;
+        while (last + 1 < a.count() && describe(a.at(last + 1)) == what)
+            ++last;
+        text += (text.empty() ? "" : ", ") + std::to_string(l) +
+                (last > l ? "-" + std::to_string(last) : "") + " " + what;
+        l = last + 1;
+    }
+    std::string scale;
+    if (a.scale) {
+        std::ostringstream s;
+        s << " scale " << *a.scale;
+        scale = s.str();
+    }
+    return plain && !a.scale ? "" : " (layers " + text + ")" + scale;
+}
 
 class AttentionBackend {
 public:
@@ -67,7 +169,12 @@ public:
 
 class GlobalBackend final : public AttentionBackend {
 public:
-    explicit GlobalBackend(int layers) : caches_(static_cast<std::size_t>(layers)) {}
+    explicit GlobalBackend(int layers) : GlobalBackend(plain_attention(layers)) {}
+    explicit GlobalBackend(ModelAttention attention)
+        : attention_(std::move(attention)),
+          caches_(static_cast<std::size_t>(attention_.count()))
+    {
+    }
 
     star::Tensor3<float> encode_context(int layer, const star::ConstView3<float>& q,
                                         const star::ConstView3<float>& k,
@@ -76,7 +183,12 @@ public:
         auto& cache = caches_.at(static_cast<std::size_t>(layer));
         if (cache.tokens() != 0)
             throw setting_error("global attention: the context must come before any other token");
-        star::AttentionState s = star::global_attention(q, k, v);
+        star::AttentionState s = std::visit(
+            [&](const auto& variant) {
+                return star::global_attention(q, k, v, variant,
+                                              star::GlobalOptions{.attention = {.scale = attention_.scale}});
+            },
+            attention_.at(layer));
         cache.append(k, v);
         return std::move(s.output);
     }
@@ -87,14 +199,22 @@ public:
     {
         auto& cache = caches_.at(static_cast<std::size_t>(layer));
         const index before = cache.tokens();
+        // The variant's settings are checked before the cache changes.
+        std::visit([&](const auto& variant) { variant.check(q.dimension(1)); },
+                   attention_.at(layer));
         cache.append(k, v);
-        // The new queries sit at positions before.. and see every key up to their own. The
-        // cache checked each K/V as it came in; a NaN in q still ends as an error (its
-        // scores are checked on the way out).
-        return std::move(star::attention(q, cache.keys(), cache.values(),
-                                         star::CausalMask{before, 0},
-                                         star::AttentionOptions{.check_finite = false})
-                             .output);
+        // The new queries sit at positions before.. and see every key up to their own (in
+        // their window, if the layer has one). The cache checked each K/V as it came in; a
+        // NaN in q still ends as an error (its scores are checked on the way out).
+        return std::visit(
+            [&](const auto& variant) {
+                return std::move(star::attention(q, cache.keys(), cache.values(),
+                                                 variant.mask(before, 0),
+                                                 star::AttentionOptions{.scale = attention_.scale, .check_finite = false},
+                                                 variant.transform(before, 0))
+                                     .output);
+            },
+            attention_.at(layer));
     }
 
     [[nodiscard]] std::vector<std::size_t> cache_bytes() const override
@@ -105,9 +225,13 @@ public:
         return {bytes};
     }
 
-    [[nodiscard]] std::string describe() const override { return "global"; }
+    [[nodiscard]] std::string describe() const override
+    {
+        return "global" + llama::describe(attention_);
+    }
 
 private:
+    ModelAttention attention_;
     std::vector<star::KVCache<float>> caches_;
 };
 
@@ -129,10 +253,11 @@ template <star::Anchor A, star::Partition P, star::Merge M>
 class StarBackend final : public AttentionBackend {
 public:
     // `hosts` empty: one host per block, as in the paper's experiments.
-    StarBackend(int layers, index block, A anchor, P partition, M merge,
+    StarBackend(ModelAttention attention, index block, A anchor, P partition, M merge,
                 std::optional<int> hosts, std::string label)
-        : layers_(layers), star_(star::FixedBlocks{block}, std::move(anchor), std::move(partition),
-                                 std::move(merge)),
+        : attention_(std::move(attention)), layers_(attention_.count()),
+          star_(star::FixedBlocks{block}, std::move(anchor), std::move(partition),
+                std::move(merge), {.scale = attention_.scale}),
           hosts_(hosts), label_(std::move(label))
     {
     }
@@ -152,7 +277,9 @@ public:
             caches_.assign(static_cast<std::size_t>(layers_),
                            comm_->local<star::KVCache<float>>());
         }
-        const auto outputs = star_.encode_context(*comm_, *plan_, cache(layer), q, k, v);
+        const auto outputs = with_variant(layer, [&](const auto& star) {
+            return star.encode_context(*comm_, *plan_, cache(layer), q, k, v);
+        });
         return std::move(
             star::assemble(outputs, {q.dimension(0), q.dimension(1), q.dimension(2)}).output);
     }
@@ -163,7 +290,9 @@ public:
     {
         if (!plan_)
             throw setting_error("star attention: encode a context before the query");
-        auto merged = star_.attend_query(*comm_, *plan_, cache(layer), q, k, v);
+        auto merged = with_variant(layer, [&](const auto& star) {
+            return star.attend_query(*comm_, *plan_, cache(layer), q, k, v);
+        });
         return std::move(merged[plan_->query_host()]->output);
     }
 
@@ -182,6 +311,7 @@ public:
         s << label_;
         if (plan_)
             s << " hosts=" << plan_->hosts() << " blocks=" << plan_->blocks().size();
+        s << llama::describe(attention_);
         return s.str();
     }
 
@@ -191,6 +321,25 @@ private:
         return caches_.at(static_cast<std::size_t>(layer));
     }
 
+    // Calls `f` with the StarAttention of layer `layer`: `star_`'s policies and scale under
+    // the layer's variant. (The plan depends on the policies alone: one serves every layer.)
+    template <class F>
+    decltype(auto) with_variant(int layer, F&& f) const
+    {
+        return std::visit(
+            [&](const auto& variant) {
+                if constexpr (std::is_same_v<std::decay_t<decltype(variant)>, star::Causal>)
+                    return f(star_);
+                else
+                    return f(star::StarAttention<star::FixedBlocks, A, P, M,
+                                                 std::decay_t<decltype(variant)>>(
+                        star_.block_policy(), star_.anchor_policy(), star_.partition_policy(),
+                        star_.merge_policy(), {.scale = attention_.scale}, variant));
+            },
+            attention_.at(layer));
+    }
+
+    ModelAttention attention_;
     int layers_;
     star::StarAttention<star::FixedBlocks, A, P, M> star_;
     std::optional<int> hosts_;
@@ -210,9 +359,9 @@ private:
 // no host ever holds the whole context.
 class RingBackend final : public AttentionBackend {
 public:
-    RingBackend(int layers, int hosts, star::RingLayout layout)
-        : layers_(layers), hosts_(hosts), layout_(layout), ring_(star::RingOptions{.layout = layout}),
-          comm_(hosts)
+    RingBackend(ModelAttention attention, int hosts, star::RingLayout layout)
+        : attention_(std::move(attention)), layers_(attention_.count()), hosts_(hosts),
+          layout_(layout), options_{.layout = layout, .attention = {.scale = attention_.scale}}, comm_(hosts)
     {
     }
 
@@ -227,7 +376,11 @@ public:
             plan_ = phase2_plan(tokens);
             caches_.assign(static_cast<std::size_t>(layers_), comm_.local<star::KVCache<float>>());
         }
-        const auto outputs = ring_.run(comm_, q, k, v);
+        const auto outputs = std::visit(
+            [&](const auto& variant) {
+                return star::BasicRingAttention(options_, variant).run(comm_, q, k, v);
+            },
+            attention_.at(layer));
         // Each host keeps its shard's K/V for the query: the blocks the plan gives it.
         auto& caches = caches_.at(static_cast<std::size_t>(layer));
         for (std::size_t i = 0; i < plan_->blocks().size(); ++i) {
@@ -245,8 +398,16 @@ public:
     {
         if (!plan_)
             throw setting_error("ring attention: encode a context before the query");
-        auto merged = phase2_.attend_query(comm_, *plan_, caches_.at(static_cast<std::size_t>(layer)),
-                                           q, k, v);
+        auto merged = std::visit(
+            [&](const auto& variant) {
+                using Phase2 = star::StarAttention<star::FixedBlocks, star::NoAnchor,
+                                                   star::Contiguous, star::GatherToQueryHost,
+                                                   std::decay_t<decltype(variant)>>;
+                return Phase2(star::FixedBlocks{}, {}, {}, {}, {.scale = attention_.scale}, variant)
+                    .attend_query(comm_, *plan_, caches_.at(static_cast<std::size_t>(layer)), q,
+                                  k, v);
+            },
+            attention_.at(layer));
         return std::move(merged[plan_->query_host()]->output);
     }
 
@@ -262,14 +423,15 @@ public:
     [[nodiscard]] std::string describe() const override
     {
         return "ring hosts=" + std::to_string(hosts_) +
-               (layout_ == star::RingLayout::zigzag ? " zigzag" : " plain");
+               (layout_ == star::RingLayout::zigzag ? " zigzag" : " plain") +
+               llama::describe(attention_);
     }
 
 private:
     // Blocks = the ring's shards in context order, owned as the ring holds them.
     star::StarPlan phase2_plan(index tokens) const
     {
-        const auto shards = ring_.shards(tokens, hosts_);
+        const auto shards = star::RingAttention(options_).shards(tokens, hosts_);
         std::vector<std::pair<star::TokenRange, int>> owned;
         for (int r = 0; r < hosts_; ++r)
             for (const star::TokenRange& s : shards[static_cast<std::size_t>(r)])
@@ -288,11 +450,11 @@ private:
         return {tokens, hosts_, hosts_ - 1, std::move(blocks), std::move(owner), std::move(anchors)};
     }
 
+    ModelAttention attention_;
     int layers_;
     int hosts_;
     star::RingLayout layout_;
-    star::RingAttention ring_;
-    star::StarAttention<star::FixedBlocks, star::NoAnchor> phase2_;
+    star::RingOptions options_;
     star::LocalCommunicator comm_;
     std::optional<star::StarPlan> plan_;
     std::vector<star::PerHost<star::KVCache<float>>> caches_;
@@ -473,16 +635,18 @@ inline std::vector<AttentionSetting> parse_settings(std::string_view text)
     return result;
 }
 
-// A fresh backend for one sequence of a model with `layers` layers; `L/n` sizes resolve
-// against `context_length`.
-inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s, int layers,
+// A fresh backend for one sequence of a model whose layers compute `attention`; `L/n` sizes
+// resolve against `context_length`.
+inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
+                                                      ModelAttention attention,
                                                       index context_length)
 {
     using Kind = AttentionSetting::Kind;
     if (s.kind == Kind::global)
-        return std::make_unique<GlobalBackend>(layers);
+        return std::make_unique<GlobalBackend>(std::move(attention));
     if (s.kind == Kind::ring)
-        return std::make_unique<RingBackend>(layers, s.hosts.value_or(4), s.ring_layout);
+        return std::make_unique<RingBackend>(std::move(attention), s.hosts.value_or(4),
+                                             s.ring_layout);
 
     const index b = s.block.resolve(context_length);
     std::ostringstream label;
@@ -544,9 +708,17 @@ inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
     return std::visit(
         [&](auto a, auto p, auto m) -> std::unique_ptr<AttentionBackend> {
             return std::make_unique<StarBackend<decltype(a), decltype(p), decltype(m)>>(
-                layers, b, a, p, m, s.hosts, label.str());
+                attention, b, a, p, m, s.hosts, label.str());
         },
         anchor, partition, merge);
+}
+
+// A fresh backend for one sequence of `model`, every layer under the attention variant its
+// config gives it.
+inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
+                                                      const Config& model, index context_length)
+{
+    return make_backend(s, attention_of(model), context_length);
 }
 
 } // namespace llama

@@ -5,7 +5,12 @@
 //   x = embedding[tokens]
 //   per layer:  x += Wo * attention(RoPE(Wq * norm(x)), RoPE(Wk * norm(x)), Wv * norm(x))
 //               x += Wdown * (silu(Wgate * norm(x)) .* (Wup * norm(x)))
-//   logits = lm_head * norm(x)
+//   (Gemma 2: x = sqrt(hidden) * embedding[tokens]; each of the two outputs normalized before
+//    it is added; GeGLU with tanh-approximated GELU in place of SwiGLU)
+//   logits = lm_head * norm(x)            (then cap * tanh(logits / cap) under a final soft cap)
+//
+// Each layer's attention is the variant its config gives it (a sliding window, a soft cap on
+// the scores; attention_backend.hpp), run by the library wherever attention runs.
 //
 // A `Sequence` is one text being read and continued. Its first call encodes the context
 // (Star's phase 1); every later call appends tokens that attend to everything before them
@@ -173,6 +178,8 @@ private:
         Matrix x(n, c.hidden_size);
         for (index t = 0; t < n; ++t)
             x.row(t) = m.embedding.row(tokens[static_cast<std::size_t>(t)]);
+        if (c.embedding_scale != 1.0f)
+            x *= c.embedding_scale;
 
         const index q_width = index{c.heads} * c.head_dim;
         const index kv_width = index{c.kv_heads} * c.head_dim;
@@ -198,14 +205,33 @@ private:
                                                           : attention_->attend(l, qv, kv, vv);
             const Eigen::Map<const Matrix> o(attended.data(), n, q_width);
 
-            // Output projection, then the SwiGLU MLP, each added to the residual stream.
+            // Output projection, then the gated MLP (SwiGLU, or Gemma 2's GeGLU), each added
+            // to the residual stream; Gemma 2 normalizes each output before adding it.
             for_each_chunk(n, [&](index begin, index rows) {
-                x.middleRows(begin, rows).noalias() += o.middleRows(begin, rows) * w.wo.transpose();
+                const Matrix attended_out = o.middleRows(begin, rows) * w.wo.transpose();
+                if (w.post_attention_norm.size() != 0)
+                    x.middleRows(begin, rows) +=
+                        rms_norm(attended_out, w.post_attention_norm, c.rms_norm_eps);
+                else
+                    x.middleRows(begin, rows) += attended_out;
                 const Matrix h = rms_norm(x.middleRows(begin, rows), w.mlp_norm, c.rms_norm_eps);
                 Matrix gate = h * w.w_gate.transpose();
                 const Matrix up = h * w.w_up.transpose();
-                gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
-                x.middleRows(begin, rows).noalias() += gate * w.w_down.transpose();
+                if (c.activation == Activation::silu) {
+                    gate.array() = gate.array() / (1.0f + (-gate.array()).exp()) * up.array();
+                } else {
+                    // gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+                    const float k = 0.7978845608028654f;
+                    gate.array() = 0.5f * gate.array() *
+                                   (1.0f + (k * (gate.array() + 0.044715f * gate.array().cube()))
+                                               .tanh()) *
+                                   up.array();
+                }
+                const Matrix mlp_out = gate * w.w_down.transpose();
+                if (w.post_mlp_norm.size() != 0)
+                    x.middleRows(begin, rows) += rms_norm(mlp_out, w.post_mlp_norm, c.rms_norm_eps);
+                else
+                    x.middleRows(begin, rows) += mlp_out;
             });
         }
         position_ += n;
@@ -217,6 +243,11 @@ private:
             logits.middleRows(begin, count).noalias() =
                 rms_norm(x.middleRows(first + begin, count), m.final_norm, c.rms_norm_eps) *
                 m.lm_head.transpose();
+            if (c.final_logit_softcapping) {
+                const float cap = *c.final_logit_softcapping;
+                logits.middleRows(begin, count).array() =
+                    cap * (logits.middleRows(begin, count).array() / cap).tanh();
+            }
         });
         return logits;
     }

@@ -12,6 +12,7 @@
 
 #include <array>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -69,6 +70,10 @@ public:
 
     const nlohmann::json& at(const char* key) const { return json_.at(key); }
 
+    // Whether the key is written at all, null included (Gemma 2's defaults apply only to
+    // absent keys: a null cap means no cap).
+    bool present(const char* key) const { return json_.contains(key); }
+
     const std::filesystem::path& path() const { return path_; }
 
     int positive_int(const char* key) const
@@ -91,6 +96,24 @@ public:
     int positive_int(const char* key, int fallback) const
     {
         return has(key) ? positive_int(key) : fallback;
+    }
+
+    // A non-negative integer (max_window_layers may be 0: every layer slides).
+    int non_negative_int(const char* key, int fallback) const
+    {
+        if (!has(key))
+            return fallback;
+        const nlohmann::json& value = json_.at(key);
+        std::optional<std::int64_t> n;
+        if (value.is_number_unsigned()) {
+            if (value.get<std::uint64_t>() <= std::numeric_limits<int>::max())
+                n = value.get<std::int64_t>();
+        } else if (value.is_number_integer()) {
+            n = value.get<std::int64_t>();
+        }
+        if (!n || *n < 0 || *n > std::numeric_limits<int>::max())
+            fail("key ", key, " is ", value.dump(), ", expected a non-negative integer");
+        return static_cast<int>(*n);
     }
 
     float positive_float(const char* key, float fallback) const
@@ -124,6 +147,93 @@ private:
     nlohmann::json json_;
 };
 
+// A positive float key: `fallback` when absent, empty when null.
+inline std::optional<float> optional_positive_float(const JsonConfig& json, const char* key,
+                                                    std::optional<float> fallback = {})
+{
+    if (!json.present(key))
+        return fallback;
+    if (!json.has(key))
+        return std::nullopt;
+    return json.positive_float(key, 0.0f);
+}
+
+// The attention variants of config.json, into `c` (whose num_hidden_layers is read):
+//
+//   sliding_window           the window in tokens: a query at position p sees the keys at
+//                            (p - w, p], itself included. That is transformers' meaning
+//                            (masking_utils.sliding_window_overlay: kv_idx > q_idx - w) and
+//                            star::SlidingWindow's. Which layers slide:
+//     - layer_types present (Gemma 2/3, and every family in transformers >= 4.53): the
+//       layers listed as "sliding_attention"; "full_attention" layers attend to everything;
+//     - else Qwen2 (model_type "qwen2", or a config that writes use_sliding_window or
+//       max_window_layers): Qwen2Config's rule, layers i >= max_window_layers (default 28);
+//     - else (Mistral and the Llama family): every layer.
+//     use_sliding_window false (Qwen2; its default when model_type is "qwen2") switches the
+//     window off on every layer, as Qwen2Config sets sliding_window to None then; so does a
+//     null sliding_window. (Gemma 2 without layer_types alternates, layer 0 sliding: its
+//     layer_types default; model_type gemma2 is refused above.)
+//   attn_logit_softcapping   every layer's scores, scaled, become cap * tanh(score / cap)
+//   final_logit_softcapping  the output logits become cap * tanh(logits / cap)
+//   query_pre_attn_scalar    the softmax scale is 1/sqrt(this) instead of 1/sqrt(head_dim)
+inline void read_attention_variants(const JsonConfig& json, Config& c)
+{
+    // Gemma2Config's defaults for absent keys: caps 50 and 30, query_pre_attn_scalar 256, a
+    // window of 4096 on alternate layers.
+    const bool gemma2 = c.family == Family::gemma2;
+    const auto gemma_default = [&](float value) {
+        return gemma2 ? std::optional<float>(value) : std::nullopt;
+    };
+    c.attn_logit_softcapping =
+        optional_positive_float(json, "attn_logit_softcapping", gemma_default(50.0f));
+    c.final_logit_softcapping =
+        optional_positive_float(json, "final_logit_softcapping", gemma_default(30.0f));
+    c.query_pre_attn_scalar =
+        optional_positive_float(json, "query_pre_attn_scalar", gemma_default(256.0f));
+
+    const bool qwen2_type = json.has("model_type") && json.at("model_type") == "qwen2";
+    const bool qwen2 =
+        qwen2_type || json.has("use_sliding_window") || json.has("max_window_layers");
+    // Both read (and so checked) whether or not a window is on.
+    const bool window_on = json.boolean("use_sliding_window", !qwen2_type);
+    const int max_window_layers = json.non_negative_int("max_window_layers", 28);
+
+    std::vector<bool> slides(static_cast<std::size_t>(c.layers), !qwen2);
+    if (json.has("layer_types")) {
+        const nlohmann::json& types = json.at("layer_types");
+        if (!types.is_array() || types.size() != static_cast<std::size_t>(c.layers))
+            json.fail("key layer_types is ", types.dump(), ", expected an array of ", c.layers,
+                      " entries (num_hidden_layers), each \"sliding_attention\" or "
+                      "\"full_attention\"");
+        for (std::size_t i = 0; i < types.size(); ++i) {
+            if (types[i] == "sliding_attention")
+                slides[i] = true;
+            else if (types[i] == "full_attention")
+                slides[i] = false;
+            else
+                json.fail("layer_types[", i, "] is ", types[i].dump(),
+                          ": only \"sliding_attention\" and \"full_attention\" are supported");
+        }
+    } else if (gemma2) {
+        // Gemma2Config's layer_types default: "sliding_attention" if (i + 1) % 2 else
+        // "full_attention", i.e. layers 0, 2, 4, ... slide.
+        for (int i = 0; i < c.layers; ++i)
+            slides[static_cast<std::size_t>(i)] = (i + 1) % 2 != 0;
+    } else if (qwen2) {
+        for (int i = 0; i < c.layers; ++i)
+            slides[static_cast<std::size_t>(i)] = i >= max_window_layers;
+    }
+
+    const bool absent_gemma_window = gemma2 && !json.present("sliding_window");
+    if ((!json.has("sliding_window") && !absent_gemma_window) || !window_on)
+        return;
+    const int window = absent_gemma_window ? 4096 : json.positive_int("sliding_window");
+    c.sliding_window.assign(static_cast<std::size_t>(c.layers), 0);
+    for (std::size_t i = 0; i < slides.size(); ++i)
+        if (slides[i])
+            c.sliding_window[i] = window;
+}
+
 inline Config read_hf_config(const JsonConfig& json)
 {
     // Options that change what the model computes. Loading the weights anyway would give a
@@ -131,20 +241,21 @@ inline Config read_hf_config(const JsonConfig& json)
     if (json.has("rope_scaling"))
         json.fail("rope_scaling ", json.at("rope_scaling").dump(),
                   " is not supported: the forward pass implements plain RoPE only");
-    if (json.has("hidden_act") && json.at("hidden_act") != "silu")
+    // Of the Gemma family, Gemma 2 is implemented (Family::gemma2); Gemma 1 and 3 differ
+    // from it (Gemma 3: norms of q and k, a second RoPE base for local layers).
+    const bool gemma2 = json.has("model_type") && json.at("model_type") == "gemma2";
+    if (!gemma2 && json.has("model_type") && json.at("model_type").is_string() &&
+        json.at("model_type").get<std::string>().starts_with("gemma"))
+        json.fail("model_type ", json.at("model_type").dump(),
+                  " is not supported: of the Gemma family only gemma2 is implemented");
+    // Gemma 2's MLP reads hidden_activation (transformers' Gemma2MLP), the others hidden_act.
+    if (gemma2 && json.has("hidden_activation") &&
+        json.at("hidden_activation") != "gelu_pytorch_tanh")
+        json.fail("hidden_activation ", json.at("hidden_activation").dump(),
+                  " is not supported: the forward pass implements Gemma 2's gelu_pytorch_tanh");
+    if (!gemma2 && json.has("hidden_act") && json.at("hidden_act") != "silu")
         json.fail("hidden_act ", json.at("hidden_act").dump(),
                   " is not supported: the forward pass implements SwiGLU (silu) only");
-    // The library has these variants (star::SlidingWindow, star::SoftCapped), but this
-    // forward pass does not yet choose them per layer: ignoring the keys would answer wrongly
-    // past the window, so they are refused. A null window, or use_sliding_window false
-    // (Qwen2 writes both), computes plain causal attention and is accepted.
-    if (json.has("sliding_window") && json.boolean("use_sliding_window", true))
-        json.fail("sliding_window ", json.at("sliding_window").dump(),
-                  " is not supported yet: the forward pass attends causally over every token");
-    for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"})
-        if (json.has(cap))
-            json.fail(cap, " ", json.at(cap).dump(),
-                      " is not supported yet: the forward pass does not cap logits");
     for (const char* bias : {"attention_bias", "mlp_bias"})
         if (json.boolean(bias, false))
             json.fail(bias, " = true is not supported: the forward pass has no biases");
@@ -155,11 +266,12 @@ inline Config read_hf_config(const JsonConfig& json)
     c.intermediate_size = json.positive_int("intermediate_size");
     c.layers = json.positive_int("num_hidden_layers");
     c.heads = json.positive_int("num_attention_heads");
-    c.kv_heads = json.positive_int("num_key_value_heads", c.heads);
-    if (!json.has("head_dim") && c.hidden_size % c.heads != 0)
+    // Gemma2Config's defaults: 4 KV heads, head_dim 256.
+    c.kv_heads = json.positive_int("num_key_value_heads", gemma2 ? 4 : c.heads);
+    if (!gemma2 && !json.has("head_dim") && c.hidden_size % c.heads != 0)
         json.fail("hidden_size ", c.hidden_size, " is not a multiple of num_attention_heads ",
                   c.heads, " and head_dim is not given");
-    c.head_dim = json.positive_int("head_dim", c.hidden_size / c.heads);
+    c.head_dim = json.positive_int("head_dim", gemma2 ? 256 : c.hidden_size / c.heads);
     if (c.heads % c.kv_heads != 0)
         json.fail("num_attention_heads ", c.heads, " is not a multiple of num_key_value_heads ",
                   c.kv_heads, ": every KV head must serve the same number of query heads");
@@ -169,6 +281,13 @@ inline Config read_hf_config(const JsonConfig& json)
     c.rms_norm_eps = json.positive_float("rms_norm_eps", 1e-6f);
     c.max_positions = json.positive_int("max_position_embeddings", 0);
     c.rope = RopeStyle::rotate_half;
+    if (gemma2) {
+        c.family = Family::gemma2;
+        c.activation = Activation::gelu_tanh;
+        // transformers: hidden * torch.tensor(hidden_size**0.5, dtype=hidden.dtype)
+        c.embedding_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+    }
+    read_attention_variants(json, c);
     return c;
 }
 
@@ -226,6 +345,10 @@ inline std::vector<ImpliedWeight> implied_weights(const Config& c, bool tied)
         w.push_back({prefix + "self_attn.v_proj.weight", {kv_size, hidden}});
         w.push_back({prefix + "self_attn.o_proj.weight", {hidden, q_size}});
         w.push_back({prefix + "post_attention_layernorm.weight", {hidden}});
+        if (c.family == Family::gemma2) {
+            w.push_back({prefix + "pre_feedforward_layernorm.weight", {hidden}});
+            w.push_back({prefix + "post_feedforward_layernorm.weight", {hidden}});
+        }
         w.push_back({prefix + "mlp.gate_proj.weight", {ffn, hidden}});
         w.push_back({prefix + "mlp.up_proj.weight", {ffn, hidden}});
         w.push_back({prefix + "mlp.down_proj.weight", {hidden, ffn}});
@@ -254,6 +377,12 @@ inline void check_weights(const JsonConfig& json, const SafeTensors& weights, co
             json.fail("num_hidden_layers is ", c.layers, ", but ", file,
                       " holds no tensors of layer ", i, " (model.layers.", i, ".*)");
 
+    // Biases (Qwen2's q/k/v projections have them whatever its config says) would be left
+    // out of the forward pass, which has none: refuse them rather than answer wrongly.
+    for (const std::string& name : weights.names())
+        if (name.ends_with(".bias"))
+            throw load_error(message(weights.path().string(), ": tensor ", name,
+                                     " is not supported: the forward pass has no biases"));
     for (const ImpliedWeight& w : implied_weights(c, tied)) {
         if (!weights.contains(w.name)) {
             if (w.name == "lm_head.weight")
@@ -300,8 +429,8 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
     Model model;
     model.config = read_hf_config(json);
     const Config& c = model.config;
-    // Tied models store no lm_head; transformers' default is untied.
-    const bool tied = json.boolean("tie_word_embeddings", false);
+    // Tied models store no lm_head; transformers' default is untied, Gemma 2's tied.
+    const bool tied = json.boolean("tie_word_embeddings", c.family == Family::gemma2);
 
     const std::filesystem::path weights_file = dir / "model.safetensors";
     std::error_code unreadable; // then SafeTensors below reports why
@@ -315,8 +444,14 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
     const auto matrix = [&](const std::string& name, Eigen::Index rows, Eigen::Index cols) {
         return read_matrix(weights, name, rows, cols);
     };
+    // Gemma 2 stores each RMSNorm weight as w and scales by 1 + w (Gemma2RMSNorm, in
+    // float32: the same sum as here).
+    const bool gemma2 = c.family == Family::gemma2;
     const auto vector = [&](const std::string& name, Eigen::Index size) {
-        return read_vector(weights, name, size);
+        Vector v = read_vector(weights, name, size);
+        if (gemma2)
+            v.array() += 1.0f;
+        return v;
     };
 
     const Eigen::Index hidden = c.hidden_size;
@@ -334,7 +469,13 @@ inline Model load_hf_unguarded(const std::filesystem::path& dir)
         layer.wk = matrix(prefix + "self_attn.k_proj.weight", kv_size, hidden);
         layer.wv = matrix(prefix + "self_attn.v_proj.weight", kv_size, hidden);
         layer.wo = matrix(prefix + "self_attn.o_proj.weight", hidden, q_size);
-        layer.mlp_norm = vector(prefix + "post_attention_layernorm.weight", hidden);
+        if (gemma2) {
+            layer.post_attention_norm = vector(prefix + "post_attention_layernorm.weight", hidden);
+            layer.mlp_norm = vector(prefix + "pre_feedforward_layernorm.weight", hidden);
+            layer.post_mlp_norm = vector(prefix + "post_feedforward_layernorm.weight", hidden);
+        } else {
+            layer.mlp_norm = vector(prefix + "post_attention_layernorm.weight", hidden);
+        }
         layer.w_gate = matrix(prefix + "mlp.gate_proj.weight", ffn, hidden);
         layer.w_up = matrix(prefix + "mlp.up_proj.weight", ffn, hidden);
         layer.w_down = matrix(prefix + "mlp.down_proj.weight", hidden, ffn);

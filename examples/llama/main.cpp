@@ -21,6 +21,11 @@
 //
 // For Star, the context is encoded by phase 1 (every host its own blocks, with the anchor,
 // through all layers) and the query and every generated token by phase 2.
+//
+// A config.json may give layers a sliding window (sliding_window, layer_types, Qwen2's
+// use_sliding_window/max_window_layers) and soft caps (attn_logit_softcapping,
+// final_logit_softcapping): each layer then runs the matching library variant under every
+// setting. The keys read and refused are listed in README.md.
 
 #include <algorithm>
 #include <charconv>
@@ -58,6 +63,7 @@ using llama::setting_error;
 constexpr const char* usage = R"(usage: llama <model> <mode> [options]
 
 <model>: a Hugging Face directory (config.json + model.safetensors) or a llama2.c file.
+         config.json may set sliding windows and soft caps (examples/llama/README.md).
 
 modes:
   generate  (--prompt TEXT | --tokens FILE | --token-ids 1,2,3) [--query TEXT]
@@ -246,7 +252,7 @@ int run_generate(const llama::Model& model, const Options& o)
     }
     warn_length(model, static_cast<index>(context.size() + query.size()) + steps);
 
-    llama::Sequence sequence(model, llama::make_backend(setting, model.config.layers,
+    llama::Sequence sequence(model, llama::make_backend(setting, model.config,
                                                         static_cast<index>(context.size())));
     auto start = std::chrono::steady_clock::now();
     if (!query.empty())
@@ -298,7 +304,7 @@ int run_logits(const llama::Model& model, const Options& o)
     }
 
     const llama::AttentionSetting setting = llama::parse_setting(o.text("--attention", "global"));
-    llama::Sequence sequence(model, llama::make_backend(setting, model.config.layers, n));
+    llama::Sequence sequence(model, llama::make_backend(setting, model.config, n));
     const llama::Matrix logits = sequence.encode_context(tokens, llama::Logits::all);
     const llama::LogitsCheck check = llama::check_logits(logits, expected);
     if (check.non_finite)

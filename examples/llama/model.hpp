@@ -3,6 +3,7 @@
 // Filled by the loaders (load.hpp); read by the forward pass (forward.hpp).
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,15 @@ namespace llama {
 // llama2.c layout) maps without a transpose: y = x * W^T for x of shape [tokens, in].
 using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Vector = Eigen::VectorXf;
+
+// The MLP's gate activation: SwiGLU (Llama) or GeGLU with tanh-approximated GELU (Gemma 2,
+// gelu_pytorch_tanh).
+enum class Activation { silu, gelu_tanh };
+
+// The architecture around attention: Llama's (also Mistral's and Qwen2's), or Gemma 2's
+// (post-attention and post-MLP RMSNorms, norm weights stored as w and used as 1 + w, GeGLU,
+// embeddings scaled by sqrt(hidden_size), tied embeddings by default).
+enum class Family { llama, gemma2 };
 
 // How RoPE pairs the dimensions of a head.
 enum class RopeStyle {
@@ -33,6 +43,24 @@ struct Config {
     float rms_norm_eps = 1e-5f;
     int max_positions = 0; // trained context length; 0 if unknown
     RopeStyle rope = RopeStyle::rotate_half;
+    Family family = Family::llama;
+    Activation activation = Activation::silu;
+    float embedding_scale = 1.0f; // the embeddings are multiplied by it (Gemma 2: sqrt(hidden))
+
+    // Attention variants (load.hpp reads them from config.json; the forward pass hands each
+    // layer's to the library as a star::Variant policy, attention_backend.hpp).
+    // The sliding window of each layer in tokens (a query at p sees the keys of
+    // (p - w, p], itself included), 0 for plain causal attention. Empty: every layer plain.
+    std::vector<std::int64_t> sliding_window;
+    std::optional<float> attn_logit_softcapping;  // scores -> cap * tanh(score / cap)
+    std::optional<float> final_logit_softcapping; // logits -> cap * tanh(logits / cap)
+    std::optional<float> query_pre_attn_scalar;   // softmax scale 1/sqrt(this), else 1/sqrt(head_dim)
+
+    // The window of layer `layer`, 0 for none.
+    [[nodiscard]] std::int64_t window_of(int layer) const
+    {
+        return sliding_window.empty() ? 0 : sliding_window.at(static_cast<std::size_t>(layer));
+    }
 };
 
 struct LayerWeights {
@@ -45,6 +73,10 @@ struct LayerWeights {
     Matrix w_gate;         // [intermediate, hidden]
     Matrix w_up;           // [intermediate, hidden]
     Matrix w_down;         // [hidden, intermediate]
+    // Gemma 2 only (empty otherwise): RMSNorms of the attention's and the MLP's outputs,
+    // before each is added to the residual stream.
+    Vector post_attention_norm; // [hidden]
+    Vector post_mlp_norm;       // [hidden]
 };
 
 struct Model {

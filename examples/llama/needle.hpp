@@ -150,7 +150,7 @@ inline NeedleOutcome run_needle(const Model& model, const AttentionSetting& sett
     const std::vector<int> question = byte_tokens(sample.question);
     const int answer_tokens = static_cast<int>(sample.answer.size());
 
-    Sequence sequence(model, make_backend(setting, model.config.layers, sample.length));
+    Sequence sequence(model, make_backend(setting, model.config, sample.length));
     NeedleOutcome out;
     const auto t0 = Clock::now();
     sequence.encode_context(context);

@@ -172,4 +172,59 @@ TEST_F(CliTest, WeightsWithBytesAfterTheLastTensor)
                     {"model.safetensors", "bytes after the last tensor"});
 }
 
+// The real model's weights beside its config with `keys` (JSON members) added and its
+// model_type replaced by `model_type`.
+void write_model_with_keys(const fs::path& dir, const std::string& keys,
+                           const std::string& model_type = "llama")
+{
+    fs::create_directories(dir);
+    fs::create_symlink(model_dir / "model.safetensors", dir / "model.safetensors");
+    std::ifstream in(model_dir / "config.json");
+    std::ostringstream config;
+    config << in.rdbuf();
+    std::string text = config.str();
+    const std::string llama = R"("model_type": "llama")";
+    const std::size_t at = text.find(llama);
+    ASSERT_NE(at, std::string::npos);
+    text.replace(at, llama.size(), R"("model_type": ")" + model_type + "\"");
+    if (!keys.empty())
+        text.insert(text.find('{') + 1, keys + ", ");
+    std::ofstream(dir / "config.json") << text;
+}
+
+// A config with a window on alternate layers and both soft caps runs under Star, and says
+// what each layer runs.
+TEST_F(CliTest, VariantConfigRunsUnderStar)
+{
+    write_model_with_keys(*this / "model",
+                          R"("sliding_window": 16, "attn_logit_softcapping": 30.0, )"
+                          R"("final_logit_softcapping": 20.0, "layer_types": ["sliding_attention", )"
+                          R"("full_attention", "sliding_attention", "full_attention", )"
+                          R"("sliding_attention", "full_attention"])");
+    const Outcome out = run({(*this / "model").string(), "generate", "--prompt",
+                             "The quick brown fox jumps over the lazy dog, twice over.",
+                             "--steps", "4", "--attention", "star:b=16:hosts=2"});
+    EXPECT_EQ(out.exit_code, 0) << out.error;
+    EXPECT_NE(out.error.find("(layers 0 window 16, cap 30, 1 cap 30, 2 window 16, cap 30"),
+              std::string::npos)
+        << out.error;
+}
+
+// A window longer than the reference text changes nothing: the reference logits still match.
+TEST_F(CliTest, WindowLongerThanTheReferenceKeepsTheLogits)
+{
+    write_model_with_keys(*this / "model", R"("sliding_window": 4096)", "mistral");
+    const Outcome out =
+        run({(*this / "model").string(), "logits", "--reference",
+             (model_dir / "reference_logits.safetensors").string(), "--tolerance", "1e-3"});
+    EXPECT_EQ(out.exit_code, 0) << out.error;
+}
+
+TEST_F(CliTest, GemmaIsRefused)
+{
+    write_model_with_keys(*this / "model", "", "gemma3");
+    expect_rejected({(*this / "model").string(), "generate", "--prompt", "hi"},
+                    {"config.json", "model_type \"gemma3\" is not supported"});
+}
+
 } // namespace

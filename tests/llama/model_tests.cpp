@@ -32,7 +32,7 @@ double max_logit_difference(const std::string& setting)
     const auto n = static_cast<std::int64_t>(ids.size());
     const std::vector<float> expected = reference.floats("logits", {n, 256});
     llama::Sequence seq(needle_llama(), llama::make_backend(llama::parse_setting(setting),
-                                                            needle_llama().config.layers, n));
+                                                            needle_llama().config, n));
     const llama::Matrix logits =
         seq.encode_context(std::vector<int>(ids.begin(), ids.end()), llama::Logits::all);
     double worst = 0.0;

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <numbers>
 #include <ostream>
 #include <stdexcept>
 #include <random>
@@ -53,18 +54,31 @@ struct TinyShape {
     double theta = 10000.0;
     double eps = 1e-5;
     llama::RopeStyle rope = llama::RopeStyle::rotate_half;
+    bool gemma2 = false; // Gemma 2's architecture (written as model_type gemma2)
 };
 
 using Weights = std::vector<double>; // row-major
 
 struct TinyLayer {
     Weights attention_norm, wq, wk, wv, wo, mlp_norm, gate, up, down;
+    Weights post_attention_norm, post_mlp_norm; // Gemma 2 only
+};
+
+// Attention variants, as config.json states them (`config`, a fragment of JSON keys
+// written into the HF config) and as the reference computes them (the rest).
+struct TinyVariants {
+    std::string config;         // e.g. "\"sliding_window\": 5"
+    std::vector<index> windows; // per layer, 0 for none; empty: no window anywhere
+    double attn_cap = 0.0;      // 0 for none
+    double final_cap = 0.0;     // 0 for none
+    double scale = 0.0;         // the softmax scale; 0 for 1/sqrt(head_dim)
 };
 
 struct TinyModel {
     TinyShape shape;
     Weights embedding, final_norm, lm_head;
     std::vector<TinyLayer> layers;
+    TinyVariants variants;
 };
 
 TinyModel random_model(const TinyShape& s, unsigned seed)
@@ -102,10 +116,27 @@ TinyModel random_model(const TinyShape& s, unsigned seed)
         layer.gate = random(f, h, 1.0 / std::sqrt(double(h)));
         layer.up = random(f, h, 1.0 / std::sqrt(double(h)));
         layer.down = random(h, f, 1.0 / std::sqrt(double(f)));
+        if (s.gemma2) {
+            layer.post_attention_norm = norm(h);
+            layer.post_mlp_norm = norm(h);
+        }
         m.layers.push_back(std::move(layer));
     }
     m.final_norm = norm(h);
     m.lm_head = random(static_cast<std::size_t>(s.vocab), h, 1.0 / std::sqrt(double(h)));
+    if (s.gemma2) {
+        // Gemma 2 stores norm weights as w and scales by 1 + w: norms near 1 are stored near
+        // 0. Its embeddings are tied.
+        for (Weights* w : {&m.final_norm})
+            for (double& x : *w)
+                x = static_cast<float>(x - 1.0);
+        for (TinyLayer& layer : m.layers)
+            for (Weights* w : {&layer.attention_norm, &layer.mlp_norm,
+                               &layer.post_attention_norm, &layer.post_mlp_norm})
+                for (double& x : *w)
+                    x = static_cast<float>(x - 1.0);
+        m.lm_head = m.embedding;
+    }
     return m;
 }
 
@@ -127,7 +158,11 @@ std::filesystem::path write_hf(const TinyModel& m, const std::string& name)
         << ", \"intermediate_size\": " << s.intermediate << ", \"num_hidden_layers\": " << s.layers
         << ", \"num_attention_heads\": " << s.heads << ", \"num_key_value_heads\": " << s.kv_heads
         << ", \"head_dim\": " << s.head_dim << ", \"rope_theta\": " << s.theta
-        << ", \"rms_norm_eps\": " << s.eps << ", \"tie_word_embeddings\": false}";
+        << ", \"rms_norm_eps\": " << s.eps
+        << (s.gemma2 ? ", \"model_type\": \"gemma2\", \"hidden_activation\": "
+                       "\"gelu_pytorch_tanh\", \"tie_word_embeddings\": true"
+                     : ", \"tie_word_embeddings\": false")
+        << (m.variants.config.empty() ? "" : ", ") << m.variants.config << "}";
     std::vector<llama::NamedTensor> tensors;
     const auto add = [&](const std::string& tensor, std::vector<std::int64_t> shape,
                          const Weights& w) {
@@ -145,13 +180,20 @@ std::filesystem::path write_hf(const TinyModel& m, const std::string& name)
         add(p + "self_attn.k_proj.weight", {kv, h}, w.wk);
         add(p + "self_attn.v_proj.weight", {kv, h}, w.wv);
         add(p + "self_attn.o_proj.weight", {h, q}, w.wo);
-        add(p + "post_attention_layernorm.weight", {h}, w.mlp_norm);
+        if (s.gemma2) {
+            add(p + "post_attention_layernorm.weight", {h}, w.post_attention_norm);
+            add(p + "pre_feedforward_layernorm.weight", {h}, w.mlp_norm);
+            add(p + "post_feedforward_layernorm.weight", {h}, w.post_mlp_norm);
+        } else {
+            add(p + "post_attention_layernorm.weight", {h}, w.mlp_norm);
+        }
         add(p + "mlp.gate_proj.weight", {f, h}, w.gate);
         add(p + "mlp.up_proj.weight", {f, h}, w.up);
         add(p + "mlp.down_proj.weight", {h, f}, w.down);
     }
     add("model.norm.weight", {h}, m.final_norm);
-    add("lm_head.weight", {s.vocab, h}, m.lm_head);
+    if (!s.gemma2)
+        add("lm_head.weight", {s.vocab, h}, m.lm_head);
     llama::write_safetensors(dir / "model.safetensors", tensors);
     return dir;
 }
@@ -236,7 +278,9 @@ std::vector<double> matvec(const Weights& w, std::size_t rows, const std::vector
     return y;
 }
 
-std::vector<double> rms(const std::vector<double>& x, const Weights& w, double eps)
+// RMSNorm; Gemma 2 (`offset` 1) scales by 1 + w.
+std::vector<double> rms(const std::vector<double>& x, const Weights& w, double eps,
+                        double offset = 0.0)
 {
     double ss = 0.0;
     for (const double v : x)
@@ -244,7 +288,7 @@ std::vector<double> rms(const std::vector<double>& x, const Weights& w, double e
     const double inv = 1.0 / std::sqrt(ss / double(x.size()) + eps);
     std::vector<double> y(x.size());
     for (std::size_t i = 0; i < x.size(); ++i)
-        y[i] = x[i] * inv * w[i];
+        y[i] = x[i] * inv * (offset + w[i]);
     return y;
 }
 
@@ -274,10 +318,23 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
     for (std::size_t t = 0; t < n; ++t)
         x[t].assign(m.embedding.begin() + static_cast<long>(tokens[t] * h),
                     m.embedding.begin() + static_cast<long>((tokens[t] + 1) * h));
-    for (const TinyLayer& w : m.layers) {
+    const double offset = s.gemma2 ? 1.0 : 0.0; // Gemma 2's norms scale by 1 + w
+    if (s.gemma2)
+        for (auto& row : x)
+            for (double& value : row)
+                value *= std::sqrt(double(s.hidden));
+    const TinyVariants& variants = m.variants;
+    for (std::size_t l = 0; l < m.layers.size(); ++l) {
+        const TinyLayer& w = m.layers[l];
+        const index window = variants.windows.empty() ? 0 : variants.windows[l];
+        // The layer's window on top of the visibility rule: key j in (i - window, i].
+        const auto sees = [&](index i, index j) {
+            return visible(i, j) && (window == 0 || i - j < window);
+        };
+        const double scale = variants.scale > 0.0 ? variants.scale : 1.0 / std::sqrt(double(d));
         std::vector<std::vector<double>> q(n), k(n), v(n);
         for (std::size_t t = 0; t < n; ++t) {
-            const auto hn = rms(x[t], w.attention_norm, s.eps);
+            const auto hn = rms(x[t], w.attention_norm, s.eps, offset);
             q[t] = matvec(w.wq, static_cast<std::size_t>(s.heads * d), hn);
             k[t] = matvec(w.wk, static_cast<std::size_t>(s.kv_heads * d), hn);
             v[t] = matvec(w.wv, static_cast<std::size_t>(s.kv_heads * d), hn);
@@ -291,13 +348,15 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
                 std::vector<double> score(n, -INFINITY);
                 double top = -INFINITY;
                 for (std::size_t j = 0; j < n; ++j) {
-                    if (!visible(static_cast<index>(i), static_cast<index>(j)))
+                    if (!sees(static_cast<index>(i), static_cast<index>(j)))
                         continue;
                     double dot = 0.0;
                     for (int c = 0; c < d; ++c)
                         dot += q[i][static_cast<std::size_t>(head * d + c)] *
                                k[j][static_cast<std::size_t>(kvh * d + c)];
-                    score[j] = dot / std::sqrt(double(d));
+                    score[j] = dot * scale;
+                    if (variants.attn_cap > 0.0)
+                        score[j] = variants.attn_cap * std::tanh(score[j] / variants.attn_cap);
                     top = std::max(top, score[j]);
                 }
                 double sum = 0.0;
@@ -312,25 +371,37 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
                             p * v[j][static_cast<std::size_t>(kvh * d + c)];
                 }
             }
-            const auto o = matvec(w.wo, h, attended);
+            auto o = matvec(w.wo, h, attended);
+            if (s.gemma2)
+                o = rms(o, w.post_attention_norm, s.eps, offset);
             for (std::size_t c = 0; c < h; ++c)
                 x[i][c] += o[c];
         }
         for (std::size_t t = 0; t < n; ++t) {
-            const auto hn = rms(x[t], w.mlp_norm, s.eps);
+            const auto hn = rms(x[t], w.mlp_norm, s.eps, offset);
             const auto g = matvec(w.gate, static_cast<std::size_t>(s.intermediate), hn);
             auto u = matvec(w.up, static_cast<std::size_t>(s.intermediate), hn);
-            for (std::size_t c = 0; c < u.size(); ++c)
-                u[c] *= g[c] / (1.0 + std::exp(-g[c]));
-            const auto down = matvec(w.down, h, u);
+            for (std::size_t c = 0; c < u.size(); ++c) {
+                const double x3 = g[c] * g[c] * g[c];
+                u[c] *= s.gemma2 ? 0.5 * g[c] *
+                                       (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (g[c] + 0.044715 * x3)))
+                                 : g[c] / (1.0 + std::exp(-g[c]));
+            }
+            auto down = matvec(w.down, h, u);
+            if (s.gemma2)
+                down = rms(down, w.post_mlp_norm, s.eps, offset);
             for (std::size_t c = 0; c < h; ++c)
                 x[t][c] += down[c];
         }
     }
     std::vector<std::vector<double>> logits(n);
-    for (std::size_t t = 0; t < n; ++t)
+    for (std::size_t t = 0; t < n; ++t) {
         logits[t] = matvec(m.lm_head, static_cast<std::size_t>(s.vocab),
-                           rms(x[t], m.final_norm, s.eps));
+                           rms(x[t], m.final_norm, s.eps, offset));
+        if (variants.final_cap > 0.0)
+            for (double& z : logits[t])
+                z = variants.final_cap * std::tanh(z / variants.final_cap);
+    }
     return logits;
 }
 
@@ -353,7 +424,7 @@ llama::Matrix run(const llama::Model& model, const std::string& setting,
                   const std::vector<int>& tokens, index context, index query)
 {
     llama::Sequence seq(model, llama::make_backend(llama::parse_setting(setting),
-                                                   model.config.layers, context));
+                                                   model.config, context));
     const std::span<const int> all(tokens);
     llama::Matrix logits(static_cast<index>(tokens.size()), model.config.vocab_size);
     const auto c = static_cast<std::size_t>(context);
@@ -429,7 +500,7 @@ TEST_P(ForwardVsReference, DecodingWithTheCacheEqualsOneFullForward)
     const llama::Model model = load_written(tiny, GetParam().name);
     const std::vector<int> tokens = random_tokens(31, tiny.shape.vocab, 6);
     llama::Sequence whole(model, llama::make_backend(llama::parse_setting("global"),
-                                                     model.config.layers, 31));
+                                                     model.config, 31));
     const llama::Matrix once = whole.encode_context(tokens, llama::Logits::all);
     EXPECT_LT(max_difference(run(model, "global", tokens, 9, 1), once), tolerance);
     EXPECT_LT(max_difference(run(model, "global", tokens, 1, 12), once), tolerance);
@@ -499,7 +570,8 @@ TEST_P(ForwardVsReference, PreviousBlockAnchorEqualsItsMaskNotTheOthers)
         EXPECT_GT(max_difference(logits, none), 1e-2);
         EXPECT_GT(max_difference(logits, first), 1e-2);
     }
-    EXPECT_EQ(llama::make_backend(llama::parse_setting("star:b=5:anchor=previous"), 3, context)
+    EXPECT_EQ(llama::make_backend(llama::parse_setting("star:b=5:anchor=previous"),
+                                  llama::plain_attention(3), context)
                   ->describe(),
               "star b=5 anchor=previous");
 }
@@ -521,6 +593,225 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 // ---------------------------------------------------------------------------------------------
+// Attention variants read from config.json: the forward pass against the same reference with
+// each layer's window, the attention soft cap, the final soft cap and the softmax scale.
+//
+// Tolerance: the same 1e-4 as above, for the same reason. A window only removes terms from
+// the sums, and tanh has slope at most 1, so the caps do not amplify the float rounding of
+// their inputs (cap * tanh(x / cap) moves by at most as much as x); the scale is one more
+// rounded factor. Measured: at most 4.6e-6 on these cases (1.9e-6 for the exact
+// previous-block run), a margin of 20x. A variant that is ignored or misplaced moves logits
+// by far more: each case checks that the same model without its variant differs by more
+// than 1e-2 (measured 2.8 to 3.9).
+
+struct VariantCase {
+    const char* name;
+    TinyVariants variants;
+    // The same model without the case's variant, which the logits must differ from.
+    TinyVariants without;
+};
+
+void PrintTo(const VariantCase& c, std::ostream* out)
+{
+    *out << c.name;
+}
+
+class VariantForward : public ::testing::TestWithParam<VariantCase> {};
+
+// The context, query and decoded tokens of every variant test: longer than every window, and
+// cut into blocks of 4 to 7 tokens by the Star settings.
+constexpr index variant_context = 23, variant_query = 4, variant_decoded = 2;
+
+TinyModel variant_model(const VariantCase& c, unsigned seed)
+{
+    TinyModel tiny = random_model(TinyShape{}, seed); // 3 layers
+    tiny.variants = c.variants;
+    return tiny;
+}
+
+TEST_P(VariantForward, GlobalRingAndSingleBlockStarEqualTheExactReference)
+{
+    const TinyModel tiny = variant_model(GetParam(), 21);
+    const llama::Model model = load_written(tiny, GetParam().name);
+    const std::vector<int> tokens = random_tokens(
+        variant_context + variant_query + variant_decoded, tiny.shape.vocab, 31);
+    const auto expected = reference_logits(tiny, tokens, causal());
+    for (const char* setting : {"global", "ring:hosts=3", "ring:hosts=4:layout=zigzag",
+                                "star:b=L:hosts=2"}) {
+        SCOPED_TRACE(setting);
+        EXPECT_LT(max_difference(run(model, setting, tokens, variant_context, variant_query),
+                                 expected),
+                  tolerance);
+    }
+    // The whole text as one context, and a context of one token then decoding.
+    const index all = static_cast<index>(tokens.size());
+    EXPECT_LT(max_difference(run(model, "global", tokens, all, 0), expected), tolerance);
+    EXPECT_LT(max_difference(run(model, "global", tokens, 1, 0), expected), tolerance);
+
+    // The variant is real: without it the logits are not these.
+    TinyModel plain = tiny;
+    plain.variants = GetParam().without;
+    EXPECT_GT(max_difference(run(model, "global", tokens, variant_context, variant_query),
+                             reference_logits(plain, tokens, causal())),
+              1e-2);
+}
+
+// Star's phase 1 under a variant (docs/guides/variants.md): a block's query sees the keys of
+// its block and its anchor that its window holds, every visible score capped; phase 2 is
+// exact. So the reference is the block-sparse mask intersected with each layer's window.
+TEST_P(VariantForward, StarEqualsBlockSparseReferenceUnderTheVariant)
+{
+    const TinyModel tiny = variant_model(GetParam(), 22);
+    const llama::Model model = load_written(tiny, GetParam().name);
+    const index context = variant_context;
+    const std::vector<int> tokens =
+        random_tokens(context + variant_query + variant_decoded, tiny.shape.vocab, 32);
+    struct Star {
+        const char* setting;
+        Visibility mask;
+    };
+    for (const Star& s :
+         {Star{"star:b=5:hosts=3", star_mask(context, 5, 5)},
+          Star{"star:b=5:a=3:hosts=2:partition=round-robin:merge=tree", star_mask(context, 5, 3)},
+          Star{"star:b=L/4:partition=balanced:merge=all-gather", star_mask(context, 6, 6)},
+          Star{"star:b=7:anchor=none:hosts=4", star_mask(context, 7, 0)},
+          Star{"star:b=4:anchor=sinks:a=2:hosts=5", star_mask(context, 4, 2)},
+          Star{"star:b=5:anchor=previous:hosts=2", previous_block_mask(context, 5)}}) {
+        SCOPED_TRACE(s.setting);
+        EXPECT_LT(max_difference(run(model, s.setting, tokens, context, variant_query),
+                                 reference_logits(tiny, tokens, s.mask)),
+                  tolerance);
+    }
+    // These references are not the exact one: the check tells phase 1 from exact attention.
+    EXPECT_GT(max_difference(run(model, "star:b=5:hosts=3", tokens, context, variant_query),
+                             reference_logits(tiny, tokens, causal())),
+              1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TinyModels, VariantForward,
+    ::testing::Values(
+        // (a) Mistral: one window on every layer, smaller than the context and the blocks.
+        VariantCase{"window_every_layer",
+                    {"\"model_type\": \"mistral\", \"sliding_window\": 4", {4, 4, 4}},
+                    {}},
+        // Qwen2: the window on the layers from max_window_layers on.
+        VariantCase{"qwen2_window_from_layer_1",
+                    {"\"model_type\": \"qwen2\", \"use_sliding_window\": true, "
+                     "\"sliding_window\": 3, \"max_window_layers\": 1",
+                     {0, 3, 3}},
+                    {}},
+        // (b) Gemma 2/3 style: layer_types alternates sliding and full layers.
+        VariantCase{"layer_types_alternate",
+                    {"\"sliding_window\": 3, \"layer_types\": [\"sliding_attention\", "
+                     "\"full_attention\", \"sliding_attention\"]",
+                     {3, 0, 3}},
+                    {}},
+        // (c) The attention logits capped on every layer and the output logits capped, with
+        // Gemma 2's softmax scale 1/sqrt(query_pre_attn_scalar).
+        VariantCase{"soft_caps_and_scale",
+                    {"\"attn_logit_softcapping\": 1.5, \"final_logit_softcapping\": 2.0, "
+                     "\"query_pre_attn_scalar\": 2",
+                     {},
+                     1.5,
+                     2.0,
+                     1.0 / std::sqrt(2.0)},
+                    {"", {}, 0.0, 0.0, 1.0 / std::sqrt(2.0)}},
+        // Everything at once: capped sliding layers beside capped full ones.
+        VariantCase{"caps_with_alternating_windows",
+                    {"\"sliding_window\": 4, \"attn_logit_softcapping\": 1.5, "
+                     "\"final_logit_softcapping\": 2.0, \"layer_types\": [\"full_attention\", "
+                     "\"sliding_attention\", \"full_attention\"]",
+                     {0, 4, 0},
+                     1.5,
+                     2.0},
+                    {"", {0, 4, 0}, 0.0, 0.0}}),
+    [](const ::testing::TestParamInfo<VariantCase>& info) { return std::string(info.param.name); });
+
+// A window at least as long as the whole text hides nothing: the same logits as no window,
+// for every kind of attention (the window counts positions in phase 2 too).
+TEST(VariantForwardWindow, WindowLongerThanTheTextChangesNothing)
+{
+    TinyModel tiny = random_model(TinyShape{}, 23);
+    const llama::Model plain = load_written(tiny, "plain_for_window");
+    tiny.variants.config = "\"sliding_window\": 29";
+    const llama::Model windowed = load_written(tiny, "window_29");
+    ASSERT_EQ(windowed.config.window_of(2), 29);
+    const std::vector<int> tokens = random_tokens(29, tiny.shape.vocab, 33);
+    for (const char* setting : {"global", "ring:hosts=3", "star:b=6:hosts=2",
+                                "star:b=5:anchor=previous"}) {
+        SCOPED_TRACE(setting);
+        EXPECT_LT(max_difference(run(windowed, setting, tokens, 20, 3),
+                                 run(plain, setting, tokens, 20, 3)),
+                  tolerance);
+    }
+}
+
+// With the previous block as anchor and blocks of at least window - 1 tokens, phase 1 is
+// exact sliding-window attention (docs/guides/variants.md): Star equals global.
+TEST(VariantForwardWindow, PreviousBlockAnchorIsExactForAShortWindow)
+{
+    TinyModel tiny = random_model(TinyShape{}, 24);
+    tiny.variants = {"\"sliding_window\": 5", {5, 5, 5}};
+    const llama::Model model = load_written(tiny, "previous_exact");
+    const std::vector<int> tokens = random_tokens(27, tiny.shape.vocab, 34);
+    const auto expected = reference_logits(tiny, tokens, causal());
+    EXPECT_LT(max_difference(run(model, "star:b=4:anchor=previous:hosts=3", tokens, 22, 3),
+                             expected),
+              tolerance);
+    // The paper's first-block anchor is not: its late blocks lose the keys before them.
+    EXPECT_GT(max_difference(run(model, "star:b=4:hosts=3", tokens, 22, 3), expected), 1e-2);
+}
+
+// Gemma 2: its architecture (post norms, 1 + w norm weights, GeGLU, scaled and tied
+// embeddings) with its variants, alternate layers sliding by default (no layer_types).
+TEST(Gemma2Forward, EqualsTheReferenceUnderGlobalRingAndStar)
+{
+    TinyShape shape;
+    shape.gemma2 = true;
+    TinyModel tiny = random_model(shape, 25);
+    tiny.variants = {"\"sliding_window\": 4, \"attn_logit_softcapping\": 1.5, "
+                     "\"final_logit_softcapping\": 2.0, \"query_pre_attn_scalar\": 2",
+                     {4, 0, 4},
+                     1.5,
+                     2.0,
+                     1.0 / std::sqrt(2.0)};
+    const llama::Model model = load_written(tiny, "gemma2");
+    ASSERT_EQ(model.config.family, llama::Family::gemma2);
+    const index context = 23, query = 4;
+    const std::vector<int> tokens = random_tokens(context + query + 2, tiny.shape.vocab, 35);
+    const auto exact = reference_logits(tiny, tokens, causal());
+    for (const char* setting : {"global", "ring:hosts=3", "star:b=L:hosts=2"}) {
+        SCOPED_TRACE(setting);
+        EXPECT_LT(max_difference(run(model, setting, tokens, context, query), exact), tolerance);
+    }
+    EXPECT_LT(max_difference(run(model, "star:b=5:hosts=3", tokens, context, query),
+                             reference_logits(tiny, tokens, star_mask(context, 5, 5))),
+              tolerance);
+    // The architecture is real: the same weights as a Llama give other logits.
+    TinyModel as_llama = tiny;
+    as_llama.shape.gemma2 = false;
+    EXPECT_GT(max_difference(run(model, "global", tokens, context, query),
+                             reference_logits(as_llama, tokens, causal())),
+              1e-2);
+}
+
+// What the backends say they run names each layer's variant.
+TEST(VariantForwardWindow, BackendsDescribeTheLayersVariants)
+{
+    llama::Config c;
+    c.layers = 3;
+    c.sliding_window = {4, 0, 4};
+    c.attn_logit_softcapping = 50.0f;
+    EXPECT_EQ(llama::make_backend(llama::parse_setting("global"), c, 10)->describe(),
+              "global (layers 0 window 4, cap 50, 1 cap 50, 2 window 4, cap 50)");
+    c.sliding_window.clear();
+    c.attn_logit_softcapping.reset();
+    EXPECT_EQ(llama::make_backend(llama::parse_setting("ring:hosts=2"), c, 10)->describe(),
+              "ring hosts=2 plain");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Settings, agreement and errors.
 
 TEST(AttentionSettings, ParseTheDocumentedSyntax)
@@ -538,7 +829,7 @@ TEST(AttentionSettings, ParseTheDocumentedSyntax)
     ASSERT_EQ(list.size(), 3u);
     EXPECT_EQ(list[1].ring_layout, star::RingLayout::zigzag);
     EXPECT_EQ(list[2].block.resolve(4096), 512);
-    const auto backend = llama::make_backend(list[2], 2, 4096);
+    const auto backend = llama::make_backend(list[2], llama::plain_attention(2), 4096);
     EXPECT_EQ(backend->describe(), "star b=512 a=512");
 }
 
@@ -651,7 +942,7 @@ TEST(SequenceErrors, BadTokensAndOrderAreRejected)
 {
     const TinyModel tiny = random_model(TinyShape{}, 15);
     const llama::Model model = load_written(tiny, "errors");
-    llama::Sequence seq(model, llama::make_backend(llama::parse_setting("star:b=2"), 3, 8));
+    llama::Sequence seq(model, llama::make_backend(llama::parse_setting("star:b=2"), llama::plain_attention(3), 8));
     const std::vector<int> out_of_range{1, 2, 41};
     EXPECT_THROW(seq.encode_context(out_of_range), std::out_of_range);
     const std::vector<int> negative{-1};

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <future>
 #include <initializer_list>
@@ -356,6 +357,10 @@ void expect_same_config(const Config& a, const Config& b)
     EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
     EXPECT_EQ(a.max_positions, b.max_positions);
     EXPECT_EQ(a.rope, b.rope);
+    EXPECT_EQ(a.sliding_window, b.sliding_window);
+    EXPECT_EQ(a.attn_logit_softcapping, b.attn_logit_softcapping);
+    EXPECT_EQ(a.final_logit_softcapping, b.final_logit_softcapping);
+    EXPECT_EQ(a.query_pre_attn_scalar, b.query_pre_attn_scalar);
 }
 
 void expect_same_model(const Model& loaded, const Model& written)
@@ -960,30 +965,191 @@ TEST_F(HfRejects, ArchitectureVariants)
     expect_load_error([&] { load_hf(dir.path()); }, {"attention_bias = true is not supported"});
 }
 
-// Variants the forward pass does not choose yet: refused, never silently computed as plain
-// causal attention. A window switched off (null, or use_sliding_window false) is plain.
-TEST_F(HfRejects, AttentionVariantsNotYetWired)
+// The attention variants of config.json, with the layers transformers gives them.
+TEST_F(HfLoader, ReadsAttentionVariants)
 {
-    write_hf_with_config(dir, [](json& config) { config["sliding_window"] = 4096; });
-    expect_load_error([&] { load_hf(dir.path()); },
-                      {"config.json", "sliding_window 4096 is not supported yet"});
-    write_hf_with_config(dir, [](json& config) { config["attn_logit_softcapping"] = 50.0; });
-    expect_load_error([&] { load_hf(dir.path()); },
-                      {"attn_logit_softcapping 50.0 is not supported yet"});
-    write_hf_with_config(dir, [](json& config) { config["final_logit_softcapping"] = 30.0; });
-    expect_load_error([&] { load_hf(dir.path()); },
-                      {"final_logit_softcapping 30.0 is not supported yet"});
-    write_hf_with_config(dir, [](json& config) { config["use_sliding_window"] = "no"; config["sliding_window"] = 64; });
+    // hf_test_config has 2 layers.
+    const auto config_of = [&](const std::function<void(json&)>& edit) {
+        write_hf_with_config(dir, edit);
+        return load_hf(dir.path()).config;
+    };
+    using Windows = std::vector<std::int64_t>;
+    // Mistral (and any family without a rule of its own): every layer.
+    EXPECT_EQ(config_of([](json& c) { c["sliding_window"] = 4096; }).sliding_window,
+              (Windows{4096, 4096}));
+    EXPECT_EQ(config_of([](json& c) {
+                  c["model_type"] = "mistral";
+                  c["sliding_window"] = 8;
+              }).sliding_window,
+              (Windows{8, 8}));
+    // Qwen2: layers from max_window_layers on (default 28), only with use_sliding_window
+    // (default false for model_type qwen2).
+    EXPECT_EQ(config_of([](json& c) {
+                  c["model_type"] = "qwen2";
+                  c["use_sliding_window"] = true;
+                  c["sliding_window"] = 8;
+                  c["max_window_layers"] = 1;
+              }).sliding_window,
+              (Windows{0, 8}));
+    EXPECT_EQ(config_of([](json& c) {
+                  c["model_type"] = "qwen2";
+                  c["use_sliding_window"] = true;
+                  c["sliding_window"] = 8;
+                  c["max_window_layers"] = 0;
+              }).sliding_window,
+              (Windows{8, 8}));
+    const Config default_layers = config_of([](json& c) {
+        c["model_type"] = "qwen2";
+        c["use_sliding_window"] = true;
+        c["sliding_window"] = 8;
+    });
+    EXPECT_EQ(default_layers.window_of(0), 0);
+    EXPECT_EQ(default_layers.window_of(1), 0);
+    EXPECT_TRUE(config_of([](json& c) {
+                    c["model_type"] = "qwen2";
+                    c["sliding_window"] = 8;
+                    c["max_window_layers"] = 0;
+                }).sliding_window.empty());
+    // A window switched off: null, or use_sliding_window false (Qwen2 writes both).
+    EXPECT_TRUE(config_of([](json& c) { c["sliding_window"] = nullptr; }).sliding_window.empty());
+    EXPECT_TRUE(config_of([](json& c) {
+                    c["sliding_window"] = 4096;
+                    c["use_sliding_window"] = false;
+                }).sliding_window.empty());
+    // layer_types (Gemma 2/3 and newer configs) says which layers slide, before any rule.
+    EXPECT_EQ(config_of([](json& c) {
+                  c["sliding_window"] = 16;
+                  c["layer_types"] = {"full_attention", "sliding_attention"};
+              }).sliding_window,
+              (Windows{0, 16}));
+    EXPECT_EQ(config_of([](json& c) {
+                  c["model_type"] = "qwen2";
+                  c["use_sliding_window"] = true;
+                  c["sliding_window"] = 16;
+                  c["max_window_layers"] = 5;
+                  c["layer_types"] = {"sliding_attention", "full_attention"};
+              }).sliding_window,
+              (Windows{16, 0}));
+    EXPECT_TRUE(config_of([](json& c) {
+                    c["layer_types"] = {"sliding_attention", "sliding_attention"};
+                }).sliding_window.empty());
+    // The caps and the scale.
+    const Config capped = config_of([](json& c) {
+        c["attn_logit_softcapping"] = 50.0;
+        c["final_logit_softcapping"] = 30;
+        c["query_pre_attn_scalar"] = 256;
+    });
+    EXPECT_EQ(capped.attn_logit_softcapping, 50.0f);
+    EXPECT_EQ(capped.final_logit_softcapping, 30.0f);
+    EXPECT_EQ(capped.query_pre_attn_scalar, 256.0f);
+    EXPECT_TRUE(capped.sliding_window.empty());
+    const Config uncapped = config_of([](json& c) {
+        c["attn_logit_softcapping"] = nullptr;
+        c["final_logit_softcapping"] = nullptr;
+    });
+    EXPECT_FALSE(uncapped.attn_logit_softcapping);
+    EXPECT_FALSE(uncapped.final_logit_softcapping);
+    EXPECT_FALSE(uncapped.query_pre_attn_scalar);
+}
+
+// Gemma 2's config: Gemma2Config's defaults for absent keys, its own activation key.
+TEST_F(HfLoader, Gemma2ConfigTakesGemma2Defaults)
+{
+    const auto config_of = [&](const json& config) {
+        write_text(dir / "config.json", config.dump());
+        return detail::read_hf_config(detail::JsonConfig(dir / "config.json"));
+    };
+    json gemma = {{"model_type", "gemma2"},   {"hidden_act", "gelu_pytorch_tanh"},
+                  {"vocab_size", 11},         {"hidden_size", 16},
+                  {"intermediate_size", 20},  {"num_hidden_layers", 3},
+                  {"num_attention_heads", 8}};
+    const Config c = config_of(gemma);
+    EXPECT_EQ(c.family, Family::gemma2);
+    EXPECT_EQ(c.activation, Activation::gelu_tanh);
+    EXPECT_EQ(c.embedding_scale, 4.0f);
+    EXPECT_EQ(c.kv_heads, 4);
+    EXPECT_EQ(c.head_dim, 256);
+    EXPECT_EQ(c.attn_logit_softcapping, 50.0f);
+    EXPECT_EQ(c.final_logit_softcapping, 30.0f);
+    EXPECT_EQ(c.query_pre_attn_scalar, 256.0f);
+    EXPECT_EQ(c.sliding_window, (std::vector<std::int64_t>{4096, 0, 4096}));
+    // Null switches a default off; written values win.
+    gemma["final_logit_softcapping"] = nullptr;
+    gemma["sliding_window"] = 8;
+    gemma["layer_types"] = {"full_attention", "sliding_attention", "full_attention"};
+    const Config d = config_of(gemma);
+    EXPECT_FALSE(d.final_logit_softcapping);
+    EXPECT_EQ(d.sliding_window, (std::vector<std::int64_t>{0, 8, 0}));
+    gemma["hidden_activation"] = "gelu";
+    expect_load_error([&] { config_of(gemma); },
+                      {"config.json", "hidden_activation \"gelu\" is not supported"});
+}
+
+// A variant key the forward pass cannot honour exactly is an error naming it, never a model
+// that runs plain causal attention instead.
+TEST_F(HfRejects, AttentionVariantKeys)
+{
+    for (const json& bad : {json(0), json(-4), json(2.5), json("4096")}) {
+        write_hf_with_config(dir, [&](json& config) { config["sliding_window"] = bad; });
+        expect_load_error([&] { load_hf(dir.path()); },
+                          {"config.json", "key sliding_window is " + bad.dump() +
+                                              ", expected a positive integer"});
+    }
+    for (const char* key :
+         {"attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"})
+        for (const json& bad : {json(0.0), json(-30.0), json("50"), json(1e300)}) {
+            write_hf_with_config(dir, [&](json& config) { config[key] = bad; });
+            expect_load_error([&] { load_hf(dir.path()); },
+                              {"config.json", std::string("key ") + key + " is " + bad.dump() +
+                                                  ", expected a positive number"});
+        }
+    write_hf_with_config(dir, [](json& config) {
+        config["use_sliding_window"] = "no";
+        config["sliding_window"] = 64;
+    });
     expect_load_error([&] { load_hf(dir.path()); },
                       {"key use_sliding_window is \"no\", expected true or false"});
-
-    write_hf_with_config(dir, [](json& config) { config["sliding_window"] = nullptr; });
-    EXPECT_NO_THROW(load_hf(dir.path()));
     write_hf_with_config(dir, [](json& config) {
-        config["sliding_window"] = 4096;
-        config["use_sliding_window"] = false;
+        config["sliding_window"] = 64;
+        config["max_window_layers"] = -1;
     });
-    EXPECT_NO_THROW(load_hf(dir.path()));
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"key max_window_layers is -1, expected a non-negative integer"});
+    write_hf_with_config(dir, [](json& config) {
+        config["sliding_window"] = 64;
+        config["layer_types"] = {"sliding_attention"};
+    });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"key layer_types is [\"sliding_attention\"], expected an array of 2 "
+                       "entries (num_hidden_layers)"});
+    write_hf_with_config(dir, [](json& config) { config["layer_types"] = "sliding_attention"; });
+    expect_load_error([&] { load_hf(dir.path()); }, {"key layer_types is \"sliding_attention\""});
+    write_hf_with_config(dir, [](json& config) {
+        config["sliding_window"] = 64;
+        config["layer_types"] = {"full_attention", "chunked_attention"};
+    });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"layer_types[1] is \"chunked_attention\": only \"sliding_attention\" "
+                       "and \"full_attention\" are supported"});
+    for (const char* family : {"gemma", "gemma3", "gemma3_text"}) {
+        write_hf_with_config(dir, [&](json& config) { config["model_type"] = family; });
+        expect_load_error([&] { load_hf(dir.path()); },
+                          {"config.json", "model_type \"" + std::string(family) +
+                                              "\" is not supported: of the Gemma family only "
+                                              "gemma2 is implemented"});
+    }
+}
+
+// Qwen2 checkpoints hold q/k/v biases whatever their config says; the forward pass has none.
+TEST_F(HfRejects, BiasTensors)
+{
+    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
+        tensors.push_back(f32_tensor("model.layers.1.self_attn.k_proj.bias", {12},
+                                     std::vector<float>(12, 0.5f)));
+    });
+    expect_load_error([&] { load_hf(dir.path()); },
+                      {"model.safetensors", "tensor model.layers.1.self_attn.k_proj.bias is not "
+                                            "supported: the forward pass has no biases"});
 }
 
 TEST_F(HfRejects, HeadsNotAMultipleOfKvHeads)
