@@ -80,17 +80,7 @@ public:
     {
         if (!has(key))
             fail("key ", key, json_.contains(key) ? " is null" : " is missing");
-        const nlohmann::json& value = json_.at(key);
-        std::optional<std::int64_t> n;
-        if (value.is_number_unsigned()) {
-            if (value.get<std::uint64_t>() <= std::numeric_limits<int>::max())
-                n = value.get<std::int64_t>();
-        } else if (value.is_number_integer()) {
-            n = value.get<std::int64_t>();
-        }
-        if (!n || *n < 1 || *n > std::numeric_limits<int>::max())
-            fail("key ", key, " is ", value.dump(), ", expected a positive integer");
-        return static_cast<int>(*n);
+        return int_at_least(key, 1, "a positive integer");
     }
 
     int positive_int(const char* key, int fallback) const
@@ -101,8 +91,13 @@ public:
     // A non-negative integer (max_window_layers may be 0: every layer slides).
     int non_negative_int(const char* key, int fallback) const
     {
-        if (!has(key))
-            return fallback;
+        return has(key) ? int_at_least(key, 0, "a non-negative integer") : fallback;
+    }
+
+    // The integer at `key`, which is there, from `least` to int's largest; `expected` names
+    // that range in the error.
+    int int_at_least(const char* key, std::int64_t least, const char* expected) const
+    {
         const nlohmann::json& value = json_.at(key);
         std::optional<std::int64_t> n;
         if (value.is_number_unsigned()) {
@@ -111,8 +106,8 @@ public:
         } else if (value.is_number_integer()) {
             n = value.get<std::int64_t>();
         }
-        if (!n || *n < 0 || *n > std::numeric_limits<int>::max())
-            fail("key ", key, " is ", value.dump(), ", expected a non-negative integer");
+        if (!n || *n < least || *n > std::numeric_limits<int>::max())
+            fail("key ", key, " is ", value.dump(), ", expected ", expected);
         return static_cast<int>(*n);
     }
 
