@@ -1,5 +1,5 @@
 // Star vs Ring over MPI, one host per rank: time per phase, and the bytes each rank sends
-// per phase, against the formula of ../shared/docs/star-attention.md.
+// per phase, against the formula of the paper (arXiv 2411.17116).
 //
 //   mpiexec -n 4 --oversubscribe bench_mpi [--benchmark_...]
 //

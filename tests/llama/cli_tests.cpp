@@ -1,5 +1,5 @@
 // The `llama` command line on bad input (CTest label `model`: it needs the real checkpoint in
-// STAR_SHARED_DIR/models/needle-byte-llama): every case must end with exit code 1 and a
+// STAR_MODELS_DIR/needle-byte-llama): every case must end with exit code 1 and a
 // message naming the problem, never a crash, a hang or a run that passes. Each case is run
 // under `timeout`, so a regression that blocks fails the test instead of hanging the suite.
 
@@ -25,7 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const fs::path model_dir = fs::path(STAR_SHARED_DIR) / "models" / "needle-byte-llama";
+const fs::path model_dir = fs::path(STAR_MODELS_DIR) / "needle-byte-llama";
 
 // A fresh directory under the system's temporary directory, removed with its contents.
 class CliTest : public ::testing::Test {

@@ -1,5 +1,5 @@
 // Model tests (CTest label `model`): the Llama example on the real checkpoints in
-// STAR_SHARED_DIR/models (see their READMEs). A few seconds in all in Release.
+// STAR_MODELS_DIR (see their READMEs). A few seconds in all in Release.
 
 #include <filesystem>
 #include <string>
@@ -16,7 +16,7 @@
 
 namespace {
 
-const std::filesystem::path models = std::filesystem::path(STAR_SHARED_DIR) / "models";
+const std::filesystem::path models = std::filesystem::path(STAR_MODELS_DIR);
 const std::filesystem::path needle_model = models / "needle-byte-llama";
 
 const llama::Model& needle_llama()

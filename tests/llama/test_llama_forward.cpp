@@ -238,7 +238,7 @@ Visibility causal()
     return [](index i, index j) { return j <= i; };
 }
 
-// Star's phase 1 as one mask (../shared/docs/star-attention.md): a context token of block
+// Star's phase 1 as one mask (the paper, arXiv 2411.17116, section 2): a context token of block
 // k > 0 sees the anchor [0, a) and its own block up to itself, block 0 is plain causal;
 // tokens after the context (query, generated) see everything before them.
 Visibility star_mask(index context, index block, index anchor)
