@@ -55,3 +55,29 @@ function(star_check_missing)
     endif()
   endforeach()
 endfunction()
+
+# star_check_install_layout(<root>): the files a header-only install puts under <root> (a
+# prefix, or /usr of the unpacked Debian package): everything arch-independent, in share/.
+function(star_check_install_layout root)
+  star_check_exists(
+    ${root}/include/star/star.hpp
+    ${root}/include/star/version.hpp
+    ${root}/share/cmake/StarAttention/StarAttentionConfig.cmake
+    ${root}/share/cmake/StarAttention/StarAttentionConfigVersion.cmake
+    ${root}/share/pkgconfig/star-attention.pc
+    ${root}/share/doc/StarAttention/LICENSE)
+  star_check_missing(${root}/lib)
+endfunction()
+
+# star_consumer_args(<var>): the generator and compiler a consumer is configured with
+# (CONSUMER_GENERATOR, CONSUMER_CXX_COMPILER, when given), appended to <var>.
+function(star_consumer_args var)
+  set(args ${${var}})
+  if(CONSUMER_GENERATOR)
+    list(APPEND args -G ${CONSUMER_GENERATOR})
+  endif()
+  if(CONSUMER_CXX_COMPILER)
+    list(APPEND args -DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER})
+  endif()
+  set(${var} ${args} PARENT_SCOPE)
+endfunction()

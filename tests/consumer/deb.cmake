@@ -14,17 +14,11 @@ star_require(STAR_SOURCE_DIR WORK_DIR DPKG_DEB CPACK VERSION)
 
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
-set(generator_args)
-if(CONSUMER_GENERATOR)
-  set(generator_args -G ${CONSUMER_GENERATOR})
-endif()
-set(compiler_args)
-if(CONSUMER_CXX_COMPILER)
-  set(compiler_args -DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER})
-endif()
+set(consumer_args)
+star_consumer_args(consumer_args)
 
-star_step(configure ${CMAKE_COMMAND} -S ${STAR_SOURCE_DIR} -B ${WORK_DIR}/star ${generator_args}
-          ${compiler_args} -DCMAKE_BUILD_TYPE=Release -DSTAR_BUILD_TESTS=OFF
+star_step(configure ${CMAKE_COMMAND} -S ${STAR_SOURCE_DIR} -B ${WORK_DIR}/star ${consumer_args}
+          -DCMAKE_BUILD_TYPE=Release -DSTAR_BUILD_TESTS=OFF
           -DSTAR_BUILD_EXAMPLES=OFF -DSTAR_BUILD_BENCHMARKS=OFF -DSTAR_BUILD_DOCS=OFF)
 star_step(cpack ${CMAKE_COMMAND} -E chdir ${WORK_DIR}/star ${CPACK} -G DEB -B ${WORK_DIR}/package)
 
@@ -57,18 +51,12 @@ endforeach()
 # Contents.
 star_step(unpack ${DPKG_DEB} -x ${debs} ${WORK_DIR}/root)
 set(usr ${WORK_DIR}/root/usr)
-star_check_exists(
-  ${usr}/include/star/star.hpp
-  ${usr}/include/star/version.hpp
-  ${usr}/share/cmake/StarAttention/StarAttentionConfig.cmake
-  ${usr}/share/cmake/StarAttention/StarAttentionConfigVersion.cmake
-  ${usr}/share/pkgconfig/star-attention.pc
-  ${usr}/share/doc/StarAttention/LICENSE)
-star_check_missing(${usr}/lib ${usr}/local)
+star_check_install_layout(${usr})
+star_check_missing(${usr}/local)
 
 # A consumer against the unpacked root only.
 star_step(consumer-configure ${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR} -B ${WORK_DIR}/consumer
-          ${generator_args} ${compiler_args} -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${usr}
+          ${consumer_args} -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${usr}
           -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
 file(STRINGS ${WORK_DIR}/consumer/CMakeCache.txt found_dir REGEX "^StarAttention_DIR:")
 if(NOT found_dir MATCHES "${WORK_DIR}/root/usr/share/cmake/StarAttention")

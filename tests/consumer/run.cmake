@@ -31,14 +31,7 @@ endif()
 star_step(install ${CMAKE_COMMAND} --install ${STAR_BUILD_DIR} --prefix ${prefix} ${config_args})
 
 # Header-only: everything arch-independent, in share/ (issue 14).
-star_check_exists(
-  ${prefix}/include/star/star.hpp
-  ${prefix}/include/star/version.hpp
-  ${prefix}/share/cmake/StarAttention/StarAttentionConfig.cmake
-  ${prefix}/share/cmake/StarAttention/StarAttentionConfigVersion.cmake
-  ${prefix}/share/pkgconfig/star-attention.pc
-  ${prefix}/share/doc/StarAttention/LICENSE)
-star_check_missing(${prefix}/lib)
+star_check_install_layout(${prefix})
 if(EXISTS ${STAR_BUILD_DIR}/docs/html/index.html)
   star_check_exists(${prefix}/share/doc/StarAttention/html/index.html)
 endif()
@@ -48,12 +41,7 @@ set(common_configure_args
   # Find Star only in the fresh prefix, never through a package registry.
   -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
   -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
-if(CONSUMER_GENERATOR)
-  list(APPEND common_configure_args -G ${CONSUMER_GENERATOR})
-endif()
-if(CONSUMER_CXX_COMPILER)
-  list(APPEND common_configure_args -DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER})
-endif()
+star_consumer_args(common_configure_args)
 if(STAR_CONFIG)
   list(APPEND common_configure_args -DCMAKE_BUILD_TYPE=${STAR_CONFIG})
 endif()

@@ -13,12 +13,7 @@ star_require(STAR_SOURCE_DIR WORK_DIR ORDER)
 file(REMOVE_RECURSE ${WORK_DIR})
 set(args -S ${CMAKE_CURRENT_LIST_DIR}/subproject -B ${WORK_DIR} -DORDER=${ORDER}
          -DSTAR_SOURCE_DIR=${STAR_SOURCE_DIR})
-if(CONSUMER_GENERATOR)
-  list(APPEND args -G ${CONSUMER_GENERATOR})
-endif()
-if(CONSUMER_CXX_COMPILER)
-  list(APPEND args -DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER})
-endif()
+star_consumer_args(args)
 star_step("configure (own star target ${ORDER})" ${CMAKE_COMMAND} ${args})
 
 file(READ ${WORK_DIR}/star-attention/cmake_install.cmake install_script)
