@@ -46,9 +46,11 @@ struct ContinuationLogits {
 
 // The next-token logits at every position from `context_tokens` on, with `text`'s first
 // `context_tokens` tokens read as the context. `L/n` sizes of the setting resolve against
-// `context_tokens`.
+// `context_tokens`; `make` makes the attention backend (default: every host in this
+// process). On an MPI rank that follows the query host, `logits` has no rows.
 inline ContinuationLogits continuation_logits(const Model& model, const AttentionSetting& setting,
-                                              std::span<const int> text, index context_tokens)
+                                              std::span<const int> text, index context_tokens,
+                                              const BackendMaker& make = {})
 {
     if (context_tokens < 1 || context_tokens >= static_cast<index>(text.size()))
         throw setting_error("agree: the context must hold between 1 and " +
@@ -56,7 +58,7 @@ inline ContinuationLogits continuation_logits(const Model& model, const Attentio
                             std::to_string(text.size()) + "-token text, got " +
                             std::to_string(context_tokens));
     using Clock = std::chrono::steady_clock;
-    Sequence sequence(model, make_backend(setting, model.config, context_tokens));
+    Sequence sequence(model, (make ? make : in_process(model.config))(setting, context_tokens));
     const auto c = static_cast<std::size_t>(context_tokens);
     ContinuationLogits out;
     const auto t0 = Clock::now();

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -157,7 +158,29 @@ public:
                                         const star::ConstView3<float>& k,
                                         const star::ConstView3<float>& v) = 0;
 
-    // Bytes of K/V held by each host (one entry for the single-host backends).
+    // The context tokens whose hidden states this process computes, as ordered, disjoint
+    // ranges, for a context of `tokens` tokens; `encode_context` then receives these tokens'
+    // rows, one range after the other. Here: the whole context, since every host runs in
+    // this process. One rank of an MPI job computes only its share (rank_backends.hpp).
+    [[nodiscard]] virtual std::vector<star::TokenRange> context_rows(index tokens)
+    {
+        return {{0, tokens}};
+    }
+
+    // Whether this process computes the tokens after the context (the query host's part of
+    // phase 2). Where it does not, it takes part in each layer's step by `follow`.
+    [[nodiscard]] virtual bool runs_query() const { return true; }
+
+    // Phase 2 at layer `layer` on a host that does not run the query: it attends the query
+    // the query host sends to its own K/V and returns its partial result to be merged.
+    virtual void follow(int layer)
+    {
+        throw std::logic_error("attention: layer " + std::to_string(layer) +
+                               ": this process runs the query itself; nothing to follow");
+    }
+
+    // Bytes of K/V held by each host (one entry for the single-host backends; an MPI rank
+    // gives its own).
     [[nodiscard]] virtual std::vector<std::size_t> cache_bytes() const = 0;
 
     // What runs, with every size resolved, e.g. "star b=512 a=512 hosts=4".
@@ -234,6 +257,68 @@ private:
     ModelAttention attention_;
     std::vector<star::KVCache<float>> caches_;
 };
+
+// Calls `f` with the StarAttention of a layer: `star`'s policies and scale under the layer's
+// variant. (The plan depends on the policies alone: one serves every layer.)
+template <class A, class P, class M, class F>
+decltype(auto) with_layer_variant(const star::StarAttention<star::FixedBlocks, A, P, M>& star,
+                                  const LayerVariant& layer, F&& f)
+{
+    return std::visit(
+        [&](const auto& variant) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(variant)>, star::Causal>)
+                return f(star);
+            else
+                return f(star::StarAttention<star::FixedBlocks, A, P, M,
+                                             std::decay_t<decltype(variant)>>(
+                    star.block_policy(), star.anchor_policy(), star.partition_policy(),
+                    star.merge_policy(), star.attention_options(), variant));
+        },
+        layer);
+}
+
+// Phase 2 of Ring Attention at a layer: the exact distributed step of Star's phase 2 over
+// the ring's shards (`plan`, see `ring_query_plan`), without anchor.
+template <star::Communicator C>
+star::PerHost<std::optional<star::AttentionState>>
+ring_attend_query(C& comm, const star::StarPlan& plan, const LayerVariant& layer,
+                  std::optional<float> scale, star::PerHost<star::KVCache<float>>& caches,
+                  const star::ConstView3<float>& q, const star::ConstView3<float>& k,
+                  const star::ConstView3<float>& v)
+{
+    return std::visit(
+        [&](const auto& variant) {
+            using Phase2 = star::StarAttention<star::FixedBlocks, star::NoAnchor, star::Contiguous,
+                                               star::GatherToQueryHost,
+                                               std::decay_t<decltype(variant)>>;
+            return Phase2(star::FixedBlocks{}, {}, {}, {}, {.scale = scale}, variant)
+                .attend_query(comm, plan, caches, q, k, v);
+        },
+        layer);
+}
+
+// The plan of Ring Attention's phase 2: blocks = the ring's shards in context order, owned
+// as the ring holds them, no anchors (phase 2 reads only the caches, which hold the ring's
+// exact K/V), the last host asks the query.
+inline star::StarPlan ring_query_plan(const star::RingOptions& options, index tokens, int hosts)
+{
+    const auto shards = star::RingAttention(options).shards(tokens, hosts);
+    std::vector<std::pair<star::TokenRange, int>> owned;
+    for (int r = 0; r < hosts; ++r)
+        for (const star::TokenRange& s : shards[static_cast<std::size_t>(r)])
+            if (!s.empty())
+                owned.emplace_back(s, r);
+    std::sort(owned.begin(), owned.end(),
+              [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+    std::vector<star::TokenRange> blocks;
+    std::vector<int> owner;
+    for (const auto& [range, rank] : owned) {
+        blocks.push_back(range);
+        owner.push_back(rank);
+    }
+    std::vector<star::TokenRange> anchors(blocks.size());
+    return {tokens, hosts, hosts - 1, std::move(blocks), std::move(owner), std::move(anchors)};
+}
 
 // ---------------------------------------------------------------------------------------------
 // Star Attention over `hosts` in-process hosts.
@@ -321,22 +406,10 @@ private:
         return caches_.at(static_cast<std::size_t>(layer));
     }
 
-    // Calls `f` with the StarAttention of layer `layer`: `star_`'s policies and scale under
-    // the layer's variant. (The plan depends on the policies alone: one serves every layer.)
     template <class F>
     decltype(auto) with_variant(int layer, F&& f) const
     {
-        return std::visit(
-            [&](const auto& variant) {
-                if constexpr (std::is_same_v<std::decay_t<decltype(variant)>, star::Causal>)
-                    return f(star_);
-                else
-                    return f(star::StarAttention<star::FixedBlocks, A, P, M,
-                                                 std::decay_t<decltype(variant)>>(
-                        star_.block_policy(), star_.anchor_policy(), star_.partition_policy(),
-                        star_.merge_policy(), {.scale = attention_.scale}, variant));
-            },
-            attention_.at(layer));
+        return with_layer_variant(star_, attention_.at(layer), std::forward<F>(f));
     }
 
     ModelAttention attention_;
@@ -373,7 +446,7 @@ public:
         if (layer == 0) {
             if (plan_)
                 throw setting_error("ring attention: the context is encoded only once");
-            plan_ = phase2_plan(tokens);
+            plan_ = ring_query_plan(options_, tokens, hosts_);
             caches_.assign(static_cast<std::size_t>(layers_), comm_.local<star::KVCache<float>>());
         }
         const auto outputs = std::visit(
@@ -398,16 +471,8 @@ public:
     {
         if (!plan_)
             throw setting_error("ring attention: encode a context before the query");
-        auto merged = std::visit(
-            [&](const auto& variant) {
-                using Phase2 = star::StarAttention<star::FixedBlocks, star::NoAnchor,
-                                                   star::Contiguous, star::GatherToQueryHost,
-                                                   std::decay_t<decltype(variant)>>;
-                return Phase2(star::FixedBlocks{}, {}, {}, {}, {.scale = attention_.scale}, variant)
-                    .attend_query(comm_, *plan_, caches_.at(static_cast<std::size_t>(layer)), q,
-                                  k, v);
-            },
-            attention_.at(layer));
+        auto merged = ring_attend_query(comm_, *plan_, attention_.at(layer), attention_.scale,
+                                        caches_.at(static_cast<std::size_t>(layer)), q, k, v);
         return std::move(merged[plan_->query_host()]->output);
     }
 
@@ -428,28 +493,6 @@ public:
     }
 
 private:
-    // Blocks = the ring's shards in context order, owned as the ring holds them.
-    star::StarPlan phase2_plan(index tokens) const
-    {
-        const auto shards = star::RingAttention(options_).shards(tokens, hosts_);
-        std::vector<std::pair<star::TokenRange, int>> owned;
-        for (int r = 0; r < hosts_; ++r)
-            for (const star::TokenRange& s : shards[static_cast<std::size_t>(r)])
-                if (!s.empty())
-                    owned.emplace_back(s, r);
-        std::sort(owned.begin(), owned.end(),
-                  [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
-        std::vector<star::TokenRange> blocks;
-        std::vector<int> owner;
-        for (const auto& [range, rank] : owned) {
-            blocks.push_back(range);
-            owner.push_back(rank);
-        }
-        // No anchors: phase 2 reads only the caches, which hold the ring's exact K/V.
-        std::vector<star::TokenRange> anchors(blocks.size());
-        return {tokens, hosts_, hosts_ - 1, std::move(blocks), std::move(owner), std::move(anchors)};
-    }
-
     ModelAttention attention_;
     int layers_;
     int hosts_;
@@ -489,6 +532,7 @@ struct AttentionSetting {
     Size block{0, 4};                   // star: b
     std::optional<Size> anchor_size;    // star: a (first: default b; sinks: default 4)
     AnchorKind anchor = AnchorKind::first;
+    star::AnchorSource anchor_from = star::AnchorSource::compute; // first and sinks
     PartitionKind partition = PartitionKind::contiguous;
     MergeKind merge = MergeKind::gather;
     std::optional<int> hosts;           // star: default one per block; ring: default 4
@@ -528,10 +572,11 @@ inline Size parse_size(std::string_view text, std::string_view what)
 //   global
 //   ring[:hosts=N][:layout=plain|zigzag]
 //   star[:b=SIZE][:anchor=first|sinks|none|previous][:a=SIZE][:hosts=N]
+//       [:anchor-from=compute|receive]
 //       [:partition=contiguous|round-robin|balanced][:merge=gather|all-gather|tree]
 // SIZE is a token count or `L/n` (n-th of the context length L, rounded up); star's
-// defaults are the paper's: b=L/4, anchor=first with a=b, contiguous, gather, one host
-// per block.
+// defaults are the paper's: b=L/4, anchor=first with a=b, each host computing the anchor
+// itself, contiguous, gather, one host per block.
 inline AttentionSetting parse_setting(std::string_view text)
 {
     AttentionSetting s;
@@ -591,6 +636,13 @@ inline AttentionSetting parse_setting(std::string_view text)
                 s.anchor = A::previous;
             else
                 throw bad("anchor must be first, sinks, none or previous");
+        } else if (s.kind == AttentionSetting::Kind::star && key == "anchor-from") {
+            if (value == "compute")
+                s.anchor_from = star::AnchorSource::compute;
+            else if (value == "receive")
+                s.anchor_from = star::AnchorSource::receive;
+            else
+                throw bad("anchor-from must be compute or receive");
         } else if (s.kind == AttentionSetting::Kind::star && key == "partition") {
             using P = AttentionSetting::PartitionKind;
             if (value == "contiguous")
@@ -618,6 +670,10 @@ inline AttentionSetting parse_setting(std::string_view text)
     if (s.anchor_size && (s.anchor == AttentionSetting::AnchorKind::none ||
                           s.anchor == AttentionSetting::AnchorKind::previous))
         throw bad("a= only applies to anchor=first or anchor=sinks");
+    if (s.anchor_from == star::AnchorSource::receive &&
+        (s.anchor == AttentionSetting::AnchorKind::none ||
+         s.anchor == AttentionSetting::AnchorKind::previous))
+        throw bad("anchor-from= only applies to anchor=first or anchor=sinks");
     return s;
 }
 
@@ -635,25 +691,19 @@ inline std::vector<AttentionSetting> parse_settings(std::string_view text)
     return result;
 }
 
-// A fresh backend for one sequence of a model whose layers compute `attention`; `L/n` sizes
-// resolve against `context_length`.
-inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
-                                                      ModelAttention attention,
-                                                      index context_length)
+// Calls `f(b, anchor, partition, merge, label)` with the block size and the policies of the
+// Star setting `s` (the policies are types: one variant per family turns the run-time choice
+// into the matching StarAttention<...> instantiation); `label` describes them, sizes
+// resolved against `context_length`.
+template <class F>
+decltype(auto) with_star_policies(const AttentionSetting& s, index context_length, F&& f)
 {
-    using Kind = AttentionSetting::Kind;
-    if (s.kind == Kind::global)
-        return std::make_unique<GlobalBackend>(std::move(attention));
-    if (s.kind == Kind::ring)
-        return std::make_unique<RingBackend>(std::move(attention), s.hosts.value_or(4),
-                                             s.ring_layout);
-
     const index b = s.block.resolve(context_length);
     std::ostringstream label;
     label << "star b=" << b;
+    if (s.anchor_from == star::AnchorSource::receive)
+        label << " anchor-from=receive";
 
-    // The policies are types; one variant per family turns the run-time choice into the
-    // matching StarAttention<...> instantiation.
     using AnchorChoice =
         std::variant<star::FirstTokens, star::SinkTokens, star::NoAnchor, star::PreviousBlock>;
     AnchorChoice anchor;
@@ -662,6 +712,7 @@ inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
         star::FirstTokens first;
         if (s.anchor_size)
             first.tokens = s.anchor_size->resolve(context_length);
+        first.from = s.anchor_from;
         label << " a=" << first.tokens.value_or(b);
         anchor = first;
         break;
@@ -669,7 +720,7 @@ inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
     case AttentionSetting::AnchorKind::sinks: {
         const index n = s.anchor_size ? s.anchor_size->resolve(context_length) : 4;
         label << " anchor=sinks(" << n << ")";
-        anchor = star::SinkTokens{n};
+        anchor = star::SinkTokens{n, s.anchor_from};
         break;
     }
     case AttentionSetting::AnchorKind::none:
@@ -705,12 +756,30 @@ inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
         merge = star::TreeReduction{};
         break;
     }
-    return std::visit(
-        [&](auto a, auto p, auto m) -> std::unique_ptr<AttentionBackend> {
-            return std::make_unique<StarBackend<decltype(a), decltype(p), decltype(m)>>(
-                attention, b, a, p, m, s.hosts, label.str());
-        },
-        anchor, partition, merge);
+    return std::visit([&](auto a, auto p, auto m) { return f(b, a, p, m, label.str()); }, anchor,
+                      partition, merge);
+}
+
+
+// A fresh backend for one sequence of a model whose layers compute `attention`; `L/n` sizes
+// resolve against `context_length`.
+inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
+                                                      ModelAttention attention,
+                                                      index context_length)
+{
+    using Kind = AttentionSetting::Kind;
+    if (s.kind == Kind::global)
+        return std::make_unique<GlobalBackend>(std::move(attention));
+    if (s.kind == Kind::ring)
+        return std::make_unique<RingBackend>(std::move(attention), s.hosts.value_or(4),
+                                             s.ring_layout);
+
+    return with_star_policies(s, context_length, [&](index b, auto a, auto p, auto m,
+                                                     const std::string& label)
+                                  -> std::unique_ptr<AttentionBackend> {
+        return std::make_unique<StarBackend<decltype(a), decltype(p), decltype(m)>>(
+            attention, b, a, p, m, s.hosts, label);
+    });
 }
 
 // A fresh backend for one sequence of `model`, every layer under the attention variant its
@@ -719,6 +788,20 @@ inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
                                                       const Config& model, index context_length)
 {
     return make_backend(s, attention_of(model), context_length);
+}
+
+// Makes the attention backend of one sequence from a setting and the context length its
+// `L/n` sizes resolve against: every host in this process (`in_process`), or this process
+// one rank of an MPI job (main.cpp).
+using BackendMaker =
+    std::function<std::unique_ptr<AttentionBackend>(const AttentionSetting&, index)>;
+
+// Every host in this process, for a model of config `model` (which must outlive it).
+inline BackendMaker in_process(const Config& model)
+{
+    return [&model](const AttentionSetting& s, index context_length) {
+        return make_backend(s, model, context_length);
+    };
 }
 
 } // namespace llama

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -85,21 +86,21 @@ public:
                 1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * i / c.head_dim)));
     }
 
-    // Rotates `tokens` rows of `heads` heads each (row-major [tokens, heads, head_dim]),
-    // the first at absolute position `first_position`.
-    void apply(float* rows, index tokens, index heads, index first_position) const
+    // Rotates rows of `heads` heads each (row-major [rows, heads, head_dim]), row `t` at
+    // absolute position `positions[t]`.
+    void apply(float* rows, std::span<const index> positions, index heads) const
     {
         const index half = head_dim_ / 2;
         std::vector<float> cosines(static_cast<std::size_t>(half)), sines(cosines.size());
-        for (index t = 0; t < tokens; ++t) {
-            const double position = static_cast<double>(first_position + t);
+        for (std::size_t t = 0; t < positions.size(); ++t) {
+            const double position = static_cast<double>(positions[t]);
             for (index i = 0; i < half; ++i) {
                 const double angle = position * inverse_frequency_[static_cast<std::size_t>(i)];
                 cosines[static_cast<std::size_t>(i)] = static_cast<float>(std::cos(angle));
                 sines[static_cast<std::size_t>(i)] = static_cast<float>(std::sin(angle));
             }
             for (index h = 0; h < heads; ++h) {
-                float* x = rows + (t * heads + h) * head_dim_;
+                float* x = rows + (static_cast<index>(t) * heads + h) * head_dim_;
                 for (index i = 0; i < half; ++i) {
                     const float c = cosines[static_cast<std::size_t>(i)];
                     const float s = sines[static_cast<std::size_t>(i)];
@@ -140,40 +141,80 @@ public:
     }
 
     // Phase 1: the context, which must come first. Returns the requested logits
-    // [rows, vocab] (0 rows for Logits::none).
+    // [rows, vocab] (0 rows for Logits::none). Where the attention backend has this process
+    // compute only part of the context (one rank of an MPI job: its own blocks and their
+    // anchor), the context has no logits here: only Logits::none is possible.
     Matrix encode_context(std::span<const int> tokens, Logits logits = Logits::none)
     {
         if (position_ != 0)
             throw std::logic_error("Sequence::encode_context: the context must come first");
-        return run(tokens, true, logits);
+        check_tokens(tokens);
+        const auto n = static_cast<index>(tokens.size());
+        std::vector<int> ids;
+        std::vector<index> positions;
+        for (const star::TokenRange& rows : attention_->context_rows(n))
+            for (index t = rows.begin; t < rows.end; ++t) {
+                ids.push_back(tokens[static_cast<std::size_t>(t)]);
+                positions.push_back(t);
+            }
+        if (logits != Logits::none && static_cast<index>(ids.size()) != n)
+            throw std::logic_error("Sequence::encode_context: this process computes " +
+                                   std::to_string(ids.size()) + " of the " + std::to_string(n) +
+                                   " context tokens, so it has no logits of the context");
+        Matrix out = run(ids, positions, true, logits);
+        position_ = n;
+        return out;
     }
 
     // Phase 2: tokens that follow everything so far (the query, then generated tokens).
+    // Where another process runs them (an MPI rank that is not the query host), this one
+    // only takes part in each layer's attention and returns no logits (0 rows).
     Matrix append(std::span<const int> tokens, Logits logits = Logits::last)
     {
         if (position_ == 0)
             throw std::logic_error("Sequence::append: encode a context first");
-        return run(tokens, false, logits);
+        check_tokens(tokens);
+        const auto n = static_cast<index>(tokens.size());
+        Matrix out(0, model_->config.vocab_size);
+        if (attention_->runs_query()) {
+            std::vector<index> positions(tokens.size());
+            std::iota(positions.begin(), positions.end(), position_);
+            out = run(tokens, positions, false, logits);
+        } else {
+            for (int l = 0; l < model_->config.layers; ++l)
+                attention_->follow(l);
+        }
+        position_ += n;
+        return out;
     }
 
     // Tokens read so far: the position of the next one.
     [[nodiscard]] index tokens() const noexcept { return position_; }
+    // Whether this process computes the tokens after the context and their logits.
+    [[nodiscard]] bool runs_query() const { return attention_->runs_query(); }
     [[nodiscard]] const AttentionBackend& attention() const noexcept { return *attention_; }
 
 private:
-    Matrix run(std::span<const int> tokens, bool context, Logits want)
+    void check_tokens(std::span<const int> tokens) const
+    {
+        if (tokens.empty())
+            throw std::invalid_argument("Sequence: no tokens given");
+        for (const int t : tokens)
+            if (t < 0 || t >= model_->config.vocab_size)
+                throw std::out_of_range("Sequence: token id " + std::to_string(t) +
+                                        " outside the vocabulary [0, " +
+                                        std::to_string(model_->config.vocab_size) + ")");
+    }
+
+    // The layers over `tokens` at `positions` (one each; this process's share of the context
+    // may be several runs of positions, and none at all).
+    Matrix run(std::span<const int> tokens, std::span<const index> positions, bool context,
+               Logits want)
     {
         using forward_detail::for_each_chunk;
         const Model& m = *model_;
         const Config& c = m.config;
         const auto n = static_cast<index>(tokens.size());
-        if (n == 0)
-            throw std::invalid_argument("Sequence: no tokens given");
-        for (const int t : tokens)
-            if (t < 0 || t >= c.vocab_size)
-                throw std::out_of_range("Sequence: token id " + std::to_string(t) +
-                                        " outside the vocabulary [0, " +
-                                        std::to_string(c.vocab_size) + ")");
 
         Matrix x(n, c.hidden_size);
         for (index t = 0; t < n; ++t)
@@ -195,8 +236,10 @@ private:
                 q.middleRows(begin, rows).noalias() = h * w.wq.transpose();
                 k.middleRows(begin, rows).noalias() = h * w.wk.transpose();
                 v.middleRows(begin, rows).noalias() = h * w.wv.transpose();
-                rope_.apply(q.row(begin).data(), rows, c.heads, position_ + begin);
-                rope_.apply(k.row(begin).data(), rows, c.kv_heads, position_ + begin);
+                const auto at = positions.subspan(static_cast<std::size_t>(begin),
+                                                  static_cast<std::size_t>(rows));
+                rope_.apply(q.row(begin).data(), at, c.heads);
+                rope_.apply(k.row(begin).data(), at, c.kv_heads);
             });
             const star::ConstView3<float> qv(q.data(), n, c.heads, c.head_dim);
             const star::ConstView3<float> kv(k.data(), n, c.kv_heads, c.head_dim);
@@ -234,7 +277,6 @@ private:
                     x.middleRows(begin, rows) += mlp_out;
             });
         }
-        position_ += n;
 
         const index first = want == Logits::all ? 0 : want == Logits::last ? n - 1 : n;
         const index rows = n - first;
@@ -267,12 +309,21 @@ inline int argmax(const Eigen::Ref<const Eigen::RowVectorXf>& logits)
 }
 
 // Greedy continuation: `count` tokens, the first chosen from `logits` (the last row of the
-// previous call), each next one from the logits of appending the one before.
+// previous call), each next one from the logits of appending the one before. On an MPI rank
+// that follows the query host, the steps without their tokens: an empty result.
 inline std::vector<int> generate_greedy(Sequence& sequence, const Matrix& logits, int count)
 {
     std::vector<int> out;
     if (count <= 0)
         return out;
+    if (!sequence.runs_query()) {
+        // This rank follows the query host's decoding: the same number of steps, whose
+        // tokens it never sees (it attends to the query host's K/V, which come with each).
+        const int unseen = 0;
+        for (int i = 1; i < count; ++i)
+            sequence.append(std::span<const int>(&unseen, 1));
+        return out;
+    }
     out.push_back(argmax(logits.row(logits.rows() - 1)));
     while (static_cast<int>(out.size()) < count) {
         const int last = out.back();

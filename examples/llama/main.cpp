@@ -16,19 +16,31 @@
 // checkpoint file. Attention settings (see attention_backend.hpp):
 //   global | ring[:hosts=4][:layout=plain|zigzag]
 //   star[:b=L/4][:anchor=first|sinks|none|previous][:a=SIZE][:hosts=N]
+//       [:anchor-from=compute|receive]
 //       [:partition=contiguous|round-robin|balanced][:merge=gather|all-gather|tree]
 // where L is the context length (needle mode: the sample's nominal length).
 //
 // For Star, the context is encoded by phase 1 (every host its own blocks, with the anchor,
 // through all layers) and the query and every generated token by phase 2.
 //
+// Every host runs in this process, or, started by `mpiexec -n H llama ...`, one host per
+// rank (rank_backends.hpp): each rank computes only its own part of the context and keeps
+// only its own K/V; the last rank is the query host, runs the tokens after the context and
+// prints the results. Across ranks the exact baseline is `ring` (global attention is one
+// host's), and `logits` is not available.
+//
 // A config.json may give layers a sliding window (sliding_window, layer_types, Qwen2's
 // use_sliding_window/max_window_layers) and soft caps (attn_logit_softcapping,
 // final_logit_softcapping): each layer then runs the matching library variant under every
 // setting. The keys read and refused are listed in README.md.
 
+#if LLAMA_WITH_MPI
+#include "rank_backends.hpp" // first: <star/comm/mpi.hpp> must be the first to include <mpi.h>
+#endif
+
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -86,10 +98,17 @@ modes:
 
 options for every mode: --threads N (cap on worker threads)
 
+mpiexec -n H llama ...: one host per rank (star or ring; generate, needle, agree). The last
+         rank is the query host and prints the results; generate also prints each rank's
+         K/V and bytes sent. A rank that fails ends the job.
+
 SETTING: global | ring[:hosts=4][:layout=plain|zigzag]
          | star[:b=L/4][:anchor=first|sinks|none|previous][:a=SIZE][:hosts=N]
+                [:anchor-from=compute|receive]
                 [:partition=contiguous|round-robin|balanced][:merge=gather|all-gather|tree]
          SIZE is a token count or L/n (L: the context length). LIST: comma-separated.
+         anchor-from=receive: the anchor's owners send its K/V at each layer instead of
+         every host computing the anchor itself.
 )";
 
 // Options after the mode: `--name value` pairs and `--flag`s, each allowed for some modes.
@@ -228,9 +247,123 @@ double ms_since(std::chrono::steady_clock::time_point start)
         .count();
 }
 
+// Where this process runs: alone, every host of an attention setting in this process, or,
+// when mpiexec started it, as one host of the setting per rank of the MPI job. The last rank
+// leads: it is the query host of every setting (each partition's default), computes the
+// tokens after the context, and prints the results.
+class Job {
+public:
+    Job() = default;
+#if LLAMA_WITH_MPI
+    Job(star::MpiCommunicator& mpi, llama::CountingCommunicator& hosts) : mpi_(&mpi), hosts_(&hosts)
+    {
+    }
+#endif
+
+    [[nodiscard]] bool across_ranks() const { return ranks() > 1; }
+    [[nodiscard]] int rank() const
+    {
+#if LLAMA_WITH_MPI
+        if (mpi_)
+            return mpi_->rank();
+#endif
+        return 0;
+    }
+    [[nodiscard]] int ranks() const
+    {
+#if LLAMA_WITH_MPI
+        if (mpi_)
+            return mpi_->size();
+#endif
+        return 1;
+    }
+    [[nodiscard]] bool leads() const { return rank() == ranks() - 1; }
+
+    // The attention backends of `model`'s sequences.
+    [[nodiscard]] llama::BackendMaker backends(const llama::Model& model) const
+    {
+#if LLAMA_WITH_MPI
+        if (hosts_)
+            return [&model, hosts = hosts_](const llama::AttentionSetting& s, index context) {
+                return std::unique_ptr<llama::AttentionBackend>(
+                    llama::make_rank_backend(s, model.config, context, *hosts));
+            };
+#endif
+        return llama::in_process(model.config);
+    }
+
+    // The largest of every rank's `value`, at every rank.
+    [[nodiscard]] double slowest(double value) const
+    {
+        double most = value;
+        for (const auto& v : gathered({value}))
+            most = std::max(most, v.at(0));
+        return most;
+    }
+
+    // Every rank's `values`, in rank order, at every rank.
+    [[nodiscard]] std::vector<std::vector<double>> gathered(std::vector<double> values) const
+    {
+#if LLAMA_WITH_MPI
+        if (mpi_) {
+            auto mine = mpi_->local<std::vector<double>>();
+            mine[rank()] = std::move(values);
+            return mpi_->all_gather(mine)[rank()];
+        }
+#endif
+        return {std::move(values)};
+    }
+
+    // The leading rank's `tokens`, at every rank.
+    [[nodiscard]] std::vector<int> from_leader(std::vector<int> tokens) const
+    {
+#if LLAMA_WITH_MPI
+        if (mpi_) {
+            auto buffer = mpi_->local<std::vector<int>>();
+            buffer[rank()] = std::move(tokens);
+            mpi_->broadcast(buffer, ranks() - 1);
+            return std::move(buffer[rank()]);
+        }
+#endif
+        return tokens;
+    }
+
+    // Payload bytes this rank's attention has sent to other ranks so far.
+    [[nodiscard]] std::uint64_t bytes_sent() const
+    {
+#if LLAMA_WITH_MPI
+        if (hosts_)
+            return hosts_->bytes_sent();
+#endif
+        return 0;
+    }
+
+private:
+#if LLAMA_WITH_MPI
+    // The job's messages to run the modes (results, timings) go through `mpi_`; the
+    // attention's, counted, through `hosts_`.
+    star::MpiCommunicator* mpi_ = nullptr;
+    llama::CountingCommunicator* hosts_ = nullptr;
+#endif
+};
+
 // ---------------------------------------------------------------------------------------------
 
-int run_generate(const llama::Model& model, const Options& o)
+// "1.5 MB": a byte count for people.
+std::string bytes_text(double bytes)
+{
+    std::ostringstream s;
+    s << std::fixed << std::setprecision(1);
+    if (bytes >= 1e6)
+        s << bytes / 1e6 << " MB";
+    else if (bytes >= 1e3)
+        s << bytes / 1e3 << " kB";
+    else
+        s << std::setprecision(0) << bytes << " B";
+    return s.str();
+}
+
+int run_generate(const llama::Model& model, const Options& o, const Job& job)
 {
     bool is_text = false;
     const auto prompt = prompt_tokens(o, is_text);
@@ -250,10 +383,14 @@ int run_generate(const llama::Model& model, const Options& o)
         query.push_back(context.back());
         context.pop_back();
     }
-    warn_length(model, static_cast<index>(context.size() + query.size()) + steps);
+    if (query.empty() && job.across_ranks())
+        throw setting_error("across ranks the prompt needs at least two tokens: the last one is "
+                            "the query, which the query host runs after the context");
+    if (job.leads())
+        warn_length(model, static_cast<index>(context.size() + query.size()) + steps);
 
-    llama::Sequence sequence(model, llama::make_backend(setting, model.config,
-                                                        static_cast<index>(context.size())));
+    llama::Sequence sequence(model,
+                             job.backends(model)(setting, static_cast<index>(context.size())));
     auto start = std::chrono::steady_clock::now();
     if (!query.empty())
         sequence.encode_context(context);
@@ -267,6 +404,20 @@ int run_generate(const llama::Model& model, const Options& o)
     const std::vector<int> generated = llama::generate_greedy(sequence, logits, steps);
     const double decode_ms = ms_since(start);
 
+    // Per host: phase 1's time, the K/V it holds and the bytes it sent (across ranks; hosts
+    // in one process send nothing).
+    const std::vector<std::size_t> cache = sequence.attention().cache_bytes();
+    std::vector<std::vector<double>> hosts;
+    if (job.across_ranks()) {
+        hosts = job.gathered({context_ms, static_cast<double>(cache.at(0)),
+                              static_cast<double>(job.bytes_sent())});
+    } else {
+        for (const std::size_t bytes : cache)
+            hosts.push_back({context_ms, static_cast<double>(bytes), 0.0});
+    }
+    if (!sequence.runs_query())
+        return 0;
+
     if (is_text || o.has("--query")) {
         std::cout << printable(llama::bytes_text(generated)) << "\n";
     } else {
@@ -274,10 +425,26 @@ int run_generate(const llama::Model& model, const Options& o)
             std::cout << (i ? " " : "") << generated[i];
         std::cout << "\n";
     }
+    const int decoded = steps - 1;
     std::cerr << std::fixed << std::setprecision(1) << sequence.attention().describe()
               << ": context " << context.size() << " tokens " << context_ms << " ms, query "
-              << query.size() << " tokens " << query_ms << " ms, decode " << steps - 1
-              << " tokens " << decode_ms << " ms\n";
+              << query.size() << " tokens " << query_ms << " ms, decode " << decoded
+              << " tokens " << decode_ms << " ms\n"
+              << "time to first token " << context_ms + query_ms << " ms, decode "
+              << (decoded > 0 && decode_ms > 0 ? 1000.0 * decoded / decode_ms : 0.0)
+              << " tokens/s\n";
+    if (job.across_ranks()) {
+        std::cerr << "| rank | phase 1 ms | K/V held | bytes sent |\n|---:|---:|---:|---:|\n";
+        for (std::size_t r = 0; r < hosts.size(); ++r)
+            std::cerr << "| " << r << (static_cast<int>(r) == job.rank() ? " (query host)" : "")
+                      << " | " << hosts[r][0] << " | " << bytes_text(hosts[r][1]) << " | "
+                      << bytes_text(hosts[r][2]) << " |\n";
+    } else if (hosts.size() > 1) {
+        std::cerr << "K/V held per host:";
+        for (const auto& h : hosts)
+            std::cerr << " " << bytes_text(h[1]);
+        std::cerr << "\n";
+    }
     return 0;
 }
 
@@ -382,18 +549,20 @@ void write_json(const std::string& path, const nlohmann::json& document)
         throw setting_error("--json: cannot write " + path);
 }
 
-int run_needle(const llama::Model& model, const Options& o)
+int run_needle(const llama::Model& model, const Options& o, const Job& job)
 {
     if (!o.has("--set"))
         throw setting_error("needle needs --set FILE");
     const std::vector<llama::NeedleSample> samples = llama::read_needles(o.text("--set"));
-    const auto settings = llama::parse_settings(
-        o.text("--settings", "global,star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
+    // Across ranks the exact baseline is Ring Attention: global attention is one host's.
+    const auto settings = llama::parse_settings(o.text(
+        "--settings", std::string(job.across_ranks() ? "ring" : "global") +
+                          ",star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
     const auto per_length = static_cast<std::size_t>(o.number("--samples", 1 << 30, 1, 1 << 30));
     const bool verbose = o.has("--verbose");
     const PublishedFigures published =
         o.has("--published") ? read_published(o.text("--published")) : PublishedFigures{};
-    const std::string json_path = o.text("--json");
+    const std::string json_path = job.leads() ? o.text("--json") : std::string();
     // Accuracies in percent, like the table and eval.json.
     nlohmann::json document{
         {"set", o.text("--set")}, {"unit", "percent"}, {"results", nlohmann::json::array()}};
@@ -415,12 +584,16 @@ int run_needle(const llama::Model& model, const Options& o)
             lengths.push_back(l);
     }
 
-    std::cout << "| length | setting | samples | exact match % |"
-              << (published.empty() ? "" : " published % |")
-              << " phase 1 ms | phase 2 ms | decode ms/token | run as |\n"
-              << "|---:|---|---:|---:|" << (published.empty() ? "" : "---:|")
-              << "---:|---:|---:|---|\n"
-              << std::fixed << std::flush;
+    // Every rank runs every sample; the leading rank, the query host, knows the answers and
+    // prints. Phase 1 is timed on the slowest rank.
+    std::ostringstream discarded;
+    std::ostream& table = job.leads() ? std::cout : discarded;
+    table << "| length | setting | samples | exact match % |"
+          << (published.empty() ? "" : " published % |")
+          << " phase 1 ms | phase 2 ms | decode ms/token | run as |\n"
+          << "|---:|---|---:|---:|" << (published.empty() ? "" : "---:|")
+          << "---:|---:|---:|---|\n"
+          << std::fixed << std::flush;
     bool all_ran = true;
     for (const index length : lengths) {
         const auto chosen = spread(groups[length], per_length);
@@ -429,11 +602,12 @@ int run_needle(const llama::Model& model, const Options& o)
             llama::PhaseTimes total;
             std::string backend;
             for (const llama::NeedleSample* s : chosen) {
-                const llama::NeedleOutcome out = llama::run_needle(model, setting, *s);
+                llama::NeedleOutcome out = llama::run_needle(model, setting, *s, job.backends(model));
+                out.times.context_ms = job.slowest(out.times.context_ms);
                 correct += out.correct ? 1 : 0;
                 total += out.times;
                 backend = out.backend;
-                if (verbose)
+                if (verbose && out.ran_query)
                     std::cerr << length << " depth " << std::setprecision(2) << s->depth << " "
                               << setting.text << ": "
                               << (out.correct ? "ok   " : "WRONG") << " answer " << s->answer
@@ -445,17 +619,17 @@ int run_needle(const llama::Model& model, const Options& o)
             const double accuracy = 100.0 * correct / n;
             const double decode_ms = total.decoded ? total.decode_ms / total.decoded : 0.0;
             const auto reported = published.find({length, published_name(setting)});
-            std::cout << "| " << length << " | " << setting.text << " | " << chosen.size() << " | "
-                      << std::setprecision(1) << accuracy << " | ";
+            table << "| " << length << " | " << setting.text << " | " << chosen.size() << " | "
+                  << std::setprecision(1) << accuracy << " | ";
             if (!published.empty()) {
                 if (reported != published.end())
-                    std::cout << reported->second << " | ";
+                    table << reported->second << " | ";
                 else
-                    std::cout << "- | ";
+                    table << "- | ";
             }
-            std::cout << total.context_ms / n << " | " << total.query_ms / n << " | "
-                      << std::setprecision(2) << decode_ms << " | " << backend << " |\n"
-                      << std::flush;
+            table << total.context_ms / n << " | " << total.query_ms / n << " | "
+                  << std::setprecision(2) << decode_ms << " | " << backend << " |\n"
+                  << std::flush;
             if (!json_path.empty() && !chosen.empty()) {
                 nlohmann::json row{{"length", length},       {"setting", setting.text},
                                    {"samples", chosen.size()}, {"correct", correct},
@@ -474,7 +648,7 @@ int run_needle(const llama::Model& model, const Options& o)
     return all_ran ? 0 : 1;
 }
 
-int run_agree(const llama::Model& model, const Options& o)
+int run_agree(const llama::Model& model, const Options& o, const Job& job)
 {
     const auto settings =
         llama::parse_settings(o.text("--settings", "star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
@@ -520,19 +694,30 @@ int run_agree(const llama::Model& model, const Options& o)
     const llama::AttentionSetting global = llama::parse_setting("global");
     index context_tokens = 0, total_tokens = 0;
     for (const Text& t : texts) {
-        const std::vector<int> text = llama::global_continuation(model, t.prompt, generate);
-        warn_length(model, static_cast<index>(text.size()));
+        // Across ranks the yardstick, global attention's continuation and logits, is the
+        // leading rank's alone; the text then goes to every rank.
+        std::vector<int> text;
+        llama::Matrix exact;
+        if (job.leads()) {
+            text = llama::global_continuation(model, t.prompt, generate);
+            warn_length(model, static_cast<index>(text.size()));
+            exact = llama::continuation_logits(model, global, text, t.context).logits;
+        }
+        text = job.from_leader(std::move(text));
         context_tokens += t.context;
         total_tokens += static_cast<index>(text.size());
-        const llama::Matrix exact = llama::continuation_logits(model, global, text, t.context).logits;
         for (std::size_t i = 0; i < settings.size(); ++i) {
-            const auto approx = llama::continuation_logits(model, settings[i], text, t.context);
-            results[i] += llama::compare(exact, approx.logits);
-            context_ms[i] += approx.context_ms;
+            const auto approx = llama::continuation_logits(model, settings[i], text, t.context,
+                                                           job.backends(model));
+            if (job.leads())
+                results[i] += llama::compare(exact, approx.logits);
+            context_ms[i] += job.slowest(approx.context_ms);
             rest_ms[i] += approx.rest_ms;
             backends[i] = approx.backend;
         }
     }
+    if (!job.leads())
+        return 0;
     std::cout << texts.size() << " text(s), " << context_tokens << " context tokens and "
               << total_tokens - context_tokens << " compared positions in all (" << generate
               << " generated by global attention per text)\n\n"
@@ -549,6 +734,46 @@ int run_agree(const llama::Model& model, const Options& o)
                   << rest_ms[i] / texts.size() << " | " << backends[i] << " |\n";
     }
     return finite ? 0 : 1;
+}
+
+// Runs `mode` on the model at `path` as `job`; errors are thrown.
+int run(const char* path, const std::string& mode, const Options& o, const Job& job)
+{
+    std::optional<tbb::global_control> threads;
+    if (o.has("--threads"))
+        threads.emplace(tbb::global_control::max_allowed_parallelism,
+                        static_cast<std::size_t>(o.number("--threads", 0, 1, 1024)));
+    if (mode == "logits" && job.across_ranks())
+        throw setting_error("logits runs in one process: start it without mpiexec");
+
+    const auto start = std::chrono::steady_clock::now();
+    const llama::Model model = llama::load_model(path);
+    const llama::Config& c = model.config;
+    if (job.leads())
+        std::cerr << "loaded " << path << " in " << std::fixed << std::setprecision(0)
+                  << ms_since(start) << " ms: " << c.layers << " layers, hidden " << c.hidden_size
+                  << ", " << c.heads << " heads / " << c.kv_heads << " kv heads of " << c.head_dim
+                  << ", vocabulary " << c.vocab_size << ", RoPE "
+                  << (c.rope == llama::RopeStyle::rotate_half ? "rotate-half" : "interleaved")
+                  << (job.across_ranks() ? ", " + std::to_string(job.ranks()) + " ranks" : "")
+                  << "\n";
+    if (mode == "generate")
+        return run_generate(model, o, job);
+    if (mode == "logits")
+        return run_logits(model, o);
+    if (mode == "needle")
+        return run_needle(model, o, job);
+    return run_agree(model, o, job);
+}
+
+// The number of ranks of the MPI job whose launcher (mpiexec) started this process, read
+// from the environment Open MPI or MPICH's launcher sets; none when started by hand.
+std::optional<int> launched_ranks()
+{
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+        if (const char* value = std::getenv(name))
+            return std::atoi(value);
+    return std::nullopt;
 }
 
 } // namespace
@@ -575,33 +800,32 @@ int main(int argc, char** argv)
         std::cerr << "llama: unknown mode '" << mode << "'\n\n" << usage;
         return 2;
     }
-    try {
-        std::set<std::string> with_value = allowed->second;
-        with_value.insert("--threads");
-        const std::set<std::string> flags =
-            mode == "needle" ? std::set<std::string>{"--verbose"} : std::set<std::string>{};
-        const Options o(argc, argv, 3, with_value, flags);
-        std::optional<tbb::global_control> threads;
-        if (o.has("--threads"))
-            threads.emplace(tbb::global_control::max_allowed_parallelism,
-                            static_cast<std::size_t>(o.number("--threads", 0, 1, 1024)));
+    std::set<std::string> with_value = allowed->second;
+    with_value.insert("--threads");
+    const std::set<std::string> flags =
+        mode == "needle" ? std::set<std::string>{"--verbose"} : std::set<std::string>{};
 
-        const auto start = std::chrono::steady_clock::now();
-        const llama::Model model = llama::load_model(argv[1]);
-        const llama::Config& c = model.config;
-        std::cerr << "loaded " << argv[1] << " in " << std::fixed << std::setprecision(0)
-                  << ms_since(start) << " ms: " << c.layers << " layers, hidden " << c.hidden_size
-                  << ", " << c.heads << " heads / " << c.kv_heads << " kv heads of " << c.head_dim
-                  << ", vocabulary " << c.vocab_size << ", RoPE "
-                  << (c.rope == llama::RopeStyle::rotate_half ? "rotate-half" : "interleaved")
-                  << "\n";
-        if (mode == "generate")
-            return run_generate(model, o);
-        if (mode == "logits")
-            return run_logits(model, o);
-        if (mode == "needle")
-            return run_needle(model, o);
-        return run_agree(model, o);
+    // Started by mpiexec on several ranks: one host per rank. A rank that fails ends the
+    // whole job with its message, so that no other rank waits for it forever.
+    if (const std::optional<int> ranks = launched_ranks(); ranks && *ranks > 1) {
+#if LLAMA_WITH_MPI
+        MPI_Init(&argc, &argv);
+        const int status = star::run_or_abort(MPI_COMM_WORLD, [&] {
+            star::MpiCommunicator mpi(MPI_COMM_WORLD);
+            llama::CountingCommunicator hosts(mpi);
+            return run(argv[1], mode, Options(argc, argv, 3, with_value, flags), Job(mpi, hosts));
+        });
+        MPI_Finalize();
+        return status;
+#else
+        std::cerr << "llama: started by mpiexec on " << *ranks
+                  << " ranks, but this llama was built without MPI (install an MPI, e.g. "
+                     "Debian's libopenmpi-dev, and build again)\n";
+        return 1;
+#endif
+    }
+    try {
+        return run(argv[1], mode, Options(argc, argv, 3, with_value, flags), Job{});
     } catch (const std::exception& e) {
         std::cerr << "llama: " << e.what() << "\n";
         return 1;

@@ -132,12 +132,14 @@ struct NeedleOutcome {
     std::string generated;
     PhaseTimes times;
     std::string backend; // what ran, sizes resolved
+    bool ran_query = true; // false on an MPI rank that followed the query host: no answer here
 };
 
 // Runs one sample with one attention setting: greedy decoding of as many tokens as the
-// answer has; exact match of all of them.
+// answer has; exact match of all of them. `make` makes the attention backend (default:
+// every host in this process).
 inline NeedleOutcome run_needle(const Model& model, const AttentionSetting& setting,
-                                const NeedleSample& sample)
+                                const NeedleSample& sample, const BackendMaker& make = {})
 {
     if (model.config.vocab_size < 256)
         throw setting_error("needle prompts are byte-level and need a vocabulary of 256, the "
@@ -150,7 +152,7 @@ inline NeedleOutcome run_needle(const Model& model, const AttentionSetting& sett
     const std::vector<int> question = byte_tokens(sample.question);
     const int answer_tokens = static_cast<int>(sample.answer.size());
 
-    Sequence sequence(model, make_backend(setting, model.config, sample.length));
+    Sequence sequence(model, (make ? make : in_process(model.config))(setting, sample.length));
     NeedleOutcome out;
     const auto t0 = Clock::now();
     sequence.encode_context(context);
@@ -162,6 +164,7 @@ inline NeedleOutcome run_needle(const Model& model, const AttentionSetting& sett
 
     out.generated = bytes_text(generated);
     out.correct = out.generated == sample.answer;
+    out.ran_query = sequence.runs_query();
     out.times = {ms(t0, t1), ms(t1, t2), ms(t2, t3), answer_tokens - 1};
     out.backend = sequence.attention().describe();
     return out;
