@@ -679,6 +679,28 @@ TEST(SimulatedCluster, AnExchangeStartedBeforeAStepOverlapsIt)
     EXPECT_EQ(cluster.bytes_sent(0), 0u);
 }
 
+// Two messages started at once from the same host share its link: the second leaves when
+// the first has left (one kilobyte at 1 MB/s: 1 ms each), so it arrives 1 ms after it. A
+// reset frees the link.
+TEST(SimulatedCluster, MessagesStartedTogetherShareTheSendersLink)
+{
+    LocalCommunicator inner(2);
+    SimulatedCluster cluster(inner, kLink);
+    auto routes = inner.local<Route>();
+    routes[0] = {1, Route::no_host};
+    routes[1] = {Route::no_host, 0};
+    auto keys = cluster.start_exchange(kilobyte_messages(inner), routes);
+    auto values = cluster.start_exchange(kilobyte_messages(inner), routes);
+    (void)keys.wait();
+    EXPECT_DOUBLE_EQ(cluster.clock(1), kMessage);
+    (void)values.wait();
+    EXPECT_DOUBLE_EQ(cluster.clock(1), kMessage + 1e-3);
+    EXPECT_EQ(cluster.bytes_sent(0), 2000u);
+    cluster.reset();
+    (void)cluster.exchange(kilobyte_messages(inner), routes);
+    EXPECT_DOUBLE_EQ(cluster.clock(1), kMessage) << "the link was freed by the reset";
+}
+
 TEST(SimulatedCluster, HostsTwiceAsFastHalveTheComputeTime)
 {
     LocalCommunicator inner(1);

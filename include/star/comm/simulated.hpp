@@ -77,6 +77,7 @@ public:
         clock_.assign(hosts, 0.0);
         compute_.assign(hosts, 0.0);
         sent_.assign(hosts, 0);
+        link_free_.assign(hosts, 0.0);
     }
 
     /// Number of hosts.
@@ -217,7 +218,9 @@ public:
         std::vector<double> arrival_;
     };
 
-    /// Starts the exchange now: each message leaves at its sender's clock.
+    /// Starts the exchange now: each message leaves at its sender's clock, or once the
+    /// sender's link has finished sending the messages it started before (Ring's K and V of
+    /// one step share the link: the second leaves when the first has left).
     template <Message T>
     PendingExchange<T> start_exchange(const PerHost<std::vector<T>>& buffers,
                                       const PerHost<Route>& routes)
@@ -228,10 +231,12 @@ public:
             const int from = routes[r].receive_from;
             if (from == Route::no_host)
                 continue;
+            const auto sender = static_cast<std::size_t>(from);
             const std::size_t bytes = buffers[from].size() * sizeof(T);
-            arrival[static_cast<std::size_t>(r)] =
-                clock_[static_cast<std::size_t>(from)] + link_.seconds(bytes);
-            sent_[static_cast<std::size_t>(from)] += bytes;
+            const double leaves = std::max(clock_[sender], link_free_[sender]);
+            link_free_[sender] = leaves + static_cast<double>(bytes) / link_.bytes_per_second;
+            arrival[static_cast<std::size_t>(r)] = leaves + link_.seconds(bytes);
+            sent_[sender] += bytes;
         }
         return PendingExchange<T>(this, std::move(received), std::move(arrival));
     }
@@ -268,6 +273,7 @@ public:
         std::fill(clock_.begin(), clock_.end(), 0.0);
         std::fill(compute_.begin(), compute_.end(), 0.0);
         std::fill(sent_.begin(), sent_.end(), 0);
+        std::fill(link_free_.begin(), link_free_.end(), 0.0);
     }
 
 private:
@@ -278,6 +284,7 @@ private:
     std::vector<double> clock_;   // seconds, per host
     std::vector<double> compute_; // seconds, per host
     std::vector<std::uint64_t> sent_;
+    std::vector<double> link_free_; // seconds: when each host's link has sent what it started
 };
 
 } // namespace star
