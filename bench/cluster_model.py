@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Star vs Ring on clusters past one machine, modelled (issue 15).
 
-    bench/cluster_model.py HOST_STEPS.json [--check PHASE1.json] [--markdown] [--self-test]
+    bench/cluster_model.py HOST_STEPS.json [--check PHASE1.json --check-tokens L] [--gpu]
+                           [--kv-messages shared|parallel] [--json GRID.json] [--self-test]
+
+Prints Markdown tables: the cross-check (with --check), phase 1 of one layer and end to end
+over the whole grid (H = 8..128, L = 128K..1M, six links), and the paper's points.
 
 What is measured and what is modelled:
 
@@ -29,12 +33,14 @@ K/V given to every host as the library's one-layer API takes them):
 End to end (`e2e`): 32 layers x (phase 1 + phase 2) + the MLP and projections, where a Star
 host also carries its anchor through every layer (its a tokens' causal attention and MLP),
 as the paper's implementation must to have the anchor's K/V at every layer; phase 2 is a
-32-token query and DECODE_TOKENS generated tokens, the same for Star and Ring.
+32-token query and DECODE_TOKENS (64) generated tokens, the same for Star and Ring. Ring's K
+and V of a step share the link (`--kv-messages shared`, the default); SimulatedCluster
+charges them as if each had the link to itself (`parallel`, used for the cross-check).
 
 `--gpu` swaps the measured rates for A100-like constants (GPU_RATES below, bf16 K/V on the
 wire): a modelled what-if, not a measurement.
 
-Only the standard library; plot.py draws cluster_scaling.png from `scaling_grid`.
+Only the standard library; plot.py draws cluster_scaling.png with these functions.
 """
 
 from __future__ import annotations
