@@ -9,7 +9,7 @@
 #   --plot-only      do not build or run anything: replot the JSON already in bench-results/
 #   --benchmarks L   comma-separated subset of kernel,algorithms,mpi,cluster to run (default:
 #                    all; mpi only where bench_mpi was built and mpiexec exists; cluster is
-#                    bench_cluster's host_step/ family, ~3 min, for cluster_scaling.png)
+#                    bench_cluster's host_step/ family, ~4 min, for cluster_scaling.png)
 #   --out DIR        where the PNGs go (default: docs/plots of this source tree)
 #   after --         passed to every benchmark run, e.g. -- --benchmark_filter=...
 #
