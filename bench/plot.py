@@ -664,6 +664,7 @@ def plot_accuracy(paths, out_dir, written):
 def plot_cluster(paths, out_dir, written):
     name = "cluster_scaling.png"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.dont_write_bytecode = True  # no __pycache__ in the source tree (the plot test runs here)
     import cluster_model as cm  # noqa: E402  (next to this script)
 
     runs = cm.load_runs(paths)
