@@ -7,8 +7,9 @@
 #   build_dir        default build/release (configured with `cmake --preset release` if it
 #                    does not exist yet; any other directory as a Release build)
 #   --plot-only      do not build or run anything: replot the JSON already in bench-results/
-#   --benchmarks L   comma-separated subset of kernel,algorithms,mpi to run (default: all;
-#                    mpi only where bench_mpi was built and mpiexec exists)
+#   --benchmarks L   comma-separated subset of kernel,algorithms,mpi,cluster to run (default:
+#                    all; mpi only where bench_mpi was built and mpiexec exists; cluster is
+#                    bench_cluster's host_step/ family, ~4 min, for cluster_scaling.png)
 #   --out DIR        where the PNGs go (default: docs/plots of this source tree)
 #   after --         passed to every benchmark run, e.g. -- --benchmark_filter=...
 #
@@ -21,7 +22,7 @@
 # `mpiexec -n 4 --oversubscribe --allow-run-as-root`, Open MPI); PYTHON the interpreter
 # (default: the first of python3, /usr/bin/python3 that has matplotlib).
 #
-# Results: bench-results/{kernel,algorithms*,mpi}.json (Google Benchmark JSON) and .txt (the
+# Results: bench-results/{kernel,algorithms*,mpi,cluster}.json (Google Benchmark JSON) and .txt (the
 # console output with each benchmark's summary table). The needle accuracy plot is drawn from
 # bench-results/accuracy*.json, which the Llama example writes (it is not run from here: it
 # needs ../shared/models and takes hours), e.g. with the Release build's examples:
@@ -32,7 +33,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=""
 plot_only=0
-benchmarks="kernel,algorithms,mpi"
+benchmarks="kernel,algorithms,mpi,cluster"
 out="$root/docs/plots"
 extra=()
 
@@ -88,6 +89,7 @@ if [[ $plot_only -eq 0 ]]; then
     targets=()
     wants kernel && targets+=(bench_kernel)
     wants algorithms && targets+=(bench_algorithms)
+    wants cluster && targets+=(bench_cluster)
     if wants mpi; then
         if cmake --build "$build" --target help 2>/dev/null | grep -q '\bbench_mpi\b'; then
             targets+=(bench_mpi)
@@ -126,6 +128,9 @@ if [[ $plot_only -eq 0 ]]; then
         fi
         run "$name" "$build/bench/bench_algorithms"
     fi
+    if wants cluster; then
+        run cluster "$build/bench/bench_cluster" --benchmark_filter=host_step/
+    fi
     if wants mpi && [[ -x "$build/bench/bench_mpi" ]]; then
         read -r -a mpiexec <<< "${STAR_MPIEXEC:-mpiexec -n 4 --oversubscribe --allow-run-as-root}"
         if command -v "${mpiexec[0]}" >/dev/null; then
@@ -143,6 +148,7 @@ while IFS= read -r file; do
     args+=(--algorithms "$file")
 done < <(ls -tr "$results"/algorithms*.json 2>/dev/null || true)
 [[ -f "$results/mpi.json" ]] && args+=(--mpi "$results/mpi.json")
+[[ -f "$results/cluster.json" ]] && args+=(--cluster "$results/cluster.json")
 while IFS= read -r file; do
     args+=(--accuracy "$file")
 done < <(ls -tr "$results"/accuracy*.json 2>/dev/null || true)

@@ -2,10 +2,10 @@
 """Plots of Star's benchmarks, from Google Benchmark's JSON output.
 
     bench/plot.py --kernel kernel.json --algorithms algorithms.json [--mpi mpi.json]
-                  [--accuracy needle.json] [--out docs/plots]
+                  [--accuracy needle.json] [--cluster cluster.json] [--out docs/plots]
 
 Inputs are the files written by `--benchmark_out=FILE --benchmark_out_format=json` of
-bench_kernel, bench_algorithms and bench_mpi. Each option may be given more than once (e.g.
+bench_kernel, bench_algorithms, bench_mpi and bench_cluster. Each option may be given more than once (e.g.
 the default 8K..32K run of bench_algorithms and a separate 64K run): the files are merged in
 the order given, a benchmark that appears in several files taking its values from the last.
 Where a benchmark has repetitions, its median aggregate is used (or, without aggregates, the
@@ -24,6 +24,11 @@ Plots written into --out (PNG), each skipped with a message when its benchmarks 
   mpi_phases.png       bench_mpi: time per phase over MPI, Star vs Ring (phase 1), and the
                        Star merges for the query and for a decode step; bytes sent per rank
                        in phase 1.
+  cluster_scaling.png  --cluster: bench_cluster's host_step/* runs (MEASURED: one core's rate
+                       of each piece of a host's step) and, from them, bench/cluster_model.py's
+                       MODELLED Ring / Star ratios: phase 1 at L = 1M against H with the
+                       measured rates and with A100-like rates, and end to end at the paper's
+                       points (b = 32K) beside the paper's 10.8x / 16.2x / 16.9x.
   accuracy.png         --accuracy (optional): needle accuracy vs context length, one panel per
                        attention setting, with the published figure where a row has one. The
                        JSON of `llama <model> needle --json FILE`, any JSON list of objects (or
@@ -653,6 +658,116 @@ def plot_accuracy(paths, out_dir, written):
 
 
 # ------------------------------------------------------------------------------------------
+# cluster_scaling.png (bench_cluster host_step/ -> bench/cluster_model.py)
+# ------------------------------------------------------------------------------------------
+
+def plot_cluster(paths, out_dir, written):
+    name = "cluster_scaling.png"
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.dont_write_bytecode = True  # no __pycache__ in the source tree (the plot test runs here)
+    import cluster_model as cm  # noqa: E402  (next to this script)
+
+    runs = cm.load_runs(paths)
+    if not any(n.startswith("host_step/") for n in runs):
+        return _skip(name, "no host_step/* benchmarks in the --cluster input")
+    try:
+        measured = cm.MeasuredRates(runs)
+    except SystemExit as e:
+        return _skip(name, str(e))
+    benches, contexts = load_benchmarks(paths)
+    gpu = cm.GpuRates()
+    links = [(n, lat, bw) for n, lat, bw in cm.LINKS if n in ("1Gbit_50us", "10Gbit_5us", "100Gbit_5us")]
+    link_colors = {"1Gbit_50us": "tab:red", "10Gbit_5us": "tab:orange", "100Gbit_5us": "tab:green"}
+    L = cm.CONTEXTS[-1]
+
+    fig, axes = plt.subplots(2, 2, figsize=(10.4, 8.0), dpi=100)
+    (a_rate, a_cpu), (a_gpu, a_e2e) = axes
+
+    # 1. Measured: one core's rate of each piece against its size.
+    for family, label, color in (("host_step/full/group", "full block (4 q / 1 kv, d 128)", "tab:blue"),
+                                 ("host_step/causal/group", "causal diagonal", "tab:purple"),
+                                 ("host_step/decode/llama", "phase 2, 32-token query (32 / 8)", "tab:green")):
+        pts = [(b.args[-1], b.counter("gflops"), _busy(b)) for b in find(benches, family)
+               if family != "host_step/decode/llama" or b.args[0] == 32]
+        _series(a_rate, pts, label, color)
+    pts = [(b.args[-1], b.counter("gflops"), _busy(b)) for b in find(benches, "host_step/decode/llama")
+           if b.args[0] == 1]
+    _series(a_rate, pts, "phase 2, one decode token", "tab:olive", style="--")
+    a_rate.set_xscale("log", base=2)
+    a_rate.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
+    a_rate.xaxis.set_minor_formatter(NullFormatter())
+    a_rate.set_ylim(bottom=0)
+    a_rate.set_xlabel("tokens (block n, or cached keys b)")
+    a_rate.set_ylabel("GFLOP/s on one core")
+    a_rate.set_title("MEASURED: a host's pieces on one core of this machine", fontsize=9.5)
+    a_rate.legend(fontsize=7.5)
+
+    # 2-3. Modelled phase 1 ratio against H at L = 1M, measured CPU rates and A100-like rates.
+    for ax, rates, what in ((a_cpu, measured, "measured CPU rates"), (a_gpu, gpu, "A100-like rates")):
+        for lname, lat, bw in links:
+            link = cm.Link(lname, lat, bw)
+            plain, zigzag = [], []
+            for h in cm.HOSTS:
+                shape = cm.llama(rates)
+                star = cm.star_phase1(rates, shape, L, h, link)
+                plain.append((h, cm.ring_phase1(rates, shape, L, h, link, "plain") / star, False))
+                zigzag.append((h, cm.ring_phase1(rates, shape, L, h, link, "zigzag") / star, False))
+            _series(ax, plain, f"plain, {lname}", link_colors[lname])
+            _series(ax, zigzag, f"zig-zag, {lname}", link_colors[lname], style="--", marker="s")
+        ax.plot(cm.HOSTS, [cm.flop_ratio(h, "plain") for h in cm.HOSTS], ":", color="0.3",
+                label="FLOP model, plain (2H-1)/3")
+        ax.plot(cm.HOSTS, [cm.flop_ratio(h, "zigzag") for h in cm.HOSTS], "-.", color="0.3",
+                label="FLOP model, zig-zag H/3")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(list(cm.HOSTS)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(v)}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("hosts H")
+        ax.set_ylabel("Ring time / Star time")
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"MODELLED: phase 1, one layer, L = 1M ({what})", fontsize=9.5)
+        ax.legend(fontsize=6.5, ncol=2)
+
+    # 4. Modelled end to end at the paper's points (b = 32K), against the paper.
+    groups = sorted(cm.PAPER)
+    series = [("CPU, 1Gbit_50us", measured, "1Gbit_50us", "tab:blue"),
+              ("CPU, 100Gbit_5us", measured, "100Gbit_5us", "tab:cyan"),
+              ("A100-like, 1Gbit_50us", gpu, "1Gbit_50us", "tab:red"),
+              ("A100-like, 10Gbit_5us", gpu, "10Gbit_5us", "tab:pink"),
+              ("A100-like, 100Gbit_5us", gpu, "100Gbit_5us", "tab:orange")]
+    width = 0.8 / (len(series) + 1)
+    for i, (label, rates, lname, color) in enumerate(series):
+        lat, bw = next((lat, bw) for n, lat, bw in cm.LINKS if n == lname)
+        values = []
+        for tokens in groups:
+            e = cm.end_to_end(rates, tokens, tokens // (32 * cm.KIB), cm.Link(lname, lat, bw))
+            values.append(e["ring_plain"] / e["star"])
+        xs = [g + (i - len(series) / 2) * width for g in range(len(groups))]
+        a_e2e.bar(xs, values, width, color=color, label=label)
+        for x, v in zip(xs, values):
+            a_e2e.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=6.5)
+    xs = [g + (len(series) - len(series) / 2) * width for g in range(len(groups))]
+    a_e2e.bar(xs, [cm.PAPER[t] for t in groups], width, color="0.4", label="paper (A100s)")
+    for x, t in zip(xs, groups):
+        a_e2e.text(x, cm.PAPER[t], f"{cm.PAPER[t]}", ha="center", va="bottom", fontsize=6.5)
+    a_e2e.set_xticks(range(len(groups)))
+    a_e2e.set_xticklabels([f"L={_tokens_label(t)}, H={t // (32 * cm.KIB)}" for t in groups])
+    a_e2e.set_ylabel("Ring plain time / Star time")
+    a_e2e.set_title("MODELLED: end to end, Llama-3.1-8B, b = 32K (vs the paper)", fontsize=9.5)
+    a_e2e.legend(fontsize=7)
+    a_e2e.grid(True, axis="y", alpha=0.3)
+
+    fig.suptitle("Star vs Ring past one machine: measured host steps, modelled cluster "
+                 "(bench/cluster_model.py)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
+    _footer(fig, contexts, "hollow points: measured while other processes took > "
+            f"{BUSY_CORES:g} cores; links: latency + bytes / bandwidth, K/V in float (CPU) "
+            "or bf16 (A100-like)")
+    _save(fig, out_dir, name, written)
+
+
+# ------------------------------------------------------------------------------------------
 
 def main(argv=None):
     global BUSY_CORES
@@ -669,6 +784,8 @@ def main(argv=None):
                         help="bench_mpi output (rank 0's) -> mpi_phases.png")
     parser.add_argument("--accuracy", action="append", default=[], metavar="FILE",
                         help="needle accuracy, JSON or CSV with setting, length, accuracy -> accuracy.png")
+    parser.add_argument("--cluster", action="append", default=[], metavar="JSON",
+                        help="bench_cluster output with host_step/* -> cluster_scaling.png")
     parser.add_argument("--out", default="docs/plots", metavar="DIR", help="output directory (default %(default)s)")
     parser.add_argument("--busy", type=float, default=0.5, metavar="CORES",
                         help="draw points hollow when other processes took more cores than this "
@@ -676,8 +793,9 @@ def main(argv=None):
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if a plot whose input was given had to be skipped")
     args = parser.parse_args(argv)
-    if not (args.kernel or args.algorithms or args.mpi or args.accuracy):
-        parser.error("no input: give at least one of --kernel, --algorithms, --mpi, --accuracy")
+    if not (args.kernel or args.algorithms or args.mpi or args.accuracy or args.cluster):
+        parser.error("no input: give at least one of --kernel, --algorithms, --mpi, --accuracy, "
+                     "--cluster")
     BUSY_CORES = args.busy
     os.makedirs(args.out, exist_ok=True)
 
@@ -694,6 +812,9 @@ def main(argv=None):
     if args.accuracy:
         expected += 1
         plot_accuracy(args.accuracy, args.out, written)
+    if args.cluster:
+        expected += 1
+        plot_cluster(args.cluster, args.out, written)
     if args.strict and len(written) < expected:
         print(f"plot.py: {expected - len(written)} plot(s) skipped (--strict)", file=sys.stderr)
         return 1

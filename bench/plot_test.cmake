@@ -78,12 +78,13 @@ execute_process(
   COMMAND "${PYTHON}" "${SCRIPT}"
     --kernel "${DATA}/kernel.json" --algorithms "${DATA}/algorithms.json"
     --mpi "${DATA}/mpi.json" --accuracy "${DATA}/accuracy.json"
+    --cluster "${DATA}/cluster.json"
     --out "${OUT}/all" --strict
   RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "plot.py failed on the sample data (exit ${rc})")
 endif()
-foreach(png kernel_gflops time_vs_context mpi_phases accuracy)
+foreach(png kernel_gflops time_vs_context mpi_phases accuracy cluster_scaling)
   check_png("${OUT}/all/${png}.png")
 endforeach()
 
