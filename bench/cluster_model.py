@@ -2,7 +2,7 @@
 """Star vs Ring on clusters past one machine, modelled (issue 15).
 
     bench/cluster_model.py HOST_STEPS.json [--check PHASE1.json --check-tokens L] [--gpu]
-                           [--kv-messages shared|parallel] [--json GRID.json] [--self-test]
+                           [--json GRID.json] [--self-test]
 
 Prints Markdown tables: the cross-check (with --check), phase 1 of one layer and end to end
 over the whole grid (H = 8..128, L = 128K..1M, six links), and the paper's points.
@@ -34,8 +34,7 @@ End to end (`e2e`): 32 layers x (phase 1 + phase 2) + the MLP and projections, w
 host also carries its anchor through every layer (its a tokens' causal attention and MLP),
 as the paper's implementation must to have the anchor's K/V at every layer; phase 2 is a
 32-token query and DECODE_TOKENS (64) generated tokens, the same for Star and Ring. Ring's K
-and V of a step share the link (`--kv-messages shared`, the default); SimulatedCluster
-charges them as if each had the link to itself (`parallel`, used for the cross-check).
+and V of a step share the link, as SimulatedCluster charges them: one after the other.
 
 `--gpu` swaps the measured rates for A100-like constants (GPU_RATES below, bf16 K/V on the
 wire): a modelled what-if, not a measurement.
@@ -323,17 +322,14 @@ def _star(rates, shape, tokens, hosts, link):
     return agreement_s(hosts, link) + max(first, later), total
 
 
-def ring_phase1(rates, shape, tokens, hosts, link, layout="plain", kv_messages="shared"):
+def ring_phase1(rates, shape, tokens, hosts, link, layout="plain"):
     """Ring phase 1, one layer: the latest host clock of RingAttention::run's steps."""
-    return _ring(rates, shape, tokens, hosts, link, layout, kv_messages)[0]
+    return _ring(rates, shape, tokens, hosts, link, layout)[0]
 
 
-def _ring(rates, shape, tokens, hosts, link, layout, kv_messages):
-    """(latest clock, compute summed over the hosts) of Ring phase 1.
-
-    kv_messages: "shared" (K and V of a step share the link: latency + (K+V bytes) / bw) or
-    "parallel" (as SimulatedCluster charges the two messages started together: each
-    latency + its bytes / bw, at once, so latency + K bytes / bw)."""
+def _ring(rates, shape, tokens, hosts, link, layout):
+    """(latest clock, compute summed over the hosts) of Ring phase 1. The K and V of a step
+    share the sender's link: V arrives latency + (K + V bytes) / bw after the step starts."""
     pieces = hosts if layout == "plain" else 2 * hosts
     chunks = near_equal_ranges(tokens, pieces)
     held = [[chunks[r]] + ([chunks[pieces - 1 - r]] if layout == "zigzag" else [])
@@ -348,7 +344,7 @@ def _ring(rates, shape, tokens, hosts, link, layout, kv_messages):
             for r in range(hosts):
                 source = (r + hosts - 1 - step) % hosts  # what host r - 1 holds now
                 n = sum(e - s for s, e in held[source])
-                nbytes = n * shape.kv_token_bytes() * (2 if kv_messages == "shared" else 1)
+                nbytes = n * shape.kv_token_bytes() * 2
                 arrival[r] = clock[(r + hosts - 1) % hosts] + link.seconds(nbytes)
         for r in range(hosts):
             source = (r + hosts - step) % hosts
@@ -387,7 +383,7 @@ def phase2(rates, shape, tokens, hosts, link, query=QUERY_TOKENS, decode=DECODE_
     return step(query, query) + sum(step(1, query + i) for i in range(decode))
 
 
-def end_to_end(rates, tokens, hosts, link, layers=LAYERS, kv_messages="shared"):
+def end_to_end(rates, tokens, hosts, link, layers=LAYERS):
     """Seconds of {star, ring_plain, ring_zigzag} end to end on the Llama-3.1-8B shape."""
     shape = llama(rates)
     b = -(-tokens // hosts)
@@ -399,12 +395,12 @@ def end_to_end(rates, tokens, hosts, link, layers=LAYERS, kv_messages="shared"):
     ring = rates.mlp_s(b)
     out = {"star": layers * (star + p2)}
     for layout in ("plain", "zigzag"):
-        out["ring_" + layout] = layers * (ring_phase1(rates, shape, tokens, hosts, link, layout,
-                                                      kv_messages) + ring + p2)
+        out["ring_" + layout] = layers * (ring_phase1(rates, shape, tokens, hosts, link, layout)
+                                     + ring + p2)
     return out
 
 
-def scaling_grid(rates, hosts=HOSTS, contexts=CONTEXTS, links=LINKS, kv_messages="shared"):
+def scaling_grid(rates, hosts=HOSTS, contexts=CONTEXTS, links=LINKS):
     """One row per (L, H, link): phase 1 of one layer (attention only) and end to end."""
     rows = []
     for tokens in contexts:
@@ -413,10 +409,10 @@ def scaling_grid(rates, hosts=HOSTS, contexts=CONTEXTS, links=LINKS, kv_messages
                 link = Link(name, lat, bw)
                 p1 = {"star": star_phase1(rates, llama(rates), tokens, h, link)}
                 for layout in ("plain", "zigzag"):
-                    p1["ring_" + layout] = ring_phase1(rates, llama(rates), tokens, h, link, layout,
-                                                       kv_messages)
+                    p1["ring_" + layout] = ring_phase1(rates, llama(rates), tokens, h, link,
+                                                       layout)
                 rows.append({"L": tokens, "H": h, "link": name, "phase1": p1,
-                             "e2e": end_to_end(rates, tokens, h, link, kv_messages=kv_messages)})
+                             "e2e": end_to_end(rates, tokens, h, link)})
     return rows
 
 
@@ -433,8 +429,7 @@ def flop_ratio(hosts, layout):
 
 def cross_check(rates, runs, tokens):
     """[(algorithm, link, H, simulated ms, modelled ms, CPU ms, modelled total ms, other
-    cores)] for every phase1/ run in `runs`, modelled as SimulatedCluster charges messages
-    (K and V in parallel). The CPU time of a run is every host's compute, one after the
+    cores)] for every phase1/ run in `runs`. The CPU time of a run is every host's compute, one after the
     other on one thread: it is compared with the modelled compute summed over the hosts,
     which other processes on the machine inflate less than the wall times."""
     links = {name: Link(name, lat, bw) for name, lat, bw in LINKS}
@@ -448,8 +443,7 @@ def cross_check(rates, runs, tokens):
         if algorithm == "star":
             model, total = _star(rates, SMALL, tokens, h, link)
         else:
-            model, total = _ring(rates, SMALL, tokens, h, link, algorithm.split("_")[1],
-                                 kv_messages="parallel")
+            model, total = _ring(rates, SMALL, tokens, h, link, algorithm.split("_")[1])
         out.append((algorithm, link.name, h, row["ms"], model * 1e3, row.get("cpu_ms", math.nan),
                     total * 1e3, row.get("other_cores", math.nan)))
     return out
@@ -507,7 +501,7 @@ def print_tables(rates, grid, links_shown=("1Gbit_50us", "10Gbit_5us", "100Gbit_
             print(f"| {_k(L)} | {h} | {_t(star)} | " + " | ".join(cells) + f" | {paper} |")
 
 
-def print_paper_table(measured, gpu, kv_messages="shared"):
+def print_paper_table(measured, gpu):
     """The paper's long-context points (b = 32K, H = L / 32K): Ring / Star end to end and
     phase 1 alone, with the measured CPU rates and the A100-like rates, per link."""
     print("\n#### The paper's points (b = 32K, H = L / 32K): Ring plain / Star "
@@ -524,10 +518,10 @@ def print_paper_table(measured, gpu, kv_messages="shared"):
                     if what == "phase 1":
                         shape = llama(rates)
                         star = star_phase1(rates, shape, L, h, link)
-                        plain = ring_phase1(rates, shape, L, h, link, "plain", kv_messages)
-                        zig = ring_phase1(rates, shape, L, h, link, "zigzag", kv_messages)
+                        plain = ring_phase1(rates, shape, L, h, link, "plain")
+                        zig = ring_phase1(rates, shape, L, h, link, "zigzag")
                     else:
-                        e = end_to_end(rates, L, h, link, kv_messages=kv_messages)
+                        e = end_to_end(rates, L, h, link)
                         star, plain, zig = e["star"], e["ring_plain"], e["ring_zigzag"]
                     cells.append(f"{plain / star:.1f}x ({zig / star:.1f}x)")
                 paper = f"{PAPER[L]}x" if what == "end to end" else ""
@@ -572,7 +566,7 @@ def self_test(rates=None):
     # Summed over the hosts, both do the work of their masks: Ring L^2/2 pairs, Star
     # b^2/2 + (H-1) 1.5 b^2 (every block after the first also sees the anchor).
     h, L = 8, 8 * 512
-    _, ring_total = _ring(flat, LLAMA, L, h, fast, "zigzag", "shared")
+    _, ring_total = _ring(flat, LLAMA, L, h, fast, "zigzag")
     assert abs(ring_total - LLAMA.q_heads * L * L / 2 * 1e-9) < 1e-9, ring_total
     _, star_total = _star(flat, LLAMA, L, h, fast)
     b = L // h
@@ -583,10 +577,6 @@ def self_test(rates=None):
     ring = ring_phase1(flat, SMALL, L, h, slow, "zigzag")
     per_step = slow.seconds(2 * (L // h) * SMALL.kv_token_bytes())
     assert abs(ring - (agreement_s(h, slow) + (h - 1) * per_step)) < 0.01 * ring, ring
-    # SimulatedCluster's charge of K and V in parallel halves the bandwidth term.
-    par = ring_phase1(flat, SMALL, L, h, slow, "zigzag", kv_messages="parallel")
-    per_step = slow.seconds((L // h) * SMALL.kv_token_bytes())
-    assert abs(par - (agreement_s(h, slow) + (h - 1) * per_step)) < 0.01 * par, par
     # Uneven sizes: every token attended once in total (plain, free link, flat rate).
     L, h = 1000, 7
     total = sum(flat.full_s(SMALL, e - s, e2 - s2) if s2 < s else 0
@@ -604,7 +594,6 @@ def main(argv=None):
     p.add_argument("--check-tokens", type=int, default=16384,
                    help="STAR_BENCH_CLUSTER_L of the --check run (default %(default)s)")
     p.add_argument("--gpu", action="store_true", help="A100-like rates instead (modelled)")
-    p.add_argument("--kv-messages", choices=("shared", "parallel"), default="shared")
     p.add_argument("--json", metavar="FILE", help="write the grid as JSON")
     p.add_argument("--self-test", action="store_true")
     args = p.parse_args(argv)
@@ -631,9 +620,9 @@ def main(argv=None):
             print(f"\nModel / simulated: {min(c[4] / c[3] for c in check):.3f} .. "
                   f"{max(c[4] / c[3] for c in check):.3f}; model / CPU time: "
                   f"{min(c[6] / c[5] for c in check):.3f} .. {max(c[6] / c[5] for c in check):.3f}")
-    grid = scaling_grid(rates, kv_messages=args.kv_messages)
+    grid = scaling_grid(rates)
     print_tables(rates, grid)
-    print_paper_table(measured, GpuRates(), args.kv_messages)
+    print_paper_table(measured, GpuRates())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rates": rates.kind, "rows": grid}, f, indent=1)
