@@ -96,6 +96,7 @@ template <class T>
 concept Message = std::is_trivially_copyable_v<T>;
 
 /// The collectives of a `Communicator` over messages of type `T` (see there).
+// clang-format off
 template <class C, class T>
 concept CollectivesOf =
     requires(C& c, PerHost<std::vector<T>>& buffers, const PerHost<Route>& routes) {
@@ -104,6 +105,7 @@ concept CollectivesOf =
         { c.all_gather(buffers) } -> std::same_as<PerHost<std::vector<std::vector<T>>>>;
         { c.exchange(buffers, routes) } -> std::same_as<PerHost<std::vector<T>>>;
     };
+// clang-format on
 
 /// A group of `size()` hosts, ranks `0..size()-1`, of which this process runs
 /// `[local.first_rank(), local.end_rank())` for any `PerHost local` it hands out.
@@ -128,6 +130,7 @@ concept CollectivesOf =
 /// partial states as `float`, K/V as `float`, bf16 or half, the configuration agreement as
 /// `std::int64_t`. A communicator that moves only `float` is rejected here, not deep inside
 /// an algorithm; implementations usually take any `Message` type.
+// clang-format off
 template <class C>
 concept Communicator =
     requires(C& c, const C& cc, std::function<void(int)> step) {
@@ -137,6 +140,7 @@ concept Communicator =
         c.barrier();
     } && CollectivesOf<C, float> && CollectivesOf<C, Eigen::bfloat16> &&
     CollectivesOf<C, Eigen::half> && CollectivesOf<C, std::int64_t>;
+// clang-format on
 
 /// Optional, for overlapping communication with compute: a communicator may also provide
 /// `start_exchange(buffers, routes)`, which starts the same exchange as `exchange` and
@@ -145,12 +149,14 @@ concept Communicator =
 /// Every host starts and waits for its exchanges in the same order. A handle destroyed
 /// without `wait()` still completes its exchange first (the peers have posted theirs).
 /// Algorithms reach it through `detail::start_exchange`, which falls back to `exchange`.
+// clang-format off
 template <class C>
 concept OverlappingExchange =
     Communicator<C> && requires(C& c, const PerHost<std::vector<float>>& buffers,
                                 const PerHost<Route>& routes) {
         { c.start_exchange(buffers, routes).wait() } -> std::same_as<PerHost<std::vector<float>>>;
     };
+// clang-format on
 
 namespace detail {
 

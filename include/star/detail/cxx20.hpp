@@ -16,7 +16,9 @@
 
 #if STAR_DETAIL_CPLUSPLUS < 202002L
 #define STAR_DETAIL_CXX20 0
+// clang-format off
 #error "Star needs C++20: compile with -std=c++20 (GCC, Clang) or /std:c++20 (MSVC), or link the CMake target StarAttention::star, which asks for it"
+// clang-format on
 #else
 #define STAR_DETAIL_CXX20 1
 #endif

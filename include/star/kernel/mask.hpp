@@ -31,11 +31,13 @@ enum class Coverage { none, partial, full };
 ///   classified `partial`.
 ///
 /// Masks are small value types, copied freely and called from several threads at once.
+// clang-format off
 template <class M>
 concept Mask = std::copy_constructible<M> && requires(const M& m, index i, index j) {
     { m.coverage(i, i, j, j) } -> std::same_as<Coverage>;
     { m.visible(i, j) } -> std::convertible_to<bool>;
 };
+// clang-format on
 
 namespace detail {
 

@@ -39,11 +39,13 @@ namespace star {
 /// every score of a query into `-inf` or `+inf`: a row left with no usable weight although
 /// its mask shows it keys is reported as an overflow (`star::runtime_failure`). Transforms
 /// are small value types, copied freely.
+// clang-format off
 template <class T>
 concept ScoreTransform =
     std::copy_constructible<T> && requires(const T& t, float score, index i, index j, index h) {
         { t(score, i, j, h) } -> std::convertible_to<float>;
     };
+// clang-format on
 
 /// The score as it is: plain softmax attention. The kernel compiles to the same code as
 /// with no transform at all.

@@ -28,6 +28,7 @@ enum class AnchorSource {
 /// anchor must be a prefix `[0, a)` of the context, the same for every block up to the
 /// block's own start, so that its owners can broadcast it once. `check(context_tokens)`
 /// rejects a configuration the context cannot satisfy.
+// clang-format off
 template <class A>
 concept Anchor = std::copy_constructible<A> &&
                  requires(const A& a, std::span<const TokenRange> blocks, index i) {
@@ -35,6 +36,7 @@ concept Anchor = std::copy_constructible<A> &&
                      { a.source() } -> std::same_as<AnchorSource>;
                      a.check(i);
                  };
+// clang-format on
 
 /// The first `tokens` context tokens, at their original positions (the paper's anchor);
 /// by default as many as the first block holds (`a = b`). A block that starts before the

@@ -30,10 +30,12 @@ struct TokenRange {
 /// It is called once per plan, and should reject its own bad configuration (say a size of 0)
 /// with `star::error`. A policy may also offer `blocks(tokens, hosts)`, which `plan` then
 /// calls instead, for blocks that depend on the number of hosts.
+// clang-format off
 template <class B>
 concept Block = std::copy_constructible<B> && requires(const B& b, index tokens) {
     { b.blocks(tokens) } -> std::same_as<std::vector<TokenRange>>;
 };
+// clang-format on
 
 namespace detail {
 

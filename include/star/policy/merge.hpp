@@ -17,6 +17,7 @@ namespace star {
 /// is called by every host (it contains collectives); it returns the merged state at
 /// `root`, and possibly at other hosts, and nothing elsewhere. Every partial has the same
 /// shape.
+// clang-format off
 template <class M>
 concept Merge = std::copy_constructible<M> &&
                 requires(const M& m, detail::CommunicatorArchetype& comm,
@@ -25,6 +26,7 @@ concept Merge = std::copy_constructible<M> &&
                         m.combine(comm, partials, root)
                     } -> std::same_as<PerHost<std::optional<AttentionState>>>;
                 };
+// clang-format on
 
 namespace detail {
 

@@ -17,12 +17,14 @@ namespace star {
 /// owner rank of each block, in `[0, hosts)`; hosts may own no block (fewer blocks than
 /// hosts). `query_host(hosts)` names the host that receives the merged phase-2 result and
 /// alone stores the query's and generated tokens' K/V.
+// clang-format off
 template <class P>
 concept Partition = std::copy_constructible<P> &&
                     requires(const P& p, std::span<const TokenRange> blocks, int hosts) {
                         { p.assign(blocks, hosts) } -> std::same_as<std::vector<int>>;
                         { p.query_host(hosts) } -> std::same_as<int>;
                     };
+// clang-format on
 
 namespace detail {
 inline void check_hosts(int hosts)

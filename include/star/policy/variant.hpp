@@ -43,6 +43,7 @@ struct VariantSettings {
 /// - `check(q_heads)` rejects settings that cannot work for `q_heads` query heads;
 /// - `settings()` is what hosts compare before running together.
 /// Called by the algorithms on every host; variants are small value types.
+// clang-format off
 template <class V>
 concept Variant = std::copy_constructible<V> && requires(const V& v, index p) {
     { v.mask(p, p) } -> Mask;
@@ -52,6 +53,7 @@ concept Variant = std::copy_constructible<V> && requires(const V& v, index p) {
     v.check(p);
     { v.settings() } -> std::same_as<VariantSettings>;
 };
+// clang-format on
 
 /// Plain causal attention, the default: the same kernel calls as before variants existed.
 struct Causal {

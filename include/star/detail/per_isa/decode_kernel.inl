@@ -57,11 +57,13 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
     const index d = block.head_dim;
     const index ldk = block.k_stride;
     typename S::reg acc[std::size_t{Keys}][std::size_t{Rows}];
+    // clang-format off
     STAR_UNROLL
     for (int j = 0; j < Keys; ++j)
         STAR_UNROLL
         for (int r = 0; r < Rows; ++r)
             acc[j][r] = S::broadcast(0.0f);
+    // clang-format on
     const auto multiply = [&](index c) {
         typename S::reg key[std::size_t{Keys}];
         STAR_UNROLL

@@ -19,11 +19,13 @@ inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, f
                             index ldc, index depth) noexcept
 {
     typename S::reg acc[std::size_t{Rows}][std::size_t{Packets}];
+    // clang-format off
     STAR_UNROLL
     for (int r = 0; r < Rows; ++r)
         STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             acc[r][p] = Accumulate ? S::load(c + r * ldc + p * S::width) : S::broadcast(0.0f);
+    // clang-format on
     for (index kk = 0; kk < depth; ++kk) {
         typename S::reg row[std::size_t{Packets}];
         STAR_UNROLL
@@ -37,11 +39,13 @@ inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, f
                 acc[r][p] = S::fma(broadcast, row[p], acc[r][p]);
         }
     }
+    // clang-format off
     STAR_UNROLL
     for (int r = 0; r < Rows; ++r)
         STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
             S::store(c + r * ldc + p * S::width, acc[r][p]);
+    // clang-format on
 }
 
 /// The last `m - i` rows of a panel, fewer than a micro-tile's, in blocks of `Rows`, then

@@ -15,6 +15,7 @@ namespace star::detail {
 /// half to float on the way in, so K/V of any element type are read in whole vectors.
 /// Loads and stores are unaligned. An atom may provide `exp`; per_isa/exp.inl gives the
 /// others one written against `round` and `pow2` (`2^n` for whole `n` in [-126, 127]).
+// clang-format off
 template <class A>
 concept FloatAtom = requires(typename A::reg x, const typename A::reg* xs, typename A::mask m,
                              float* out, const float* f,
@@ -39,6 +40,7 @@ concept FloatAtom = requires(typename A::reg x, const typename A::reg* xs, typen
     { A::reduce_add(x) } -> std::same_as<float>;               // the sum of the lanes
     A::reduce_add4(xs, out);                                  // out[i] = reduce_add(xs[i]), i < 4
 };
+// clang-format on
 
 /// `n` rounded up to a whole number of vectors of `width` floats.
 constexpr index round_up(index n, index width) noexcept

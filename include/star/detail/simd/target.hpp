@@ -33,9 +33,11 @@
 /// into, so the library's code that inlines intrinsics is marked instead; the warnings stay
 /// on for the user's code, and for the library's under Clang and later GCCs.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+// clang-format off
 #define STAR_INTRINSICS_BEGIN                                                                 \
     STAR_PRAGMA(GCC diagnostic push) STAR_PRAGMA(GCC diagnostic ignored "-Wuninitialized")    \
     STAR_PRAGMA(GCC diagnostic ignored "-Wmaybe-uninitialized")
+// clang-format on
 #define STAR_INTRINSICS_END STAR_PRAGMA(GCC diagnostic pop)
 #else
 #define STAR_INTRINSICS_BEGIN
@@ -92,9 +94,11 @@
 #elif defined(__GNUC__)
 // -Wpsabi: GCC notes that a function returning a vector passes it differently without
 // the region's target; every caller of such a function is inside the same region.
+// clang-format off
 #define STAR_TARGET_BEGIN(features)                                                           \
     STAR_PRAGMA(GCC push_options) STAR_PRAGMA(GCC target(features))                           \
     STAR_PRAGMA(GCC diagnostic push) STAR_PRAGMA(GCC diagnostic ignored "-Wpsabi")
+// clang-format on
 #define STAR_TARGET_END STAR_PRAGMA(GCC diagnostic pop) STAR_PRAGMA(GCC pop_options)
 #else
 #define STAR_TARGET_BEGIN(features)
