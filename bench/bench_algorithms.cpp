@@ -130,7 +130,10 @@ index env_tokens(const char* name, index fallback)
 index min_context() { return env_tokens("STAR_BENCH_MIN_L", kDefaultMinContext); }
 index max_context() { return env_tokens("STAR_BENCH_MAX_L", kDefaultMaxContext); }
 
-star::StarAttention<> star_for(index context) { return star::StarAttention<>(star::FixedBlocks{context / kHosts}); }
+star::StarAttention<> star_for(index context)
+{
+    return star::StarAttention<>(star::FixedBlocks{context / kHosts});
+}
 
 // ----------------------------------------------------------------------------------------
 // TimedHosts: the critical-path communicator
@@ -181,7 +184,8 @@ public:
     }
 
     template <star::Message T>
-    star::PerHost<std::vector<std::vector<T>>> gather(const star::PerHost<std::vector<T>>& buffers, int root)
+    star::PerHost<std::vector<std::vector<T>>> gather(const star::PerHost<std::vector<T>>& buffers,
+                                                      int root)
     {
         note_message(buffers);
         return inner_.gather(buffers, root);
@@ -263,9 +267,9 @@ void fill_normal(star::Tensor3<float>& t, std::mt19937& rng)
 
 struct Inputs {
     index tokens = 0;
-    star::Tensor3<float> q, k, v;    // the context: [L, Hq, d], [L, Hkv, d]
-    star::Tensor3<float> q2, k2, v2; // phase-2 tokens: the query, then one per decode step
-    std::optional<Caches> star_caches;               // every host's cache after phase 1
+    star::Tensor3<float> q, k, v;      // the context: [L, Hq, d], [L, Hkv, d]
+    star::Tensor3<float> q2, k2, v2;   // phase-2 tokens: the query, then one per decode step
+    std::optional<Caches> star_caches; // every host's cache after phase 1
     std::optional<star::KVCache<float>> exact_cache; // the whole context's K/V
 };
 
@@ -332,7 +336,8 @@ StepTokens step_tokens(const Inputs& in, int step)
 /// A prefix of the context, for warm-ups.
 StepTokens prefix(const Inputs& in, index tokens)
 {
-    return {star::token_slice(star::view(in.q), 0, tokens), star::token_slice(star::view(in.k), 0, tokens),
+    return {star::token_slice(star::view(in.q), 0, tokens),
+            star::token_slice(star::view(in.k), 0, tokens),
             star::token_slice(star::view(in.v), 0, tokens)};
 }
 
@@ -348,8 +353,8 @@ void warm_up(const Inputs& in)
 // ----------------------------------------------------------------------------------------
 
 struct Facts {
-    double star_p1_bytes = -1.0;     // max over hosts of caches[r].bytes() after phase 1
-    double star_decode_bytes = -1.0; // ... after the query and all decode steps
+    double star_p1_bytes = -1.0;      // max over hosts of caches[r].bytes() after phase 1
+    double star_decode_bytes = -1.0;  // ... after the query and all decode steps
     double ring_message_bytes = -1.0; // largest K (or V) shard a host sent in the ring
 };
 std::map<index, Facts> g_facts;
@@ -368,8 +373,8 @@ double max_cache_bytes(const Caches& caches)
 
 /// The query and the decode steps through Star; `on_step(step, ms)` after each.
 template <class C, class OnStep>
-void star_phase2(C& comm, const star::StarAttention<>& s, const star::StarPlan& plan, Caches& caches,
-                 const Inputs& in, OnStep&& on_step)
+void star_phase2(C& comm, const star::StarAttention<>& s, const star::StarPlan& plan,
+                 Caches& caches, const Inputs& in, OnStep&& on_step)
 {
     for (int step = 0; step <= kDecodeSteps; ++step) {
         const StepTokens t = step_tokens(in, step);
@@ -408,7 +413,10 @@ double decode_median(const std::vector<double>& step_ms)
     return median(std::vector<double>(step_ms.begin() + 1, step_ms.end()));
 }
 
-star::RingAttention ring_for(star::RingLayout layout) { return star::RingAttention({.layout = layout}); }
+star::RingAttention ring_for(star::RingLayout layout)
+{
+    return star::RingAttention({.layout = layout});
+}
 
 benchmark::Counter per_iteration(double value)
 {
@@ -432,7 +440,9 @@ void BM_Global(benchmark::State& state, int threads)
     const ForeignLoad load;
     for (auto _ : state) {
         const double cpu_start = thread_cpu_ms();
-        arena.execute([&] { out = star::global_attention(star::view(in.q), star::view(in.k), star::view(in.v)); });
+        arena.execute([&] {
+            out = star::global_attention(star::view(in.q), star::view(in.k), star::view(in.v));
+        });
         cpu_sum += thread_cpu_ms() - cpu_start;
         benchmark::DoNotOptimize(out.output.data());
         benchmark::ClobberMemory();
@@ -487,7 +497,8 @@ void BM_StarPhase1Wall(benchmark::State& state)
         out = {};
         caches = comm.local<star::KVCache<float>>();
         state.ResumeTiming();
-        out = s.encode_context(comm, plan, caches, star::view(in.q), star::view(in.k), star::view(in.v));
+        out = s.encode_context(comm, plan, caches, star::view(in.q), star::view(in.k),
+                               star::view(in.v));
         benchmark::DoNotOptimize(out[0].data());
         benchmark::ClobberMemory();
     }
@@ -636,7 +647,8 @@ void BM_StarPhase1Crit(benchmark::State& state)
         state.ResumeTiming();
         comm.reset();
         const auto start = Clock::now();
-        out = s.encode_context(comm, plan, caches, star::view(in.q), star::view(in.k), star::view(in.v));
+        out = s.encode_context(comm, plan, caches, star::view(in.q), star::view(in.k),
+                               star::view(in.v));
         totals.add(comm, ms_since(start));
         benchmark::DoNotOptimize(out[0].data());
     }
@@ -708,22 +720,26 @@ bool cross_check()
     const auto line = [&](const char* what, float diff, float tolerance) {
         const bool pass = diff <= tolerance;
         ok = ok && pass;
-        std::printf("  %-52s max|d| = %.3g  %s\n", what, static_cast<double>(diff), pass ? "ok" : "MISMATCH");
+        std::printf("  %-52s max|d| = %.3g  %s\n", what, static_cast<double>(diff),
+                    pass ? "ok" : "MISMATCH");
     };
     std::printf("Cross-check at L = %ld (Hq = %ld, Hkv = %ld, d = %ld, %d hosts, b = L/%d):\n",
                 static_cast<long>(tokens), static_cast<long>(kQHeads), static_cast<long>(kKVHeads),
                 static_cast<long>(kHeadDim), kHosts, kHosts);
 
-    const star::AttentionState exact = star::global_attention(star::view(in.q), star::view(in.k), star::view(in.v));
+    const star::AttentionState exact =
+        star::global_attention(star::view(in.q), star::view(in.k), star::view(in.v));
     star::LocalCommunicator local(kHosts);
     TimedHosts timed(kHosts);
     for (const auto layout : {star::RingLayout::plain, star::RingLayout::zigzag}) {
         const auto ring = ring_for(layout);
-        const auto a = star::assemble(ring.run(local, star::view(in.q), star::view(in.k), star::view(in.v)), shape);
-        const auto b = star::assemble(ring.run(timed, star::view(in.q), star::view(in.k), star::view(in.v)), shape);
+        const auto a = star::assemble(
+            ring.run(local, star::view(in.q), star::view(in.k), star::view(in.v)), shape);
+        const auto b = star::assemble(
+            ring.run(timed, star::view(in.q), star::view(in.k), star::view(in.v)), shape);
         const bool plain = layout == star::RingLayout::plain;
-        line(plain ? "ring plain (Local) vs global" : "ring zigzag (Local) vs global", max_abs_diff(a.output, exact.output),
-             1e-4f);
+        line(plain ? "ring plain (Local) vs global" : "ring zigzag (Local) vs global",
+             max_abs_diff(a.output, exact.output), 1e-4f);
         line(plain ? "ring plain (TimedHosts) vs (Local)" : "ring zigzag (TimedHosts) vs (Local)",
              max_abs_diff(b.output, a.output), 1e-5f);
     }
@@ -732,13 +748,15 @@ bool cross_check()
     const star::StarPlan plan = s.plan(tokens, kHosts);
     Caches local_caches = local.local<star::KVCache<float>>();
     Caches timed_caches = timed.local<star::KVCache<float>>();
-    const auto a = star::assemble(
-        s.encode_context(local, plan, local_caches, star::view(in.q), star::view(in.k), star::view(in.v)), shape);
-    const auto b = star::assemble(
-        s.encode_context(timed, plan, timed_caches, star::view(in.q), star::view(in.k), star::view(in.v)), shape);
+    const auto a = star::assemble(s.encode_context(local, plan, local_caches, star::view(in.q),
+                                                   star::view(in.k), star::view(in.v)),
+                                  shape);
+    const auto b = star::assemble(s.encode_context(timed, plan, timed_caches, star::view(in.q),
+                                                   star::view(in.k), star::view(in.v)),
+                                  shape);
     line("star phase 1 (TimedHosts) vs (Local)", max_abs_diff(b.output, a.output), 1e-5f);
-    std::printf("  %-52s max|d| = %.3g  (the approximation, not checked)\n", "star phase 1 vs global",
-                static_cast<double>(max_abs_diff(a.output, exact.output)));
+    std::printf("  %-52s max|d| = %.3g  (the approximation, not checked)\n",
+                "star phase 1 vs global", static_cast<double>(max_abs_diff(a.output, exact.output)));
 
     // Phase 2: Star through both communicators vs exact decoding, step by step.
     star::KVCache<float> cache;
@@ -808,19 +826,23 @@ double worst_other(std::initializer_list<Stat> stats)
     return most;
 }
 
-void print_rule(int width) { std::printf("%s\n", std::string(static_cast<std::size_t>(width), '-').c_str()); }
+void print_rule(int width)
+{
+    std::printf("%s\n", std::string(static_cast<std::size_t>(width), '-').c_str());
+}
 
 void print_summary(const std::map<std::string, Series>& all, const std::vector<index>& sizes)
 {
-    std::printf("\n=============================== Summary (medians; Hq = %ld, Hkv = %ld, d = %ld, H = %d, "
-                "b = a = L/%d) ===============================\n",
-                static_cast<long>(kQHeads), static_cast<long>(kKVHeads), static_cast<long>(kHeadDim), kHosts,
-                kHosts);
+    std::printf(
+        "\n=============================== Summary (medians; Hq = %ld, Hkv = %ld, d = %ld, H = %d, "
+        "b = a = L/%d) ===============================\n",
+        static_cast<long>(kQHeads), static_cast<long>(kKVHeads), static_cast<long>(kHeadDim),
+        kHosts, kHosts);
 
     // 1. Wall time.
     std::printf("\n1. Wall time on this machine (2 cores; the 4 in-process hosts share them), ms:\n");
-    std::printf("%6s | %10s %10s %10s %10s | %9s %9s %9s | %6s\n", "L", "global", "ring-plain", "ring-zz",
-                "star-p1", "star/glob", "star/r-pl", "star/r-zz", "other");
+    std::printf("%6s | %10s %10s %10s %10s | %9s %9s %9s | %6s\n", "L", "global", "ring-plain",
+                "ring-zz", "star-p1", "star/glob", "star/r-pl", "star/r-zz", "other");
     print_rule(99);
     for (const index L : sizes) {
         const Stat g = find_stat(all, "global", L), rp = find_stat(all, "ring_plain", L),
@@ -838,12 +860,15 @@ void print_summary(const std::map<std::string, Series>& all, const std::vector<i
     // 2. Critical path, in wall time and in thread CPU time.
     const auto crit_table = [&](bool cpu) {
         const std::string crit = cpu ? "crit_cpu_ms" : "crit_ms";
-        std::printf("%6s | %10s %10s %10s %10s | %9s %9s %9s | %9s %9s | %6s\n", "L", "global-1t", "ring-plain",
-                    "ring-zz", "star-p1", "star/r-pl", "star/r-zz", "star/g1t", "glob/star", "zz/star", "other");
+        std::printf("%6s | %10s %10s %10s %10s | %9s %9s %9s | %9s %9s | %6s\n", "L", "global-1t",
+                    "ring-plain", "ring-zz", "star-p1", "star/r-pl", "star/r-zz", "star/g1t",
+                    "glob/star", "zz/star", "other");
         print_rule(111);
         for (const index L : sizes) {
-            const Stat g = cpu ? find_stat(all, "global_1t", L, "cpu_ms") : find_stat(all, "global_1t", L);
-            const Stat rp = find_stat(all, "ring_plain_crit", L, crit), rz = find_stat(all, "ring_zigzag_crit", L, crit),
+            const Stat g =
+                cpu ? find_stat(all, "global_1t", L, "cpu_ms") : find_stat(all, "global_1t", L);
+            const Stat rp = find_stat(all, "ring_plain_crit", L, crit),
+                       rz = find_stat(all, "ring_zigzag_crit", L, crit),
                        sp = find_stat(all, "star_p1_crit", L, crit);
             std::printf("%6ld |", static_cast<long>(L));
             for (const Stat& s : {g, rp, rz, sp})
@@ -858,31 +883,37 @@ void print_summary(const std::map<std::string, Series>& all, const std::vector<i
             std::printf(" | %6.2f\n", worst_other({g, rp, rz, sp}));
         }
     };
-    std::printf("\n2. Critical path on 4 single-core hosts, ms: TimedHosts runs the hosts one after the other on one "
-                "thread;\n   critical path = sum over steps of the slowest host, communication counted as zero. "
-                "global-1t = exact global\n   attention on 1 thread, the single-machine baseline (on 4 machines, "
-                "exact attention is ring attention).\n");
+    std::printf(
+        "\n2. Critical path on 4 single-core hosts, ms: TimedHosts runs the hosts one after the other on one "
+        "thread;\n   critical path = sum over steps of the slowest host, communication counted as zero. "
+        "global-1t = exact global\n   attention on 1 thread, the single-machine baseline (on 4 machines, "
+        "exact attention is ring attention).\n");
     std::printf("2a. wall clock:\n");
     crit_table(false);
-    std::printf("2b. thread CPU time (leaves out the time other processes held the core; trust this one when "
-                "'other' is high):\n");
+    std::printf(
+        "2b. thread CPU time (leaves out the time other processes held the core; trust this one when "
+        "'other' is high):\n");
     crit_table(true);
     // FLOP model (b = a = L/H): star's slowest host does a*b + b^2/2 = 1.5 b^2; ring plain's
     // slowest step sequence b^2/2 + (H-1) b^2; zigzag H * b^2/2; global (H b)^2 / 2.
     const double h = kHosts;
-    const double star_model = 1.5, plain_model = 0.5 + (h - 1.0), zz_model = h / 2.0, global_model = h * h / 2.0;
-    std::printf("   FLOP model (units of b^2, b = a = L/H): star %.1f, ring plain %.1f, ring zigzag %.1f, global "
-                "%.1f -> star/r-pl %.3f, star/r-zz %.3f, star/g1t %.3f\n",
-                star_model, plain_model, zz_model, global_model, star_model / plain_model, star_model / zz_model,
-                star_model / global_model);
-    std::printf("   Work of all hosts on one thread (work, CPU ms; star's FLOP model: 5 b^2 = 0.625 x global) and "
-                "wall time outside host steps\n   (glue, ms: collectives and calling-thread work, not in the "
-                "critical path):\n");
+    const double star_model = 1.5, plain_model = 0.5 + (h - 1.0), zz_model = h / 2.0,
+                 global_model = h * h / 2.0;
+    std::printf(
+        "   FLOP model (units of b^2, b = a = L/H): star %.1f, ring plain %.1f, ring zigzag %.1f, global "
+        "%.1f -> star/r-pl %.3f, star/r-zz %.3f, star/g1t %.3f\n",
+        star_model, plain_model, zz_model, global_model, star_model / plain_model,
+        star_model / zz_model, star_model / global_model);
+    std::printf(
+        "   Work of all hosts on one thread (work, CPU ms; star's FLOP model: 5 b^2 = 0.625 x global) and "
+        "wall time outside host steps\n   (glue, ms: collectives and calling-thread work, not in the "
+        "critical path):\n");
     for (const index L : sizes) {
         const Stat g = find_stat(all, "global_1t", L, "cpu_ms");
         std::printf("   L=%-6ld", static_cast<long>(L));
         for (const char* name : {"ring_plain_crit", "ring_zigzag_crit", "star_p1_crit"}) {
-            const Stat w = find_stat(all, name, L, "work_cpu_ms"), gl = find_stat(all, name, L, "glue_ms");
+            const Stat w = find_stat(all, name, L, "work_cpu_ms"),
+                       gl = find_stat(all, name, L, "glue_ms");
             std::printf("  %s work", name);
             cell(w.value, w.found, 9, 1);
             std::printf(" glue");
@@ -894,19 +925,23 @@ void print_summary(const std::map<std::string, Series>& all, const std::vector<i
     }
 
     // 3. Phase 2.
-    std::printf("\n3. Phase 2: one %ld-token query + %d decode steps of 1 token, timed as one unit, ms; "
-                "query = the %ld-token step,\n   step = median decode step. The first append to a cache "
-                "reallocates it (a one-off copy, in the query step).\n",
-                static_cast<long>(kQueryTokens), kDecodeSteps, static_cast<long>(kQueryTokens));
-    std::printf("3a. wall time on 2 cores: star over 4 in-process hosts; exact = one KVCache and star::attention "
-                "with CausalMask{cached, 0}:\n");
-    std::printf("%6s | %9s %9s %8s | %8s %8s %8s %8s %8s | %6s\n", "L", "star", "exact", "st/ex", "st-query",
-                "ex-query", "st-step", "ex-step", "st/ex", "other");
+    std::printf(
+        "\n3. Phase 2: one %ld-token query + %d decode steps of 1 token, timed as one unit, ms; "
+        "query = the %ld-token step,\n   step = median decode step. The first append to a cache "
+        "reallocates it (a one-off copy, in the query step).\n",
+        static_cast<long>(kQueryTokens), kDecodeSteps, static_cast<long>(kQueryTokens));
+    std::printf(
+        "3a. wall time on 2 cores: star over 4 in-process hosts; exact = one KVCache and star::attention "
+        "with CausalMask{cached, 0}:\n");
+    std::printf("%6s | %9s %9s %8s | %8s %8s %8s %8s %8s | %6s\n", "L", "star", "exact", "st/ex",
+                "st-query", "ex-query", "st-step", "ex-step", "st/ex", "other");
     print_rule(101);
     for (const index L : sizes) {
         const Stat s = find_stat(all, "star_p2", L), e = find_stat(all, "exact_p2", L);
-        const Stat sq = find_stat(all, "star_p2", L, "query_ms"), eq = find_stat(all, "exact_p2", L, "query_ms");
-        const Stat ss = find_stat(all, "star_p2", L, "step_ms"), es = find_stat(all, "exact_p2", L, "step_ms");
+        const Stat sq = find_stat(all, "star_p2", L, "query_ms"),
+                   eq = find_stat(all, "exact_p2", L, "query_ms");
+        const Stat ss = find_stat(all, "star_p2", L, "step_ms"),
+                   es = find_stat(all, "exact_p2", L, "step_ms");
         std::printf("%6ld |", static_cast<long>(L));
         cell(s.value, s.found, 9, 1);
         cell(e.value, e.found, 9, 1);
@@ -919,14 +954,16 @@ void print_summary(const std::map<std::string, Series>& all, const std::vector<i
         ratio_cell(ss, es, 8);
         std::printf(" | %6.2f\n", worst_other({s, e}));
     }
-    std::printf("3b. critical path of star on TimedHosts vs exact on 1 thread (wall, then thread CPU time; "
-                "query/step columns in CPU time):\n");
-    std::printf("%6s | %9s %9s %7s | %9s %9s %7s | %8s %8s %8s %8s %7s | %6s\n", "L", "star-crit", "exact-1t",
-                "ratio", "star-cpu", "exact-cpu", "ratio", "st-query", "ex-query", "st-step", "ex-step", "ratio",
-                "other");
+    std::printf(
+        "3b. critical path of star on TimedHosts vs exact on 1 thread (wall, then thread CPU time; "
+        "query/step columns in CPU time):\n");
+    std::printf("%6s | %9s %9s %7s | %9s %9s %7s | %8s %8s %8s %8s %7s | %6s\n", "L", "star-crit",
+                "exact-1t", "ratio", "star-cpu", "exact-cpu", "ratio", "st-query", "ex-query",
+                "st-step", "ex-step", "ratio", "other");
     print_rule(123);
     for (const index L : sizes) {
-        const Stat sc = find_stat(all, "star_p2_crit", L, "crit_ms"), e1 = find_stat(all, "exact_p2_1t", L);
+        const Stat sc = find_stat(all, "star_p2_crit", L, "crit_ms"),
+                   e1 = find_stat(all, "exact_p2_1t", L);
         const Stat scc = find_stat(all, "star_p2_crit", L, "crit_cpu_ms"),
                    e1c = find_stat(all, "exact_p2_1t", L, "cpu_ms");
         const Stat sq = find_stat(all, "star_p2_crit", L, "query_cpu_ms"),
@@ -951,11 +988,12 @@ void print_summary(const std::map<std::string, Series>& all, const std::vector<i
     }
 
     // 4. K/V bytes per host.
-    std::printf("\n4. Peak K/V bytes per host, MiB (2^20 bytes): global = the whole K/V, 2*L*Hkv*d*4;\n"
-                "   ring = own shard + one in flight, 2*2*(L/H)*Hkv*d*4 (measured: 4 x the largest K or V message);\n"
-                "   star = max over hosts of caches[r].bytes() after phase 1 and after the query + decode steps:\n");
-    std::printf("%6s | %9s %9s %9s | %9s %9s | %9s %9s\n", "L", "global", "ring", "ring-meas", "star-p1",
-                "star-dec", "star/glob", "star/ring");
+    std::printf(
+        "\n4. Peak K/V bytes per host, MiB (2^20 bytes): global = the whole K/V, 2*L*Hkv*d*4;\n"
+        "   ring = own shard + one in flight, 2*2*(L/H)*Hkv*d*4 (measured: 4 x the largest K or V message);\n"
+        "   star = max over hosts of caches[r].bytes() after phase 1 and after the query + decode steps:\n");
+    std::printf("%6s | %9s %9s %9s | %9s %9s | %9s %9s\n", "L", "global", "ring", "ring-meas",
+                "star-p1", "star-dec", "star/glob", "star/ring");
     print_rule(86);
     constexpr double mib = 1024.0 * 1024.0;
     for (const index L : sizes) {
@@ -977,8 +1015,9 @@ void print_summary(const std::map<std::string, Series>& all, const std::vector<i
         cell(star_peak / ring, star_peak >= 0.0, 9, 3);
         std::printf("\n");
     }
-    std::printf("\nother = largest median number of cores other processes/steal took during the row's "
-                "benchmarks (clean: ~0; ~1 means one of the 2 cores was taken).\n");
+    std::printf(
+        "\nother = largest median number of cores other processes/steal took during the row's "
+        "benchmarks (clean: ~0; ~1 means one of the 2 cores was taken).\n");
     star_bench::print_quiet_gate_summary();
 }
 
@@ -1011,8 +1050,10 @@ std::vector<index> register_all()
         add("ring_plain", L, [](benchmark::State& s) { BM_RingWall(s, star::RingLayout::plain); });
         add("ring_zigzag", L, [](benchmark::State& s) { BM_RingWall(s, star::RingLayout::zigzag); });
         add("star_p1", L, BM_StarPhase1Wall);
-        add("ring_plain_crit", L, [](benchmark::State& s) { BM_RingCrit(s, star::RingLayout::plain); });
-        add("ring_zigzag_crit", L, [](benchmark::State& s) { BM_RingCrit(s, star::RingLayout::zigzag); });
+        add("ring_plain_crit", L,
+            [](benchmark::State& s) { BM_RingCrit(s, star::RingLayout::plain); });
+        add("ring_zigzag_crit", L,
+            [](benchmark::State& s) { BM_RingCrit(s, star::RingLayout::zigzag); });
         add("star_p1_crit", L, BM_StarPhase1Crit);
         add("star_p2", L, BM_StarPhase2Wall);
         add("exact_p2", L, [](benchmark::State& s) { BM_ExactPhase2(s, 0); });
@@ -1031,12 +1072,13 @@ int main(int argc, char** argv)
         return 1;
     const auto start = Clock::now();
 
-    std::printf("Star algorithm benchmark: one layer, Hq = %ld, Hkv = %ld, d = %ld, float K/V, N(0,1) inputs; "
-                "H = %d in-process hosts, b = a = L/%d;\nL from STAR_BENCH_MIN_L = %ld to STAR_BENCH_MAX_L = %ld "
-                "(of 8K, 16K, 32K, 64K); phase 2 = %ld-token query + %d decode steps.\n\n",
-                static_cast<long>(kQHeads), static_cast<long>(kKVHeads), static_cast<long>(kHeadDim), kHosts,
-                kHosts, static_cast<long>(min_context()), static_cast<long>(max_context()),
-                static_cast<long>(kQueryTokens), kDecodeSteps);
+    std::printf(
+        "Star algorithm benchmark: one layer, Hq = %ld, Hkv = %ld, d = %ld, float K/V, N(0,1) inputs; "
+        "H = %d in-process hosts, b = a = L/%d;\nL from STAR_BENCH_MIN_L = %ld to STAR_BENCH_MAX_L = %ld "
+        "(of 8K, 16K, 32K, 64K); phase 2 = %ld-token query + %d decode steps.\n\n",
+        static_cast<long>(kQHeads), static_cast<long>(kKVHeads), static_cast<long>(kHeadDim),
+        kHosts, kHosts, static_cast<long>(min_context()), static_cast<long>(max_context()),
+        static_cast<long>(kQueryTokens), kDecodeSteps);
     const bool ok = cross_check();
 
     const std::vector<star::index> sizes = register_all();

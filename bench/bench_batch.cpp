@@ -147,10 +147,10 @@ void BM_PackedPrefill(benchmark::State& state, bool packed)
             } else {
                 for (std::size_t s = 0; s + 1 < in.starts.size(); ++s) {
                     const index first = in.starts[s], count = in.starts[s + 1] - first;
-                    const auto out = star::attention(star::token_slice(star::view(in.q), first, count),
-                                                     star::token_slice(star::view(in.k), first, count),
-                                                     star::token_slice(star::view(in.v), first, count),
-                                                     star::CausalMask{});
+                    const auto out = star::attention(
+                        star::token_slice(star::view(in.q), first, count),
+                        star::token_slice(star::view(in.k), first, count),
+                        star::token_slice(star::view(in.v), first, count), star::CausalMask{});
                     benchmark::DoNotOptimize(out.output.data());
                 }
             }
@@ -175,16 +175,29 @@ void register_all()
             benchmark::RegisterBenchmark(
                 ("BM_DecodeStep/" + std::string(name(mix)) + "/float/" + how).c_str(),
                 BM_DecodeStep<float>, mix, batched)
-                ->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+                ->ArgName("threads")
+                ->Arg(1)
+                ->Arg(2)
+                ->UseRealTime()
+                ->Unit(benchmark::kMicrosecond);
             benchmark::RegisterBenchmark(
                 ("BM_DecodeStep/" + std::string(name(mix)) + "/bf16/" + how).c_str(),
                 BM_DecodeStep<Eigen::bfloat16>, mix, batched)
-                ->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+                ->ArgName("threads")
+                ->Arg(1)
+                ->Arg(2)
+                ->UseRealTime()
+                ->Unit(benchmark::kMicrosecond);
         }
     for (const bool packed : {false, true})
-        benchmark::RegisterBenchmark(packed ? "BM_PackedPrefill/batched" : "BM_PackedPrefill/separate",
+        benchmark::RegisterBenchmark(packed ? "BM_PackedPrefill/batched"
+                                            : "BM_PackedPrefill/separate",
                                      BM_PackedPrefill, packed)
-            ->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+            ->ArgName("threads")
+            ->Arg(1)
+            ->Arg(2)
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
 }
 
 /// separate/batched for each benchmark and thread count, medians of the repetitions.
@@ -218,8 +231,8 @@ int main(int argc, char** argv)
     if (benchmark::ReportUnrecognizedArguments(argc, argv))
         return 1;
     std::printf("Star batch benchmark: %ld query heads over %ld KV heads of %ld; kernel path %s\n\n",
-                static_cast<long>(kQHeads), static_cast<long>(kKvHeads), static_cast<long>(kHeadDim),
-                std::string(star::name(star::kernel_isa())).c_str());
+                static_cast<long>(kQHeads), static_cast<long>(kKvHeads),
+                static_cast<long>(kHeadDim), std::string(star::name(star::kernel_isa())).c_str());
     register_all();
     CollectingReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
     benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -151,9 +151,9 @@ void time_on_one_core(benchmark::State& state, double pairs, index head_dim, F&&
     if (pairs > 0.0) {
         state.counters["pairs_per_s"] =
             benchmark::Counter(pairs, benchmark::Counter::kIsIterationInvariantRate);
-        state.counters["gflops"] = benchmark::Counter(
-            4.0 * static_cast<double>(head_dim) * pairs * 1e-9,
-            benchmark::Counter::kIsIterationInvariantRate);
+        state.counters["gflops"] =
+            benchmark::Counter(4.0 * static_cast<double>(head_dim) * pairs * 1e-9,
+                               benchmark::Counter::kIsIterationInvariantRate);
     }
     star_bench::report_foreign_load(state, load);
 }
@@ -191,8 +191,8 @@ void BM_Merge(benchmark::State& state, HeadShape shape)
     const star::AttentionState part = star::attention(star::view(q), star::view(k), star::view(v));
     star::AttentionState acc = part;
     time_on_one_core(state, 0.0, shape.head_dim, [&] { star::merge_into(acc, part); });
-    state.counters["rows_per_s"] = benchmark::Counter(
-        static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["rows_per_s"] =
+        benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_Append(benchmark::State& state, HeadShape shape)
@@ -238,9 +238,8 @@ void BM_Gemm(benchmark::State& state)
         y.noalias() = x * w;
         benchmark::DoNotOptimize(y.data());
     });
-    state.counters["gflops"] = benchmark::Counter(
-        2e-9 * static_cast<double>(n) * kModel * kHidden,
-        benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["gflops"] = benchmark::Counter(2e-9 * static_cast<double>(n) * kModel * kHidden,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void register_host_steps()
@@ -294,13 +293,12 @@ void register_benchmarks()
         const char* name;
         star::LinkModel model;
     };
-    const Link links[] = {{"1Gbit_5us", {5e-6, 1.25e8}},   {"1Gbit_50us", {50e-6, 1.25e8}},
-                          {"10Gbit_5us", {5e-6, 1.25e9}},  {"10Gbit_50us", {50e-6, 1.25e9}},
+    const Link links[] = {{"1Gbit_5us", {5e-6, 1.25e8}},    {"1Gbit_50us", {50e-6, 1.25e8}},
+                          {"10Gbit_5us", {5e-6, 1.25e9}},   {"10Gbit_50us", {50e-6, 1.25e9}},
                           {"100Gbit_5us", {5e-6, 1.25e10}}, {"100Gbit_50us", {50e-6, 1.25e10}}};
-    const std::pair<const char*, Algorithm> algorithms[] = {
-        {"star", Algorithm::star},
-        {"ring_plain", Algorithm::ring_plain},
-        {"ring_zigzag", Algorithm::ring_zigzag}};
+    const std::pair<const char*, Algorithm> algorithms[] = {{"star", Algorithm::star},
+                                                            {"ring_plain", Algorithm::ring_plain},
+                                                            {"ring_zigzag", Algorithm::ring_zigzag}};
     for (const auto& [algorithm_name, algorithm] : algorithms)
         for (const Link& link : links)
             benchmark::RegisterBenchmark(

@@ -253,8 +253,8 @@ void BM_GlobalCausal(benchmark::State& state)
         });
     }
     report_foreign_load(state, load);
-    state.counters["FLOPS"] =
-        benchmark::Counter(causal_flops(tokens, head_dim), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["FLOPS"] = benchmark::Counter(causal_flops(tokens, head_dim),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -312,8 +312,8 @@ void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
     tbb::task_arena arena(threads);
     const auto run = [&] {
         arena.execute([&] {
-            star::AttentionState out =
-                star::attention(star::view(in.q), star::view(in.k), star::view(in.v), mask, options);
+            star::AttentionState out = star::attention(star::view(in.q), star::view(in.k),
+                                                       star::view(in.v), mask, options);
             benchmark::DoNotOptimize(out.output.data());
             benchmark::ClobberMemory();
         });
@@ -327,11 +327,13 @@ void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
     star::detail::forced_isa.store(-1);
     if (decode) {
         const double bytes = 2.0 * static_cast<double>(in.k.size()) * sizeof(KV);
-        state.counters["BYTES"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+        state.counters["BYTES"] =
+            benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
     } else {
         const double t = static_cast<double>(q_tokens);
         const double flops = 4.0 * kPathHeadDim * kPathQHeads * (t * (t + 1.0) / 2.0);
-        state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+        state.counters["FLOPS"] =
+            benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
     }
 }
 
@@ -339,7 +341,9 @@ void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
 enum class TransformKind { none, soft_cap, alibi };
 
 constexpr std::array<std::pair<TransformKind, const char*>, 3> kTransforms{
-    {{TransformKind::none, "none"}, {TransformKind::soft_cap, "soft_cap"}, {TransformKind::alibi, "alibi"}}};
+    {{TransformKind::none, "none"},
+     {TransformKind::soft_cap, "soft_cap"},
+     {TransformKind::alibi, "alibi"}}};
 
 /// Prefill is shorter than BM_Path's: the three transforms run back to back, each for the
 /// same repetitions, and what they add per score does not depend on the length.
@@ -367,15 +371,9 @@ void BM_Transform(benchmark::State& state, TransformKind kind, bool decode)
     const auto run = [&] {
         arena.execute([&] {
             switch (kind) {
-            case TransformKind::none:
-                attend(star::NoTransform{});
-                break;
-            case TransformKind::soft_cap:
-                attend(star::SoftCap{50.0f});
-                break;
-            case TransformKind::alibi:
-                attend(star::Alibi{slopes, kv_tokens - q_tokens, 0});
-                break;
+            case TransformKind::none: attend(star::NoTransform{}); break;
+            case TransformKind::soft_cap: attend(star::SoftCap{50.0f}); break;
+            case TransformKind::alibi: attend(star::Alibi{slopes, kv_tokens - q_tokens, 0}); break;
             }
         });
     };
@@ -390,8 +388,8 @@ void BM_Transform(benchmark::State& state, TransformKind kind, bool decode)
 /// The tile kernel's transform of path `isa` over a tile of `keys x rows` scores, `ld`
 /// apart, query rows grouped as BM_Path's heads are (4 query heads a KV head).
 template <class T>
-void transform_tile_on(star::KernelIsa isa, const T& transform, float* scores, Index ld,
-                       Index keys, Index rows)
+void transform_tile_on(star::KernelIsa isa, const T& transform, float* scores, Index ld, Index keys,
+                       Index rows)
 {
     namespace sd = star::detail;
     constexpr Index group = kPathQHeads / kPathKvHeads;
@@ -408,7 +406,8 @@ void transform_tile_on(star::KernelIsa isa, const T& transform, float* scores, I
 #endif
     default:
         sd::portable_path::transform_tile<sd::portable_path::Simd>(
-            transform, sd::portable_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+            transform,
+            sd::portable_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
     }
 }
 
@@ -435,9 +434,9 @@ void BM_TransformTile(benchmark::State& state, TransformKind kind)
         benchmark::ClobberMemory();
     }
     report_foreign_load(state, load);
-    state.counters["per_score"] = benchmark::Counter(
-        static_cast<double>(keys * rows),
-        benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["per_score"] = benchmark::Counter(static_cast<double>(keys * rows),
+                                                     benchmark::Counter::kIsIterationInvariantRate |
+                                                         benchmark::Counter::kInvert);
 }
 
 /// Scores the tile kernel computes for BM_Transform's causal prefill: every score of each
@@ -469,7 +468,8 @@ void BM_ReadBandwidth(benchmark::State& state)
         std::vector<float> partial(static_cast<std::size_t>(threads));
         arena.execute([&] {
             tbb::parallel_for(0, threads, [&](int t) {
-                const std::size_t first = floats / static_cast<std::size_t>(threads) * static_cast<std::size_t>(t);
+                const std::size_t first =
+                    floats / static_cast<std::size_t>(threads) * static_cast<std::size_t>(t);
                 const std::size_t last = first + floats / static_cast<std::size_t>(threads);
                 Batch sum0(0.0f), sum1(0.0f), sum2(0.0f), sum3(0.0f);
                 for (std::size_t i = first; i < last; i += 4 * Batch::size) {
@@ -529,7 +529,9 @@ const PagedInputs<KV>& paged_inputs(const PathInputs<KV>& in, Index page_tokens)
             for (Index t = 0; t < tokens; ++t)
                 std::copy_n(from->data() + t * row, row,
                             pool->data() + (slot->table[static_cast<std::size_t>(t / page_tokens)] *
-                                                page_tokens + t % page_tokens) * row);
+                                                page_tokens +
+                                            t % page_tokens) *
+                                               row);
         }
     }
     return *slot;
@@ -657,12 +659,14 @@ void BM_OneDnnProduct(benchmark::State& state, dnnl::memory::data_type type,
             dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_desc, b_desc, c_desc), engine));
     } catch (const dnnl::error& e) {
         // oneDNN 2.6 has bf16 matmul only from AVX-512 (avx512_core) up.
-        state.SkipWithError(("oneDNN has no such matmul on this CPU: " + std::string(e.what())).c_str());
+        state.SkipWithError(
+            ("oneDNN has no such matmul on this CPU: " + std::string(e.what())).c_str());
         return;
     }
     const dnnl::matmul& product = *made;
     dnnl::memory a(a_desc, engine), b(b_desc, engine), c(c_desc, engine);
-    const auto fill = [](dnnl::memory& mem, Index count, dnnl::memory::data_type t, std::uint32_t seed) {
+    const auto fill = [](dnnl::memory& mem, Index count, dnnl::memory::data_type t,
+                         std::uint32_t seed) {
         if (t == dnnl::memory::data_type::bf16) {
             const auto values = random_matrix<Eigen::bfloat16>(count, 1, seed);
             std::memcpy(mem.get_data_handle(), values.data(), values.size() * sizeof(values[0]));
@@ -687,8 +691,8 @@ void BM_OneDnnProduct(benchmark::State& state, dnnl::memory::data_type type,
     state.counters["FLOPS"] =
         benchmark::Counter(product_flops(shape), benchmark::Counter::kIsIterationInvariantRate);
     const dnnl_version_t* version = dnnl::version();
-    state.SetLabel("oneDNN " + std::to_string(version->major) + "." + std::to_string(version->minor) +
-                   "." + std::to_string(version->patch));
+    state.SetLabel("oneDNN " + std::to_string(version->major) + "." +
+                   std::to_string(version->minor) + "." + std::to_string(version->patch));
 }
 #endif
 
@@ -706,7 +710,9 @@ struct NaiveWorkspace {
     Eigen::VectorXf row_max;
     Eigen::VectorXf row_sum;
 
-    explicit NaiveWorkspace(Index tokens) : scores(tokens, tokens), row_max(tokens), row_sum(tokens) {}
+    explicit NaiveWorkspace(Index tokens) : scores(tokens, tokens), row_max(tokens), row_sum(tokens)
+    {
+    }
 };
 
 /// Per head: S = scale * Q K^T (full T x T GEMM), upper triangle set to -inf, row softmax,
@@ -762,8 +768,8 @@ void BM_NaiveEigen(benchmark::State& state)
         benchmark::ClobberMemory();
     }
     report_foreign_load(state, load);
-    state.counters["FLOPS"] =
-        benchmark::Counter(causal_flops(tokens, head_dim), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["FLOPS"] = benchmark::Counter(causal_flops(tokens, head_dim),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -820,8 +826,9 @@ bool cross_check()
                 max_lse = std::max(max_lse, std::abs(got.lse.data()[i] - ref_lse.data()[i]));
             const bool pass = max_out < 1e-3f && max_lse < 1e-3f;
             ok = ok && pass;
-            std::printf("  T=%-6ld d=%-4ld max|dO|=%.3g  max|dLSE|=%.3g  %s\n", static_cast<long>(tokens),
-                        static_cast<long>(d), static_cast<double>(max_out), static_cast<double>(max_lse),
+            std::printf("  T=%-6ld d=%-4ld max|dO|=%.3g  max|dLSE|=%.3g  %s\n",
+                        static_cast<long>(tokens), static_cast<long>(d),
+                        static_cast<double>(max_out), static_cast<double>(max_lse),
                         pass ? "ok" : "MISMATCH");
         }
     }
@@ -859,7 +866,8 @@ void print_cell(double value, bool found, int width, int precision)
 
 /// The kernel paths side by side: prefill against the FMA peak of as many cores, decode
 /// against the read bandwidth of as many threads.
-void print_paths_summary(const std::map<std::string, Series>& all, double peak, double two_thread_peak)
+void print_paths_summary(const std::map<std::string, Series>& all, double peak,
+                         double two_thread_peak)
 {
     std::map<long, double> bandwidth;
     for (const auto& [key, s] : all)
@@ -867,12 +875,14 @@ void print_paths_summary(const std::map<std::string, Series>& all, double peak, 
             bandwidth[s.args[0]] = median(s.counter("BYTES")) * 1e-9;
     for (const auto& [threads, gbs] : bandwidth)
         std::printf("Streaming read, %ld thread(s): %.1f GB/s\n", threads, gbs);
-    std::printf("\nKernel paths, %ld q / %ld kv heads, d = %ld; prefill: causal T = %ld; decode: 1 token "
-                "over %ld cached\n",
-                static_cast<long>(kPathQHeads), static_cast<long>(kPathKvHeads),
-                static_cast<long>(kPathHeadDim), static_cast<long>(kPathPrefillTokens),
-                static_cast<long>(kDecodeCacheTokens));
-    std::printf("%-34s %3s %10s %12s %10s %8s\n", "path/kv/work", "thr", "ms", "rate", "of bound", "other");
+    std::printf(
+        "\nKernel paths, %ld q / %ld kv heads, d = %ld; prefill: causal T = %ld; decode: 1 token "
+        "over %ld cached\n",
+        static_cast<long>(kPathQHeads), static_cast<long>(kPathKvHeads),
+        static_cast<long>(kPathHeadDim), static_cast<long>(kPathPrefillTokens),
+        static_cast<long>(kDecodeCacheTokens));
+    std::printf("%-34s %3s %10s %12s %10s %8s\n", "path/kv/work", "thr", "ms", "rate", "of bound",
+                "other");
     for (const auto& [key, s] : all) {
         if (s.function_name.rfind("BM_Path/", 0) != 0 || s.args.empty())
             continue;
@@ -881,9 +891,9 @@ void print_paths_summary(const std::map<std::string, Series>& all, double peak, 
         const double rate = median(s.counter(decode ? "BYTES" : "FLOPS")) * 1e-9;
         const double bound = decode ? (bandwidth.count(threads) != 0 ? bandwidth[threads] : 0.0)
                                     : (threads == 1 ? peak : two_thread_peak);
-        std::printf("%-34s %3ld %10.2f %7.1f %s %9.2f %8.2f\n", s.function_name.c_str() + 8, threads,
-                    median(s.real_time), rate, decode ? "GB/s" : "GF/s", bound > 0 ? rate / bound : 0.0,
-                    median(s.counter("other_cores")));
+        std::printf("%-34s %3ld %10.2f %7.1f %s %9.2f %8.2f\n", s.function_name.c_str() + 8,
+                    threads, median(s.real_time), rate, decode ? "GB/s" : "GF/s",
+                    bound > 0 ? rate / bound : 0.0, median(s.counter("other_cores")));
     }
     std::printf("(of bound: prefill / FP32 FMA peak of as many cores; decode / streaming read of as "
                 "many threads)\n\n");
@@ -904,12 +914,13 @@ void print_transforms_summary(const std::map<std::string, Series>& all)
         if (!any)
             std::printf("Score transforms (best path, float K/V, 1 thread; prefill: causal T = %ld; "
                         "decode: 1 token over %ld cached), time over none's:\n",
-                        static_cast<long>(kTransformPrefillTokens), static_cast<long>(kDecodeCacheTokens));
+                        static_cast<long>(kTransformPrefillTokens),
+                        static_cast<long>(kDecodeCacheTokens));
         any = true;
         for (const auto& [kind, name] : kTransforms)
             if (times.count(name) != 0)
-                std::printf("  %-8s %-9s %10.2f ms  %5.3fx  (other processes: %.2f cores)\n", work, name,
-                            times[name].first, times[name].first / times["none"].first,
+                std::printf("  %-8s %-9s %10.2f ms  %5.3fx  (other processes: %.2f cores)\n", work,
+                            name, times[name].first, times[name].first / times["none"].first,
                             times[name].second);
     }
     const auto named = [&](const std::string& function) -> const Series* {
@@ -941,8 +952,8 @@ void print_tile_products_summary(const std::map<std::string, Series>& all, doubl
     std::printf("Tile products C[MxN] = A[MxK] B[KxN], one thread, GFLOP/s (of the FMA peak); "
                 "star: A float, B float or bf16; oneDNN: f32, bf16 x bf16 -> f32:\n");
     for (const auto& shape : kTileProducts) {
-        const std::string dims = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) +
-                                 "x" + std::to_string(shape[2]);
+        const std::string dims = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) + "x" +
+                                 std::to_string(shape[2]);
         std::printf("  %-12s", dims.c_str());
         for (const auto& [key, s] : all) {
             const std::string& f = s.function_name;
@@ -965,8 +976,9 @@ void print_summary(const std::map<std::string, Series>& all)
                 kRepetitions);
 
     // FMA probe.
-    std::printf("\nFP32 FMA probe, xsimd::batch<float> (%s, %zu lanes), %lld FMAs per chain per iteration:\n",
-                Batch::arch_type::name(), Batch::size, static_cast<long long>(kFmaInner));
+    std::printf(
+        "\nFP32 FMA probe, xsimd::batch<float> (%s, %zu lanes), %lld FMAs per chain per iteration:\n",
+        Batch::arch_type::name(), Batch::size, static_cast<long long>(kFmaInner));
     struct FmaRow {
         std::size_t chains;
         int threads;
@@ -989,8 +1001,8 @@ void print_summary(const std::map<std::string, Series>& all)
     double one_chain = 0.0;
     double two_threads = 0.0;
     for (const FmaRow& r : fma) {
-        std::printf("  chains=%-3zu threads=%d  %8.1f GFLOP/s   (other processes: %.2f cores)\n", r.chains,
-                    r.threads, r.gflops, r.other);
+        std::printf("  chains=%-3zu threads=%d  %8.1f GFLOP/s   (other processes: %.2f cores)\n",
+                    r.chains, r.threads, r.gflops, r.other);
         if (r.threads == 1 && r.chains == 1)
             one_chain = r.gflops;
         if (r.threads == 2)
@@ -1001,8 +1013,9 @@ void print_summary(const std::map<std::string, Series>& all)
         }
     }
     if (one_chain > 0.0 && peak > 0.0)
-        std::printf("  peak / 1-chain rate = %.1f FMAs in flight needed (= FMA latency x FMA pipes)\n",
-                    peak / one_chain);
+        std::printf(
+            "  peak / 1-chain rate = %.1f FMAs in flight needed (= FMA latency x FMA pipes)\n",
+            peak / one_chain);
     if (two_threads > 0.0 && peak > 0.0)
         std::printf("  2-thread aggregate / 1-thread peak = %.2f\n", two_threads / peak);
     std::printf("  => single-core peak used below: %.1f GFLOP/s (%s)\n\n", peak, peak_name.c_str());
@@ -1013,10 +1026,11 @@ void print_summary(const std::map<std::string, Series>& all)
     std::printf("Attention, Hq = Hkv = %ld (no GQA), causal FLOPs = 4*d*Hq*T(T+1)/2 for kernel and "
                 "naive alike.\n",
                 static_cast<long>(kHeads));
-    std::printf("k1/k2 = star::global_attention at 1/2 TBB threads; naive = Eigen full-matrix, 1 thread.\n");
+    std::printf(
+        "k1/k2 = star::global_attention at 1/2 TBB threads; naive = Eigen full-matrix, 1 thread.\n");
     std::printf("%6s %4s | %8s %8s %8s | %9s %9s %9s | %7s %6s %9s %8s | %s\n", "T", "d", "k1 GF/s",
-                "k2 GF/s", "nv GF/s", "k1 ms", "k2 ms", "naive ms", "k1/peak", "k2/k1", "t_k1/t_nv", "nv/k1",
-                "other k1/k2/nv");
+                "k2 GF/s", "nv GF/s", "k1 ms", "k2 ms", "naive ms", "k1/peak", "k2/k1", "t_k1/t_nv",
+                "nv/k1", "other k1/k2/nv");
     std::printf("%s\n", std::string(117, '-').c_str());
     for (const Index d : kHeadDims) {
         for (const Index tokens : kTokens) {
@@ -1059,11 +1073,12 @@ void print_summary(const std::map<std::string, Series>& all)
             std::printf("\n");
         }
     }
-    std::printf("\nk1/peak = 1-thread kernel GFLOP/s / measured single-core FMA peak; k2/k1 = 2-thread "
-                "speed-up (ratio of median times);\nt_k1/t_nv = 1-thread kernel time / naive time (same FLOP "
-                "count, so also nv GF/s / k1 GF/s); nv/k1 = its inverse (kernel speed-up over naive);\n"
-                "other = median number of cores other processes/steal took while k1, k2, naive were measured "
-                "(clean: ~0; ~1 means the 2-thread numbers are not a valid speed-up).\n");
+    std::printf(
+        "\nk1/peak = 1-thread kernel GFLOP/s / measured single-core FMA peak; k2/k1 = 2-thread "
+        "speed-up (ratio of median times);\nt_k1/t_nv = 1-thread kernel time / naive time (same FLOP "
+        "count, so also nv GF/s / k1 GF/s); nv/k1 = its inverse (kernel speed-up over naive);\n"
+        "other = median number of cores other processes/steal took while k1, k2, naive were measured "
+        "(clean: ~0; ~1 means the 2-thread numbers are not a valid speed-up).\n");
     star_bench::print_quiet_gate_summary();
 }
 
@@ -1099,8 +1114,8 @@ void register_all()
     const auto finite_check = [](const char* name, auto* function) {
         for (const auto& [how, label] : {std::pair{FiniteCheck::library, "library"},
                                          std::pair{FiniteCheck::eigen, "eigen_allFinite"}})
-            benchmark::RegisterBenchmark((std::string("BM_FiniteCheck/") + name + "/" + label).c_str(),
-                                         function, how)
+            benchmark::RegisterBenchmark(
+                (std::string("BM_FiniteCheck/") + name + "/" + label).c_str(), function, how)
                 ->Unit(benchmark::kMillisecond)
                 ->UseRealTime()
                 ->MinTime(0.2)
@@ -1127,50 +1142,61 @@ void register_all()
                 const std::string isa_name(star::name(isa));
                 benchmark::RegisterBenchmark(("BM_Path/" + isa_name + "/float" + tail).c_str(),
                                              &BM_Path<float>, isa, decode)
-                    ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
-                    ->MinTime(kMinTime)->Repetitions(kRepetitions);
+                    ->Arg(threads)
+                    ->Unit(benchmark::kMillisecond)
+                    ->UseRealTime()
+                    ->MinTime(kMinTime)
+                    ->Repetitions(kRepetitions);
                 benchmark::RegisterBenchmark(("BM_Path/" + isa_name + "/bf16" + tail).c_str(),
                                              &BM_Path<Eigen::bfloat16>, isa, decode)
-                    ->Arg(threads)->Unit(benchmark::kMillisecond)->UseRealTime()
-                    ->MinTime(kMinTime)->Repetitions(kRepetitions);
+                    ->Arg(threads)
+                    ->Unit(benchmark::kMillisecond)
+                    ->UseRealTime()
+                    ->MinTime(kMinTime)
+                    ->Repetitions(kRepetitions);
             }
 
     // K/V sources: contiguous and paged side by side for each kind of work and element.
     for (const bool decode : {true, false})
         for (const bool bf16 : {false, true})
             for (const Index page : {Index{0}, Index{16}, Index{128}}) {
-                const std::string label = std::string("BM_KVSource/") + (bf16 ? "bf16" : "float") +
-                                          (decode ? "/decode/" : "/prefill/") +
-                                          (page == 0 ? std::string("contiguous")
-                                                     : "paged:" + std::to_string(page));
-                auto* b = bf16 ? benchmark::RegisterBenchmark(label.c_str(),
-                                                              &BM_KVSource<Eigen::bfloat16>,
-                                                              decode, page)
+                const std::string label =
+                    std::string("BM_KVSource/") + (bf16 ? "bf16" : "float") +
+                    (decode ? "/decode/" : "/prefill/") +
+                    (page == 0 ? std::string("contiguous") : "paged:" + std::to_string(page));
+                auto* b = bf16 ? benchmark::RegisterBenchmark(
+                                     label.c_str(), &BM_KVSource<Eigen::bfloat16>, decode, page)
                                : benchmark::RegisterBenchmark(label.c_str(), &BM_KVSource<float>,
                                                               decode, page);
-                b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(kMinTime)
+                b->Unit(benchmark::kMillisecond)
+                    ->UseRealTime()
+                    ->MinTime(kMinTime)
                     ->Repetitions(kRepetitions);
             }
 
     // Each kind of work with every transform, back to back.
     for (const bool decode : {false, true})
         for (const auto& [kind, name] : kTransforms)
-            benchmark::RegisterBenchmark((std::string("BM_Transform/") + name +
-                                          (decode ? "/decode" : "/prefill")).c_str(),
-                                         &BM_Transform, kind, decode)
-                ->Unit(benchmark::kMillisecond)->UseRealTime()
-                ->MinTime(kMinTime)->Repetitions(kRepetitions);
+            benchmark::RegisterBenchmark(
+                (std::string("BM_Transform/") + name + (decode ? "/decode" : "/prefill")).c_str(),
+                &BM_Transform, kind, decode)
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime()
+                ->MinTime(kMinTime)
+                ->Repetitions(kRepetitions);
     for (const auto& [kind, name] : kTransforms)
         if (kind != TransformKind::none)
             benchmark::RegisterBenchmark((std::string("BM_TransformTile/") + name).c_str(),
                                          &BM_TransformTile, kind)
-                ->Unit(benchmark::kMicrosecond)->UseRealTime()
-                ->MinTime(0.2)->Repetitions(kRepetitions);
+                ->Unit(benchmark::kMicrosecond)
+                ->UseRealTime()
+                ->MinTime(0.2)
+                ->Repetitions(kRepetitions);
 
     // Each shape: the kernel's product on every path, then oneDNN's, back to back.
     for (const auto& shape : kTileProducts) {
-        const std::string dims = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) +
-                                 "x" + std::to_string(shape[2]);
+        const std::string dims = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) + "x" +
+                                 std::to_string(shape[2]);
         const auto tile = [](benchmark::internal::Benchmark* b) {
             b->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.2)->Repetitions(kRepetitions);
         };
@@ -1222,8 +1248,8 @@ int main(int argc, char** argv)
 
     std::printf("Star kernel benchmark: Hq = Hkv = %ld (no GQA), T in {1K..16K}, d in {64, 128}, "
                 "threads in {1, 2}; naive baseline up to T = %ld; Eigen SIMD: %s; xsimd arch: %s\n\n",
-                static_cast<long>(kHeads), static_cast<long>(kNaiveMaxTokens), Eigen::SimdInstructionSetsInUse(),
-                Batch::arch_type::name());
+                static_cast<long>(kHeads), static_cast<long>(kNaiveMaxTokens),
+                Eigen::SimdInstructionSetsInUse(), Batch::arch_type::name());
     const bool ok = cross_check();
 
     register_all();

@@ -78,15 +78,15 @@ public:
         return inner_.all_gather(buffers);
     }
     template <star::Message T>
-    auto exchange(const star::PerHost<std::vector<T>>& buffers, const star::PerHost<star::Route>& routes)
+    auto exchange(const star::PerHost<std::vector<T>>& buffers,
+                  const star::PerHost<star::Route>& routes)
     {
         count_exchange(buffers, routes);
         return inner_.exchange(buffers, routes);
     }
     template <star::Message T>
     auto start_exchange(const star::PerHost<std::vector<T>>& buffers,
-                        const star::PerHost<star::Route>& routes)
-        requires Overlap
+                        const star::PerHost<star::Route>& routes) requires Overlap
     {
         count_exchange(buffers, routes);
         return inner_.start_exchange(buffers, routes);
@@ -220,10 +220,14 @@ void BM_StarPhase1(benchmark::State& state, star::AnchorSource source)
             ? static_cast<double>(plan.shared_anchor().size() * kKVHeads * kHeadDim * 2 *
                                   sizeof(float) * static_cast<std::size_t>(comm.size() - 1))
             : 0.0;
-    run_timed(state, comm, [&] {
-        auto caches = comm.local<star::KVCache<float>>();
-        benchmark::DoNotOptimize(star_attention.encode_context(comm, plan, caches, part.contexts));
-    }, formula);
+    run_timed(
+        state, comm,
+        [&] {
+            auto caches = comm.local<star::KVCache<float>>();
+            benchmark::DoNotOptimize(
+                star_attention.encode_context(comm, plan, caches, part.contexts));
+        },
+        formula);
 }
 
 template <bool Overlap>
@@ -236,9 +240,9 @@ void BM_RingPhase1(benchmark::State& state, star::RingLayout layout)
     // Every rank passes on a K and a V shard of L/H tokens in each of H-1 steps.
     const double formula = static_cast<double>(context) / comm.size() * kKVHeads * kHeadDim * 2 *
                            sizeof(float) * (comm.size() - 1);
-    run_timed(state, comm, [&] {
-        benchmark::DoNotOptimize(ring.run(comm, context, part.contexts));
-    }, formula);
+    run_timed(
+        state, comm, [&] { benchmark::DoNotOptimize(ring.run(comm, context, part.contexts)); },
+        formula);
 }
 
 // Phase 2 (`tokens` = kQueryTokens) or one decode step (`tokens` = 1) over caches that hold
@@ -263,10 +267,13 @@ void BM_Phase2(benchmark::State& state, M merge)
     const auto q = random_tensor(tokens, kQHeads, rng);
     const auto k = random_tensor(tokens, kKVHeads, rng);
     const auto v = random_tensor(tokens, kKVHeads, rng);
-    run_timed(state, comm, [&] {
-        benchmark::DoNotOptimize(star_attention.attend_query(comm, plan, caches, star::view(q),
-                                                             star::view(k), star::view(v)));
-    }, phase2_formula_bytes(tokens));
+    run_timed(
+        state, comm,
+        [&] {
+            benchmark::DoNotOptimize(star_attention.attend_query(comm, plan, caches, star::view(q),
+                                                                 star::view(k), star::view(v)));
+        },
+        phase2_formula_bytes(tokens));
 }
 
 // Only rank 0 prints; the other ranks run the same benchmarks silently.
@@ -287,7 +294,8 @@ public:
                 continue;
             const auto bytes = run.counters.find("bytes_sent_per_rank");
             const auto formula = run.counters.find("formula_bytes");
-            rows_.push_back({run.benchmark_name(), bytes == run.counters.end() ? 0 : bytes->second.value,
+            rows_.push_back({run.benchmark_name(),
+                             bytes == run.counters.end() ? 0 : bytes->second.value,
                              formula == run.counters.end() ? 0 : formula->second.value});
         }
     }
@@ -318,22 +326,29 @@ void register_benchmarks()
         b->Iterations(iterations)->Repetitions(3)->UseManualTime()->Unit(benchmark::kMillisecond);
     };
     with_contexts(benchmark::RegisterBenchmark("star_phase1/anchor_computed", BM_StarPhase1,
-                                               star::AnchorSource::compute), 2);
+                                               star::AnchorSource::compute),
+                  2);
     with_contexts(benchmark::RegisterBenchmark("star_phase1/anchor_received", BM_StarPhase1,
-                                               star::AnchorSource::receive), 2);
+                                               star::AnchorSource::receive),
+                  2);
     with_contexts(benchmark::RegisterBenchmark("ring_phase1/plain", BM_RingPhase1<true>,
-                                               star::RingLayout::plain), 1);
+                                               star::RingLayout::plain),
+                  1);
     with_contexts(benchmark::RegisterBenchmark("ring_phase1/zigzag", BM_RingPhase1<true>,
-                                               star::RingLayout::zigzag), 1);
+                                               star::RingLayout::zigzag),
+                  1);
     with_contexts(benchmark::RegisterBenchmark("ring_phase1/plain_blocking", BM_RingPhase1<false>,
-                                               star::RingLayout::plain), 1);
+                                               star::RingLayout::plain),
+                  1);
     for (const index tokens : {kQueryTokens, index{1}}) {
         const auto add = [&](const char* name, auto merge) {
             auto* b = benchmark::RegisterBenchmark(name, BM_Phase2<decltype(merge)>, merge);
             for (const index l : contexts)
                 b->Args({l, tokens});
-            b->Iterations(tokens == 1 ? 50 : 10)->Repetitions(3)->UseManualTime()->Unit(
-                benchmark::kMillisecond);
+            b->Iterations(tokens == 1 ? 50 : 10)
+                ->Repetitions(3)
+                ->UseManualTime()
+                ->Unit(benchmark::kMillisecond);
         };
         add(tokens == 1 ? "decode_step/gather" : "phase2/gather", star::GatherToQueryHost{});
         add(tokens == 1 ? "decode_step/tree" : "phase2/tree", star::TreeReduction{});
@@ -354,15 +369,15 @@ int main(int argc, char** argv)
         // pair up wrongly and the job hangs: random interleaving shuffles per process.
         for (int i = 1; i < argc; ++i) {
             const std::string arg = argv[i];
-            if (arg.starts_with("--benchmark_enable_random_interleaving") &&
-                !arg.ends_with("=false"))
+            if (arg.starts_with("--benchmark_enable_random_interleaving") && !arg.ends_with("=false"))
                 throw star::error("bench_mpi: --benchmark_enable_random_interleaving would run the "
                                   "benchmarks in a different order on each rank");
         }
         // Only rank 0 writes --benchmark_out: the others must not write the same file.
         std::vector<char*> args(argv, argv + argc);
         if (mpi.rank() != 0)
-            std::erase_if(args, [](const char* a) { return std::string(a).starts_with("--benchmark_out"); });
+            std::erase_if(
+                args, [](const char* a) { return std::string(a).starts_with("--benchmark_out"); });
         int arg_count = static_cast<int>(args.size());
         benchmark::Initialize(&arg_count, args.data());
         register_benchmarks();

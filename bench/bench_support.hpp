@@ -51,20 +51,23 @@ public:
 
 private:
     struct Sample {
-        double wall = 0.0; // s
+        double wall = 0.0;  // s
         double busy = -1.0; // s of CPU time of the whole machine, all cores
-        double self = 0.0; // s of CPU time of this process
+        double self = 0.0;  // s of CPU time of this process
     };
 
     static Sample now()
     {
         Sample s;
-        s.wall = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+        s.wall =
+            std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
         std::ifstream stat("/proc/stat");
         std::string cpu;
         double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
-        if (stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal && cpu == "cpu")
-            s.busy = (user + nice + system + irq + softirq + steal) / static_cast<double>(sysconf(_SC_CLK_TCK));
+        if (stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal &&
+            cpu == "cpu")
+            s.busy = (user + nice + system + irq + softirq + steal) /
+                     static_cast<double>(sysconf(_SC_CLK_TCK));
         rusage ru{};
         getrusage(RUSAGE_SELF, &ru);
         s.self = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
@@ -119,7 +122,8 @@ inline void wait_for_quiet(const benchmark::State& state)
     ++g_quiet.gates;
     const auto start = std::chrono::steady_clock::now();
     const auto budget_left = std::chrono::duration<double>(quiet_budget() - g_quiet.waited);
-    const auto deadline = start + std::min<std::chrono::duration<double>>(kQuietMaxWait, budget_left);
+    const auto deadline =
+        start + std::min<std::chrono::duration<double>>(kQuietMaxWait, budget_left);
     bool quiet = false;
     while (!quiet) {
         const ForeignLoad probe;
@@ -130,7 +134,8 @@ inline void wait_for_quiet(const benchmark::State& state)
             break;
         }
     }
-    g_quiet.waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    g_quiet.waited +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 inline void print_quiet_gate_summary()
@@ -158,7 +163,7 @@ struct Series {
     std::string function_name;
     std::vector<long> args;
     int threads = 1;
-    std::vector<double> real_time; // per iteration, in the run's time unit
+    std::vector<double> real_time;                       // per iteration, in the run's time unit
     std::map<std::string, std::vector<double>> counters; // final counter values, per repetition
 
     /// The values of counter `name` over the repetitions (empty when never reported).

@@ -44,8 +44,9 @@ int main()
         std::chrono::steady_clock::now() - start;
     const double flops = 4.0 * double(query_shape.head_dim) * double(query_shape.heads) *
                          double(query_shape.tokens) * double(query_shape.tokens + 1) / 2;
-    std::cout << "global causal attention, L=" << query_shape.tokens << ", 8 q / 2 kv heads, d=128: "
-              << elapsed.count() << " ms, " << flops / elapsed.count() / 1e6 << " GFLOP/s\n";
+    std::cout << "global causal attention, L=" << query_shape.tokens
+              << ", 8 q / 2 kv heads, d=128: " << elapsed.count() << " ms, "
+              << flops / elapsed.count() / 1e6 << " GFLOP/s\n";
 
     // 3. The last 100 tokens, as queries, attend to the two halves of the keys separately.
     //    CausalMask carries absolute positions so each half keeps its true place.
@@ -56,9 +57,10 @@ int main()
     const star::AttentionState left =
         star::attention(tail, star::token_slice(k_view, 0, half),
                         star::token_slice(v_view, 0, half), star::CausalMask{first_query, 0});
-    const star::AttentionState right = star::attention(
-        tail, star::token_slice(k_view, half, kv_shape.tokens - half),
-        star::token_slice(v_view, half, kv_shape.tokens - half), star::CausalMask{first_query, half});
+    const star::AttentionState right =
+        star::attention(tail, star::token_slice(k_view, half, kv_shape.tokens - half),
+                        star::token_slice(v_view, half, kv_shape.tokens - half),
+                        star::CausalMask{first_query, half});
     const std::vector<star::AttentionState> parts{left, right};
     const star::AttentionState merged = star::merge(parts);
 
@@ -66,9 +68,9 @@ int main()
     for (star::index t = 0; t < query_tokens; ++t)
         for (star::index h = 0; h < query_shape.heads; ++h)
             for (star::index c = 0; c < query_shape.head_dim; ++c)
-                largest_difference =
-                    std::max(largest_difference, double(std::abs(merged.output(t, h, c) -
-                                                                 exact.output(first_query + t, h, c))));
+                largest_difference = std::max(
+                    largest_difference,
+                    double(std::abs(merged.output(t, h, c) - exact.output(first_query + t, h, c))));
     std::cout << "merge of two key halves vs attention over all keys: max |difference| = "
               << largest_difference << "\n";
     return largest_difference < 1e-4 ? 0 : 1;

@@ -76,8 +76,10 @@ int main(int argc, char** argv)
 
     // Exact global attention: the yardstick.
     auto start = Clock::now();
-    const star::AttentionState exact = star::global_attention(star::view(q), star::view(k), star::view(v));
-    std::cout << "global attention           " << std::setw(9) << milliseconds_since(start) << " ms\n";
+    const star::AttentionState exact =
+        star::global_attention(star::view(q), star::view(k), star::view(v));
+    std::cout << "global attention           " << std::setw(9) << milliseconds_since(start)
+              << " ms\n";
 
     // Ring attention: exact, distributed.
     star::LocalCommunicator comm(hosts);
@@ -125,11 +127,11 @@ int main(int argc, char** argv)
         const star::index cached = all_k.dimension(0);
         all_k = concat(all_k, nk);
         all_v = concat(all_v, nv);
-        const star::AttentionState reference =
-            star::attention(star::view(nq), star::view(all_k), star::view(all_v),
-                            star::CausalMask{cached, 0});
-        worst_phase2_error = std::max(
-            worst_phase2_error, relative_error(merged[plan.query_host()]->output, reference.output));
+        const star::AttentionState reference = star::attention(
+            star::view(nq), star::view(all_k), star::view(all_v), star::CausalMask{cached, 0});
+        worst_phase2_error =
+            std::max(worst_phase2_error,
+                     relative_error(merged[plan.query_host()]->output, reference.output));
     }
     std::cout << "star phase 2 (" << query_tokens << "-token query + " << decode_steps
               << " decode steps) " << std::setw(6) << phase2_ms

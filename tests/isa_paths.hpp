@@ -39,10 +39,10 @@ inline std::string isa_name(const ::testing::TestParamInfo<KernelIsa>& info)
 } // namespace star::test
 
 /// Skips the current test, naming what the CPU lacks, if it cannot run path `isa`.
-#define STAR_SKIP_UNLESS_SUPPORTED(isa)                                                       \
-    do {                                                                                      \
-        if (!::star::cpu_supports(isa)) {                                                     \
-            GTEST_SKIP() << "path " << ::star::name(isa) << " needs "                         \
-                         << ::star::required_features(isa) << ", which this CPU lacks";       \
-        }                                                                                     \
+#define STAR_SKIP_UNLESS_SUPPORTED(isa)                                                            \
+    do {                                                                                           \
+        if (!::star::cpu_supports(isa)) {                                                          \
+            GTEST_SKIP() << "path " << ::star::name(isa) << " needs "                              \
+                         << ::star::required_features(isa) << ", which this CPU lacks";            \
+        }                                                                                          \
     } while (false)

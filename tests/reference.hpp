@@ -38,8 +38,8 @@ struct ReferenceResult {
 /// visible scaled score passes through `transform` when one is given.
 template <class KV>
 ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
-                                    const ConstView3<KV>& v, const Visible& visible,
-                                    double scale, const Transform& transform = {})
+                                    const ConstView3<KV>& v, const Visible& visible, double scale,
+                                    const Transform& transform = {})
 {
     const index lq = q.dimension(0), hq = q.dimension(1), d = q.dimension(2);
     const index lk = k.dimension(0), hkv = k.dimension(1);

@@ -54,8 +54,8 @@ const std::vector<float>& slopes()
 }
 
 // Rows of `q` at positions `query_at + i`, rows of `k` at `j`, under `spec` and `also`.
-ReferenceResult reference(const Tokens<float>& q, const Tokens<float>& kv, index query_at, const Spec& spec,
-                          const Visible& also = {})
+ReferenceResult reference(const Tokens<float>& q, const Tokens<float>& kv, index query_at,
+                          const Spec& spec, const Visible& also = {})
 {
     return reference_attention(
         view(q.q), view(kv.k), view(kv.v),
@@ -112,9 +112,8 @@ TEST(ExactVariants, GlobalAndRingEqualTheReference)
         for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
             LocalCommunicator comm(3);
             const BasicRingAttention ring(RingOptions{.layout = layout}, variant);
-            expect_close(assembled(ring.run(comm, view(in.q), view(in.k), view(in.v)), tokens),
-                         want, tokens,
-                         name + (layout == RingLayout::plain ? ", ring" : ", zig-zag ring"));
+            expect_close(assembled(ring.run(comm, view(in.q), view(in.k), view(in.v)), tokens), want,
+                         tokens, name + (layout == RingLayout::plain ? ", ring" : ", zig-zag ring"));
         }
     });
 }
@@ -160,9 +159,10 @@ TEST(StarPhaseOne, FirstBlockAnchorOutsideTheWindowIsInvisible)
     const Tokens<float> in = random_tokens(tokens);
     const SlidingWindow window{37};
     const auto block_of = [](index t) { return t / block; };
-    const AttentionState with_anchor = phase_one(
-        StarAttention(FixedBlocks{block}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {}, window),
-        in);
+    const AttentionState with_anchor =
+        phase_one(StarAttention(FixedBlocks{block}, FirstTokens{}, Contiguous{},
+                                GatherToQueryHost{}, {}, window),
+                  in);
     expect_close(with_anchor,
                  reference(in, in, 0, Spec{37, 0.0, {}},
                            [&](index query, index key) {
@@ -197,8 +197,8 @@ void expect_phase_two_exact(P partition, const std::string& where,
     for (int s = 0; s < steps; ++s)
         decode.push_back(random_tokens(1));
     for_each_variant([&](const auto& variant, const Spec& spec, const std::string& name) {
-        const StarAttention star(FixedBlocks{64}, FirstTokens{}, partition, GatherToQueryHost{},
-                                 {}, variant);
+        const StarAttention star(FixedBlocks{64}, FirstTokens{}, partition, GatherToQueryHost{}, {},
+                                 variant);
         LocalCommunicator comm(3);
         const StarPlan plan = star.plan(context, 3);
         auto caches = comm.local<KVCache<float>>();
@@ -208,10 +208,9 @@ void expect_phase_two_exact(P partition, const std::string& where,
         Tokens<float> all{ctx.q, ctx.k, ctx.v};
         const auto step = [&](const Tokens<float>& t, const std::string& what) {
             const index at = all.k.dimension(0);
-            all = {concat_tokens(all.q, t.q), concat_tokens(all.k, t.k),
-                   concat_tokens(all.v, t.v)};
-            const auto merged = star.attend_query(comm, plan, caches, view(t.q), view(t.k),
-                                                  view(t.v));
+            all = {concat_tokens(all.q, t.q), concat_tokens(all.k, t.k), concat_tokens(all.v, t.v)};
+            const auto merged =
+                star.attend_query(comm, plan, caches, view(t.q), view(t.k), view(t.v));
             ASSERT_TRUE(merged[plan.query_host()].has_value()) << what;
             expect_close(*merged[plan.query_host()], reference(t, all, at, spec),
                          all.k.dimension(0), name + ", " + where + ", " + what);
@@ -266,9 +265,7 @@ TEST(VariantErrors, EachNamesTheProblem)
         "SoftCapped: the cap must be finite and positive, got inf");
     const std::vector<float> three{0.5f, 0.25f, 0.125f};
     expect_error(
-        [&] {
-            (void)global_attention(view(in.q), view(in.k), view(in.v), WithAlibi<>{three});
-        },
+        [&] { (void)global_attention(view(in.q), view(in.k), view(in.v), WithAlibi<>{three}); },
         "WithAlibi: 3 slopes for 4 query heads");
     const std::vector<float> nan{0.5f, NAN, 0.25f, 0.125f};
     expect_error(
@@ -286,8 +283,8 @@ TEST(VariantErrors, RejectedPhasesLeaveEveryCacheUnchanged)
     const StarPlan plan = good.plan(50, 2);
     auto caches = comm.local<KVCache<float>>();
 
-    const StarAttention bad_window(FixedBlocks{}, FirstTokens{}, Contiguous{},
-                                   GatherToQueryHost{}, {}, SoftCapped<SlidingWindow>{2.0f, {-3}});
+    const StarAttention bad_window(FixedBlocks{}, FirstTokens{}, Contiguous{}, GatherToQueryHost{},
+                                   {}, SoftCapped<SlidingWindow>{2.0f, {-3}});
     expect_error(
         [&] {
             (void)bad_window.encode_context(comm, plan, caches, view(ctx.q), view(ctx.k),
@@ -299,8 +296,8 @@ TEST(VariantErrors, RejectedPhasesLeaveEveryCacheUnchanged)
 
     (void)good.encode_context(comm, plan, caches, view(ctx.q), view(ctx.k), view(ctx.v));
     const index before[] = {caches[0].tokens(), caches[1].tokens()};
-    const StarAttention bad_cap(FixedBlocks{}, FirstTokens{}, Contiguous{}, GatherToQueryHost{},
-                                {}, SoftCapped<SlidingWindow>{0.0f, {8}});
+    const StarAttention bad_cap(FixedBlocks{}, FirstTokens{}, Contiguous{}, GatherToQueryHost{}, {},
+                                SoftCapped<SlidingWindow>{0.0f, {8}});
     expect_error(
         [&] { (void)bad_cap.attend_query(comm, plan, caches, view(q.q), view(q.k), view(q.v)); },
         "SoftCapped: the cap must be finite and positive, got 0");

@@ -60,7 +60,7 @@ std::vector<Request> mixed_requests()
         index q_tokens, keys, q_heads, kv_heads, d;
     };
     const std::vector<Size> sizes = {{1, 3001, 8, 2, 40}, {1, 17, 8, 2, 40}, {1, 0, 8, 2, 40},
-                                     {3, 290, 6, 3, 24}, {1, 1, 4, 4, 72},  {40, 700, 4, 1, 20}};
+                                     {3, 290, 6, 3, 24},  {1, 1, 4, 4, 72},  {40, 700, 4, 1, 20}};
     std::vector<Request> requests;
     for (const Size& s : sizes)
         requests.push_back({random_tensor<float>(s.q_tokens, s.q_heads, s.d),
@@ -81,18 +81,17 @@ TEST_P(Batch, EachSequenceIsWhatAttentionGivesItAlone)
     const std::vector<AttentionState> together = attention_batch(batch);
     ASSERT_EQ(together.size(), requests.size());
     for (std::size_t s = 0; s < requests.size(); ++s)
-        EXPECT_TRUE(same_bits(together[s], attention(view(requests[s].q), view(requests[s].k),
-                                                     view(requests[s].v))))
+        EXPECT_TRUE(same_bits(
+            together[s], attention(view(requests[s].q), view(requests[s].k), view(requests[s].v))))
             << "sequence " << s;
 
     // The long cache against the reference, so that the batch is known to compute at all.
-    const ReferenceResult reference =
-        reference_attention(view(requests[0].q), view(requests[0].k), view(requests[0].v),
-                            [](index, index) { return true; },
-                            1.0 / std::sqrt(double(requests[0].q.dimension(2))));
+    const ReferenceResult reference = reference_attention(
+        view(requests[0].q), view(requests[0].k), view(requests[0].v),
+        [](index, index) { return true; }, 1.0 / std::sqrt(double(requests[0].q.dimension(2))));
     const Deviation dev = deviation(together[0], reference);
-    const Tolerance tol = tolerance(reference, requests[0].q.dimension(2),
-                                    requests[0].k.dimension(0));
+    const Tolerance tol =
+        tolerance(reference, requests[0].q.dimension(2), requests[0].k.dimension(0));
     EXPECT_TRUE(dev.all_finite && dev.infinities_match);
     EXPECT_LE(dev.output, tol.output);
     EXPECT_LE(dev.lse, tol.lse);
@@ -115,9 +114,8 @@ TEST_P(Batch, MasksAndTransformsArePerSequence)
     const AttentionOptions options{.scale = 0.3f};
     const std::vector<AttentionState> together = attention_batch(batch, options);
     for (std::size_t s = 0; s < requests.size(); ++s)
-        EXPECT_TRUE(same_bits(together[s],
-                              attention(batch[s].q, batch[s].k, batch[s].v, batch[s].mask,
-                                        options, batch[s].transform)))
+        EXPECT_TRUE(same_bits(together[s], attention(batch[s].q, batch[s].k, batch[s].v,
+                                                     batch[s].mask, options, batch[s].transform)))
             << "sequence " << s;
 }
 
@@ -160,8 +158,8 @@ TEST_P(Batch, PackedSequencesAreEachAttendedAlone)
     const ReferenceResult reference = reference_attention(
         view(q), view(k), view(v),
         [&](index i, index j) {
-            return j <= i &&
-                   document_of[static_cast<std::size_t>(i)] == document_of[static_cast<std::size_t>(j)];
+            return j <= i && document_of[static_cast<std::size_t>(i)] ==
+                                 document_of[static_cast<std::size_t>(j)];
         },
         1.0 / std::sqrt(36.0));
     const AttentionState packed =
@@ -202,7 +200,7 @@ TEST(BatchErrors, EachProblemIsNamed)
     bad(2, 1, 3) = std::numeric_limits<float>::quiet_NaN();
 
     const std::vector<BatchedSequence<float>> batch = {{view(q), view(k), view(k)},
-                                                 {view(q), view(odd), view(odd)}};
+                                                       {view(q), view(odd), view(odd)}};
     expect_error([&] { (void)attention_batch(batch); }, "attention_batch: sequence 1");
     const std::vector<BatchedSequence<float>> not_finite = {{view(q), view(k), view(k)},
                                                             {view(q), view(k), view(bad)}};

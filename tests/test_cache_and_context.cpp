@@ -115,7 +115,8 @@ TEST(PagedKVCache, AppendingNeverMovesCachedRowsAndHoldsAtMostOnePartPage)
             for (const index n : {index{1}, page - 1, page, 3 * page + 5}) {
                 if (n == 0)
                     continue;
-                const auto k = random_tensor<float>(n, heads, d), v = random_tensor<float>(n, heads, d);
+                const auto k = random_tensor<float>(n, heads, d),
+                           v = random_tensor<float>(n, heads, d);
                 cache.append(view(k), view(v));
                 all_k = concat_tokens(all_k, k);
                 all_v = concat_tokens(all_v, v);
@@ -134,8 +135,8 @@ TEST(PagedKVCache, AppendingNeverMovesCachedRowsAndHoldsAtMostOnePartPage)
                 const auto pages = static_cast<std::size_t>((cache.tokens() + page - 1) / page);
                 EXPECT_EQ(cache.capacity_bytes(), 2 * pages * page_bytes);
                 EXPECT_LT(cache.capacity_bytes(), cache.bytes() + 2 * page_bytes);
-                EXPECT_EQ(cache.bytes(), 2 * sizeof(float) *
-                                             static_cast<std::size_t>(cache.tokens() * heads * d));
+                EXPECT_EQ(cache.bytes(),
+                          2 * sizeof(float) * static_cast<std::size_t>(cache.tokens() * heads * d));
             }
     }
 }
@@ -257,8 +258,7 @@ TEST(HostContext, SlicesComeFromThePieceThatHoldsThem)
     const ContextSlice<float> s = context.slice({103, 106});
     EXPECT_EQ(s.q.dimension(0), 3);
     EXPECT_EQ(s.k.data(), k.data() + 3 * 1 * 4);
-    expect_error([&] { (void)context.slice({95, 101}); },
-                 "does not hold context tokens [95, 101)");
+    expect_error([&] { (void)context.slice({95, 101}); }, "does not hold context tokens [95, 101)");
 }
 
 TEST(HostContext, PiecesWithMismatchedTokenCountsAreRejected)
@@ -269,7 +269,8 @@ TEST(HostContext, PiecesWithMismatchedTokenCountsAreRejected)
     expect_error([&] { context.add(0, view(q), view(k), view(v)); },
                  "same token count, got 10, 9 and 10");
     const auto k10 = random_tensor<float>(10, 1, 4);
-    expect_error([&] { context.add(-1, view(q), view(k10), view(v)); }, "first token -1 is negative");
+    expect_error([&] { context.add(-1, view(q), view(k10), view(v)); },
+                 "first token -1 is negative");
 }
 
 TEST(HostContext, PiecesOfAnotherShapeAreRejected)
@@ -316,12 +317,21 @@ TEST(Assemble, PutsRangesBackInContextOrder)
 
 TEST(Assemble, RejectsTokensReturnedTwiceOrNotAtAll)
 {
-    expect_error([] { (void)assemble(outputs_for({{{0, 4}}, {{3, 7}}}), {7, 2, 4}); },
-                 "token 3 is returned twice");
-    expect_error([] { (void)assemble(outputs_for({{{0, 4}}, {{5, 7}}}), {7, 2, 4}); },
-                 "returned by no host");
-    expect_error([] { (void)assemble(outputs_for({{{0, 9}}}), {7, 2, 4}); },
-                 "do not fit the context");
+    expect_error(
+        [] {
+            (void)assemble(outputs_for({{{0, 4}}, {{3, 7}}}), {7, 2, 4});
+        },
+        "token 3 is returned twice");
+    expect_error(
+        [] {
+            (void)assemble(outputs_for({{{0, 4}}, {{5, 7}}}), {7, 2, 4});
+        },
+        "returned by no host");
+    expect_error(
+        [] {
+            (void)assemble(outputs_for({{{0, 9}}}), {7, 2, 4});
+        },
+        "do not fit the context");
 }
 
 TEST(StateMessages, RoundTripAndRejectAWrongSize)

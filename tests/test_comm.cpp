@@ -434,9 +434,15 @@ public:
     explicit CountingCommunicator(int hosts) : inner_(hosts) {}
     [[nodiscard]] int size() const { return inner_.size(); }
     template <class T>
-    [[nodiscard]] PerHost<T> local() const { return inner_.template local<T>(); }
+    [[nodiscard]] PerHost<T> local() const
+    {
+        return inner_.template local<T>();
+    }
     template <class F>
-    void for_each_host(F&& step) { inner_.for_each_host(std::forward<F>(step)); }
+    void for_each_host(F&& step)
+    {
+        inner_.for_each_host(std::forward<F>(step));
+    }
     template <Message T>
     void broadcast(PerHost<std::vector<T>>& buffers, int root)
     {
@@ -579,15 +585,15 @@ TEST(SimulatedCluster, StarAndRingGiveTheInnerResultsBitForBit)
     SimulatedCluster cluster(inner, {5e-6, 1.25e9});
     auto plain_caches = plain.local<KVCache<float>>();
     auto cluster_caches = cluster.local<KVCache<float>>();
-    const auto expected = star.encode_context(plain, plan, plain_caches, view(in.q), view(in.k),
-                                              view(in.v));
-    const auto got = star.encode_context(cluster, plan, cluster_caches, view(in.q), view(in.k),
-                                         view(in.v));
+    const auto expected =
+        star.encode_context(plain, plan, plain_caches, view(in.q), view(in.k), view(in.v));
+    const auto got =
+        star.encode_context(cluster, plan, cluster_caches, view(in.q), view(in.k), view(in.v));
     for (int r = 0; r < 4; ++r)
         EXPECT_TRUE(same_output_bits(got[r][0].state.output, expected[r][0].state.output)) << r;
     const Tokens<float> query = random_tokens<float>(3, 4, 2, 32);
-    const auto plain_answer = star.attend_query(plain, plan, plain_caches, view(query.q),
-                                                view(query.k), view(query.v));
+    const auto plain_answer =
+        star.attend_query(plain, plan, plain_caches, view(query.q), view(query.k), view(query.v));
     const auto cluster_answer = star.attend_query(cluster, plan, cluster_caches, view(query.q),
                                                   view(query.k), view(query.v));
     EXPECT_TRUE(same_output_bits(cluster_answer[3]->output, plain_answer[3]->output));
@@ -600,8 +606,8 @@ TEST(SimulatedCluster, StarAndRingGiveTheInnerResultsBitForBit)
         const auto ring_got = ring.run(cluster, view(in.q), view(in.k), view(in.v));
         for (int r = 0; r < 4; ++r)
             for (std::size_t i = 0; i < ring_got[r].size(); ++i)
-                EXPECT_TRUE(same_output_bits(ring_got[r][i].state.output,
-                                             ring_expected[r][i].state.output))
+                EXPECT_TRUE(
+                    same_output_bits(ring_got[r][i].state.output, ring_expected[r][i].state.output))
                     << r;
     }
 }
@@ -746,10 +752,16 @@ static_assert(Communicator<PartOfAGroup>);
 TEST(SimulatedCluster, RejectsBadSettings)
 {
     LocalCommunicator inner(2);
-    expect_error([&] { SimulatedCluster cluster(inner, {-1.0, 1e9}); },
-                 "SimulatedCluster: the latency must be finite and not negative, got -1");
-    expect_error([&] { SimulatedCluster cluster(inner, {0.0, 0.0}); },
-                 "SimulatedCluster: the bandwidth must be finite and positive, got 0");
+    expect_error(
+        [&] {
+            SimulatedCluster cluster(inner, {-1.0, 1e9});
+        },
+        "SimulatedCluster: the latency must be finite and not negative, got -1");
+    expect_error(
+        [&] {
+            SimulatedCluster cluster(inner, {0.0, 0.0});
+        },
+        "SimulatedCluster: the bandwidth must be finite and positive, got 0");
     expect_error([&] { SimulatedCluster cluster(inner, kLink, 0.0); },
                  "SimulatedCluster: the compute speedup must be finite and positive, got 0");
     PartOfAGroup part;

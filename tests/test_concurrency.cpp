@@ -56,7 +56,8 @@ struct Conversation {
             star.encode_context(comm, plan, caches, view(q), view(k), view(v)), {tokens, 4, 24}));
         for (std::size_t s = 0; s < steps_q.size(); ++s)
             results.push_back(*star.attend_query(comm, plan, caches, view(steps_q[s]),
-                                                 view(steps_k[s]), view(steps_v[s]))[plan.query_host()]);
+                                                 view(steps_k[s]),
+                                                 view(steps_v[s]))[plan.query_host()]);
         return results;
     }
 };
@@ -83,7 +84,8 @@ TEST(Concurrency, ThreadsWithTheirOwnStateGetWhatTheyGetAlone)
     for (int t = 0; t < threads; ++t) {
         ASSERT_EQ(together[t].size(), alone[t].size());
         for (std::size_t i = 0; i < alone[t].size(); ++i)
-            EXPECT_TRUE(identical(together[t][i], alone[t][i])) << "thread " << t << ", result " << i;
+            EXPECT_TRUE(identical(together[t][i], alone[t][i]))
+                << "thread " << t << ", result " << i;
     }
 }
 
@@ -102,7 +104,8 @@ TEST(Concurrency, ASecondThreadOnTheSameCommunicatorIsRefused)
     });
     step_started.get_future().wait();
     auto buffers = comm.local<std::vector<float>>();
-    expect_error([&] { comm.broadcast(buffers, 0); }, "another call on this communicator is running");
+    expect_error([&] { comm.broadcast(buffers, 0); },
+                 "another call on this communicator is running");
     expect_error([&] { comm.for_each_host([](int) {}); }, "give each thread its own communicator");
     may_finish.set_value();
     first.join();

@@ -112,7 +112,8 @@ TEST(Errors, NullMemoryWithNonZeroShape)
 TEST(Errors, TokenSliceOutOfRange)
 {
     Inputs in;
-    expect_error([&] { token_slice(view(in.k), 4, 3); }, "3 tokens from token 4 are out of range [0, 6)");
+    expect_error([&] { token_slice(view(in.k), 4, 3); },
+                 "3 tokens from token 4 are out of range [0, 6)");
 }
 
 // Offsets and sizes computed from a caller's numbers must not wrap: a wrapped offset is a
@@ -164,8 +165,7 @@ TEST(Errors, RejectedArgumentsAndFailedWorkAreDifferentKinds)
     big.setConstant(2e19f);
     EXPECT_THROW((void)attention(view(big), view(big), view(big)), star::runtime_failure);
     // A message of the wrong size, as a broken transport would deliver.
-    EXPECT_THROW((void)detail::unpack(std::vector<float>(3), Shape{2, 2, 4}),
-                 star::runtime_failure);
+    EXPECT_THROW((void)detail::unpack(std::vector<float>(3), Shape{2, 2, 4}), star::runtime_failure);
     static_assert(std::is_base_of_v<star::error, star::invalid_argument>);
     static_assert(std::is_base_of_v<star::error, star::runtime_failure>);
     static_assert(std::is_nothrow_copy_constructible_v<star::error>);

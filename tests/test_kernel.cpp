@@ -45,9 +45,9 @@ void expect_matches_reference_on(const std::vector<KernelIsa>& isas, const Case&
         EXPECT_TRUE(dev.all_finite) << "NaN or Inf in the output";
         EXPECT_TRUE(dev.infinities_match)
             << "rows with no visible key must have lse = -inf, only they";
-        EXPECT_LE(dev.output, tol.output) << "Lq=" << c.q_tokens << " Lk=" << c.k_tokens
-                                          << " Hq=" << c.q_heads << " Hkv=" << c.kv_heads
-                                          << " d=" << c.head_dim;
+        EXPECT_LE(dev.output, tol.output)
+            << "Lq=" << c.q_tokens << " Lk=" << c.k_tokens << " Hq=" << c.q_heads
+            << " Hkv=" << c.kv_heads << " d=" << c.head_dim;
         EXPECT_LE(dev.lse, tol.lse);
     }
 }
@@ -79,15 +79,14 @@ TEST_P(KernelSweep, MatchesDoublePrecisionReference)
 std::string sweep_name(const ::testing::TestParamInfo<SweepParam>& info)
 {
     const auto [tokens, d, group, is_causal] = info.param;
-    return "L" + std::to_string(tokens) + "_d" + std::to_string(d) + "_g" +
-           std::to_string(group) + (is_causal ? "_causal" : "_full");
+    return "L" + std::to_string(tokens) + "_d" + std::to_string(d) + "_g" + std::to_string(group) +
+           (is_causal ? "_causal" : "_full");
 }
 
 INSTANTIATE_TEST_SUITE_P(AwkwardSizes, KernelSweep,
                          ::testing::Combine(::testing::Values<index>(1, 7, 63, 65, 1000),
                                             ::testing::Values<index>(8, 64, 80, 128),
-                                            ::testing::Values<index>(1, 2, 4, 8),
-                                            ::testing::Bool()),
+                                            ::testing::Values<index>(1, 2, 4, 8), ::testing::Bool()),
                          sweep_name);
 
 // One case per path, named after it, so that a path this CPU lacks shows as skipped with
@@ -97,8 +96,8 @@ class KernelPath : public ::testing::TestWithParam<KernelIsa> {};
 TEST_P(KernelPath, CausalGroupedQueryAttentionOfAwkwardSize)
 {
     STAR_SKIP_UNLESS_SUPPORTED(GetParam());
-    expect_matches_reference_on<Eigen::bfloat16>({GetParam()}, {301, 301, 8, 2, 72},
-                                                 CausalMask{}, causal);
+    expect_matches_reference_on<Eigen::bfloat16>({GetParam()}, {301, 301, 8, 2, 72}, CausalMask{},
+                                                 causal);
     expect_matches_reference_on<float>({GetParam()}, {301, 301, 8, 2, 72}, CausalMask{}, causal);
 }
 

@@ -57,8 +57,8 @@ struct PagedCopy {
         table.assign(order.begin(), order.begin() + pages);
         for (index tok = 0; tok < tokens; ++tok)
             std::copy_n(t.data() + tok * row, row,
-                        pool.data() + (table[static_cast<std::size_t>(tok / page)] * page +
-                                       tok % page) * row);
+                        pool.data() +
+                            (table[static_cast<std::size_t>(tok / page)] * page + tok % page) * row);
     }
 
     [[nodiscard]] KVPages<KV> source() const
@@ -195,8 +195,10 @@ TEST(PagedKV, HeadMajorPagesMatchReference)
         for (index tok = 0; tok < tokens; ++tok)
             for (index h = 0; h < heads; ++h)
                 std::copy_n(t.data() + (tok * heads + h) * d, d,
-                            pool.data() + ((table[static_cast<std::size_t>(tok / page)] * heads +
-                                            h) * page + tok % page) * d);
+                            pool.data() +
+                                ((table[static_cast<std::size_t>(tok / page)] * heads + h) * page +
+                                 tok % page) *
+                                    d);
         return pool;
     };
     const auto k_pool = head_major(k), v_pool = head_major(v);
@@ -226,8 +228,8 @@ struct FusedQkv {
     Tensor3<KV> k, v;
 
     FusedQkv(index t, index hq, index hkv, index dim)
-        : tokens(t), q_heads(hq), kv_heads(hkv), d(dim),
-          q(random_tensor<float>(t, hq, dim)), k(t, hkv, dim), v(t, hkv, dim)
+        : tokens(t), q_heads(hq), kv_heads(hkv), d(dim), q(random_tensor<float>(t, hq, dim)),
+          k(t, hkv, dim), v(t, hkv, dim)
     {
         const Tensor3<KV> all = random_tensor<KV>(t, hq + 2 * hkv, dim);
         fused.assign(all.data(), all.data() + all.size());
@@ -245,8 +247,7 @@ struct FusedQkv {
     }
     [[nodiscard]] KVPages<KV> v_source(index count) const
     {
-        return strided_kv(fused.data() + (q_heads + kv_heads) * d, count, kv_heads, d, stride(),
-                          d);
+        return strided_kv(fused.data() + (q_heads + kv_heads) * d, count, kv_heads, d, stride(), d);
     }
 };
 
@@ -265,8 +266,7 @@ void expect_strided_bit_identical()
         // Prefill of every token (causal), a short query and a decode step over the cache.
         for (const index q_tokens : {index{1100}, index{20}, index{1}}) {
             SCOPED_TRACE("q_tokens " + std::to_string(q_tokens));
-            const ConstView3<float> q =
-                token_slice(view(in.q), in.tokens - q_tokens, q_tokens);
+            const ConstView3<float> q = token_slice(view(in.q), in.tokens - q_tokens, q_tokens);
             const CausalMask mask{in.tokens - q_tokens, 0};
             const AttentionState strided =
                 attention(q, in.k_source(in.tokens), in.v_source(in.tokens), mask);
@@ -329,19 +329,15 @@ TEST(PackedKV, StridedAndPagedSourcesEqualContiguous)
     const FusedQkv<float> in(301, 8, 2, 40);
     const std::vector<index> starts{0, 5, 5, 140, 301}; // an empty sequence too
     const std::span<const index> spans(starts);
-    const AttentionState contiguous =
-        attention_packed(view(in.q), view(in.k), view(in.v), spans);
-    EXPECT_TRUE(same_bits(
-        attention_packed(view(in.q), in.k_source(301), in.v_source(301), spans), contiguous));
+    const AttentionState contiguous = attention_packed(view(in.q), view(in.k), view(in.v), spans);
+    EXPECT_TRUE(same_bits(attention_packed(view(in.q), in.k_source(301), in.v_source(301), spans),
+                          contiguous));
     const PagedCopy<float> pk(in.k, 16), pv(in.v, 16);
-    EXPECT_TRUE(same_bits(attention_packed(view(in.q), pk.source(), pv.source(), spans,
-                                           SlidingWindowMask{50}),
-                          attention_packed(view(in.q), view(in.k), view(in.v), spans,
-                                           SlidingWindowMask{50})));
+    EXPECT_TRUE(same_bits(
+        attention_packed(view(in.q), pk.source(), pv.source(), spans, SlidingWindowMask{50}),
+        attention_packed(view(in.q), view(in.k), view(in.v), spans, SlidingWindowMask{50})));
     expect_error(
-        [&] {
-            (void)attention_packed(view(in.q), in.k_source(300), in.v_source(300), spans);
-        },
+        [&] { (void)attention_packed(view(in.q), in.k_source(300), in.v_source(300), spans); },
         "attention_packed: q, k and v must hold the same packed tokens, got 301, 300 and 300");
 }
 
@@ -405,8 +401,7 @@ TEST(KVSourceErrors, SizesMustBePositive)
     expect_error([&] { (void)strided_kv<float>(data.data(), 2, 0, 8, 8, 8); },
                  "KVPages: need positive heads and head_dim and a token count of at least 0, "
                  "got 0, 8 and 2");
-    expect_error([&] { (void)strided_kv<float>(data.data(), -1, 2, 8, 16, 8); },
-                 "got 2, 8 and -1");
+    expect_error([&] { (void)strided_kv<float>(data.data(), -1, 2, 8, 16, 8); }, "got 2, 8 and -1");
 }
 
 TEST(KVSourceErrors, NegativeStrides)
@@ -454,12 +449,15 @@ TEST(KVSourceErrors, KAndVMustAgree)
     const auto q = random_tensor<float>(1, 4, 8);
     const std::vector<float> data(40 * 4 * 8, 0.0f);
     const auto k = strided_kv<float>(data.data(), 10, 2, 8, 16, 8);
-    expect_error([&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 12, 2, 8, 16, 8)); },
-                 "attention: k has 10 tokens but v has 12");
-    expect_error([&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 10, 4, 8, 32, 8)); },
-                 "attention: k has 2 heads but v has 4");
-    expect_error([&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 10, 2, 4, 16, 4)); },
-                 "attention: head_dim differs: q 8, k 8, v 4");
+    expect_error(
+        [&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 12, 2, 8, 16, 8)); },
+        "attention: k has 10 tokens but v has 12");
+    expect_error(
+        [&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 10, 4, 8, 32, 8)); },
+        "attention: k has 2 heads but v has 4");
+    expect_error(
+        [&] { (void)attention(view(q), k, strided_kv<float>(data.data(), 10, 2, 4, 16, 4)); },
+        "attention: head_dim differs: q 8, k 8, v 4");
     const auto q3 = random_tensor<float>(1, 3, 8);
     expect_error([&] { (void)attention(view(q3), k, k); },
                  "q has 3 heads, not a multiple of the 2 kv heads");
@@ -536,7 +534,8 @@ TEST(PointerPagedKV, RowsAndRunsFollowThePages)
     EXPECT_FALSE(s.contiguous());
     for (index t = 0; t < 23; ++t)
         for (index h = 0; h < 2; ++h) {
-            EXPECT_EQ(s.row(t, h), pages.pages[static_cast<std::size_t>(t / 7)] + (t % 7) * 16 + h * 8);
+            EXPECT_EQ(s.row(t, h),
+                      pages.pages[static_cast<std::size_t>(t / 7)] + (t % 7) * 16 + h * 8);
             EXPECT_EQ(std::memcmp(s.row(t, h), &k(t, h, 0), sizeof(float) * 8), 0);
         }
     EXPECT_EQ(s.run(0, 23).length, 7);
@@ -602,8 +601,9 @@ TEST(KVSourceErrors, PagesByPointerMustCoverTheTokens)
     expect_error([&] { (void)paged_kv<float>(std::span<const float* const>(three), 7, 23, 2, 8); },
                  "KVPages: 23 tokens in pages of 7 need 4 pages, but 3 page pointers are given");
     const std::vector<const float*> with_null{page.data(), nullptr};
-    expect_error([&] { (void)paged_kv<float>(std::span<const float* const>(with_null), 7, 10, 2, 8); },
-                 "KVPages: page 1 of 2 is null");
+    expect_error(
+        [&] { (void)paged_kv<float>(std::span<const float* const>(with_null), 7, 10, 2, 8); },
+        "KVPages: page 1 of 2 is null");
     expect_error([&] { (void)paged_kv<float>(std::span<const float* const>(three), 0, 10, 2, 8); },
                  "KVPages: page_tokens must be positive, got 0");
     // Spare pages past the tokens may be anything.
@@ -617,7 +617,8 @@ TEST(KVSourceErrors, TokensFromMustLieInTheSource)
     expect_error([&] { (void)pages.source().tokens_from(20, 5); },
                  "KVPages::tokens_from: 5 tokens from token 20 are out of range [0, 23)");
     expect_error([&] { (void)pages.source().tokens_from(-1, 5); }, "5 tokens from token -1");
-    expect_error([&] { (void)KVPages<float>(view(k)).tokens_from(0, 24); }, "24 tokens from token 0 are out of range [0, 23)");
+    expect_error([&] { (void)KVPages<float>(view(k)).tokens_from(0, 24); },
+                 "24 tokens from token 0 are out of range [0, 23)");
 }
 
 // ---- Attention over a KVCache, read in place from its pages
@@ -657,10 +658,9 @@ void expect_cache_attention_matches(index page_tokens)
         const auto q = random_tensor<float>(c.q_tokens, c.q_heads, d);
         const index offset = cached - c.q_tokens;
         const CausalMask mask{offset, 0};
-        const ReferenceResult want =
-            reference_attention(view(q), view(k), view(v),
-                                [&](index i, index j) { return j <= i + offset; },
-                                1.0 / std::sqrt(double(d)));
+        const ReferenceResult want = reference_attention(
+            view(q), view(k), view(v), [&](index i, index j) { return j <= i + offset; },
+            1.0 / std::sqrt(double(d)));
         const Tolerance tol = tolerance(want, d, cached);
         for (const KernelIsa isa : supported_isas()) {
             SCOPED_TRACE("path " + std::string(name(isa)));

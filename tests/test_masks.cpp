@@ -18,8 +18,7 @@ namespace {
 
 // The coverage a rectangle has, found pair by pair.
 template <class M>
-Coverage brute_force_coverage(const M& mask, index q_begin, index q_end, index k_begin,
-                              index k_end)
+Coverage brute_force_coverage(const M& mask, index q_begin, index q_end, index k_begin, index k_end)
 {
     bool any = false, all = true;
     for (index i = q_begin; i < q_end; ++i)
@@ -41,8 +40,8 @@ void expect_exact_coverage(const M& mask, index extent, const std::string& what)
                 for (index ke = kb + 1; ke <= extent; ++ke)
                     ASSERT_EQ(mask.coverage(qb, qe, kb, ke),
                               brute_force_coverage(mask, qb, qe, kb, ke))
-                        << what << ": queries [" << qb << ", " << qe << "), keys [" << kb
-                        << ", " << ke << ")";
+                        << what << ": queries [" << qb << ", " << qe << "), keys [" << kb << ", "
+                        << ke << ")";
 }
 
 TEST(CausalMask, CoverageIsExact)
@@ -136,9 +135,8 @@ TEST(SlidingWindowMask, KernelMatchesReference)
         expect_kernel_matches_reference<Eigen::bfloat16>(
             {300, 300, 4, 1, 64}, SlidingWindowMask{window}, what + ", prefill, bf16");
         // Two query tokens after 600 cached keys: positions 600 and 601.
-        expect_kernel_matches_reference<float>({2, 602, 8, 2, 72},
-                                               SlidingWindowMask{window, 600, 0},
-                                               what + ", decode");
+        expect_kernel_matches_reference<float>(
+            {2, 602, 8, 2, 72}, SlidingWindowMask{window, 600, 0}, what + ", decode");
     }
 }
 
@@ -146,8 +144,7 @@ TEST(SlidingWindowMask, KernelMatchesReference)
 TEST(DocumentMask, KernelMatchesReference)
 {
     const std::vector<index> starts{0, 5, 127, 128, 129, 200, 201, 255, 257};
-    expect_kernel_matches_reference<float>({300, 300, 4, 2, 40}, DocumentMask{starts},
-                                           "prefill");
+    expect_kernel_matches_reference<float>({300, 300, 4, 2, 40}, DocumentMask{starts}, "prefill");
     expect_kernel_matches_reference<Eigen::half>({300, 300, 6, 2, 24}, DocumentMask{starts},
                                                  "prefill, half");
     expect_kernel_matches_reference<float>({3, 300, 8, 2, 72}, DocumentMask{starts, 297, 0},

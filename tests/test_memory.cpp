@@ -23,8 +23,7 @@ std::size_t working_bytes(index context, index block, Anchor anchor, int host)
 {
     const StarAttention<FixedBlocks, Anchor> star(FixedBlocks{block}, anchor);
     const int hosts = static_cast<int>((context + block - 1) / block); // one block each
-    return star.template phase1_working_bytes<float>(star.plan(context, hosts), host, layer,
-                                                     2);
+    return star.template phase1_working_bytes<float>(star.plan(context, hosts), host, layer, 2);
 }
 
 TEST(Memory, Phase1AccountDoesNotGrowWithTheContext)
@@ -34,7 +33,8 @@ TEST(Memory, Phase1AccountDoesNotGrowWithTheContext)
         const std::size_t at_4k = working_bytes(4096, 512, anchor, 3);
         for (const index context : {8192, 32768, 262144})
             EXPECT_EQ(working_bytes(context, 512, anchor, 3), at_4k)
-                << "context " << context << ", anchor " << (source == AnchorSource::compute ? "computed" : "received");
+                << "context " << context << ", anchor "
+                << (source == AnchorSource::compute ? "computed" : "received");
     }
 }
 
@@ -80,11 +80,10 @@ TEST(Memory, AccountIsTheSumOfItsDocumentedTerms)
     constexpr std::size_t anchor_kv_per_token = 2 * sizeof(KV) * hkv * d; // 192
     const std::size_t workspace = attention_workspace_bytes<KV>(hq, hkv, d);
     const auto account = [&](index context, AnchorSource source, int host) {
-        const StarAttention<FixedBlocks, FirstTokens, RoundRobin> star(
-            FixedBlocks{100}, FirstTokens{150, source});
-        return star.phase1_working_bytes<KV>(star.plan(context, 2), host,
-                                                {.q_heads = hq, .kv_heads = hkv, .head_dim = d},
-                                                threads);
+        const StarAttention<FixedBlocks, FirstTokens, RoundRobin> star(FixedBlocks{100},
+                                                                       FirstTokens{150, source});
+        return star.phase1_working_bytes<KV>(
+            star.plan(context, 2), host, {.q_heads = hq, .kv_heads = hkv, .head_dim = d}, threads);
     };
 
     // Host 0 of 250 tokens owns blocks 0 (no anchor) and 2 (50 tokens, anchored):
@@ -92,15 +91,14 @@ TEST(Memory, AccountIsTheSumOfItsDocumentedTerms)
     //   has no anchor, so its 100 do not count); the received anchor, 150 tokens, and the
     //   largest piece of it one block holds in flight, block 0's 100 tokens.
     EXPECT_EQ(account(250, AnchorSource::receive, 0),
-              state_per_token * (150 + 50) + anchor_kv_per_token * (150 + 100) +
-                  threads * workspace);
+              state_per_token * (150 + 50) + anchor_kv_per_token * (150 + 100) + threads * workspace);
     EXPECT_EQ(account(250, AnchorSource::receive, 0) - threads * workspace, 168000u);
 
     // Host 1 of 350 tokens owns blocks 1 and 3 (100 and 50 tokens, both anchored): the
     // partial state is the larger one's, 100 tokens, not both (they are dropped in turn).
-    EXPECT_EQ(account(350, AnchorSource::receive, 1),
-              state_per_token * (150 + 100) + anchor_kv_per_token * (150 + 100) +
-                  threads * workspace);
+    EXPECT_EQ(account(350, AnchorSource::receive, 1), state_per_token * (150 + 100) +
+                                                          anchor_kv_per_token * (150 + 100) +
+                                                          threads * workspace);
     EXPECT_EQ(account(350, AnchorSource::receive, 1) - threads * workspace, 198000u);
 
     // A computed anchor is read from the host's own context: nothing is received.

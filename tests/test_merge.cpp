@@ -27,8 +27,11 @@ struct Split {
 
 Split random_split(index q_tokens, index k_tokens, int pieces, bool contiguous)
 {
-    Split s{random_tensor<float>(q_tokens, 4, 32), random_tensor<float>(k_tokens, 2, 32),
-            random_tensor<float>(k_tokens, 2, 32), {}, {}};
+    Split s{random_tensor<float>(q_tokens, 4, 32),
+            random_tensor<float>(k_tokens, 2, 32),
+            random_tensor<float>(k_tokens, 2, 32),
+            {},
+            {}};
     std::vector<int> labels(static_cast<std::size_t>(k_tokens));
     std::uniform_int_distribution<int> pick(0, pieces - 1);
     for (auto& l : labels)
@@ -36,10 +39,9 @@ Split random_split(index q_tokens, index k_tokens, int pieces, bool contiguous)
     if (contiguous)
         std::sort(labels.begin(), labels.end());
     for (int p = 0; p < pieces; ++p)
-        s.parts.push_back(
-            attention(view(s.q), view(s.k), view(s.v), KeysLabelled{&labels, p}));
-    s.whole = reference_attention(view(s.q), view(s.k), view(s.v),
-                                  [](index, index) { return true; }, 1.0 / std::sqrt(32.0));
+        s.parts.push_back(attention(view(s.q), view(s.k), view(s.v), KeysLabelled{&labels, p}));
+    s.whole = reference_attention(
+        view(s.q), view(s.k), view(s.v), [](index, index) { return true; }, 1.0 / std::sqrt(32.0));
     return s;
 }
 

@@ -41,18 +41,12 @@ struct Case {
 
 // gtest would otherwise print a Case as its bytes, padding included: uninitialised, so the
 // listed parameters changed from build to build.
-void PrintTo(const Case& c, std::ostream* os)
-{
-    *os << c.tensor << " holding " << c.bad;
-}
+void PrintTo(const Case& c, std::ostream* os) { *os << c.tensor << " holding " << c.bad; }
 
 class NonFinite : public ::testing::TestWithParam<Case> {};
 
 // The start of the message every check gives, up to the value it found.
-std::string expected(char tensor)
-{
-    return std::string(1, tensor) + " holds a non-finite value";
-}
+std::string expected(char tensor) { return std::string(1, tensor) + " holds a non-finite value"; }
 
 TEST_P(NonFinite, KernelNamesTensorTokenHeadAndElement)
 {
@@ -84,8 +78,9 @@ TEST_P(NonFinite, RingNamesTheHostThatHoldsIt)
     Layer layer(40);
     layer.tensor(tensor)(25, 0, 3) = bad; // plain layout on 4 hosts: tokens 20..29 on host 2
     LocalCommunicator comm(4);
-    expect_error([&] { (void)RingAttention{}.run(comm, view(layer.q), view(layer.k), view(layer.v)); },
-                 "host 2: " + expected(tensor) + " (");
+    expect_error(
+        [&] { (void)RingAttention{}.run(comm, view(layer.q), view(layer.k), view(layer.v)); },
+        "host 2: " + expected(tensor) + " (");
 }
 
 TEST_P(NonFinite, StarPhase1NamesTheHostAndLeavesEveryCacheEmpty)
@@ -99,7 +94,8 @@ TEST_P(NonFinite, StarPhase1NamesTheHostAndLeavesEveryCacheEmpty)
     auto caches = comm.local<KVCache<float>>();
     expect_error(
         [&] {
-            (void)star.encode_context(comm, plan, caches, view(layer.q), view(layer.k), view(layer.v));
+            (void)star.encode_context(comm, plan, caches, view(layer.q), view(layer.k),
+                                      view(layer.v));
         },
         "host 3: " + expected(tensor));
     for (int r = 0; r < 4; ++r)
@@ -141,7 +137,9 @@ TEST_P(NonFinite, StarPhase1CatchesItInAHostsCopyOfTheComputedAnchor)
     auto caches = comm.local<KVCache<float>>();
     expect_error([&] { (void)star.encode_context(comm, plan, caches, contexts); },
                  "host 2, anchor: " + expected(tensor) + " (" +
-                     (bad != bad ? "nan" : bad > 0 ? "inf" : "-inf") +
+                     (bad != bad ? "nan"
+                      : bad > 0  ? "inf"
+                                 : "-inf") +
                      ") at token 4, head 0, element 0");
     for (int r = 0; r < 4; ++r)
         EXPECT_EQ(caches[r].tokens(), 0) << "host " << r;
@@ -175,8 +173,7 @@ TEST_P(NonFinite, CacheRefusesIt)
     KVCache<float> cache;
     cache.append(view(layer.k), view(layer.v));
     layer.tensor(tensor)(3, 1, 0) = bad;
-    expect_error([&] { cache.append(view(layer.k), view(layer.v)); },
-                 expected(tensor) + " (");
+    expect_error([&] { cache.append(view(layer.k), view(layer.v)); }, expected(tensor) + " (");
     EXPECT_EQ(cache.tokens(), 5);
     // A rejected first append leaves a cache with no shape at all.
     KVCache<float> fresh;
@@ -236,16 +233,17 @@ TEST_P(NonFinite, UncheckedInputsSkipThePassButCachesStillRefuseThem)
         EXPECT_EQ(caches[r].tokens(), 0) << "host " << r;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    EveryTensorAndValue, NonFinite,
-    ::testing::Values(Case{'q', nan}, Case{'q', inf}, Case{'q', -inf}, Case{'k', nan},
-                      Case{'k', inf}, Case{'k', -inf}, Case{'v', nan}, Case{'v', inf},
-                      Case{'v', -inf}),
-    [](const auto& info) {
-        const float bad = info.param.bad;
-        return std::string(1, info.param.tensor) + "_" +
-               (bad != bad ? "nan" : bad > 0 ? "plus_inf" : "minus_inf");
-    });
+INSTANTIATE_TEST_SUITE_P(EveryTensorAndValue, NonFinite,
+                         ::testing::Values(Case{'q', nan}, Case{'q', inf}, Case{'q', -inf},
+                                           Case{'k', nan}, Case{'k', inf}, Case{'k', -inf},
+                                           Case{'v', nan}, Case{'v', inf}, Case{'v', -inf}),
+                         [](const auto& info) {
+                             const float bad = info.param.bad;
+                             return std::string(1, info.param.tensor) + "_" +
+                                    (bad != bad ? "nan"
+                                     : bad > 0  ? "plus_inf"
+                                                : "minus_inf");
+                         });
 
 TEST(NonFinite, Bf16AndHalfKeysAreCheckedToo)
 {
@@ -265,7 +263,8 @@ TEST(NonFinite, Bf16AndHalfKeysAreCheckedToo)
 // and between the SIMD widths (the vector part and the scalar tail), each kind of bad value,
 // and the values next to it that are finite (the largest, subnormals, negative zero).
 template <class T>
-class AllFinite : public ::testing::Test {};
+class AllFinite : public ::testing::Test {
+};
 using ElementTypes = ::testing::Types<float, Eigen::bfloat16, Eigen::half>;
 TYPED_TEST_SUITE(AllFinite, ElementTypes);
 
@@ -279,7 +278,8 @@ TYPED_TEST(AllFinite, FindsEveryBadValueAndNoGoodOne)
     for (index count = 0; count <= 70; ++count) {
         std::vector<T> values(static_cast<std::size_t>(count));
         for (index i = 0; i < count; ++i)
-            values[static_cast<std::size_t>(i)] = finite[static_cast<std::size_t>(i) % finite.size()];
+            values[static_cast<std::size_t>(i)] =
+                finite[static_cast<std::size_t>(i) % finite.size()];
         ASSERT_TRUE(detail::all_finite(values.data(), count)) << "count " << count;
         for (index at = 0; at < count; ++at)
             for (const T b : bad) {
@@ -369,8 +369,8 @@ TEST(LargeScores, BeyondExpRangeStillExact)
                 std::fill(o.begin(), o.end(), 0.0);
                 for (index j = 0; j < keys; ++j)
                     for (index c = 0; c < d; ++c)
-                        o[static_cast<std::size_t>(c)] += p[static_cast<std::size_t>(j)] / sum *
-                                                          double(layer.v(j, h / group, c));
+                        o[static_cast<std::size_t>(c)] +=
+                            p[static_cast<std::size_t>(j)] / sum * double(layer.v(j, h / group, c));
                 const double sum_error = 4 * u * (std::sqrt(double(keys)) + 4);
                 for (index c = 0; c < d; ++c) {
                     const double want = o[static_cast<std::size_t>(c)];
@@ -419,8 +419,11 @@ TEST(LargeScores, ScoresOverflowingToMinusInfinityAreAnError)
     q(0, 0, 0) = 1.0f;
     k(0, 0, 0) = -4.0f; // scale * q.k = -4e38: not a float
     v(0, 0, 0) = 2.0f;
-    expect_error([&] { (void)attention(view(q), view(k), view(v), NoMask{}, AttentionOptions{.scale = 1e38f}); },
-                 "the scores of query token 0, head 0 overflow float");
+    expect_error(
+        [&] {
+            (void)attention(view(q), view(k), view(v), NoMask{}, AttentionOptions{.scale = 1e38f});
+        },
+        "the scores of query token 0, head 0 overflow float");
     // A row that really sees no key is still output 0, lse -inf.
     const AttentionState empty = attention(view(q), view(k), view(v), CausalMask{0, 1});
     EXPECT_EQ(empty.output(0, 0, 0), 0.0f);
@@ -430,7 +433,7 @@ TEST(LargeScores, ScoresOverflowingToMinusInfinityAreAnError)
 TEST(LargeScores, ValuesWhoseSumOverflowsAreAnError)
 {
     Layer layer(64, 2, 1, 4);
-    layer.q.setZero(); // equal weights: the output is the mean of v, but the running sum
+    layer.q.setZero();          // equal weights: the output is the mean of v, but the running sum
     layer.v.setConstant(3e38f); // of 3e38 over many keys is not a float
     expect_error([&] { (void)global_attention(view(layer.q), view(layer.k), view(layer.v)); },
                  "the output of query token");

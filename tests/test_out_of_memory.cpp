@@ -83,8 +83,8 @@ struct CacheImage {
     std::vector<KV> keys, values;
 
     explicit CacheImage(const KVCache<KV>& c)
-        : tokens(c.tokens()), heads(c.kv_heads()), head_dim(c.head_dim()),
-          keys(flat(c.keys())), values(flat(c.values()))
+        : tokens(c.tokens()), heads(c.kv_heads()), head_dim(c.head_dim()), keys(flat(c.keys())),
+          values(flat(c.values()))
     {
     }
 
@@ -162,12 +162,13 @@ TEST(OutOfMemory, AFailedAppendAcrossPagesLeavesTheCacheAsItWas)
     const CacheImage<float> before(cache);
     const std::size_t capacity = cache.capacity_bytes();
     const float* row = cache.keys().row(0, 0);
-    const int failures = fail_each_allocation_in_turn(
-        [&] { cache.append(view(more), view(more)); },
-        [&] {
-            return CacheImage<float>(cache) == before && cache.capacity_bytes() == capacity &&
-                   cache.keys().row(0, 0) == row;
-        });
+    const int failures =
+        fail_each_allocation_in_turn([&] { cache.append(view(more), view(more)); },
+                                     [&] {
+                                         return CacheImage<float>(cache) == before &&
+                                                cache.capacity_bytes() == capacity &&
+                                                cache.keys().row(0, 0) == row;
+                                     });
     EXPECT_GE(failures, 4) << "four new pages (of K and V each) at least";
     EXPECT_EQ(cache.tokens(), 35);
     EXPECT_EQ(cache.keys().row(0, 0), row);
@@ -195,8 +196,7 @@ TEST(OutOfMemory, PeakMemoryOfAGrowingCacheIsItsTokensPlusOnePage)
     const std::size_t peak = peak_live_bytes.load() - baseline;
     constexpr std::size_t lists = 4096; // the two lists of page pointers, with slack
     std::cout << "peak " << peak << " bytes for " << cache.bytes() << " bytes of K/V ("
-              << double(peak) / double(cache.bytes()) << "x); pages of " << page_bytes
-              << " bytes\n";
+              << double(peak) / double(cache.bytes()) << "x); pages of " << page_bytes << " bytes\n";
     EXPECT_LE(peak, cache.bytes() + 2 * page_bytes + lists);
     EXPECT_EQ(cache.capacity_bytes(), 2 * 12 * page_bytes); // 3000 tokens: 12 pages of 256
 #endif
@@ -218,9 +218,9 @@ TEST(OutOfMemory, AFailedAppendLeavesTheCacheAsItWas)
     KVCache<float> cache(8); // the 7 more tokens need a second page
     cache.append(view(first.k), view(first.v));
     const CacheImage<float> before(cache);
-    const int failures = fail_each_allocation_in_turn(
-        [&] { cache.append(view(more.k), view(more.v)); },
-        [&] { return CacheImage<float>(cache) == before; });
+    const int failures =
+        fail_each_allocation_in_turn([&] { cache.append(view(more.k), view(more.v)); },
+                                     [&] { return CacheImage<float>(cache) == before; });
     EXPECT_GE(failures, 1) << "no allocation was failed: the test proves nothing";
     EXPECT_EQ(cache.tokens(), 12);
     expect_next_append_lines_up(cache, "the cache");
@@ -262,13 +262,11 @@ TEST(OutOfMemory, AFailedQueryLeavesEveryCacheAsItWas)
     const StarPlan plan = star.plan(70, 3);
     LocalCommunicator comm(3, 1);
     auto caches = comm.local<KVCache<float>>();
-    (void)star.encode_context(comm, plan, caches, view(context.q), view(context.k),
-                              view(context.v));
+    (void)star.encode_context(comm, plan, caches, view(context.q), view(context.k), view(context.v));
     const auto before = images(caches);
     const int failures = fail_each_allocation_in_turn(
         [&] {
-            (void)star.attend_query(comm, plan, caches, view(query.q), view(query.k),
-                                    view(query.v));
+            (void)star.attend_query(comm, plan, caches, view(query.q), view(query.k), view(query.v));
         },
         [&] { return images(caches) == before; });
     EXPECT_GE(failures, 3);

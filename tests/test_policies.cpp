@@ -79,10 +79,7 @@ TEST(FixedBlocks, ContextShorterThanOneBlockIsOneBlock)
     EXPECT_EQ(FixedBlocks{100}.blocks(1), (std::vector<TokenRange>{{0, 1}}));
 }
 
-TEST(FixedBlocks, EmptyContextHasNoBlocks)
-{
-    EXPECT_TRUE(FixedBlocks{10}.blocks(0).empty());
-}
+TEST(FixedBlocks, EmptyContextHasNoBlocks) { EXPECT_TRUE(FixedBlocks{10}.blocks(0).empty()); }
 
 TEST(FixedBlocks, EveryBlockButTheLastHasTheGivenSize)
 {
@@ -101,11 +98,13 @@ TEST(FixedBlocks, EveryBlockButTheLastHasTheGivenSize)
 // Unset, the sizes follow the host count: one near-equal block per host.
 TEST(FixedBlocks, UnsetSizeGivesOneBlockPerHost)
 {
-    EXPECT_EQ(FixedBlocks{}.blocks(10, 4), (std::vector<TokenRange>{{0, 3}, {3, 6}, {6, 8}, {8, 10}}));
+    EXPECT_EQ(FixedBlocks{}.blocks(10, 4),
+              (std::vector<TokenRange>{{0, 3}, {3, 6}, {6, 8}, {8, 10}}));
     EXPECT_EQ(FixedBlocks{}.blocks(3, 8), (std::vector<TokenRange>{{0, 1}, {1, 2}, {2, 3}}));
     EXPECT_EQ(FixedBlocks{5}.blocks(12, 4), FixedBlocks{5}.blocks(12)); // a set size wins
     expect_error([] { (void)FixedBlocks{}.blocks(10); }, "FixedBlocks: no block size set");
-    expect_error([] { (void)FixedBlocks{}.blocks(10, 0); }, "the number of hosts must be at least 1");
+    expect_error([] { (void)FixedBlocks{}.blocks(10, 0); },
+                 "the number of hosts must be at least 1");
 }
 
 TEST(FixedBlocks, SizeBelowOneThrows)
@@ -667,8 +666,7 @@ TEST(UserPolicies, ContractViolationsAreRejectedByPlan)
 {
     expect_error([] { (void)StarAttention(Overlapping{}).plan(100, 2); },
                  "blocks must be non-empty, consecutive");
-    expect_error([] { (void)StarAttention(TooShort{}).plan(100, 2); },
-                 "the blocks cover 99 of 100");
+    expect_error([] { (void)StarAttention(TooShort{}).plan(100, 2); }, "the blocks cover 99 of 100");
     expect_error(
         [] { (void)StarAttention(FixedBlocks{10}, FirstTokens{}, OwnerOutOfRange{}).plan(100, 2); },
         "block owner 2 is out of range");
@@ -703,24 +701,48 @@ TEST(StarPlanConstructor, AConsistentPlanIsKept)
 TEST(StarPlanConstructor, EveryInconsistencyIsNamed)
 {
     using R = std::vector<TokenRange>;
-    expect_error([] { (void)StarPlan(10, 0, 0, R{{0, 10}}, {0}, R{{}}); },
-                 "StarPlan: the number of hosts must be at least 1, got 0");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 0, 0, R{{0, 10}}, {0}, R{{}});
+        },
+        "StarPlan: the number of hosts must be at least 1, got 0");
     expect_error([] { (void)StarPlan(0, 1, 0, R{}, {}, R{}); },
                  "StarPlan: the context must hold at least 1 token, got 0");
-    expect_error([] { (void)StarPlan(10, 2, 2, R{{0, 10}}, {0}, R{{}}); },
-                 "StarPlan: query host 2 is out of range");
-    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {5, 10}}, {0, 1}, R{{}, {}}); },
-                 "StarPlan: block 1 = [5, 10); blocks must be non-empty, consecutive");
-    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}}, {0}, R{{}}); },
-                 "StarPlan: the blocks cover 4 of 10 context tokens");
-    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0}, R{{}, {}}); },
-                 "StarPlan: 1 block owners for 2 blocks");
-    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, -1}, R{{}, {}}); },
-                 "StarPlan: block owner -1 is out of range");
-    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}}); },
-                 "StarPlan: 1 anchors for 2 blocks");
-    expect_error([] { (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}, {2, 6}}); },
-                 "StarPlan: the anchor of block 1 is [2, 6), not before the block's start 4");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 2, R{{0, 10}}, {0}, R{{}});
+        },
+        "StarPlan: query host 2 is out of range");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}, {5, 10}}, {0, 1}, R{{}, {}});
+        },
+        "StarPlan: block 1 = [5, 10); blocks must be non-empty, consecutive");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}}, {0}, R{{}});
+        },
+        "StarPlan: the blocks cover 4 of 10 context tokens");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0}, R{{}, {}});
+        },
+        "StarPlan: 1 block owners for 2 blocks");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, -1}, R{{}, {}});
+        },
+        "StarPlan: block owner -1 is out of range");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}});
+        },
+        "StarPlan: 1 anchors for 2 blocks");
+    expect_error(
+        [] {
+            (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}, {2, 6}});
+        },
+        "StarPlan: the anchor of block 1 is [2, 6), not before the block's start 4");
     expect_error(
         [] {
             (void)StarPlan(10, 2, 0, R{{0, 4}, {4, 10}}, {0, 1}, R{{}, {2, 4}},

@@ -12,10 +12,7 @@
 namespace star::test {
 namespace {
 
-const char* name_of(RingLayout layout)
-{
-    return layout == RingLayout::plain ? "plain" : "zigzag";
-}
+const char* name_of(RingLayout layout) { return layout == RingLayout::plain ? "plain" : "zigzag"; }
 
 template <class KV>
 struct Sequence {
@@ -231,8 +228,7 @@ TEST(RingShards, PlainIsUnbalancedUnderTheCausalMask)
 
 TEST(RingErrors, ZeroHosts)
 {
-    expect_error([] { (void)RingAttention{}.shards(517, 0); },
-                 "number of hosts must be at least 1");
+    expect_error([] { (void)RingAttention{}.shards(517, 0); }, "number of hosts must be at least 1");
     expect_error([] { LocalCommunicator comm(0); }, "at least 1");
 }
 

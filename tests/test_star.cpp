@@ -79,10 +79,7 @@ struct PhaseOneCase {
     bool bf16 = false;
 };
 
-void PrintTo(const PhaseOneCase& c, std::ostream* os)
-{
-    *os << c.name;
-}
+void PrintTo(const PhaseOneCase& c, std::ostream* os) { *os << c.name; }
 
 // The blocks, derived token by token from the policy's definition rather than from the plan:
 // FixedBlocks puts token t in block t / size; EqualBlocks makes the first `L mod n` blocks one
@@ -121,15 +118,10 @@ std::vector<TokenRange> expected_anchors(const PhaseOneCase& c,
         const index start = blocks[i].begin;
         TokenRange a{};
         switch (c.anchor) {
-        case AnchorKind::first_default:
-            a = {0, std::min(blocks.front().size(), start)};
-            break;
+        case AnchorKind::first_default: a = {0, std::min(blocks.front().size(), start)}; break;
         case AnchorKind::first:
-        case AnchorKind::sinks:
-            a = {0, std::min(c.anchor_parameter, start)};
-            break;
-        case AnchorKind::none:
-            break;
+        case AnchorKind::sinks: a = {0, std::min(c.anchor_parameter, start)}; break;
+        case AnchorKind::none: break;
         case AnchorKind::previous:
             if (i > 0)
                 a = blocks[i - 1];
@@ -153,16 +145,11 @@ template <class F>
 void with_anchor(const PhaseOneCase& c, F&& f)
 {
     switch (c.anchor) {
-    case AnchorKind::first_default:
-        return f(FirstTokens{});
-    case AnchorKind::first:
-        return f(FirstTokens{c.anchor_parameter});
-    case AnchorKind::sinks:
-        return f(SinkTokens{c.anchor_parameter});
-    case AnchorKind::none:
-        return f(NoAnchor{});
-    case AnchorKind::previous:
-        return f(PreviousBlock{});
+    case AnchorKind::first_default: return f(FirstTokens{});
+    case AnchorKind::first: return f(FirstTokens{c.anchor_parameter});
+    case AnchorKind::sinks: return f(SinkTokens{c.anchor_parameter});
+    case AnchorKind::none: return f(NoAnchor{});
+    case AnchorKind::previous: return f(PreviousBlock{});
     }
 }
 
@@ -170,12 +157,9 @@ template <class F>
 void with_partition(const PhaseOneCase& c, F&& f)
 {
     switch (c.partition) {
-    case PartitionKind::contiguous:
-        return f(Contiguous{});
-    case PartitionKind::round_robin:
-        return f(RoundRobin{});
-    case PartitionKind::balanced:
-        return f(BalancedTokens{});
+    case PartitionKind::contiguous: return f(Contiguous{});
+    case PartitionKind::round_robin: return f(RoundRobin{});
+    case PartitionKind::balanced: return f(BalancedTokens{});
     }
 }
 
@@ -203,8 +187,7 @@ void expect_phase_one_matches_reference(const Star& star, const PhaseOneCase& c)
     const auto in = random_tokens<KV>(c.tokens, c.q_heads, c.kv_heads, c.head_dim);
     LocalCommunicator comm(c.hosts);
     auto caches = comm.template local<KVCache<KV>>();
-    const auto outputs =
-        star.encode_context(comm, plan, caches, view(in.q), view(in.k), view(in.v));
+    const auto outputs = star.encode_context(comm, plan, caches, view(in.q), view(in.k), view(in.v));
 
     // Each host returns the outputs of exactly the blocks it owns, in context order.
     for (int r = 0; r < c.hosts; ++r) {
@@ -349,10 +332,8 @@ TEST(ReceivedAnchor, BitIdenticalWhenTheAnchorSpansSeveralBlocks)
 
 TEST(ReceivedAnchor, SinkTokensToo)
 {
-    const StarAttention compute(FixedBlocks{64}, SinkTokens{4, AnchorSource::compute},
-                                RoundRobin{});
-    const StarAttention receive(FixedBlocks{64}, SinkTokens{4, AnchorSource::receive},
-                                RoundRobin{});
+    const StarAttention compute(FixedBlocks{64}, SinkTokens{4, AnchorSource::compute}, RoundRobin{});
+    const StarAttention receive(FixedBlocks{64}, SinkTokens{4, AnchorSource::receive}, RoundRobin{});
     const auto in = random_tokens<float>(300, 4, 2, 16);
     LocalCommunicator comm(3);
     auto c1 = comm.local<KVCache<float>>(), c2 = comm.local<KVCache<float>>();
@@ -395,8 +376,7 @@ void expect_caches_hold_own_blocks(int hosts, PartitionKind partition_kind)
                 count += b.size();
             }
             EXPECT_EQ(cache.tokens(), count) << "host " << r;
-            EXPECT_EQ(cache.bytes(),
-                      2 * static_cast<std::size_t>(count * kv_heads * d) * sizeof(KV))
+            EXPECT_EQ(cache.bytes(), 2 * static_cast<std::size_t>(count * kv_heads * d) * sizeof(KV))
                 << "host " << r;
             if (count == 0)
                 continue;
@@ -407,8 +387,7 @@ void expect_caches_hold_own_blocks(int hosts, PartitionKind partition_kind)
             ASSERT_EQ(cached_k.size(), static_cast<index>(keys.size()));
             EXPECT_TRUE(same_bytes(cached_k.data(), keys.data(), sizeof(KV) * keys.size()))
                 << "host " << r << " keys";
-            EXPECT_TRUE(
-                same_bytes(cached_v.data(), values.data(), sizeof(KV) * values.size()))
+            EXPECT_TRUE(same_bytes(cached_v.data(), values.data(), sizeof(KV) * values.size()))
                 << "host " << r << " values";
         }
     });
@@ -606,10 +585,10 @@ TEST(PhaseTwoQueryHost, QueryHostNotTheLastOne)
                                             TreeReduction{}),
                               c, hosts, false, where + "query host 0, tree"),
                      c, where + "query host 0, tree");
-        expect_exact(converse(StarAttention(FixedBlocks{64}, FirstTokens{}, RoundRobin{{1}},
-                                            TreeReduction{}),
-                              c, hosts, false, where + "query host 1, tree"),
-                     c, where + "query host 1, tree");
+        expect_exact(
+            converse(StarAttention(FixedBlocks{64}, FirstTokens{}, RoundRobin{{1}}, TreeReduction{}),
+                     c, hosts, false, where + "query host 1, tree"),
+            c, where + "query host 1, tree");
         expect_exact(
             converse(StarAttention(FixedBlocks{64}, SinkTokens{}, BalancedTokens{{1}}, AllGather{}),
                      c, hosts, true, where + "query host 1, all-gather"),
@@ -681,16 +660,15 @@ void expect_sixty_four_hosts_work(index block_size)
     for (const auto& b : plan.blocks())
         anchors.push_back(b.begin == 0 ? TokenRange{}
                                        : TokenRange{0, std::min(block_size, b.begin)});
-    const ReferenceResult want =
-        reference_attention(view(c.context.q), view(c.context.k), view(c.context.v),
-                            block_sparse_visible(plan.blocks(), anchors), 1.0 / std::sqrt(double(d)));
+    const ReferenceResult want = reference_attention(
+        view(c.context.q), view(c.context.k), view(c.context.v),
+        block_sparse_visible(plan.blocks(), anchors), 1.0 / std::sqrt(double(d)));
     expect_close(assemble(outputs, {tokens, q_heads, d}), want, d, tokens, what + ", phase 1");
 
     // Phase 2 with every merge policy.
     expect_exact(converse(star, c, hosts, false, what + ", tree"), c, what + ", tree");
-    expect_exact(
-        converse(StarAttention(FixedBlocks{block_size}), c, hosts, false, what + ", gather"), c,
-        what + ", gather");
+    expect_exact(converse(StarAttention(FixedBlocks{block_size}), c, hosts, false, what + ", gather"),
+                 c, what + ", gather");
     expect_exact(
         converse(StarAttention(FixedBlocks{block_size}, FirstTokens{}, Contiguous{}, AllGather{}),
                  c, hosts, true, what + ", all-gather"),
@@ -724,9 +702,9 @@ TEST(DefaultStarAttention, RunsThePapersMethod)
     auto caches = comm.local<KVCache<float>>();
     const auto outputs = star.encode_context(comm, plan, caches, view(c.context.q),
                                              view(c.context.k), view(c.context.v));
-    const ReferenceResult want =
-        reference_attention(view(c.context.q), view(c.context.k), view(c.context.v),
-                            block_sparse_visible(plan.blocks(), plan.anchors()), 1.0 / std::sqrt(16.0));
+    const ReferenceResult want = reference_attention(
+        view(c.context.q), view(c.context.k), view(c.context.v),
+        block_sparse_visible(plan.blocks(), plan.anchors()), 1.0 / std::sqrt(16.0));
     expect_close(assemble(outputs, {103, 4, 16}), want, 16, 52, "default, phase 1");
     expect_exact(converse(star, c, 4, false, "default"), c, "default");
     // A context shorter than the hosts: one token per block, some hosts hold none.
@@ -786,8 +764,7 @@ TEST(StarErrors, PlanForAnotherNumberOfHosts)
     const auto query = random_tokens<float>(2, 4, 2, 16);
     expect_error(
         [&] {
-            (void)star.attend_query(comm, plan, caches, view(query.q), view(query.k),
-                                    view(query.v));
+            (void)star.attend_query(comm, plan, caches, view(query.q), view(query.k), view(query.v));
         },
         "the plan is for 4 hosts");
 }

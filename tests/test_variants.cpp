@@ -40,13 +40,10 @@ TanhFunction tanh_of_path(KernelIsa isa)
     using namespace detail;
     switch (isa) {
 #if STAR_X86_DISPATCH
-    case KernelIsa::avx512:
-        return &avx512_path::tanh_array<avx512_path::Simd>;
-    case KernelIsa::avx2:
-        return &avx2_path::tanh_array<avx2_path::Simd>;
+    case KernelIsa::avx512: return &avx512_path::tanh_array<avx512_path::Simd>;
+    case KernelIsa::avx2: return &avx2_path::tanh_array<avx2_path::Simd>;
 #endif
-    default:
-        return &portable_path::tanh_array<portable_path::Simd>;
+    default: return &portable_path::tanh_array<portable_path::Simd>;
     }
 }
 
@@ -84,8 +81,9 @@ TEST_P(EveryPath, TanhAtTheEdgesOfItsRange)
     STAR_SKIP_UNLESS_SUPPORTED(GetParam());
     const float inf = std::numeric_limits<float>::infinity();
     const float nan = std::numeric_limits<float>::quiet_NaN();
-    const std::vector<float> x{0.0f, 44.0f, 89.0f, 1e30f, inf, -inf, -1e30f, nan,
-                               std::numeric_limits<float>::denorm_min()};
+    const std::vector<float> x{0.0f,   44.0f, 89.0f,
+                               1e30f,  inf,   -inf,
+                               -1e30f, nan,   std::numeric_limits<float>::denorm_min()};
     std::vector<float> y(x.size());
     tanh_of_path(GetParam())(x.data(), y.data(), static_cast<index>(x.size()));
     EXPECT_EQ(y[0], 0.0f);
@@ -120,7 +118,10 @@ const std::vector<index> document_starts{0, 5, 31, 127, 128, 129, 200, 201, 255,
 NoMask make_mask(const Shape&, NoMask) { return {}; }
 CausalMask make_mask(const Shape& s, CausalMask) { return {query_offset(s), 0}; }
 SlidingWindowMask make_mask(const Shape& s, SlidingWindowMask) { return {100, query_offset(s), 0}; }
-DocumentMask make_mask(const Shape& s, DocumentMask) { return {document_starts, query_offset(s), 0}; }
+DocumentMask make_mask(const Shape& s, DocumentMask)
+{
+    return {document_starts, query_offset(s), 0};
+}
 
 // Each transform as the kernel takes it and in double for the reference.
 struct SoftCapCase {
@@ -162,9 +163,10 @@ struct AlibiThenCapCase {
     Transform reference(const Shape& s, const std::vector<float>& slopes) const
     {
         const double c = cap;
-        return [c, alibi = AlibiCase{}.reference(s, slopes)](double score, index i, index j, index h) {
-            return c * std::tanh(alibi(score, i, j, h) / c);
-        };
+        return
+            [c, alibi = AlibiCase{}.reference(s, slopes)](double score, index i, index j, index h) {
+                return c * std::tanh(alibi(score, i, j, h) / c);
+            };
     }
     static constexpr double ulps = soft_cap_ulps + alibi_ulps;
 };
@@ -186,7 +188,9 @@ struct ScalarCase {
     Transform reference(const Shape&, const std::vector<float>&) const
     {
         const double c = cap;
-        return [c](double s, index, index, index h) { return c * std::tanh(s / c) + 0.25 * double(h); };
+        return [c](double s, index, index, index h) {
+            return c * std::tanh(s / c) + 0.25 * double(h);
+        };
     }
     static constexpr double ulps = soft_cap_ulps + 2.0; // std::tanh's, and the add
 };
@@ -211,7 +215,8 @@ void expect_matches_reference(const Shape& s, const Case& transform_case)
         const AttentionState got = attention(view(q), view(k), view(v), mask, {}, transform);
         const Deviation dev = deviation(got, want);
         EXPECT_TRUE(dev.all_finite);
-        EXPECT_TRUE(dev.infinities_match) << "rows with no visible key must have lse = -inf, only they";
+        EXPECT_TRUE(dev.infinities_match)
+            << "rows with no visible key must have lse = -inf, only they";
         EXPECT_LE(dev.output, tol.output);
         EXPECT_LE(dev.lse, tol.lse);
     }
@@ -349,15 +354,16 @@ TEST(Alibi, SlopesAreThePapers)
     const std::vector<float> three = alibi_slopes(3);
     EXPECT_EQ(three, (std::vector<float>{0.0625f, 0.00390625f, 0.25f}));
     EXPECT_EQ(alibi_slopes(1), std::vector<float>{0.00390625f});
-    expect_error([] { (void)alibi_slopes(0); }, "alibi_slopes: need a positive number of heads, got 0");
+    expect_error([] { (void)alibi_slopes(0); },
+                 "alibi_slopes: need a positive number of heads, got 0");
 }
 
 TEST(Alibi, PenalisesDistanceBothWays)
 {
     const std::vector<float> slopes{0.5f, 2.0f};
     const Alibi alibi{slopes, 10, 3};
-    EXPECT_EQ(alibi(1.0f, 0, 7, 0), 1.0f);              // positions 10 and 10
-    EXPECT_EQ(alibi(1.0f, 0, 4, 1), 1.0f - 2.0f * 3.0f); // a key 3 before the query
+    EXPECT_EQ(alibi(1.0f, 0, 7, 0), 1.0f);                // positions 10 and 10
+    EXPECT_EQ(alibi(1.0f, 0, 4, 1), 1.0f - 2.0f * 3.0f);  // a key 3 before the query
     EXPECT_EQ(alibi(1.0f, 0, 10, 0), 1.0f - 0.5f * 3.0f); // 3 after
 }
 
@@ -396,10 +402,16 @@ TEST(Composed, ChecksEachPart)
 {
     const BadInputs in;
     const std::vector<float> three(3, 0.5f), four(4, 0.5f);
-    expect_error([&] { in.call(Composed<Alibi, SoftCap>{{three}, {2.0f}}); },
-                 "Alibi has 3 slopes but q has 4 heads");
-    expect_error([&] { in.call(Composed<Alibi, SoftCap>{{four}, {0.0f}}); },
-                 "SoftCap's cap must be finite and positive, got 0");
+    expect_error(
+        [&] {
+            in.call(Composed<Alibi, SoftCap>{{three}, {2.0f}});
+        },
+        "Alibi has 3 slopes but q has 4 heads");
+    expect_error(
+        [&] {
+            in.call(Composed<Alibi, SoftCap>{{four}, {0.0f}});
+        },
+        "SoftCap's cap must be finite and positive, got 0");
 }
 
 TEST(Alibi, RejectsASlopeThatIsNotFinite)
@@ -420,9 +432,12 @@ TEST(Alibi, RejectsASlopeWhosePenaltyOverflowsFloat)
     const BadInputs in;
     std::vector<float> slopes(4, 0.5f);
     slopes[1] = 1e36f;
-    expect_error([&] { in.call(Alibi{slopes, 0, 0}); },
-                 "Alibi's slope for head 1 (1e+36) times the largest query-key distance of the "
-                 "call (999) overflows float");
+    expect_error(
+        [&] {
+            in.call(Alibi{slopes, 0, 0});
+        },
+        "Alibi's slope for head 1 (1e+36) times the largest query-key distance of the "
+        "call (999) overflows float");
     slopes[1] = 1e35f;
     in.call(Alibi{slopes, 0, 0}); // 1e38: within range
     expect_error([&] { in.call(Alibi{slopes, 1000000, 0}); }, "(1000004) overflows float");

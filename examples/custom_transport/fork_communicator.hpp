@@ -206,8 +206,8 @@ private:
                     const ssize_t n = ::send(watch[w].fd, out.data() + sent, out.size() - sent,
                                              MSG_NOSIGNAL | MSG_DONTWAIT);
                     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                        fail(rank_, "sending to host " + std::to_string(to) + " failed: " +
-                                        std::strerror(errno) + " (did it stop?)");
+                        fail(rank_, "sending to host " + std::to_string(to) +
+                                        " failed: " + std::strerror(errno) + " (did it stop?)");
                     sent += n > 0 ? static_cast<std::size_t>(n) : 0;
                 } else {
                     const ssize_t n =
@@ -262,7 +262,7 @@ int fork_hosts(int hosts, Body body)
             int pair[2];
             if (::socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0)
                 throw star::runtime_failure(std::string("fork_hosts: socketpair failed: ") +
-                                  std::strerror(errno));
+                                            std::strerror(errno));
             sockets[static_cast<std::size_t>(a)][static_cast<std::size_t>(b)] = pair[0];
             sockets[static_cast<std::size_t>(b)][static_cast<std::size_t>(a)] = pair[1];
         }
@@ -279,7 +279,8 @@ int fork_hosts(int hosts, Body body)
         const pid_t pid = ::fork();
         if (pid < 0) {
             close_all(); // the children started so far see end-of-file and stop
-            throw star::runtime_failure(std::string("fork_hosts: fork failed: ") + std::strerror(errno));
+            throw star::runtime_failure(std::string("fork_hosts: fork failed: ") +
+                                        std::strerror(errno));
         }
         if (pid > 0) {
             children.push_back(pid);

@@ -123,8 +123,8 @@ int run_host(fork_transport::ForkCommunicator& comm, int fail_on_host)
     for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
         const RingAttention ring({.layout = layout});
         const auto q = view(layer.q), k = view(layer.k), v = view(layer.v);
-        differences += !same_bits(ring.run(comm, q, k, v)[comm.rank()],
-                                  ring.run(local, q, k, v)[comm.rank()]);
+        differences +=
+            !same_bits(ring.run(comm, q, k, v)[comm.rank()], ring.run(local, q, k, v)[comm.rank()]);
     }
     comm.barrier();
 
@@ -150,9 +150,8 @@ int main(int argc, char** argv)
                     "end promptly with its message; the error lines below are expected\n",
                     fail_on_host);
     // Nothing here may start oneTBB before the hosts are forked (see fork_hosts).
-    const int status = fork_transport::fork_hosts(hosts, [&](fork_transport::ForkCommunicator& comm) {
-        return run_host(comm, fail_on_host);
-    });
+    const int status = fork_transport::fork_hosts(
+        hosts, [&](fork_transport::ForkCommunicator& comm) { return run_host(comm, fail_on_host); });
     if (fail_on_host >= 0) {
         // The exit status stays the failing run's; what is expected is that it fails.
         std::printf("custom_transport: failure injection: %s\n",

@@ -75,8 +75,8 @@ inline ContinuationLogits continuation_logits(const Model& model, const Attentio
 
 struct Agreement {
     index positions = 0;
-    index agreeing = 0;    // positions where both pick the same greedy token
-    double kl_sum = 0.0;   // sum over positions of KL(exact || approximate), nats
+    index agreeing = 0;  // positions where both pick the same greedy token
+    double kl_sum = 0.0; // sum over positions of KL(exact || approximate), nats
     double kl_max = 0.0;
 
     [[nodiscard]] double rate() const { return positions ? double(agreeing) / positions : 0.0; }
@@ -155,9 +155,9 @@ struct LogitsCheck {
     {
         std::ostringstream out;
         if (non_finite) {
-            out << "position " << non_finite->position << ", vocabulary entry "
-                << non_finite->vocab << ": logit " << non_finite->value << ", reference "
-                << non_finite->reference << ": a logit is not finite";
+            out << "position " << non_finite->position << ", vocabulary entry " << non_finite->vocab
+                << ": logit " << non_finite->value << ", reference " << non_finite->reference
+                << ": a logit is not finite";
             return out.str();
         }
         out << "max abs logit difference " << std::scientific << std::setprecision(3)

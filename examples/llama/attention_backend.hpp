@@ -70,8 +70,7 @@ struct ModelAttention {
 // Plain causal attention in each of `layers` layers, the default scale.
 inline ModelAttention plain_attention(int layers)
 {
-    return {std::vector<LayerVariant>(static_cast<std::size_t>(std::max(layers, 0)),
-                                      star::Causal{}),
+    return {std::vector<LayerVariant>(static_cast<std::size_t>(std::max(layers, 0)), star::Causal{}),
             {}};
 }
 
@@ -194,8 +193,7 @@ class GlobalBackend final : public AttentionBackend {
 public:
     explicit GlobalBackend(int layers) : GlobalBackend(plain_attention(layers)) {}
     explicit GlobalBackend(ModelAttention attention)
-        : attention_(std::move(attention)),
-          caches_(static_cast<std::size_t>(attention_.count()))
+        : attention_(std::move(attention)), caches_(static_cast<std::size_t>(attention_.count()))
     {
     }
 
@@ -208,8 +206,8 @@ public:
             throw setting_error("global attention: the context must come before any other token");
         star::AttentionState s = std::visit(
             [&](const auto& variant) {
-                return star::global_attention(q, k, v, variant,
-                                              star::GlobalOptions{.attention = {.scale = attention_.scale}});
+                return star::global_attention(
+                    q, k, v, variant, star::GlobalOptions{.attention = {.scale = attention_.scale}});
             },
             attention_.at(layer));
         cache.append(k, v);
@@ -233,7 +231,8 @@ public:
             [&](const auto& variant) {
                 return std::move(star::attention(q, cache.keys(), cache.values(),
                                                  variant.mask(before, 0),
-                                                 star::AttentionOptions{.scale = attention_.scale, .check_finite = false},
+                                                 star::AttentionOptions{.scale = attention_.scale,
+                                                                        .check_finite = false},
                                                  variant.transform(before, 0))
                                      .output);
             },
@@ -269,10 +268,10 @@ decltype(auto) with_layer_variant(const star::StarAttention<star::FixedBlocks, A
             if constexpr (std::is_same_v<std::decay_t<decltype(variant)>, star::Causal>)
                 return f(star);
             else
-                return f(star::StarAttention<star::FixedBlocks, A, P, M,
-                                             std::decay_t<decltype(variant)>>(
-                    star.block_policy(), star.anchor_policy(), star.partition_policy(),
-                    star.merge_policy(), star.attention_options(), variant));
+                return f(
+                    star::StarAttention<star::FixedBlocks, A, P, M, std::decay_t<decltype(variant)>>(
+                        star.block_policy(), star.anchor_policy(), star.partition_policy(),
+                        star.merge_policy(), star.attention_options(), variant));
         },
         layer);
 }
@@ -280,17 +279,16 @@ decltype(auto) with_layer_variant(const star::StarAttention<star::FixedBlocks, A
 // Phase 2 of Ring Attention at a layer: the exact distributed step of Star's phase 2 over
 // the ring's shards (`plan`, see `ring_query_plan`), without anchor.
 template <star::Communicator C>
-star::PerHost<std::optional<star::AttentionState>>
-ring_attend_query(C& comm, const star::StarPlan& plan, const LayerVariant& layer,
-                  std::optional<float> scale, star::PerHost<star::KVCache<float>>& caches,
-                  const star::ConstView3<float>& q, const star::ConstView3<float>& k,
-                  const star::ConstView3<float>& v)
+star::PerHost<std::optional<star::AttentionState>> ring_attend_query(
+    C& comm, const star::StarPlan& plan, const LayerVariant& layer, std::optional<float> scale,
+    star::PerHost<star::KVCache<float>>& caches, const star::ConstView3<float>& q,
+    const star::ConstView3<float>& k, const star::ConstView3<float>& v)
 {
     return std::visit(
         [&](const auto& variant) {
-            using Phase2 = star::StarAttention<star::FixedBlocks, star::NoAnchor, star::Contiguous,
-                                               star::GatherToQueryHost,
-                                               std::decay_t<decltype(variant)>>;
+            using Phase2 =
+                star::StarAttention<star::FixedBlocks, star::NoAnchor, star::Contiguous,
+                                    star::GatherToQueryHost, std::decay_t<decltype(variant)>>;
             return Phase2(star::FixedBlocks{}, {}, {}, {}, {.scale = scale}, variant)
                 .attend_query(comm, plan, caches, q, k, v);
         },
@@ -341,8 +339,8 @@ public:
     StarBackend(ModelAttention attention, index block, A anchor, P partition, M merge,
                 std::optional<int> hosts, std::string label)
         : attention_(std::move(attention)), layers_(attention_.count()),
-          star_(star::FixedBlocks{block}, std::move(anchor), std::move(partition),
-                std::move(merge), {.scale = attention_.scale}),
+          star_(star::FixedBlocks{block}, std::move(anchor), std::move(partition), std::move(merge),
+                {.scale = attention_.scale}),
           hosts_(hosts), label_(std::move(label))
     {
     }
@@ -359,8 +357,7 @@ public:
             const int hosts = hosts_.value_or(static_cast<int>((tokens + block - 1) / block));
             plan_ = star_.plan(tokens, hosts);
             comm_.emplace(hosts);
-            caches_.assign(static_cast<std::size_t>(layers_),
-                           comm_->local<star::KVCache<float>>());
+            caches_.assign(static_cast<std::size_t>(layers_), comm_->local<star::KVCache<float>>());
         }
         const auto outputs = with_variant(layer, [&](const auto& star) {
             return star.encode_context(*comm_, *plan_, cache(layer), q, k, v);
@@ -434,7 +431,8 @@ class RingBackend final : public AttentionBackend {
 public:
     RingBackend(ModelAttention attention, int hosts, star::RingLayout layout)
         : attention_(std::move(attention)), layers_(attention_.count()), hosts_(hosts),
-          layout_(layout), options_{.layout = layout, .attention = {.scale = attention_.scale}}, comm_(hosts)
+          layout_(layout), options_{.layout = layout, .attention = {.scale = attention_.scale}},
+          comm_(hosts)
     {
     }
 
@@ -459,10 +457,9 @@ public:
         for (std::size_t i = 0; i < plan_->blocks().size(); ++i) {
             const star::TokenRange b = plan_->blocks()[i];
             caches[plan_->owner()[i]].append(star::token_slice(k, b.begin, b.size()),
-                                           star::token_slice(v, b.begin, b.size()));
+                                             star::token_slice(v, b.begin, b.size()));
         }
-        return std::move(
-            star::assemble(outputs, {tokens, q.dimension(1), q.dimension(2)}).output);
+        return std::move(star::assemble(outputs, {tokens, q.dimension(1), q.dimension(2)}).output);
     }
 
     star::Tensor3<float> attend(int layer, const star::ConstView3<float>& q,
@@ -529,13 +526,13 @@ struct AttentionSetting {
 
     std::string text; // as the user wrote it, for tables
     Kind kind = Kind::global;
-    Size block{0, 4};                   // star: b
-    std::optional<Size> anchor_size;    // star: a (first: default b; sinks: default 4)
+    Size block{0, 4};                // star: b
+    std::optional<Size> anchor_size; // star: a (first: default b; sinks: default 4)
     AnchorKind anchor = AnchorKind::first;
     star::AnchorSource anchor_from = star::AnchorSource::compute; // first and sinks
     PartitionKind partition = PartitionKind::contiguous;
     MergeKind merge = MergeKind::gather;
-    std::optional<int> hosts;           // star: default one per block; ring: default 4
+    std::optional<int> hosts; // star: default one per block; ring: default 4
     star::RingLayout ring_layout = star::RingLayout::plain;
 };
 
@@ -764,8 +761,7 @@ decltype(auto) with_star_policies(const AttentionSetting& s, index context_lengt
 // A fresh backend for one sequence of a model whose layers compute `attention`; `L/n` sizes
 // resolve against `context_length`.
 inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
-                                                      ModelAttention attention,
-                                                      index context_length)
+                                                      ModelAttention attention, index context_length)
 {
     using Kind = AttentionSetting::Kind;
     if (s.kind == Kind::global)
@@ -774,12 +770,13 @@ inline std::unique_ptr<AttentionBackend> make_backend(const AttentionSetting& s,
         return std::make_unique<RingBackend>(std::move(attention), s.hosts.value_or(4),
                                              s.ring_layout);
 
-    return with_star_policies(s, context_length, [&](index b, auto a, auto p, auto m,
-                                                     const std::string& label)
-                                  -> std::unique_ptr<AttentionBackend> {
-        return std::make_unique<StarBackend<decltype(a), decltype(p), decltype(m)>>(
-            attention, b, a, p, m, s.hosts, label);
-    });
+    return with_star_policies(
+        s, context_length,
+        [&](index b, auto a, auto p, auto m,
+            const std::string& label) -> std::unique_ptr<AttentionBackend> {
+            return std::make_unique<StarBackend<decltype(a), decltype(p), decltype(m)>>(
+                attention, b, a, p, m, s.hosts, label);
+        });
 }
 
 // A fresh backend for one sequence of `model`, every layer under the attention variant its

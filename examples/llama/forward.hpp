@@ -131,13 +131,12 @@ public:
         : model_(&model), attention_(std::move(attention)), rope_(model.config)
     {
         const Config& c = model.config;
-        if (c.layers != static_cast<int>(model.layers.size()) || c.heads <= 0 ||
-            c.kv_heads <= 0 || c.heads % c.kv_heads != 0)
+        if (c.layers != static_cast<int>(model.layers.size()) || c.heads <= 0 || c.kv_heads <= 0 ||
+            c.heads % c.kv_heads != 0)
             throw std::invalid_argument("Sequence: inconsistent model configuration (" +
                                         std::to_string(model.layers.size()) + " layers for " +
-                                        std::to_string(c.layers) + ", " +
-                                        std::to_string(c.heads) + " heads, " +
-                                        std::to_string(c.kv_heads) + " kv heads)");
+                                        std::to_string(c.layers) + ", " + std::to_string(c.heads) +
+                                        " heads, " + std::to_string(c.kv_heads) + " kv heads)");
     }
 
     // Phase 1: the context, which must come first. Returns the requested logits
@@ -231,8 +230,8 @@ private:
             // [tokens, heads * head_dim] is exactly the library's [tokens, heads, head_dim].
             Matrix q(n, q_width), k(n, kv_width), v(n, kv_width);
             for_each_chunk(n, [&](index begin, index rows) {
-                const Matrix h = rms_norm(x.middleRows(begin, rows), w.attention_norm,
-                                          c.rms_norm_eps);
+                const Matrix h =
+                    rms_norm(x.middleRows(begin, rows), w.attention_norm, c.rms_norm_eps);
                 q.middleRows(begin, rows).noalias() = h * w.wq.transpose();
                 k.middleRows(begin, rows).noalias() = h * w.wk.transpose();
                 v.middleRows(begin, rows).noalias() = h * w.wv.transpose();
@@ -265,10 +264,10 @@ private:
                 } else {
                     // gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
                     const float k = 0.7978845608028654f;
-                    gate.array() = 0.5f * gate.array() *
-                                   (1.0f + (k * (gate.array() + 0.044715f * gate.array().cube()))
-                                               .tanh()) *
-                                   up.array();
+                    gate.array() =
+                        0.5f * gate.array() *
+                        (1.0f + (k * (gate.array() + 0.044715f * gate.array().cube())).tanh()) *
+                        up.array();
                 }
                 const Matrix mlp_out = gate * w.w_down.transpose();
                 if (w.post_mlp_norm.size() != 0)

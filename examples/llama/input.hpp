@@ -55,15 +55,12 @@ nlohmann::json parse_json(Input&& input)
             open_keys.emplace_back();
             break;
         case Event::object_end:
-        case Event::array_end:
-            open_keys.pop_back();
-            break;
+        case Event::array_end: open_keys.pop_back(); break;
         case Event::key:
             if (!open_keys.back().insert(parsed.get<std::string>()).second)
                 throw json_error("key " + parsed.dump() + " appears twice in one object");
             break;
-        case Event::value:
-            break;
+        case Event::value: break;
         }
         return true;
     };
@@ -84,8 +81,8 @@ void require_regular_file(const std::filesystem::path& path)
     if (std::filesystem::is_regular_file(status))
         return;
     if (!std::filesystem::exists(status))
-        throw Error(path.string() + ": cannot open: " +
-                    (error ? error.message() : std::string("no such file")));
+        throw Error(path.string() +
+                    ": cannot open: " + (error ? error.message() : std::string("no such file")));
     throw Error(path.string() + ": not a regular file");
 }
 

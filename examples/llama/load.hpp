@@ -187,8 +187,7 @@ inline void read_attention_variants(const JsonConfig& json, Config& c)
         optional_positive_float(json, "query_pre_attn_scalar", gemma_default(256.0f));
 
     const bool qwen2_type = json.has("model_type") && json.at("model_type") == "qwen2";
-    const bool qwen2 =
-        qwen2_type || json.has("use_sliding_window") || json.has("max_window_layers");
+    const bool qwen2 = qwen2_type || json.has("use_sliding_window") || json.has("max_window_layers");
     // Both read (and so checked) whether or not a window is on.
     const bool window_on = json.boolean("use_sliding_window", !qwen2_type);
     const int max_window_layers = json.non_negative_int("max_window_layers", 28);
@@ -384,8 +383,7 @@ inline void check_weights(const JsonConfig& json, const SafeTensors& weights, co
                 throw load_error(message(weights.path().string(),
                                          ": tensor lm_head.weight is missing and the config has "
                                          "tie_word_embeddings false"));
-            throw load_error(
-                message(weights.path().string(), ": tensor ", w.name, " is missing"));
+            throw load_error(message(weights.path().string(), ": tensor ", w.name, " is missing"));
         }
         const std::vector<std::int64_t>& shape = weights.info(w.name).shape;
         std::vector<std::int64_t> sizes;
@@ -531,8 +529,8 @@ inline Model load_llama2c(const std::filesystem::path& file)
         {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads}, {"seq_len", seq_len}};
     for (const auto& [name, value] : must_be_positive)
         if (value <= 0)
-            fail("header field ", name, " is ", value, ", expected a positive number (header: ",
-                 header_text, ")");
+            fail("header field ", name, " is ", value,
+                 ", expected a positive number (header: ", header_text, ")");
     // The sign of vocab_size says whether the classifier is shared; its size is the magnitude.
     if (vocab_field == 0 || vocab_field == std::numeric_limits<std::int32_t>::min())
         fail("header field vocab_size is ", vocab_field, " (header: ", header_text, ")");
@@ -562,21 +560,20 @@ inline Model load_llama2c(const std::filesystem::path& file)
             else
                 *floats += *term;
         };
-        add({V, D});                              // token embedding
-        add({L, D});                              // attention RMSNorm
-        add({L, D, D});                           // wq
-        add({L, KV, D});                          // wk
-        add({L, KV, D});                          // wv
-        add({L, D, D});                           // wo
-        add({L, D});                              // FFN RMSNorm
-        add({L, F, D});                           // w1
-        add({L, D, F});                           // w2
-        add({L, F, D});                           // w3
-        add({D});                                 // final RMSNorm
-        add({S, HS});                             // freq_cis real and imaginary, S * HS/2 each
-        add({shared_classifier ? U(0) : V, D});   // classifier
-        const auto bytes =
-            floats ? detail::checked_product({*floats, sizeof(float)}) : std::nullopt;
+        add({V, D});                            // token embedding
+        add({L, D});                            // attention RMSNorm
+        add({L, D, D});                         // wq
+        add({L, KV, D});                        // wk
+        add({L, KV, D});                        // wv
+        add({L, D, D});                         // wo
+        add({L, D});                            // FFN RMSNorm
+        add({L, F, D});                         // w1
+        add({L, D, F});                         // w2
+        add({L, F, D});                         // w3
+        add({D});                               // final RMSNorm
+        add({S, HS});                           // freq_cis real and imaginary, S * HS/2 each
+        add({shared_classifier ? U(0) : V, D}); // classifier
+        const auto bytes = floats ? detail::checked_product({*floats, sizeof(float)}) : std::nullopt;
         if (!bytes || *bytes > std::numeric_limits<U>::max() - sizeof header)
             fail("the header (", header_text, ") implies a file of more than 2^64 bytes");
         if (*bytes + sizeof header != file_size)

@@ -149,8 +149,8 @@ public:
         return parse_number(text(name), name, min, max);
     }
 
-    static long long parse_number(const std::string& text, const std::string& what,
-                                  long long min, long long max)
+    static long long parse_number(const std::string& text, const std::string& what, long long min,
+                                  long long max)
     {
         long long value = 0;
         const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -243,8 +243,7 @@ std::string printable(const std::string& bytes)
 
 double ms_since(std::chrono::steady_clock::time_point start)
 {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-        .count();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 // Where this process runs: alone, every host of an attention setting in this process, or,
@@ -397,8 +396,9 @@ int run_generate(const llama::Model& model, const Options& o, const Job& job)
     const double context_ms = ms_since(start);
     start = std::chrono::steady_clock::now();
     // A one-token prompt is all context: its prediction comes from phase 1.
-    const llama::Matrix logits = query.empty() ? sequence.encode_context(context, llama::Logits::last)
-                                               : sequence.append(query, llama::Logits::last);
+    const llama::Matrix logits = query.empty()
+                                     ? sequence.encode_context(context, llama::Logits::last)
+                                     : sequence.append(query, llama::Logits::last);
     const double query_ms = ms_since(start);
     start = std::chrono::steady_clock::now();
     const std::vector<int> generated = llama::generate_greedy(sequence, logits, steps);
@@ -409,8 +409,8 @@ int run_generate(const llama::Model& model, const Options& o, const Job& job)
     const std::vector<std::size_t> cache = sequence.attention().cache_bytes();
     std::vector<std::vector<double>> hosts;
     if (job.across_ranks()) {
-        hosts = job.gathered({context_ms, static_cast<double>(cache.at(0)),
-                              static_cast<double>(job.bytes_sent())});
+        hosts = job.gathered(
+            {context_ms, static_cast<double>(cache.at(0)), static_cast<double>(job.bytes_sent())});
     } else {
         for (const std::size_t bytes : cache)
             hosts.push_back({context_ms, static_cast<double>(bytes), 0.0});
@@ -428,8 +428,8 @@ int run_generate(const llama::Model& model, const Options& o, const Job& job)
     const int decoded = steps - 1;
     std::cerr << std::fixed << std::setprecision(1) << sequence.attention().describe()
               << ": context " << context.size() << " tokens " << context_ms << " ms, query "
-              << query.size() << " tokens " << query_ms << " ms, decode " << decoded
-              << " tokens " << decode_ms << " ms\n"
+              << query.size() << " tokens " << query_ms << " ms, decode " << decoded << " tokens "
+              << decode_ms << " ms\n"
               << "time to first token " << context_ms + query_ms << " ms, decode "
               << (decoded > 0 && decode_ms > 0 ? 1000.0 * decoded / decode_ms : 0.0)
               << " tokens/s\n";
@@ -555,9 +555,9 @@ int run_needle(const llama::Model& model, const Options& o, const Job& job)
         throw setting_error("needle needs --set FILE");
     const std::vector<llama::NeedleSample> samples = llama::read_needles(o.text("--set"));
     // Across ranks the exact baseline is Ring Attention: global attention is one host's.
-    const auto settings = llama::parse_settings(o.text(
-        "--settings", std::string(job.across_ranks() ? "ring" : "global") +
-                          ",star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
+    const auto settings = llama::parse_settings(
+        o.text("--settings", std::string(job.across_ranks() ? "ring" : "global") +
+                                 ",star:b=L/4,star:b=L/8,star:b=L/4:anchor=none"));
     const auto per_length = static_cast<std::size_t>(o.number("--samples", 1 << 30, 1, 1 << 30));
     const bool verbose = o.has("--verbose");
     const PublishedFigures published =
@@ -591,8 +591,7 @@ int run_needle(const llama::Model& model, const Options& o, const Job& job)
     table << "| length | setting | samples | exact match % |"
           << (published.empty() ? "" : " published % |")
           << " phase 1 ms | phase 2 ms | decode ms/token | run as |\n"
-          << "|---:|---|---:|---:|" << (published.empty() ? "" : "---:|")
-          << "---:|---:|---:|---|\n"
+          << "|---:|---|---:|---:|" << (published.empty() ? "" : "---:|") << "---:|---:|---:|---|\n"
           << std::fixed << std::flush;
     bool all_ran = true;
     for (const index length : lengths) {
@@ -602,18 +601,18 @@ int run_needle(const llama::Model& model, const Options& o, const Job& job)
             llama::PhaseTimes total;
             std::string backend;
             for (const llama::NeedleSample* s : chosen) {
-                llama::NeedleOutcome out = llama::run_needle(model, setting, *s, job.backends(model));
+                llama::NeedleOutcome out =
+                    llama::run_needle(model, setting, *s, job.backends(model));
                 out.times.context_ms = job.slowest(out.times.context_ms);
                 correct += out.correct ? 1 : 0;
                 total += out.times;
                 backend = out.backend;
                 if (verbose && out.ran_query)
                     std::cerr << length << " depth " << std::setprecision(2) << s->depth << " "
-                              << setting.text << ": "
-                              << (out.correct ? "ok   " : "WRONG") << " answer " << s->answer
-                              << " got " << printable(out.generated) << " (" << std::setprecision(0)
-                              << out.times.context_ms << " + " << out.times.query_ms << " + "
-                              << out.times.decode_ms << " ms)\n";
+                              << setting.text << ": " << (out.correct ? "ok   " : "WRONG")
+                              << " answer " << s->answer << " got " << printable(out.generated)
+                              << " (" << std::setprecision(0) << out.times.context_ms << " + "
+                              << out.times.query_ms << " + " << out.times.decode_ms << " ms)\n";
             }
             const double n = static_cast<double>(chosen.size());
             const double accuracy = 100.0 * correct / n;
@@ -631,9 +630,12 @@ int run_needle(const llama::Model& model, const Options& o, const Job& job)
                   << std::setprecision(2) << decode_ms << " | " << backend << " |\n"
                   << std::flush;
             if (!json_path.empty() && !chosen.empty()) {
-                nlohmann::json row{{"length", length},       {"setting", setting.text},
-                                   {"samples", chosen.size()}, {"correct", correct},
-                                   {"accuracy", accuracy},    {"phase1_ms", total.context_ms / n},
+                nlohmann::json row{{"length", length},
+                                   {"setting", setting.text},
+                                   {"samples", chosen.size()},
+                                   {"correct", correct},
+                                   {"accuracy", accuracy},
+                                   {"phase1_ms", total.context_ms / n},
                                    {"phase2_ms", total.query_ms / n},
                                    {"decode_ms_per_token", decode_ms},
                                    {"run_as", backend}};
@@ -681,7 +683,8 @@ int run_agree(const llama::Model& model, const Options& o, const Job& job)
                 group.push_back(&s);
         if (group.empty())
             throw setting_error("--length: no needle samples of length " + std::to_string(length));
-        for (const auto* s : spread(group, static_cast<std::size_t>(o.number("--samples", 1, 1, 1 << 20))))
+        for (const auto* s :
+             spread(group, static_cast<std::size_t>(o.number("--samples", 1, 1, 1 << 20))))
             texts.push_back({llama::byte_tokens(s->context + s->question),
                              static_cast<index>(s->context.size())});
     } else {
@@ -729,8 +732,8 @@ int run_agree(const llama::Model& model, const Options& o, const Job& job)
         finite = finite && std::isfinite(r.kl_sum);
         std::cout << "| " << settings[i].text << " | " << r.positions << " | " << std::fixed
                   << std::setprecision(1) << 100.0 * r.rate() << " | " << std::scientific
-                  << std::setprecision(2) << r.mean_kl() << " | " << r.kl_max << " | "
-                  << std::fixed << std::setprecision(1) << context_ms[i] / texts.size() << " | "
+                  << std::setprecision(2) << r.mean_kl() << " | " << r.kl_max << " | " << std::fixed
+                  << std::setprecision(1) << context_ms[i] / texts.size() << " | "
                   << rest_ms[i] / texts.size() << " | " << backends[i] << " |\n";
     }
     return finite ? 0 : 1;
@@ -782,9 +785,8 @@ int main(int argc, char** argv)
 {
     if (argc < 3 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
         std::cerr << usage;
-        return argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")
-                   ? 0
-                   : 2;
+        return argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") ? 0
+                                                                                               : 2;
     }
     const std::string mode = argv[2];
     const std::map<std::string, std::set<std::string>> options{
@@ -792,8 +794,8 @@ int main(int argc, char** argv)
         {"logits", {"--reference", "--attention", "--tolerance"}},
         {"needle", {"--set", "--lengths", "--samples", "--settings", "--published", "--json"}},
         {"agree",
-         {"--prompt", "--tokens", "--token-ids", "--needles", "--length", "--samples",
-          "--generate", "--context", "--settings"}},
+         {"--prompt", "--tokens", "--token-ids", "--needles", "--length", "--samples", "--generate",
+          "--context", "--settings"}},
     };
     const auto allowed = options.find(mode);
     if (allowed == options.end()) {

@@ -54,7 +54,7 @@ struct Config {
     std::vector<std::int64_t> sliding_window;
     std::optional<float> attn_logit_softcapping;  // scores -> cap * tanh(score / cap)
     std::optional<float> final_logit_softcapping; // logits -> cap * tanh(logits / cap)
-    std::optional<float> query_pre_attn_scalar;   // softmax scale 1/sqrt(this), else 1/sqrt(head_dim)
+    std::optional<float> query_pre_attn_scalar; // softmax scale 1/sqrt(this), else 1/sqrt(head_dim)
 
     // The window of layer `layer`, 0 for none.
     [[nodiscard]] std::int64_t window_of(int layer) const

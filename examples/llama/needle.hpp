@@ -25,9 +25,9 @@
 namespace llama {
 
 struct NeedleSample {
-    index length = 0;    // nominal prompt length of the sample's group; `L` in the settings
-    double depth = -1.0; // where the needle sits, as a fraction of the context; -1 if several
-    std::string context; // phase 1
+    index length = 0;     // nominal prompt length of the sample's group; `L` in the settings
+    double depth = -1.0;  // where the needle sits, as a fraction of the context; -1 if several
+    std::string context;  // phase 1
     std::string question; // phase 2; the prompt is context + question
     std::string answer;   // the expected continuation
 };
@@ -131,7 +131,7 @@ struct NeedleOutcome {
     bool correct = false;
     std::string generated;
     PhaseTimes times;
-    std::string backend; // what ran, sizes resolved
+    std::string backend;   // what ran, sizes resolved
     bool ran_query = true; // false on an MPI rank that followed the query host: no answer here
 };
 
@@ -143,7 +143,8 @@ inline NeedleOutcome run_needle(const Model& model, const AttentionSetting& sett
 {
     if (model.config.vocab_size < 256)
         throw setting_error("needle prompts are byte-level and need a vocabulary of 256, the "
-                            "model has " + std::to_string(model.config.vocab_size));
+                            "model has " +
+                            std::to_string(model.config.vocab_size));
     using Clock = std::chrono::steady_clock;
     const auto ms = [](Clock::time_point a, Clock::time_point b) {
         return std::chrono::duration<double, std::milli>(b - a).count();

@@ -66,8 +66,7 @@ public:
         return inner_->gather(buffers, root);
     }
     template <star::Message T>
-    star::PerHost<std::vector<std::vector<T>>>
-    all_gather(const star::PerHost<std::vector<T>>& buffers)
+    star::PerHost<std::vector<std::vector<T>>> all_gather(const star::PerHost<std::vector<T>>& buffers)
     {
         count(buffers[rank()], size() - 1);
         return inner_->all_gather(buffers);
@@ -176,9 +175,9 @@ protected:
     }
 
     // The layer's phase-2 step over every rank's cache (every rank calls it).
-    virtual star::PerHost<std::optional<star::AttentionState>>
-    attend_query(int layer, const star::ConstView3<float>& q, const star::ConstView3<float>& k,
-                 const star::ConstView3<float>& v) = 0;
+    virtual star::PerHost<std::optional<star::AttentionState>> attend_query(
+        int layer, const star::ConstView3<float>& q, const star::ConstView3<float>& k,
+        const star::ConstView3<float>& v) = 0;
 
     // The first call of a context: keeps the plan and makes this rank's empty caches.
     void start(star::StarPlan plan, const std::string& kind)
@@ -192,9 +191,10 @@ protected:
 
     // This rank's pieces of the context at a layer: `rows` (as `context_rows` gave them),
     // whose Q/K/V are the consecutive rows of `q`/`k`/`v`.
-    star::PerHost<star::HostContext<float>>
-    pieces(const std::vector<star::TokenRange>& rows, const star::ConstView3<float>& q,
-           const star::ConstView3<float>& k, const star::ConstView3<float>& v) const
+    star::PerHost<star::HostContext<float>> pieces(const std::vector<star::TokenRange>& rows,
+                                                   const star::ConstView3<float>& q,
+                                                   const star::ConstView3<float>& k,
+                                                   const star::ConstView3<float>& v) const
     {
         auto contexts = comm_->local<star::HostContext<float>>();
         index row = 0;
@@ -246,8 +246,8 @@ public:
                     index block, A anchor, P partition, M merge, std::optional<int> hosts,
                     std::string label)
         : RankBackend(std::move(attention), comm, model, hosts, "star"),
-          star_(star::FixedBlocks{block}, std::move(anchor), std::move(partition),
-                std::move(merge), {.scale = attention_.scale}),
+          star_(star::FixedBlocks{block}, std::move(anchor), std::move(partition), std::move(merge),
+                {.scale = attention_.scale}),
           label_(std::move(label))
     {
         if constexpr (std::is_same_v<A, star::PreviousBlock>)
@@ -265,8 +265,7 @@ public:
         std::vector<star::TokenRange> wanted;
         for (const std::size_t i : plan_->blocks_of(comm_->rank())) {
             wanted.push_back(plan_->blocks()[i]);
-            if (plan_->anchor_source() == star::AnchorSource::compute &&
-                !plan_->anchors()[i].empty())
+            if (plan_->anchor_source() == star::AnchorSource::compute && !plan_->anchors()[i].empty())
                 wanted.push_back(plan_->anchors()[i]);
         }
         std::sort(wanted.begin(), wanted.end(),
@@ -328,13 +327,13 @@ public:
     }
 
 protected:
-    star::PerHost<std::optional<star::AttentionState>>
-    attend_query(int layer, const star::ConstView3<float>& q, const star::ConstView3<float>& k,
-                 const star::ConstView3<float>& v) override
+    star::PerHost<std::optional<star::AttentionState>> attend_query(
+        int layer, const star::ConstView3<float>& q, const star::ConstView3<float>& k,
+        const star::ConstView3<float>& v) override
     {
         return with_layer_variant(star_, attention_.at(layer), [&](const auto& s) {
-            return s.attend_query(*comm_, *plan_, caches_.at(static_cast<std::size_t>(layer)), q,
-                                  k, v);
+            return s.attend_query(*comm_, *plan_, caches_.at(static_cast<std::size_t>(layer)), q, k,
+                                  v);
         });
     }
 
@@ -395,9 +394,9 @@ public:
     }
 
 protected:
-    star::PerHost<std::optional<star::AttentionState>>
-    attend_query(int layer, const star::ConstView3<float>& q, const star::ConstView3<float>& k,
-                 const star::ConstView3<float>& v) override
+    star::PerHost<std::optional<star::AttentionState>> attend_query(
+        int layer, const star::ConstView3<float>& q, const star::ConstView3<float>& k,
+        const star::ConstView3<float>& v) override
     {
         return ring_attend_query(*comm_, *plan_, attention_.at(layer), attention_.scale,
                                  caches_.at(static_cast<std::size_t>(layer)), q, k, v);
@@ -422,12 +421,13 @@ inline std::unique_ptr<RankBackend> make_rank_backend(const AttentionSetting& s,
     if (s.kind == Kind::ring)
         return std::make_unique<RankRingBackend>(attention_of(model), comm, model, s.hosts,
                                                  s.ring_layout);
-    return with_star_policies(s, context_length, [&](index b, auto a, auto p, auto m,
-                                                     const std::string& label)
-                                  -> std::unique_ptr<RankBackend> {
-        return std::make_unique<RankStarBackend<decltype(a), decltype(p), decltype(m)>>(
-            attention_of(model), comm, model, b, a, p, m, s.hosts, label);
-    });
+    return with_star_policies(
+        s, context_length,
+        [&](index b, auto a, auto p, auto m,
+            const std::string& label) -> std::unique_ptr<RankBackend> {
+            return std::make_unique<RankStarBackend<decltype(a), decltype(p), decltype(m)>>(
+                attention_of(model), comm, model, b, a, p, m, s.hosts, label);
+        });
 }
 
 } // namespace llama

@@ -96,8 +96,8 @@ public:
     explicit MappedFile(const std::filesystem::path& path)
     {
         const auto fail = [&](std::string_view what) {
-            throw load_error(message(path.string(), ": ", what, ": ",
-                                     std::system_category().message(errno)));
+            throw load_error(
+                message(path.string(), ": ", what, ": ", std::system_category().message(errno)));
         };
         require_regular_file<load_error>(path);
         // Non-blocking in case the path became a FIFO since the check: its open would wait
@@ -271,9 +271,9 @@ public:
     {
         const TensorInfo& t = float_tensor(name, expected_shape);
         if (out.size() != t.elements())
-            throw std::invalid_argument(detail::message(
-                "SafeTensors::read_floats: the output holds ", out.size(), " floats, tensor ",
-                name, " has ", t.elements()));
+            throw std::invalid_argument(
+                detail::message("SafeTensors::read_floats: the output holds ", out.size(),
+                                " floats, tensor ", name, " has ", t.elements()));
         const std::span<const std::byte> raw = bytes(name);
         if (t.dtype == "F32")
             detail::convert_to_float<float>(raw, out);

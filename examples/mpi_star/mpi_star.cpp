@@ -74,7 +74,8 @@ struct Holding {
             if (range.empty())
                 continue;
             const Piece& p = pieces.emplace_back(range);
-            contexts[comm.rank()].add(range.begin, star::view(p.q), star::view(p.k), star::view(p.v));
+            contexts[comm.rank()].add(range.begin, star::view(p.q), star::view(p.k),
+                                      star::view(p.v));
         }
     }
 };
@@ -165,7 +166,8 @@ void query_and_decode(star::MpiCommunicator& comm, const Algorithm& algorithm,
                                             star::view(v));
         });
         if (step == 0)
-            report.push_back({name + " phase 2 (" + std::to_string(query_tokens) + "-token query)", ms});
+            report.push_back(
+                {name + " phase 2 (" + std::to_string(query_tokens) + "-token query)", ms});
         else if (step == 1)
             report.push_back({name + " decode (per step)", ms / static_cast<double>(decode_steps)});
         else
@@ -187,14 +189,14 @@ int main(int argc, char** argv)
         const star::index context = argc > 1 ? std::atol(argv[1]) : 16384;
         const star::index decode_steps = argc > 2 ? std::atol(argv[2]) : 8;
         if (context < hosts || decode_steps < 1)
-            throw star::invalid_argument("usage: mpi_star [context_tokens >= ranks] [decode_steps >= 1]");
+            throw star::invalid_argument(
+                "usage: mpi_star [context_tokens >= ranks] [decode_steps >= 1]");
         std::vector<PhaseReport> report;
 
         // Star: blocks of L/H, each rank one block, anchored on the first block (which each
         // rank makes itself); rank 0 is the query host, so it holds the merged results.
-        const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous>
-            star_attention(star::FixedBlocks{(context + hosts - 1) / hosts}, {},
-                           star::Contiguous{{0}});
+        const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous> star_attention(
+            star::FixedBlocks{(context + hosts - 1) / hosts}, {}, star::Contiguous{{0}});
         const star::StarPlan plan = star_attention.plan(context, hosts);
         std::vector<star::TokenRange> star_ranges;
         for (const std::size_t i : plan.blocks_of(rank)) {
@@ -272,7 +274,8 @@ int main(int argc, char** argv)
             star::index first = 0;
             for (std::size_t i = 0; i < results->size(); ++i) {
                 const star::index tokens = i == 0 ? context : i == 1 ? query_tokens : 1;
-                const double error = relative_error((*results)[i].data(), exact.output, first, tokens);
+                const double error =
+                    relative_error((*results)[i].data(), exact.output, first, tokens);
                 auto& entry = report[first_report + std::min<std::size_t>(i, 2)];
                 entry.error = std::max(entry.error, error);
                 if (!(results == &star_results && i == 0))

@@ -177,13 +177,13 @@ public:
             detail::check_tensor(v, "v", "KVCache::append");
             if (k.dimension(0) != v.dimension(0) || k.dimension(1) != v.dimension(1) ||
                 k.dimension(2) != v.dimension(2))
-                detail::fail("KVCache::append: k is [", k.dimension(0), ", ", k.dimension(1),
-                             ", ", k.dimension(2), "] but v is [", v.dimension(0), ", ",
-                             v.dimension(1), ", ", v.dimension(2), "]");
+                detail::fail("KVCache::append: k is [", k.dimension(0), ", ", k.dimension(1), ", ",
+                             k.dimension(2), "] but v is [", v.dimension(0), ", ", v.dimension(1),
+                             ", ", v.dimension(2), "]");
             if (shaped && (k.dimension(1) != heads || k.dimension(2) != head_dim))
-                detail::fail("KVCache::append: the cache holds ", heads,
-                             " kv heads of head_dim ", head_dim, ", the new tokens have ",
-                             k.dimension(1), " of head_dim ", k.dimension(2));
+                detail::fail("KVCache::append: the cache holds ", heads, " kv heads of head_dim ",
+                             head_dim, ", the new tokens have ", k.dimension(1), " of head_dim ",
+                             k.dimension(2));
             shaped = true;
             heads = k.dimension(1);
             head_dim = k.dimension(2);
@@ -199,7 +199,8 @@ public:
             return;
         const index row = heads * head_dim;
         // 2 * page elements (a page of K and one of V) in one allocation must count too.
-        (void)detail::checked_product({index{2}, page_tokens_, row}, "KVCache::append: page elements");
+        (void)detail::checked_product({index{2}, page_tokens_, row},
+                                      "KVCache::append: page elements");
         // Pages left from a reserve_for of another shape, before any token: of no use.
         const bool reshape = tokens_ == 0 && row != row_;
         const std::size_t have = reshape ? 0 : pages_.keys.size();
@@ -297,8 +298,8 @@ private:
         if (tokens_ == 0)
             return KVPages<KV>(ConstView3<KV>(nullptr, 0, heads_, head_dim_));
         const KV* const* first = pages.data(); // read-only from here
-        return paged_kv<KV>(std::span<const KV* const>(first, pages.size()), page_tokens_,
-                            tokens_, heads_, head_dim_);
+        return paged_kv<KV>(std::span<const KV* const>(first, pages.size()), page_tokens_, tokens_,
+                            heads_, head_dim_);
     }
 
     // Appends what reserve_for has checked and made room for: it cannot throw.

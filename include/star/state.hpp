@@ -53,8 +53,8 @@ namespace detail {
 inline void check_same_shape(const AttentionState& a, const AttentionState& b, const char* where)
 {
     if (a.shape() != b.shape())
-        fail(where, ": states of different shapes [", a.shape().tokens, ", ", a.shape().heads,
-             ", ", a.shape().head_dim, "] and [", b.shape().tokens, ", ", b.shape().heads, ", ",
+        fail(where, ": states of different shapes [", a.shape().tokens, ", ", a.shape().heads, ", ",
+             a.shape().head_dim, "] and [", b.shape().tokens, ", ", b.shape().heads, ", ",
              b.shape().head_dim, "]");
     if (a.lse.dimension(0) != a.shape().tokens || a.lse.dimension(1) != a.shape().heads ||
         b.lse.dimension(0) != b.shape().tokens || b.lse.dimension(1) != b.shape().heads)

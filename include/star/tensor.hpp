@@ -38,8 +38,8 @@ using ConstView3 = Eigen::TensorMap<const Tensor3<T>>;
 
 /// Element types accepted for keys and values.
 template <class T>
-concept KVElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> ||
-                    std::same_as<T, Eigen::half>;
+concept KVElement =
+    std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> || std::same_as<T, Eigen::half>;
 
 namespace detail {
 
@@ -107,8 +107,8 @@ ConstView3<T> token_slice(const ConstView3<T>& t, index begin, index count)
 {
     // Compared without forming begin + count, which may overflow.
     if (begin < 0 || count < 0 || begin > t.dimension(0) - count)
-        detail::fail("token_slice: ", count, " tokens from token ", begin,
-                     " are out of range [0, ", t.dimension(0), ")");
+        detail::fail("token_slice: ", count, " tokens from token ", begin, " are out of range [0, ",
+                     t.dimension(0), ")");
     return ConstView3<T>(t.data() + begin * t.dimension(1) * t.dimension(2), count, t.dimension(1),
                          t.dimension(2));
 }

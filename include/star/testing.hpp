@@ -26,8 +26,8 @@ Tensor3<T> random_tensor(index tokens, index heads, index head_dim, std::uint64_
                          float stddev = 1.0f)
 {
     if (tokens < 0 || heads < 0 || head_dim < 0)
-        detail::fail("random_tensor: dimensions must not be negative, got [", tokens, ", ",
-                     heads, ", ", head_dim, "]");
+        detail::fail("random_tensor: dimensions must not be negative, got [", tokens, ", ", heads,
+                     ", ", head_dim, "]");
     if (!(std::isfinite(stddev) && stddev > 0.0f))
         detail::fail("random_tensor: stddev must be finite and positive, got ", stddev);
     (void)detail::checked_product({tokens, heads, head_dim}, "random_tensor: elements");

@@ -9,10 +9,12 @@
 #include <star/star.hpp>
 #include <star/version.hpp>
 
-static_assert(STAR_VERSION_MAJOR == EXPECTED_VERSION_MAJOR && STAR_VERSION_MINOR == EXPECTED_VERSION_MINOR &&
+static_assert(STAR_VERSION_MAJOR == EXPECTED_VERSION_MAJOR &&
+                  STAR_VERSION_MINOR == EXPECTED_VERSION_MINOR &&
                   STAR_VERSION_PATCH == EXPECTED_VERSION_PATCH,
               "<star/version.hpp> disagrees with the version of the package found");
-static_assert(STAR_VERSION == STAR_VERSION_MAJOR * 10000 + STAR_VERSION_MINOR * 100 + STAR_VERSION_PATCH);
+static_assert(STAR_VERSION ==
+              STAR_VERSION_MAJOR * 10000 + STAR_VERSION_MINOR * 100 + STAR_VERSION_PATCH);
 
 int main()
 {

@@ -23,22 +23,25 @@ int main()
     k.setRandom();
     v.setRandom();
 
-    const star::AttentionState exact = star::global_attention(star::view(q), star::view(k), star::view(v));
+    const star::AttentionState exact =
+        star::global_attention(star::view(q), star::view(k), star::view(v));
 
     star::LocalCommunicator comm(2);
-    const auto ring = star::assemble(star::RingAttention{}.run(comm, star::view(q), star::view(k), star::view(v)),
-                                     {8, 2, 8});
+    const auto ring = star::assemble(
+        star::RingAttention{}.run(comm, star::view(q), star::view(k), star::view(v)), {8, 2, 8});
 
     const star::StarAttention<> star_attention(star::FixedBlocks{4});
     const star::StarPlan plan = star_attention.plan(8, comm.size());
     auto caches = comm.local<star::KVCache<float>>();
-    const auto encoded = star::assemble(
-        star_attention.encode_context(comm, plan, caches, star::view(q), star::view(k), star::view(v)), {8, 2, 8});
+    const auto encoded =
+        star::assemble(star_attention.encode_context(comm, plan, caches, star::view(q),
+                                                     star::view(k), star::view(v)),
+                       {8, 2, 8});
 
     float worst = 0.0f;
     for (Eigen::Index i = 0; i < exact.output.size(); ++i)
         worst = std::fmax(worst, std::fabs(ring.output.data()[i] - exact.output.data()[i]));
-    std::printf("star warnings consumer: ring vs global %g, star phase 1 output %g\n", static_cast<double>(worst),
-                static_cast<double>(encoded.output.data()[0]));
+    std::printf("star warnings consumer: ring vs global %g, star phase 1 output %g\n",
+                static_cast<double>(worst), static_cast<double>(encoded.output.data()[0]));
     return worst < 1e-5f && std::isfinite(encoded.output.data()[0]) ? 0 : 1;
 }

@@ -56,8 +56,8 @@ using star::test::ReferenceResult;
 // =============================================================================================
 // Failure reporting
 
-std::string g_case;       // the decoded configuration of the current input
-bool g_verbose = false;   // FUZZ_STAR_VERBOSE=1: print every case and call outcome
+std::string g_case;     // the decoded configuration of the current input
+bool g_verbose = false; // FUZZ_STAR_VERBOSE=1: print every case and call outcome
 
 template <class... Parts>
 std::string cat(const Parts&... parts)
@@ -92,10 +92,10 @@ std::string type_name(const std::type_info& type)
 
 // What the library must do with a configuration.
 enum class Outcome {
-    succeed,        // valid: must succeed
-    reject,         // invalid: must throw star::error
-    may_overflow,   // valid, but scores may leave float's range: success, or the overflow error
-    unspecified,    // documented as unspecified (non-finite input with the check off): no crash
+    succeed,      // valid: must succeed
+    reject,       // invalid: must throw star::error
+    may_overflow, // valid, but scores may leave float's range: success, or the overflow error
+    unspecified,  // documented as unspecified (non-finite input with the check off): no crash
 };
 
 struct Verdict {
@@ -127,8 +127,9 @@ bool attempt(const char* entry, const Verdict& expected, F&& call)
             fail(entry, ": a valid configuration was rejected: ", message);
         if (expected.outcome == Outcome::may_overflow &&
             message.find("overflow") == std::string::npos)
-            fail(entry, ": a valid configuration (whose scores may overflow float) was rejected "
-                        "for another reason: ",
+            fail(entry,
+                 ": a valid configuration (whose scores may overflow float) was rejected "
+                 "for another reason: ",
                  message);
         return false;
     } catch (const std::exception& e) {
@@ -139,8 +140,9 @@ bool attempt(const char* entry, const Verdict& expected, F&& call)
     if (g_verbose)
         std::fprintf(stderr, "  %s: ok\n", entry);
     if (expected.outcome == Outcome::reject)
-        fail(entry, ": an invalid configuration was accepted (expected a rejection: ",
-             expected.reason, ")");
+        fail(entry,
+             ": an invalid configuration was accepted (expected a rejection: ", expected.reason,
+             ")");
     return true;
 }
 
@@ -241,9 +243,9 @@ index long_or_short(std::uint8_t b)
     return b < 243 ? b % 81 : long_tokens[b - 243];
 }
 
-const char* const entry_names[] = {"attention", "attention_causal", "global_causal",
-                                   "global_full", "ring_plain", "ring_zigzag",
-                                   "star", "kv_cache", "merge"};
+const char* const entry_names[] = {"attention",   "attention_causal", "global_causal",
+                                   "global_full", "ring_plain",       "ring_zigzag",
+                                   "star",        "kv_cache",         "merge"};
 const char* const kv_names[] = {"float", "bfloat16", "half"};
 
 std::optional<float> decode_scale(Input& in)
@@ -251,23 +253,16 @@ std::optional<float> decode_scale(Input& in)
     const int kind = in.choose(8);
     const std::uint8_t p = in.byte();
     switch (kind) {
-    case 0:
-        return std::nullopt;
-    case 1:
-        return std::exp2((p - 128) / 32.0f); // [1/16, 16)
+    case 0: return std::nullopt;
+    case 1: return std::exp2((p - 128) / 32.0f); // [1/16, 16)
     case 2:
         // From subnormal up to near float's maximum: products of q and k may overflow.
         return std::ldexp(1.5f, static_cast<std::int8_t>(p));
-    case 3:
-        return p & 1 ? -0.0f : 0.0f;
-    case 4:
-        return -std::exp2((p - 128) / 32.0f);
-    case 5:
-        return std::numeric_limits<float>::quiet_NaN();
-    case 6:
-        return std::numeric_limits<float>::infinity();
-    default:
-        return -std::numeric_limits<float>::infinity();
+    case 3: return p & 1 ? -0.0f : 0.0f;
+    case 4: return -std::exp2((p - 128) / 32.0f);
+    case 5: return std::numeric_limits<float>::quiet_NaN();
+    case 6: return std::numeric_limits<float>::infinity();
+    default: return -std::numeric_limits<float>::infinity();
     }
 }
 
@@ -356,10 +351,7 @@ void describe_call(const char* name, const CallSpec& c)
 // =============================================================================================
 // Tensors
 
-index element_count(Shape s)
-{
-    return s.tokens * s.heads * s.head_dim;
-}
+index element_count(Shape s) { return s.tokens * s.heads * s.head_dim; }
 
 template <class KV>
 struct Tensors {
@@ -387,7 +379,10 @@ Tensors<KV> make_tensors(Shape q, Shape k, Shape v, const CallSpec& spec)
     case 0: change(t.qs); break;
     case 1: change(t.ks); break;
     case 2: change(t.vs); break;
-    case 3: change(t.ks); change(t.vs); break;
+    case 3:
+        change(t.ks);
+        change(t.vs);
+        break;
     default: break;
     }
     t.q.resize(static_cast<std::size_t>(element_count(t.qs)));
@@ -554,8 +549,7 @@ void fuzz_attention(Input& in, const Common& c, bool causal)
     if (!ok || expected.outcome == Outcome::unspecified)
         return;
     const auto want = star::test::reference_attention(
-        t.qv(), t.kv(), t.vv(),
-        [&](index i, index j) { return !causal || mask.visible(i, j); },
+        t.qv(), t.kv(), t.vv(), [&](index i, index j) { return !causal || mask.visible(i, j); },
         reference_scale(c.scale, t.qs.head_dim));
     expect_close(got, want, t.qs.head_dim, t.ks.tokens, kernel_factor, "star::attention");
 }
@@ -582,7 +576,8 @@ void fuzz_global(Input& in, const Common& c, bool causal)
 
     star::AttentionState got;
     if (!attempt("star::global_attention", expected, [&] {
-            got = star::global_attention(t.qv(), t.kv(), t.vv(), {.causal = causal, .attention = {.scale = c.scale}});
+            got = star::global_attention(t.qv(), t.kv(), t.vv(),
+                                         {.causal = causal, .attention = {.scale = c.scale}});
         }))
         return;
     const auto want = star::test::reference_attention(
@@ -684,7 +679,7 @@ struct StarSpec {
     bool receive = false;
     int partition_kind = 0; // 0 Contiguous, 1 RoundRobin, 2 BalancedTokens
     std::optional<int> query_host;
-    int merge_kind = 0; // 0 GatherToQueryHost, 1 AllGather, 2 TreeReduction
+    int merge_kind = 0;  // 0 GatherToQueryHost, 1 AllGather, 2 TreeReduction
     int plan_change = 0; // 1: plan for one more host; 2/3: for one more/fewer token
     CallSpec context;
     index query_tokens = 0;
@@ -762,8 +757,7 @@ struct AnyBlock {
 struct AnyAnchor {
     std::variant<star::FirstTokens, star::SinkTokens, star::NoAnchor, star::PreviousBlock> policy;
 
-    [[nodiscard]] star::TokenRange anchor_for(std::span<const star::TokenRange> blocks,
-                                              index i) const
+    [[nodiscard]] star::TokenRange anchor_for(std::span<const star::TokenRange> blocks, index i) const
     {
         return std::visit([&](const auto& p) { return p.anchor_for(blocks, i); }, policy);
     }
@@ -836,11 +830,10 @@ void with_star(const StarSpec& s, std::optional<float> scale, F&& f)
         return f(star::StarAttention(block, anchor, partition, star::GatherToQueryHost{},
                                      {.scale = scale}));
     case 1:
-        return f(star::StarAttention(block, anchor, partition, star::AllGather{},
-                                     {.scale = scale}));
+        return f(star::StarAttention(block, anchor, partition, star::AllGather{}, {.scale = scale}));
     default:
-        return f(star::StarAttention(block, anchor, partition, star::TreeReduction{},
-                                     {.scale = scale}));
+        return f(
+            star::StarAttention(block, anchor, partition, star::TreeReduction{}, {.scale = scale}));
     }
 }
 
@@ -866,13 +859,13 @@ StarCalls<KV> calls_of(const S& algorithm)
     using Caches = typename StarCalls<KV>::Caches;
     return {[algorithm](index tokens, int hosts) { return algorithm.plan(tokens, hosts); },
             [algorithm](star::LocalCommunicator& comm, const star::StarPlan& plan, Caches& caches,
-                   const star::ConstView3<float>& q, const star::ConstView3<KV>& k,
-                   const star::ConstView3<KV>& v) {
+                        const star::ConstView3<float>& q, const star::ConstView3<KV>& k,
+                        const star::ConstView3<KV>& v) {
                 return algorithm.encode_context(comm, plan, caches, q, k, v);
             },
             [algorithm](star::LocalCommunicator& comm, const star::StarPlan& plan, Caches& caches,
-                   const star::ConstView3<float>& q, const star::ConstView3<KV>& k,
-                   const star::ConstView3<KV>& v) {
+                        const star::ConstView3<float>& q, const star::ConstView3<KV>& k,
+                        const star::ConstView3<KV>& v) {
                 return algorithm.attend_query(comm, plan, caches, q, k, v);
             }};
 }
@@ -913,10 +906,7 @@ std::vector<star::TokenRange> expected_blocks(const StarSpec& s, index tokens)
     return blocks;
 }
 
-star::TokenRange normalised(star::TokenRange r)
-{
-    return r.empty() ? star::TokenRange{} : r;
-}
+star::TokenRange normalised(star::TokenRange r) { return r.empty() ? star::TokenRange{} : r; }
 
 std::vector<star::TokenRange> expected_anchors(const StarSpec& s,
                                                const std::vector<star::TokenRange>& blocks)
@@ -983,8 +973,10 @@ void check_plan(const star::StarPlan& plan, const StarSpec& s, index tokens, int
         fail("StarAttention::plan: query host ", plan.query_host());
     const auto blocks = expected_blocks(s, tokens);
     if (plan.blocks() != blocks)
-        fail("StarAttention::plan: ", plan.blocks().size(), " blocks differ from the block "
-             "policy's definition (", blocks.size(), " expected)");
+        fail("StarAttention::plan: ", plan.blocks().size(),
+             " blocks differ from the block "
+             "policy's definition (",
+             blocks.size(), " expected)");
     std::vector<star::TokenRange> anchors;
     for (const star::TokenRange& a : plan.anchors())
         anchors.push_back(normalised(a));
@@ -1069,8 +1061,7 @@ void check_phase_one(const star::StarPlan& plan, const Tensors<KV>& t,
             if (cache.tokens() > 0 &&
                 (cached_k.size() != static_cast<index>(keys.size()) ||
                  !same_bytes(cached_k.data(), keys.data(), static_cast<index>(keys.size())) ||
-                 !same_bytes(cached_v.data(), values.data(),
-                             static_cast<index>(values.size()))))
+                 !same_bytes(cached_v.data(), values.data(), static_cast<index>(values.size()))))
                 fail("encode_context: host ", r, "'s cache does not hold its blocks' K/V");
         }
         got = star::assemble(outputs, {tokens, t.qs.heads, d});
@@ -1120,20 +1111,19 @@ void fuzz_star(Input& in, const Common& c)
             problem = "a plan for another number of hosts";
         if (problem.empty())
             problem = qkv_problem(context, c.scale);
-        if (problem.empty() &&
-            (context.qs.tokens != plan_tokens || context.ks.tokens != plan_tokens))
+        if (problem.empty() && (context.qs.tokens != plan_tokens || context.ks.tokens != plan_tokens))
             problem = "a context of another length than the plan's";
         if (problem.empty() && context.non_finite)
             problem = "a non-finite input";
         star::PerHost<std::vector<star::RangeOutput>> outputs;
-        const bool encoded = attempt(
-            "StarAttention::encode_context",
-            verdict(problem, overflow_possible(c.scale, max_abs(context.q), max_abs(context.k),
-                                               context.qs.head_dim)),
-            [&] {
-                outputs = star_calls.encode_context(*comm, *plan, caches, context.qv(),
-                                                    context.kv(), context.vv());
-            });
+        const bool encoded =
+            attempt("StarAttention::encode_context",
+                    verdict(problem, overflow_possible(c.scale, max_abs(context.q),
+                                                       max_abs(context.k), context.qs.head_dim)),
+                    [&] {
+                        outputs = star_calls.encode_context(*comm, *plan, caches, context.qv(),
+                                                            context.kv(), context.vv());
+                    });
         KeyStore<KV> store;
         if (encoded) {
             check_phase_one(*plan, context, outputs, caches, c.scale);
@@ -1166,14 +1156,13 @@ void fuzz_star(Input& in, const Common& c)
             const double max_k = std::max(max_abs(call.k), max_abs(store.k));
             const std::vector<index> before = token_counts(caches);
             star::PerHost<std::optional<star::AttentionState>> merged;
-            const bool ok =
-                attempt(what.c_str(),
-                        verdict(problem, overflow_possible(c.scale, max_abs(call.q), max_k,
-                                                           call.qs.head_dim)),
-                        [&] {
-                            merged = star_calls.attend_query(*comm, *plan, caches, call.qv(),
-                                                             call.kv(), call.vv());
-                        });
+            const bool ok = attempt(what.c_str(),
+                                    verdict(problem, overflow_possible(c.scale, max_abs(call.q),
+                                                                       max_k, call.qs.head_dim)),
+                                    [&] {
+                                        merged = star_calls.attend_query(
+                                            *comm, *plan, caches, call.qv(), call.kv(), call.vv());
+                                    });
             const std::vector<index> after = token_counts(caches);
             if (!ok) {
                 if (after != before)
@@ -1266,16 +1255,16 @@ void fuzz_cache(Input& in, const Common& c)
         if (attempt("KVCache::append", verdict(problem, false),
                     [&] { cache.append(t.kv(), t.vv()); }))
             model.append(t);
-        const auto bytes = 2 * static_cast<std::size_t>(model.tokens * model.heads * model.head_dim) *
-                           sizeof(KV);
+        const auto bytes =
+            2 * static_cast<std::size_t>(model.tokens * model.heads * model.head_dim) * sizeof(KV);
         if (cache.tokens() != model.tokens || cache.bytes() != bytes)
             fail("KVCache: holds ", cache.tokens(), " tokens in ", cache.bytes(),
                  " bytes, expected ", model.tokens, " in ", bytes);
         if (model.tokens == 0)
             continue;
         if (cache.kv_heads() != model.heads || cache.head_dim() != model.head_dim)
-            fail("KVCache: reports ", cache.kv_heads(), " kv heads of head_dim ",
-                 cache.head_dim(), ", expected ", model.heads, " of ", model.head_dim);
+            fail("KVCache: reports ", cache.kv_heads(), " kv heads of head_dim ", cache.head_dim(),
+                 ", expected ", model.heads, " of ", model.head_dim);
         const auto size = static_cast<index>(model.k.size());
         const auto cached_k = star::test::contiguous(cache.keys());
         const auto cached_v = star::test::contiguous(cache.values());
@@ -1311,8 +1300,8 @@ void fuzz_merge(Input& in, const Common& c)
     const auto queries_of = [&](std::size_t p) {
         return misshapen && p == odd ? c.tokens - 1 : c.tokens;
     };
-    describe(" parts=", parts, " Lk=", key_tokens, " causal=", causal, " query_offset=",
-             query_offset);
+    describe(" parts=", parts, " Lk=", key_tokens, " causal=", causal,
+             " query_offset=", query_offset);
     if (misshapen)
         describe(" part ", odd, " misshapen");
 
@@ -1322,8 +1311,8 @@ void fuzz_merge(Input& in, const Common& c)
 
     const star::AttentionOptions options{.scale = c.scale};
     const std::string shape_problem = qkv_problem(t, c.scale);
-    const Verdict expected =
-        verdict(shape_problem, overflow_possible(c.scale, max_abs(t.q), max_abs(t.k), t.qs.head_dim));
+    const Verdict expected = verdict(
+        shape_problem, overflow_possible(c.scale, max_abs(t.q), max_abs(t.k), t.qs.head_dim));
     std::vector<star::AttentionState> states;
     for (int p = 0; p < parts; ++p) {
         const auto part = static_cast<std::size_t>(p);
@@ -1348,17 +1337,17 @@ void fuzz_merge(Input& in, const Common& c)
     else if (misshapen)
         problem = "states of different shapes";
     star::AttentionState merged;
-    const bool merged_ok =
-        attempt("star::merge", verdict(problem, false),
-                [&] { merged = star::merge(std::span<const star::AttentionState>(states)); });
+    const bool merged_ok = attempt("star::merge", verdict(problem, false), [&] {
+        merged = star::merge(std::span<const star::AttentionState>(states));
+    });
     if (parts == 0)
         return;
     star::AttentionState folded = states.front();
     for (std::size_t p = 1; p < states.size(); ++p)
-        if (!attempt("star::merge_into",
-                     verdict(queries_of(p) != queries_of(0) ? "states of different shapes" : "",
-                             false),
-                     [&] { star::merge_into(folded, states[p]); }))
+        if (!attempt(
+                "star::merge_into",
+                verdict(queries_of(p) != queries_of(0) ? "states of different shapes" : "", false),
+                [&] { star::merge_into(folded, states[p]); }))
             return;
     if (!merged_ok || misshapen)
         return;

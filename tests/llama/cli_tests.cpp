@@ -100,13 +100,12 @@ TEST_F(CliTest, LogitsFailOnANanInTheReference)
     const auto n = static_cast<std::int64_t>(ids.size());
     std::vector<float> logits = reference.floats("logits", {n, 256});
     logits[5 * 256 + 3] = std::numeric_limits<float>::quiet_NaN();
-    llama::write_safetensors(*this / "reference.safetensors",
-                             {llama::i32_tensor("input_ids", {n}, ids),
-                              llama::f32_tensor("logits", {n, 256}, logits)});
-    expect_rejected({model_dir.string(), "logits", "--reference",
-                     (*this / "reference.safetensors").string()},
-                    {"llama: logits: position 5, vocabulary entry 3", "reference nan",
-                     "not finite"});
+    llama::write_safetensors(
+        *this / "reference.safetensors",
+        {llama::i32_tensor("input_ids", {n}, ids), llama::f32_tensor("logits", {n, 256}, logits)});
+    expect_rejected(
+        {model_dir.string(), "logits", "--reference", (*this / "reference.safetensors").string()},
+        {"llama: logits: position 5, vocabulary entry 3", "reference nan", "not finite"});
 }
 
 TEST_F(CliTest, NeedleSetsThatCannotBeMeasured)
@@ -157,8 +156,7 @@ TEST_F(CliTest, LayerCountBeyondTheWeights)
     text.replace(value, end - value, "2147483647");
     std::ofstream(*this / "model" / "config.json") << text;
     expect_rejected({(*this / "model").string(), "generate", "--prompt", "hi"},
-                    {"config.json: num_hidden_layers is 2147483647",
-                     "holds no tensors of layer 6"});
+                    {"config.json: num_hidden_layers is 2147483647", "holds no tensors of layer 6"});
 }
 
 TEST_F(CliTest, WeightsWithBytesAfterTheLastTensor)
@@ -202,8 +200,8 @@ TEST_F(CliTest, VariantConfigRunsUnderStar)
                           R"("full_attention", "sliding_attention", "full_attention", )"
                           R"("sliding_attention", "full_attention"])");
     const Outcome out = run({(*this / "model").string(), "generate", "--prompt",
-                             "The quick brown fox jumps over the lazy dog, twice over.",
-                             "--steps", "4", "--attention", "star:b=16:hosts=2"});
+                             "The quick brown fox jumps over the lazy dog, twice over.", "--steps",
+                             "4", "--attention", "star:b=16:hosts=2"});
     EXPECT_EQ(out.exit_code, 0) << out.error;
     EXPECT_NE(out.error.find("(layers 0 window 16, cap 30, 1 cap 30, 2 window 16, cap 30"),
               std::string::npos)

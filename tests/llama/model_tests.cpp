@@ -119,9 +119,9 @@ TEST(Stories260K, StarAgreesWithGlobalRingExactly)
     // on the text actually generated. That each piece is exactly right is shown by the unit
     // tests (test_llama_forward.cpp) and, here, by ring.
     const auto agreement = [&](const char* setting) {
-        return llama::compare(exact, llama::continuation_logits(
-                                         model, llama::parse_setting(setting), text, context)
-                                         .logits);
+        return llama::compare(
+            exact,
+            llama::continuation_logits(model, llama::parse_setting(setting), text, context).logits);
     };
     constexpr double min_agreement = 0.60, max_mean_kl = 1.1;
     const auto star_quarter = agreement("star:b=L/4");

@@ -131,8 +131,8 @@ TinyModel random_model(const TinyShape& s, unsigned seed)
             for (double& x : *w)
                 x = static_cast<float>(x - 1.0);
         for (TinyLayer& layer : m.layers)
-            for (Weights* w : {&layer.attention_norm, &layer.mlp_norm,
-                               &layer.post_attention_norm, &layer.post_mlp_norm})
+            for (Weights* w : {&layer.attention_norm, &layer.mlp_norm, &layer.post_attention_norm,
+                               &layer.post_mlp_norm})
                 for (double& x : *w)
                     x = static_cast<float>(x - 1.0);
         m.lm_head = m.embedding;
@@ -206,8 +206,9 @@ std::filesystem::path write_llama2c(const TinyModel& m, const std::string& name)
     const auto file = scratch_dir(name) / "model.bin";
     std::ofstream out(file, std::ios::binary);
     const int seq_len = 64;
-    const std::int32_t header[7] = {s.hidden, s.intermediate, s.layers, s.heads,
-                                    s.kv_heads, -s.vocab /* separate classifier */, seq_len};
+    const std::int32_t header[7] = {s.hidden, s.intermediate, s.layers,
+                                    s.heads,  s.kv_heads,     -s.vocab /* separate classifier */,
+                                    seq_len};
     out.write(reinterpret_cast<const char*>(header), sizeof header);
     const auto put = [&](const Weights& w) {
         for (const double x : w) {
@@ -216,9 +217,9 @@ std::filesystem::path write_llama2c(const TinyModel& m, const std::string& name)
         }
     };
     put(m.embedding);
-    for (const auto member : {&TinyLayer::attention_norm, &TinyLayer::wq, &TinyLayer::wk,
-                              &TinyLayer::wv, &TinyLayer::wo, &TinyLayer::mlp_norm,
-                              &TinyLayer::gate, &TinyLayer::down, &TinyLayer::up})
+    for (const auto member :
+         {&TinyLayer::attention_norm, &TinyLayer::wq, &TinyLayer::wk, &TinyLayer::wv,
+          &TinyLayer::wo, &TinyLayer::mlp_norm, &TinyLayer::gate, &TinyLayer::down, &TinyLayer::up})
         for (const TinyLayer& layer : m.layers)
             put(layer.*member);
     put(m.final_norm);
@@ -384,7 +385,8 @@ std::vector<std::vector<double>> reference_logits(const TinyModel& m, const std:
             for (std::size_t c = 0; c < u.size(); ++c) {
                 const double x3 = g[c] * g[c] * g[c];
                 u[c] *= s.gemma2 ? 0.5 * g[c] *
-                                       (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (g[c] + 0.044715 * x3)))
+                                       (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) *
+                                                        (g[c] + 0.044715 * x3)))
                                  : g[c] / (1.0 + std::exp(-g[c]));
             }
             auto down = matvec(w.down, h, u);
@@ -423,8 +425,8 @@ std::vector<int> random_tokens(int count, int vocab, unsigned seed)
 llama::Matrix run(const llama::Model& model, const std::string& setting,
                   const std::vector<int>& tokens, index context, index query)
 {
-    llama::Sequence seq(model, llama::make_backend(llama::parse_setting(setting),
-                                                   model.config, context));
+    llama::Sequence seq(model,
+                        llama::make_backend(llama::parse_setting(setting), model.config, context));
     const std::span<const int> all(tokens);
     llama::Matrix logits(static_cast<index>(tokens.size()), model.config.vocab_size);
     const auto c = static_cast<std::size_t>(context);
@@ -443,7 +445,8 @@ double max_difference(const llama::Matrix& a, const std::vector<std::vector<doub
     double worst = 0.0;
     for (index t = 0; t < a.rows(); ++t)
         for (index v = 0; v < a.cols(); ++v) {
-            const double d = std::abs(double(a(t, v)) - b[static_cast<std::size_t>(t)][static_cast<std::size_t>(v)]);
+            const double d = std::abs(double(a(t, v)) -
+                                      b[static_cast<std::size_t>(t)][static_cast<std::size_t>(v)]);
             worst = std::isnan(d) ? INFINITY : std::max(worst, d);
         }
     return worst;
@@ -465,10 +468,7 @@ struct Case {
 };
 
 // Test names show the case's name rather than its bytes.
-void PrintTo(const Case& c, std::ostream* out)
-{
-    *out << c.name;
-}
+void PrintTo(const Case& c, std::ostream* out) { *out << c.name; }
 
 class ForwardVsReference : public ::testing::TestWithParam<Case> {};
 
@@ -499,8 +499,8 @@ TEST_P(ForwardVsReference, DecodingWithTheCacheEqualsOneFullForward)
     const TinyModel tiny = random_model(GetParam().shape, 12);
     const llama::Model model = load_written(tiny, GetParam().name);
     const std::vector<int> tokens = random_tokens(31, tiny.shape.vocab, 6);
-    llama::Sequence whole(model, llama::make_backend(llama::parse_setting("global"),
-                                                     model.config, 31));
+    llama::Sequence whole(model,
+                          llama::make_backend(llama::parse_setting("global"), model.config, 31));
     const llama::Matrix once = whole.encode_context(tokens, llama::Logits::all);
     EXPECT_LT(max_difference(run(model, "global", tokens, 9, 1), once), tolerance);
     EXPECT_LT(max_difference(run(model, "global", tokens, 1, 12), once), tolerance);
@@ -534,12 +534,12 @@ TEST_P(ForwardVsReference, StarEqualsBlockSparseDoublePrecisionForward)
         const char* setting;
         index block, anchor;
     };
-    for (const Star& s : {Star{"star:b=5:hosts=3", 5, 5},
-                          Star{"star:b=5:a=3:hosts=2:partition=round-robin:merge=tree", 5, 3},
-                          Star{"star:b=L/4:partition=balanced:merge=all-gather", 6, 6},
-                          Star{"star:b=7:anchor=none:hosts=4", 7, 0},
-                          Star{"star:b=4:anchor=sinks:a=2:hosts=5", 4, 2},
-                          Star{"star:b=8:hosts=1", 8, 8}}) {
+    for (const Star& s :
+         {Star{"star:b=5:hosts=3", 5, 5},
+          Star{"star:b=5:a=3:hosts=2:partition=round-robin:merge=tree", 5, 3},
+          Star{"star:b=L/4:partition=balanced:merge=all-gather", 6, 6},
+          Star{"star:b=7:anchor=none:hosts=4", 7, 0},
+          Star{"star:b=4:anchor=sinks:a=2:hosts=5", 4, 2}, Star{"star:b=8:hosts=1", 8, 8}}) {
         SCOPED_TRACE(s.setting);
         const auto expected = reference_logits(tiny, tokens, star_mask(context, s.block, s.anchor));
         EXPECT_LT(max_difference(run(model, s.setting, tokens, context, query), expected),
@@ -582,14 +582,14 @@ INSTANTIATE_TEST_SUITE_P(
         // Hugging Face, rotate-half RoPE, GQA 3:1, q width 24 != hidden 20, odd sizes.
         Case{"hf_gqa", TinyShape{}},
         // Multi-query attention (one KV head), every size odd but head_dim.
-        Case{"hf_mqa", TinyShape{37, 15, 23, 2, 5, 1, 6, 500000.0, 1e-6,
-                                 llama::RopeStyle::rotate_half}},
+        Case{"hf_mqa",
+             TinyShape{37, 15, 23, 2, 5, 1, 6, 500000.0, 1e-6, llama::RopeStyle::rotate_half}},
         // llama2.c, interleaved RoPE, GQA 2:1 (as stories260K), head_dim = hidden / heads.
-        Case{"llama2c_gqa", TinyShape{43, 24, 29, 2, 4, 2, 6, 10000.0, 1e-5,
-                                      llama::RopeStyle::interleaved}},
+        Case{"llama2c_gqa",
+             TinyShape{43, 24, 29, 2, 4, 2, 6, 10000.0, 1e-5, llama::RopeStyle::interleaved}},
         // llama2.c with plain multi-head attention.
-        Case{"llama2c_mha", TinyShape{19, 16, 21, 3, 2, 2, 8, 10000.0, 1e-5,
-                                      llama::RopeStyle::interleaved}}),
+        Case{"llama2c_mha",
+             TinyShape{19, 16, 21, 3, 2, 2, 8, 10000.0, 1e-5, llama::RopeStyle::interleaved}}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 // ---------------------------------------------------------------------------------------------
@@ -611,10 +611,7 @@ struct VariantCase {
     TinyVariants without;
 };
 
-void PrintTo(const VariantCase& c, std::ostream* out)
-{
-    *out << c.name;
-}
+void PrintTo(const VariantCase& c, std::ostream* out) { *out << c.name; }
 
 class VariantForward : public ::testing::TestWithParam<VariantCase> {};
 
@@ -633,15 +630,15 @@ TEST_P(VariantForward, GlobalRingAndSingleBlockStarEqualTheExactReference)
 {
     const TinyModel tiny = variant_model(GetParam(), 21);
     const llama::Model model = load_written(tiny, GetParam().name);
-    const std::vector<int> tokens = random_tokens(
-        variant_context + variant_query + variant_decoded, tiny.shape.vocab, 31);
+    const std::vector<int> tokens =
+        random_tokens(variant_context + variant_query + variant_decoded, tiny.shape.vocab, 31);
     const auto expected = reference_logits(tiny, tokens, causal());
-    for (const char* setting : {"global", "ring:hosts=3", "ring:hosts=4:layout=zigzag",
-                                "star:b=L:hosts=2"}) {
+    for (const char* setting :
+         {"global", "ring:hosts=3", "ring:hosts=4:layout=zigzag", "star:b=L:hosts=2"}) {
         SCOPED_TRACE(setting);
-        EXPECT_LT(max_difference(run(model, setting, tokens, variant_context, variant_query),
-                                 expected),
-                  tolerance);
+        EXPECT_LT(
+            max_difference(run(model, setting, tokens, variant_context, variant_query), expected),
+            tolerance);
     }
     // The whole text as one context, and a context of one token then decoding.
     const index all = static_cast<index>(tokens.size());
@@ -738,8 +735,8 @@ TEST(VariantForwardWindow, WindowLongerThanTheTextChangesNothing)
     const llama::Model windowed = load_written(tiny, "window_29");
     ASSERT_EQ(windowed.config.window_of(2), 29);
     const std::vector<int> tokens = random_tokens(29, tiny.shape.vocab, 33);
-    for (const char* setting : {"global", "ring:hosts=3", "star:b=6:hosts=2",
-                                "star:b=5:anchor=previous"}) {
+    for (const char* setting :
+         {"global", "ring:hosts=3", "star:b=6:hosts=2", "star:b=5:anchor=previous"}) {
         SCOPED_TRACE(setting);
         EXPECT_LT(max_difference(run(windowed, setting, tokens, 20, 3),
                                  run(plain, setting, tokens, 20, 3)),
@@ -756,8 +753,7 @@ TEST(VariantForwardWindow, PreviousBlockAnchorIsExactForAShortWindow)
     const llama::Model model = load_written(tiny, "previous_exact");
     const std::vector<int> tokens = random_tokens(27, tiny.shape.vocab, 34);
     const auto expected = reference_logits(tiny, tokens, causal());
-    EXPECT_LT(max_difference(run(model, "star:b=4:anchor=previous:hosts=3", tokens, 22, 3),
-                             expected),
+    EXPECT_LT(max_difference(run(model, "star:b=4:anchor=previous:hosts=3", tokens, 22, 3), expected),
               tolerance);
     // The paper's first-block anchor is not: its late blocks lose the keys before them.
     EXPECT_GT(max_difference(run(model, "star:b=4:hosts=3", tokens, 22, 3), expected), 1e-2);
@@ -816,7 +812,8 @@ TEST(VariantForwardWindow, BackendsDescribeTheLayersVariants)
 
 TEST(AttentionSettings, ParseTheDocumentedSyntax)
 {
-    const auto s = llama::parse_setting("star:b=L/8:anchor=sinks:a=16:hosts=3:partition=balanced:merge=tree");
+    const auto s =
+        llama::parse_setting("star:b=L/8:anchor=sinks:a=16:hosts=3:partition=balanced:merge=tree");
     EXPECT_EQ(s.kind, llama::AttentionSetting::Kind::star);
     EXPECT_EQ(s.block.resolve(1000), 125);
     EXPECT_EQ(s.anchor, llama::AttentionSetting::AnchorKind::sinks);
@@ -835,10 +832,10 @@ TEST(AttentionSettings, ParseTheDocumentedSyntax)
 
 TEST(AttentionSettings, RejectBadTextWithAMessage)
 {
-    for (const char* bad : {"", "glob", "star:b=0", "star:b=L/0", "star:b=-3", "star:b=4x",
-                            "star:anchor=last", "star:a=4:anchor=none", "ring:b=4",
-                            "global:hosts=2", "star:hosts=0", "ring:layout=spiral", "star:b",
-                            "star:partition=random", "star:merge=ring", "global,"}) {
+    for (const char* bad :
+         {"", "glob", "star:b=0", "star:b=L/0", "star:b=-3", "star:b=4x", "star:anchor=last",
+          "star:a=4:anchor=none", "ring:b=4", "global:hosts=2", "star:hosts=0",
+          "ring:layout=spiral", "star:b", "star:partition=random", "star:merge=ring", "global,"}) {
         SCOPED_TRACE(bad);
         EXPECT_THROW(llama::parse_settings(bad), llama::setting_error);
     }
@@ -902,8 +899,9 @@ TEST(LogitsCheck, NonFiniteLogitFailsWhateverFollows)
 // no samples is an error rather than an empty table that exits 0.
 TEST(NeedleSet, RejectsEmptySetsAndLengthsThatAreNotSmallWholeNumbers)
 {
-    const std::filesystem::path path = std::filesystem::temp_directory_path() /
-                                       ("star-llama-needles-" + std::to_string(::getpid()) + ".jsonl");
+    const std::filesystem::path path =
+        std::filesystem::temp_directory_path() /
+        ("star-llama-needles-" + std::to_string(::getpid()) + ".jsonl");
     const auto expect_error = [&](const std::string& text, const std::string& fragment) {
         std::ofstream(path) << text;
         try {
@@ -919,7 +917,8 @@ TEST(NeedleSet, RejectsEmptySetsAndLengthsThatAreNotSmallWholeNumbers)
     expect_error("\n  \n", "no needle samples");
     expect_error(R"({"length": 9223372036854775807)" + rest,
                  ":1: field length is 9223372036854775807, expected a whole number in [1, ");
-    expect_error(R"({"length": 18446744073709551615)" + rest, "field length is 18446744073709551615");
+    expect_error(R"({"length": 18446744073709551615)" + rest,
+                 "field length is 18446744073709551615");
     expect_error(R"({"length": 2048.9)" + rest, "field length is 2048.9");
     expect_error(R"({"length": 2048.0)" + rest, "field length is 2048.0");
     expect_error(R"({"length": "2048")" + rest, "field length is \"2048\"");
@@ -942,7 +941,8 @@ TEST(SequenceErrors, BadTokensAndOrderAreRejected)
 {
     const TinyModel tiny = random_model(TinyShape{}, 15);
     const llama::Model model = load_written(tiny, "errors");
-    llama::Sequence seq(model, llama::make_backend(llama::parse_setting("star:b=2"), llama::plain_attention(3), 8));
+    llama::Sequence seq(
+        model, llama::make_backend(llama::parse_setting("star:b=2"), llama::plain_attention(3), 8));
     const std::vector<int> out_of_range{1, 2, 41};
     EXPECT_THROW(seq.encode_context(out_of_range), std::out_of_range);
     const std::vector<int> negative{-1};

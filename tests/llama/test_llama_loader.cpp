@@ -99,8 +99,8 @@ void write_bytes(const fs::path& path, std::span<const char> bytes)
 
 // A safetensors file with a header given verbatim and `data_bytes` zero bytes of data: the
 // way to make headers the writer would never produce.
-void write_raw_safetensors(const fs::path& path, const std::string& header,
-                           std::size_t data_bytes, std::uint64_t header_length)
+void write_raw_safetensors(const fs::path& path, const std::string& header, std::size_t data_bytes,
+                           std::uint64_t header_length)
 {
     std::vector<char> bytes(8);
     std::memcpy(bytes.data(), &header_length, 8);
@@ -109,8 +109,7 @@ void write_raw_safetensors(const fs::path& path, const std::string& header,
     write_bytes(path, bytes);
 }
 
-void write_raw_safetensors(const fs::path& path, const std::string& header,
-                           std::size_t data_bytes)
+void write_raw_safetensors(const fs::path& path, const std::string& header, std::size_t data_bytes)
 {
     write_raw_safetensors(path, header, data_bytes, header.size());
 }
@@ -125,12 +124,9 @@ enum class Stored { f32, bf16, f16 };
 float round_to(Stored stored, float x)
 {
     switch (stored) {
-    case Stored::bf16:
-        return static_cast<float>(Eigen::bfloat16(x));
-    case Stored::f16:
-        return static_cast<float>(Eigen::half(x));
-    case Stored::f32:
-        break;
+    case Stored::bf16: return static_cast<float>(Eigen::bfloat16(x));
+    case Stored::f16: return static_cast<float>(Eigen::half(x));
+    case Stored::f32: break;
     }
     return x;
 }
@@ -141,12 +137,9 @@ NamedTensor encode(Stored stored, const std::string& name, const Tensor& t,
 {
     const std::span<const float> values(t.data(), static_cast<std::size_t>(t.size()));
     switch (stored) {
-    case Stored::bf16:
-        return bf16_tensor(name, std::move(shape), values);
-    case Stored::f16:
-        return f16_tensor(name, std::move(shape), values);
-    case Stored::f32:
-        break;
+    case Stored::bf16: return bf16_tensor(name, std::move(shape), values);
+    case Stored::f16: return f16_tensor(name, std::move(shape), values);
+    case Stored::f32: break;
     }
     return f32_tensor(name, std::move(shape), values);
 }
@@ -292,8 +285,9 @@ using Llama2cHeader = std::array<std::int32_t, 7>;
 
 Llama2cHeader llama2c_header(const Config& c, bool shared)
 {
-    return {c.hidden_size, c.intermediate_size, c.layers,        c.heads,
-            c.kv_heads,    shared ? c.vocab_size : -c.vocab_size, c.max_positions};
+    return {c.hidden_size,  c.intermediate_size, c.layers,
+            c.heads,        c.kv_heads,          shared ? c.vocab_size : -c.vocab_size,
+            c.max_positions};
 }
 
 // The weights in llama2.c's order: each kind for every layer before the next kind.
@@ -304,15 +298,24 @@ std::vector<float> llama2c_weights(const Model& m, bool shared)
         out.insert(out.end(), tensor.data(), tensor.data() + tensor.size());
     };
     append(m.embedding);
-    for (const auto& l : m.layers) append(l.attention_norm);
-    for (const auto& l : m.layers) append(l.wq);
-    for (const auto& l : m.layers) append(l.wk);
-    for (const auto& l : m.layers) append(l.wv);
-    for (const auto& l : m.layers) append(l.wo);
-    for (const auto& l : m.layers) append(l.mlp_norm);
-    for (const auto& l : m.layers) append(l.w_gate);
-    for (const auto& l : m.layers) append(l.w_down);
-    for (const auto& l : m.layers) append(l.w_up);
+    for (const auto& l : m.layers)
+        append(l.attention_norm);
+    for (const auto& l : m.layers)
+        append(l.wq);
+    for (const auto& l : m.layers)
+        append(l.wk);
+    for (const auto& l : m.layers)
+        append(l.wv);
+    for (const auto& l : m.layers)
+        append(l.wo);
+    for (const auto& l : m.layers)
+        append(l.mlp_norm);
+    for (const auto& l : m.layers)
+        append(l.w_gate);
+    for (const auto& l : m.layers)
+        append(l.w_down);
+    for (const auto& l : m.layers)
+        append(l.w_up);
     append(m.final_norm);
     // freq_cis real and imaginary parts: contents the loader must skip, not interpret.
     const std::size_t freq = static_cast<std::size_t>(m.config.max_positions) *
@@ -435,8 +438,8 @@ TEST_F(SafeTensorsRoundTrip, UnalignedTensorsReadCorrectly)
 {
     const std::vector<float> values{1.0f, -2.0f, 3.5f};
     NamedTensor one_byte{"pad", "U8", {1}, {std::byte{7}}};
-    write_safetensors(dir / "t.safetensors", {one_byte, f32_tensor("w", {3}, values),
-                                              bf16_tensor("h", {3}, values)});
+    write_safetensors(dir / "t.safetensors",
+                      {one_byte, f32_tensor("w", {3}, values), bf16_tensor("h", {3}, values)});
     const SafeTensors file(dir / "t.safetensors");
     EXPECT_EQ(file.info("w").begin, 1u); // a float at an odd address: read with memcpy
     EXPECT_EQ(file.floats("w", {3}), values);
@@ -507,8 +510,7 @@ TEST_F(SafeTensorsRejects, HeaderLengthBeyondTheFile)
 TEST_F(SafeTensorsRejects, AbsurdHeaderLength)
 {
     // 8 + length would wrap around to 7 in 64-bit arithmetic.
-    write_raw_safetensors(dir / "t.safetensors", "{}", 0,
-                          std::numeric_limits<std::uint64_t>::max());
+    write_raw_safetensors(dir / "t.safetensors", "{}", 0, std::numeric_limits<std::uint64_t>::max());
     expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
                       {"header length is 18446744073709551615 bytes"});
 }
@@ -576,15 +578,13 @@ TEST_F(SafeTensorsRejects, HeaderNotJson)
 TEST_F(SafeTensorsRejects, HeaderNotAnObject)
 {
     write_raw_safetensors(dir / "t.safetensors", "[1, 2]", 0);
-    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
-                      {"not an object", "array"});
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); }, {"not an object", "array"});
 }
 
 TEST_F(SafeTensorsRejects, EntryNotAnObject)
 {
     write_raw_safetensors(dir / "t.safetensors", R"({"w": 5})", 0);
-    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
-                      {"tensor w", "not an object"});
+    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); }, {"tensor w", "not an object"});
 }
 
 TEST_F(SafeTensorsRejects, EntryMissingAKey)
@@ -608,8 +608,8 @@ TEST_F(SafeTensorsRejects, DtypeNotAString)
 
 TEST_F(SafeTensorsRejects, ShapeNotNonNegativeIntegers)
 {
-    for (const std::string shape : {"[-2, 3]", "[2.5, 3]", "[\"2\", 3]", "[2, null]",
-                                    "[9223372036854775808, 1]"}) {
+    for (const std::string shape :
+         {"[-2, 3]", "[2.5, 3]", "[\"2\", 3]", "[2, null]", "[9223372036854775808, 1]"}) {
         write_raw_safetensors(
             dir / "t.safetensors",
             R"({"w": {"dtype": "F32", "shape": )" + shape + R"(, "data_offsets": [0, 24]}})", 24);
@@ -641,8 +641,7 @@ TEST_F(SafeTensorsRejects, ByteSizeOverflows)
     // 2^62 elements fit in 64 bits; their 2^64 bytes do not, and would wrap to 0.
     write_raw_safetensors(
         dir / "t.safetensors",
-        R"({"w": {"dtype": "F32", "shape": [2305843009213693952, 2], "data_offsets": [0, 0]}})",
-        0);
+        R"({"w": {"dtype": "F32", "shape": [2305843009213693952, 2], "data_offsets": [0, 0]}})", 0);
     expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
                       {"tensor w of dtype F32", "needs 4611686018427387904 x 4 bytes"});
 }
@@ -659,8 +658,7 @@ TEST_F(SafeTensorsRejects, OffsetsOutsideTheDataBuffer)
 TEST_F(SafeTensorsRejects, OffsetsReversed)
 {
     write_raw_safetensors(dir / "t.safetensors",
-                          R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [24, 0]}})",
-                          24);
+                          R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [24, 0]}})", 24);
     expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
                       {"tensor w", "[24, 0] is not a byte range"});
 }
@@ -681,9 +679,9 @@ TEST_F(SafeTensorsRejects, ByteSizeDisagreesWithShapeAndDtype)
     write_raw_safetensors(dir / "t.safetensors",
                           R"({"w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 24]}})",
                           24);
-    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
-                      {"tensor w of dtype BF16 and shape [2, 3] needs 6 x 2 bytes",
-                       "[0, 24] hold 24"});
+    expect_load_error(
+        [&] { SafeTensors(dir / "t.safetensors"); },
+        {"tensor w of dtype BF16 and shape [2, 3] needs 6 x 2 bytes", "[0, 24] hold 24"});
 }
 
 TEST_F(SafeTensorsRejects, MetadataNotAnObject)
@@ -700,8 +698,11 @@ TEST_F(SafeTensorsRejects, UnknownDtypeOnlyWhenConverted)
                               "i": {"dtype": "I32", "shape": [6], "data_offsets": [24, 48]}})",
                           48);
     const SafeTensors file(dir / "t.safetensors"); // opening is fine: other tensors are usable
-    expect_load_error([&] { file.floats("w", {2, 3}); },
-                      {"t.safetensors", "tensor w has dtype Q4_K", "only F32, BF16 and F16"});
+    expect_load_error(
+        [&] {
+            file.floats("w", {2, 3});
+        },
+        {"t.safetensors", "tensor w has dtype Q4_K", "only F32, BF16 and F16"});
     expect_load_error([&] { file.floats("i", {6}); }, {"tensor i has dtype I32"});
     expect_load_error([&] { file.int32s("w"); }, {"tensor w has dtype Q4_K, expected I32"});
 }
@@ -719,8 +720,11 @@ TEST_F(SafeTensorsRejects, UnexpectedShape)
 {
     write_raw_safetensors(dir / "t.safetensors", "{\"w\": {" + valid_entry + "}}", 24);
     const SafeTensors file(dir / "t.safetensors");
-    expect_load_error([&] { file.floats("w", {3, 2}); },
-                      {"tensor w has shape [2, 3], expected [3, 2]"});
+    expect_load_error(
+        [&] {
+            file.floats("w", {3, 2});
+        },
+        {"tensor w has shape [2, 3], expected [3, 2]"});
     expect_load_error([&] { file.floats("w", {6}); }, {"expected [6]"});
 }
 
@@ -776,9 +780,9 @@ TEST_F(SafeTensorsRejects, FirstTensorNotAtZero)
 TEST_F(SafeTensorsRejects, BytesAfterTheLastTensor)
 {
     write_raw_safetensors(dir / "t.safetensors", "{\"w\": {" + valid_entry + "}}", 30);
-    expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
-                      {"t.safetensors", "the data buffer is 30 bytes but the tensors end at 24",
-                       "tensor w"});
+    expect_load_error(
+        [&] { SafeTensors(dir / "t.safetensors"); },
+        {"t.safetensors", "the data buffer is 30 bytes but the tensors end at 24", "tensor w"});
     write_raw_safetensors(dir / "t.safetensors", "{}", 8);
     expect_load_error([&] { SafeTensors(dir / "t.safetensors"); },
                       {"the data buffer is 8 bytes but the tensors end at 0 (no tensors)"});
@@ -802,7 +806,8 @@ TEST_F(SafeTensorsRejects, EmptyTensorsOnABoundaryTile)
 // the loader must look before it opens. If the call under test does block, the test fails
 // and unblocks it by opening the write end, rather than hanging the suite.
 template <class F>
-void expect_fifo_rejected(const fs::path& fifo, F&& call, std::initializer_list<std::string> fragments)
+void expect_fifo_rejected(const fs::path& fifo, F&& call,
+                          std::initializer_list<std::string> fragments)
 {
     ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << "mkfifo " << fifo;
     auto done = std::async(std::launch::async, [&] { expect_load_error(call, fragments); });
@@ -930,8 +935,8 @@ TEST_F(HfRejects, RequiredKeyMissing)
 
 TEST_F(HfRejects, KeyNotAPositiveInteger)
 {
-    for (const json& value : {json(0), json(-3), json(2.5), json("2"), json(1099511627776LL),
-                             json(nullptr)}) {
+    for (const json& value :
+         {json(0), json(-3), json(2.5), json("2"), json(1099511627776LL), json(nullptr)}) {
         write_hf_with_config(dir, [&](json& config) { config["num_hidden_layers"] = value; });
         expect_load_error([&] { load_hf(dir.path()); }, {"config.json", "num_hidden_layers"});
     }
@@ -1059,9 +1064,9 @@ TEST_F(HfLoader, Gemma2ConfigTakesGemma2Defaults)
         write_text(dir / "config.json", config.dump());
         return detail::read_hf_config(detail::JsonConfig(dir / "config.json"));
     };
-    json gemma = {{"model_type", "gemma2"},   {"hidden_act", "gelu_pytorch_tanh"},
-                  {"vocab_size", 11},         {"hidden_size", 16},
-                  {"intermediate_size", 20},  {"num_hidden_layers", 3},
+    json gemma = {{"model_type", "gemma2"},  {"hidden_act", "gelu_pytorch_tanh"},
+                  {"vocab_size", 11},        {"hidden_size", 16},
+                  {"intermediate_size", 20}, {"num_hidden_layers", 3},
                   {"num_attention_heads", 8}};
     const Config c = config_of(gemma);
     EXPECT_EQ(c.family, Family::gemma2);
@@ -1143,10 +1148,12 @@ TEST_F(HfRejects, AttentionVariantKeys)
 // Qwen2 checkpoints hold q/k/v biases whatever their config says; the forward pass has none.
 TEST_F(HfRejects, BiasTensors)
 {
-    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
-        tensors.push_back(f32_tensor("model.layers.1.self_attn.k_proj.bias", {12},
-                                     std::vector<float>(12, 0.5f)));
-    });
+    write_broken_hf(
+        dir, [](json&) {},
+        [](std::vector<NamedTensor>& tensors) {
+            tensors.push_back(f32_tensor("model.layers.1.self_attn.k_proj.bias", {12},
+                                         std::vector<float>(12, 0.5f)));
+        });
     expect_load_error([&] { load_hf(dir.path()); },
                       {"model.safetensors", "tensor model.layers.1.self_attn.k_proj.bias is not "
                                             "supported: the forward pass has no biases"});
@@ -1174,49 +1181,56 @@ TEST_F(HfRejects, HeadDimUnusable)
 
 TEST_F(HfRejects, TensorShapeContradictsTheConfig)
 {
-    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
-        const std::string name = "model.layers.1.self_attn.k_proj.weight";
-        erase_tensor(tensors, name);
-        tensors.push_back(f32_tensor(name, {8, 16}, std::vector<float>(8 * 16)));
-    });
+    write_broken_hf(
+        dir, [](json&) {},
+        [](std::vector<NamedTensor>& tensors) {
+            const std::string name = "model.layers.1.self_attn.k_proj.weight";
+            erase_tensor(tensors, name);
+            tensors.push_back(f32_tensor(name, {8, 16}, std::vector<float>(8 * 16)));
+        });
     expect_load_error([&] { load_hf(dir.path()); },
                       {"model.safetensors: tensor model.layers.1.self_attn.k_proj.weight has "
                        "shape [8, 16], the config implies [12, 16]"});
 
-    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
-        erase_tensor(tensors, "model.norm.weight");
-        tensors.push_back(f32_tensor("model.norm.weight", {1, 16}, std::vector<float>(16)));
-    });
+    write_broken_hf(
+        dir, [](json&) {},
+        [](std::vector<NamedTensor>& tensors) {
+            erase_tensor(tensors, "model.norm.weight");
+            tensors.push_back(f32_tensor("model.norm.weight", {1, 16}, std::vector<float>(16)));
+        });
     expect_load_error([&] { load_hf(dir.path()); },
                       {"tensor model.norm.weight has shape [1, 16], the config implies [16]"});
 }
 
 TEST_F(HfRejects, TensorMissing)
 {
-    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
-        erase_tensor(tensors, "model.layers.1.mlp.up_proj.weight");
-    });
+    write_broken_hf(
+        dir, [](json&) {},
+        [](std::vector<NamedTensor>& tensors) {
+            erase_tensor(tensors, "model.layers.1.mlp.up_proj.weight");
+        });
     expect_load_error([&] { load_hf(dir.path()); },
                       {"model.safetensors", "tensor model.layers.1.mlp.up_proj.weight is missing"});
 }
 
 TEST_F(HfRejects, LmHeadMissingWhenNotTied)
 {
-    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
-        erase_tensor(tensors, "lm_head.weight");
-    });
+    write_broken_hf(
+        dir, [](json&) {},
+        [](std::vector<NamedTensor>& tensors) { erase_tensor(tensors, "lm_head.weight"); });
     expect_load_error([&] { load_hf(dir.path()); },
                       {"lm_head.weight is missing", "tie_word_embeddings false"});
 }
 
 TEST_F(HfRejects, IntegerWeight)
 {
-    write_broken_hf(dir, [](json&) {}, [](std::vector<NamedTensor>& tensors) {
-        erase_tensor(tensors, "model.norm.weight");
-        tensors.push_back(i32_tensor("model.norm.weight", {16}, std::vector<std::int32_t>(16)));
-    });
-    expect_load_error([&] { load_hf(dir.path()); },
-                      {"tensor model.norm.weight has dtype I32"});
+    write_broken_hf(
+        dir, [](json&) {},
+        [](std::vector<NamedTensor>& tensors) {
+            erase_tensor(tensors, "model.norm.weight");
+            tensors.push_back(i32_tensor("model.norm.weight", {16}, std::vector<std::int32_t>(16)));
+        });
+    expect_load_error([&] { load_hf(dir.path()); }, {"tensor model.norm.weight has dtype I32"});
 }
 
 TEST_F(HfRejects, WeightsFileMissingOrSharded)
@@ -1237,9 +1251,9 @@ TEST_F(HfRejects, CorruptWeightsFileIsReportedAsLoadError)
 TEST_F(HfRejects, DeeplyNestedConfigValue)
 {
     const std::string config = hf_config_json(hf_test_config(), false).dump();
-    write_text(dir / "config.json",
-               config.substr(0, config.size() - 1) + R"(, "task_specific_params": )" +
-                   nested_arrays(100'000) + "}");
+    write_text(dir / "config.json", config.substr(0, config.size() - 1) +
+                                        R"(, "task_specific_params": )" + nested_arrays(100'000) +
+                                        "}");
     expect_load_error([&] { load_hf(dir.path()); },
                       {"config.json", "nested more than 64 levels deep"});
 }
@@ -1283,9 +1297,8 @@ TEST_F(HfRejects, LayerCountBelowTheWeights)
 {
     // The file's second layer would be silently left out of the model.
     write_hf_with_config(dir, [](json& config) { config["num_hidden_layers"] = 1; });
-    expect_load_error([&] { load_hf(dir.path()); },
-                      {"config.json: num_hidden_layers is 1",
-                       "model.safetensors holds tensors of layer 1"});
+    expect_load_error([&] { load_hf(dir.path()); }, {"config.json: num_hidden_layers is 1",
+                                                     "model.safetensors holds tensors of layer 1"});
 }
 
 // Each size key set far beyond the test model's weights: the error names the key.

@@ -36,22 +36,24 @@ void expect_identical(const star::AttentionState& a, const star::AttentionState&
                       const std::string& what)
 {
     ++checks;
-    const bool same = a.shape() == b.shape() &&
-                      std::memcmp(a.output.data(), b.output.data(), sizeof(float) * a.output.size()) == 0 &&
-                      std::memcmp(a.lse.data(), b.lse.data(), sizeof(float) * a.lse.size()) == 0;
+    const bool same =
+        a.shape() == b.shape() &&
+        std::memcmp(a.output.data(), b.output.data(), sizeof(float) * a.output.size()) == 0 &&
+        std::memcmp(a.lse.data(), b.lse.data(), sizeof(float) * a.lse.size()) == 0;
     if (!same) {
         ++failures;
         std::cerr << "rank " << rank << ": " << what << " differs from the in-process run\n";
     }
 }
 
-void expect_identical(const std::vector<star::RangeOutput>& a, const std::vector<star::RangeOutput>& b,
-                      int rank, const std::string& what)
+void expect_identical(const std::vector<star::RangeOutput>& a,
+                      const std::vector<star::RangeOutput>& b, int rank, const std::string& what)
 {
     ++checks;
     if (a.size() != b.size()) {
         ++failures;
-        std::cerr << "rank " << rank << ": " << what << ": " << a.size() << " ranges vs " << b.size() << "\n";
+        std::cerr << "rank " << rank << ": " << what << ": " << a.size() << " ranges vs "
+                  << b.size() << "\n";
         return;
     }
     for (std::size_t i = 0; i < a.size(); ++i)
@@ -70,14 +72,17 @@ void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const st
     const auto v = random_tensor(context, kv_heads, d, rng);
 
     const star::StarAttention<star::FixedBlocks, star::FirstTokens, star::Contiguous, M> star_attention(
-        star::FixedBlocks{block_size}, star::FirstTokens{{}, star::AnchorSource::receive}, {}, merge);
+        star::FixedBlocks{block_size}, star::FirstTokens{{}, star::AnchorSource::receive}, {},
+        merge);
     const star::StarPlan plan = star_attention.plan(context, hosts);
     star::LocalCommunicator local(hosts);
 
     auto mpi_caches = mpi.local<star::KVCache<float>>();
     auto local_caches = local.local<star::KVCache<float>>();
-    const auto mpi_p1 = star_attention.encode_context(mpi, plan, mpi_caches, star::view(q), star::view(k), star::view(v));
-    const auto local_p1 = star_attention.encode_context(local, plan, local_caches, star::view(q), star::view(k), star::view(v));
+    const auto mpi_p1 = star_attention.encode_context(mpi, plan, mpi_caches, star::view(q),
+                                                      star::view(k), star::view(v));
+    const auto local_p1 = star_attention.encode_context(local, plan, local_caches, star::view(q),
+                                                        star::view(k), star::view(v));
     expect_identical(mpi_p1[rank], local_p1[rank], rank, name + " phase 1");
 
     for (int step = 0; step < 4; ++step) {
@@ -85,9 +90,12 @@ void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const st
         const auto nq = random_tensor(tokens, q_heads, d, rng);
         const auto nk = random_tensor(tokens, kv_heads, d, rng);
         const auto nv = random_tensor(tokens, kv_heads, d, rng);
-        const auto mpi_out = star_attention.attend_query(mpi, plan, mpi_caches, star::view(nq), star::view(nk), star::view(nv));
-        const auto local_out = star_attention.attend_query(local, plan, local_caches, star::view(nq), star::view(nk), star::view(nv));
-        const std::string what = name + (step == 0 ? " phase 2 query" : " decode step " + std::to_string(step));
+        const auto mpi_out = star_attention.attend_query(mpi, plan, mpi_caches, star::view(nq),
+                                                         star::view(nk), star::view(nv));
+        const auto local_out = star_attention.attend_query(
+            local, plan, local_caches, star::view(nq), star::view(nk), star::view(nv));
+        const std::string what =
+            name + (step == 0 ? " phase 2 query" : " decode step " + std::to_string(step));
         ++checks;
         if (mpi_out[rank].has_value() != local_out[rank].has_value()) {
             ++failures;
@@ -98,8 +106,9 @@ void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const st
         ++checks;
         if (mpi_caches[rank].tokens() != local_caches[rank].tokens()) {
             ++failures;
-            std::cerr << "rank " << rank << ": " << what << ": cache holds " << mpi_caches[rank].tokens()
-                      << " tokens, in-process " << local_caches[rank].tokens() << "\n";
+            std::cerr << "rank " << rank << ": " << what << ": cache holds "
+                      << mpi_caches[rank].tokens() << " tokens, in-process "
+                      << local_caches[rank].tokens() << "\n";
         }
     }
 }
@@ -165,7 +174,7 @@ struct Setting {
     star::index block = 100, q_heads = 4, kv_heads = 2, d = 16, query_tokens = 2;
     std::optional<float> scale;
     bool check_finite = true;
-    bool half = false;      // K/V as half instead of bf16 (the same size)
+    bool half = false;       // K/V as half instead of bf16 (the same size)
     bool all_gather = false; // the AllGather merge instead of GatherToQueryHost
     int extra_steps = 0;     // decode steps after the query, beyond the others'
 };
@@ -173,7 +182,8 @@ struct Setting {
 // What this rank holds of a context under `plan` when the anchor is received: its own
 // blocks of q, k and v.
 template <star::KVElement KV>
-star::PerHost<star::HostContext<KV>> own_blocks(star::MpiCommunicator& mpi, const star::StarPlan& plan,
+star::PerHost<star::HostContext<KV>> own_blocks(star::MpiCommunicator& mpi,
+                                                const star::StarPlan& plan,
                                                 const star::Tensor3<float>& q,
                                                 const star::Tensor3<KV>& k,
                                                 const star::Tensor3<KV>& v)
@@ -252,7 +262,8 @@ void star_with_one_rank_changed(star::MpiCommunicator& mpi, const std::string& c
         run_star<Eigen::bfloat16, star::GatherToQueryHost>(mpi, s);
 }
 
-void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout, const std::string& name)
+void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout,
+                            const std::string& name)
 {
     const int rank = mpi.rank();
     std::mt19937_64 rng(7);
@@ -412,10 +423,9 @@ int main(int argc, char** argv)
             else if (mode == "--mismatch-cap")
                 star_with_cap(mpi, rank == chosen_rank ? 30.0f : 50.0f);
             else if (mode == "--mismatch-ring-layout")
-                ring_equals_in_process(mpi,
-                                       rank == chosen_rank ? star::RingLayout::zigzag
-                                                           : star::RingLayout::plain,
-                                       "ring");
+                ring_equals_in_process(
+                    mpi, rank == chosen_rank ? star::RingLayout::zigzag : star::RingLayout::plain,
+                    "ring");
             else
                 star_with_one_rank_changed(mpi, mode.substr(11), chosen_rank);
             return;

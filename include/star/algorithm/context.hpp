@@ -72,9 +72,15 @@ public:
     /// Query heads of its pieces (0 if it holds none).
     [[nodiscard]] index q_heads() const noexcept { return empty() ? 0 : pieces_[0].q.dimension(1); }
     /// KV heads of its pieces (0 if it holds none).
-    [[nodiscard]] index kv_heads() const noexcept { return empty() ? 0 : pieces_[0].k.dimension(1); }
+    [[nodiscard]] index kv_heads() const noexcept
+    {
+        return empty() ? 0 : pieces_[0].k.dimension(1);
+    }
     /// head_dim of its pieces (0 if it holds none).
-    [[nodiscard]] index head_dim() const noexcept { return empty() ? 0 : pieces_[0].k.dimension(2); }
+    [[nodiscard]] index head_dim() const noexcept
+    {
+        return empty() ? 0 : pieces_[0].k.dimension(2);
+    }
 
     /// Views of `range`, which must lie inside one piece.
     [[nodiscard]] ContextSlice<KV> slice(TokenRange range) const
@@ -82,7 +88,8 @@ public:
         for (const auto& p : pieces_) {
             const index offset = range.begin - p.first_token;
             if (offset >= 0 && range.end <= p.first_token + p.q.dimension(0))
-                return {token_slice(p.q, offset, range.size()), token_slice(p.k, offset, range.size()),
+                return {token_slice(p.q, offset, range.size()),
+                        token_slice(p.k, offset, range.size()),
                         token_slice(p.v, offset, range.size())};
         }
         detail::fail("HostContext: this host does not hold context tokens [", range.begin, ", ",

@@ -147,8 +147,7 @@ public:
                                    attention(own.q, held(keys[rank]), held(values[rank]),
                                              variant_.mask(out.tokens.begin, kv_range.begin),
                                              kernel_options,
-                                             variant_.transform(out.tokens.begin,
-                                                                kv_range.begin)));
+                                             variant_.transform(out.tokens.begin, kv_range.begin)));
                     }
                     offset += kv_range.size();
                 }
@@ -174,7 +173,8 @@ public:
         detail::check_qkv(q, k, v, options_.attention.scale, "RingAttention::run");
         if (q.dimension(0) != k.dimension(0))
             detail::fail("RingAttention::run: causal self-attention needs as many queries as keys, "
-                         "got ", q.dimension(0), " and ", k.dimension(0));
+                         "got ",
+                         q.dimension(0), " and ", k.dimension(0));
         auto contexts = comm.template local<HostContext<KV>>();
         for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
             contexts[r] = HostContext<KV>(q, k, v);
@@ -192,13 +192,18 @@ private:
     template <KVElement KV, Communicator C>
     void agree(C& comm, index tokens, const PerHost<HostContext<KV>>& contexts) const
     {
-        static constexpr const char* names[] = {
-            "the number of tokens", "the layout (0 plain, 1 zig-zag)",
-            "the softmax scale (bits)", "whether inputs are checked for finiteness",
-            "the K/V element type (1 float, 2 bf16, 3 half)",
-            "the number of query heads", "the number of kv heads", "head_dim",
-            "the Variant policy (digest of its type)", "the variant's window (-1: none)",
-            "the variant's soft cap (bits)", "the variant's ALiBi slopes (digest)"};
+        static constexpr const char* names[] = {"the number of tokens",
+                                                "the layout (0 plain, 1 zig-zag)",
+                                                "the softmax scale (bits)",
+                                                "whether inputs are checked for finiteness",
+                                                "the K/V element type (1 float, 2 bf16, 3 half)",
+                                                "the number of query heads",
+                                                "the number of kv heads",
+                                                "head_dim",
+                                                "the Variant policy (digest of its type)",
+                                                "the variant's window (-1: none)",
+                                                "the variant's soft cap (bits)",
+                                                "the variant's ALiBi slopes (digest)"};
         const std::int64_t variant_digest = detail::type_digest<V>();
         const VariantSettings variant = variant_.settings();
         auto settings = comm.template local<std::vector<std::int64_t>>();

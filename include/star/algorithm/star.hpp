@@ -78,8 +78,7 @@ public:
         if (hosts_ <= 0)
             detail::fail("StarPlan: the number of hosts must be at least 1, got ", hosts_);
         if (context_tokens_ <= 0)
-            detail::fail("StarPlan: the context must hold at least 1 token, got ",
-                         context_tokens_);
+            detail::fail("StarPlan: the context must hold at least 1 token, got ", context_tokens_);
         detail::check_rank(query_host_, hosts_, "StarPlan: query host");
         detail::check_blocks(blocks_, context_tokens_, "StarPlan");
         if (owner_.size() != blocks_.size())
@@ -100,7 +99,8 @@ public:
                              "), not before the block's start ", blocks_[i].begin);
             if (anchor_source_ == AnchorSource::receive && a.begin != 0)
                 detail::fail("StarPlan: a received anchor must be a prefix of the context; "
-                             "block ", i, " has [", a.begin, ", ", a.end, ")");
+                             "block ",
+                             i, " has [", a.begin, ", ", a.end, ")");
         }
     }
 
@@ -315,8 +315,8 @@ public:
         variant_.check(q.dimension(1));
         for (int rank = caches.first_rank(); rank < caches.end_rank(); ++rank) {
             const KVCache<KV>& cache = caches[rank];
-            if (cache.tokens() > 0 && (cache.kv_heads() != k.dimension(1) ||
-                                       cache.head_dim() != k.dimension(2)))
+            if (cache.tokens() > 0 &&
+                (cache.kv_heads() != k.dimension(1) || cache.head_dim() != k.dimension(2)))
                 detail::fail("StarAttention::attend_query: host ", rank, "'s cache holds ",
                              cache.kv_heads(), " kv heads of head_dim ", cache.head_dim(),
                              ", the query's k has ", k.dimension(1), " of head_dim ",
@@ -357,9 +357,9 @@ public:
                 }
             } else if (cache.tokens() > 0) {
                 // Positions do not matter: the whole cache in one call.
-                partials[rank] = attention(q, cache.keys(), cache.values(),
-                                           variant_.past_mask(position, 0), options,
-                                           variant_.transform(position, 0));
+                partials[rank] =
+                    attention(q, cache.keys(), cache.values(), variant_.past_mask(position, 0),
+                              options, variant_.transform(position, 0));
             }
             // The query host also sees the query's own keys, causally. They join its cache
             // only once the whole step has succeeded, so a failed step changes no cache.
@@ -394,7 +394,8 @@ public:
             detail::fail("phase1_working_bytes: threads must be at least 1, got ", threads);
         std::size_t outputs = 0, anchor_state = 0;
         for (const std::size_t i : plan.blocks_of(host)) {
-            const std::size_t state = AttentionState::bytes(plan.blocks()[i].size(), q_heads, head_dim);
+            const std::size_t state =
+                AttentionState::bytes(plan.blocks()[i].size(), q_heads, head_dim);
             outputs += state;
             if (!plan.anchors()[i].empty())
                 anchor_state = std::max(anchor_state, state);
@@ -405,8 +406,9 @@ public:
             index largest_part = 0;
             for (const TokenRange& b : plan.blocks())
                 largest_part = std::max(largest_part, std::min(b.end, anchor.end) - b.begin);
-            received = 2 * sizeof(KV) * static_cast<std::size_t>((anchor.size() + largest_part) *
-                                                                 kv_heads * head_dim);
+            received =
+                2 * sizeof(KV) *
+                static_cast<std::size_t>((anchor.size() + largest_part) * kv_heads * head_dim);
         }
         return outputs + anchor_state + received +
                static_cast<std::size_t>(threads) *
@@ -495,8 +497,8 @@ private:
         PerHost<std::vector<KV>> values;
 
         // The first `tokens` anchor tokens, laid out like `like` (the host's own block).
-        [[nodiscard]] std::pair<ConstView3<KV>, ConstView3<KV>>
-        prefix(int rank, index tokens, const ConstView3<KV>& like) const
+        [[nodiscard]] std::pair<ConstView3<KV>, ConstView3<KV>> prefix(int rank, index tokens,
+                                                                       const ConstView3<KV>& like) const
         {
             const index heads = like.dimension(1), d = like.dimension(2);
             if (static_cast<index>(keys[rank].size()) < tokens * heads * d)
@@ -529,7 +531,8 @@ private:
                             comm.template local<std::vector<KV>>()};
         const TokenRange shared = plan.shared_anchor();
         for (std::size_t i = 0; i < plan.blocks().size(); ++i) {
-            const TokenRange part{plan.blocks()[i].begin, std::min(plan.blocks()[i].end, shared.end)};
+            const TokenRange part{plan.blocks()[i].begin,
+                                  std::min(plan.blocks()[i].end, shared.end)};
             if (part.empty())
                 continue;
             const int root = plan.owner()[i];
@@ -544,8 +547,7 @@ private:
             comm.broadcast(values, root);
             for (int r = keys.first_rank(); r < keys.end_rank(); ++r) {
                 anchor.keys[r].insert(anchor.keys[r].end(), keys[r].begin(), keys[r].end());
-                anchor.values[r].insert(anchor.values[r].end(), values[r].begin(),
-                                        values[r].end());
+                anchor.values[r].insert(anchor.values[r].end(), values[r].begin(), values[r].end());
             }
         }
         return anchor;
@@ -556,21 +558,30 @@ private:
     // heads) or a hang (hosts calling different collectives). The plan stands for the
     // Block, Anchor and Partition policies; the Merge policy, the scale, the K/V type and
     // `shape_of(rank)`, each local host's shapes, complete it.
-    static constexpr const char* setting_names[] = {
-        "the number of context tokens", "the query host", "the number of blocks",
-        "the block boundaries (digest)", "the block owners (digest)", "the anchors (digest)",
-        "the anchor source", "the K/V element type (1 float, 2 bf16, 3 half)",
-        "the Merge policy (digest of its type)", "the softmax scale (bits)",
-        "whether inputs are checked for finiteness",
-        "the query length", "the number of query heads", "the number of kv heads",
-        "head_dim", "the Variant policy (digest of its type)",
-        "the variant's window (-1: none)", "the variant's soft cap (bits)",
-        "the variant's ALiBi slopes (digest)"};
+    static constexpr const char* setting_names[] = {"the number of context tokens",
+                                                    "the query host",
+                                                    "the number of blocks",
+                                                    "the block boundaries (digest)",
+                                                    "the block owners (digest)",
+                                                    "the anchors (digest)",
+                                                    "the anchor source",
+                                                    "the K/V element type (1 float, 2 bf16, 3 half)",
+                                                    "the Merge policy (digest of its type)",
+                                                    "the softmax scale (bits)",
+                                                    "whether inputs are checked for finiteness",
+                                                    "the query length",
+                                                    "the number of query heads",
+                                                    "the number of kv heads",
+                                                    "head_dim",
+                                                    "the Variant policy (digest of its type)",
+                                                    "the variant's window (-1: none)",
+                                                    "the variant's soft cap (bits)",
+                                                    "the variant's ALiBi slopes (digest)"};
 
     // Each local host's values of `setting_names`.
     template <KVElement KV, Communicator C, class ShapeOf>
     PerHost<std::vector<std::int64_t>> settings(C& comm, const StarPlan& plan,
-                                               ShapeOf&& shape_of) const
+                                                ShapeOf&& shape_of) const
     {
         // Order-sensitive digests of the block layout: equal layouts give equal values.
         std::uint64_t bounds = 0, owners = 0, anchors = 0; // unsigned: wrapping is intended

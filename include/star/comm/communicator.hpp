@@ -251,10 +251,10 @@ void check_agreement(C& comm, const PerHost<std::vector<std::int64_t>>& settings
 /// local host. A digest is a polynomial in the settings with an odd base, so settings that
 /// differ in one place always give different digests.
 template <class C>
-PerHost<std::vector<std::vector<std::int64_t>>>
-check_agreement_in_step(C& comm, const PerHost<std::vector<std::int64_t>>& settings,
-                        const PerHost<std::vector<std::int64_t>>& payload,
-                        std::span<const char* const> names, const char* where)
+PerHost<std::vector<std::vector<std::int64_t>>> check_agreement_in_step(
+    C& comm, const PerHost<std::vector<std::int64_t>>& settings,
+    const PerHost<std::vector<std::int64_t>>& payload, std::span<const char* const> names,
+    const char* where)
 {
     auto sent = comm.template local<std::vector<std::int64_t>>();
     for (int r = sent.first_rank(); r < sent.end_rank(); ++r) {

@@ -179,7 +179,8 @@ private:
         InUse(BusyFlag& flag, const char* call) : flag_(flag)
         {
             if (flag_.value.exchange(true, std::memory_order_acquire))
-                detail::fail("LocalCommunicator::", call, ": another call on this communicator "
+                detail::fail("LocalCommunicator::", call,
+                             ": another call on this communicator "
                              "is running (from another thread, or from inside a for_each_host "
                              "step); give each thread its own communicator");
         }

@@ -99,8 +99,7 @@ class MpiCommunicator {
                     std::terminate(); // MPI_Abort does not return
                 }
                 std::this_thread::sleep_for(pause);
-                pause = std::min<std::chrono::microseconds>(2 * pause,
-                                                            std::chrono::milliseconds(1));
+                pause = std::min<std::chrono::microseconds>(2 * pause, std::chrono::milliseconds(1));
             }
         }
     };
@@ -379,7 +378,8 @@ private:
     }
 
     template <class T>
-    static std::vector<std::vector<T>> split(const std::vector<T>& all, const std::vector<int>& sizes,
+    static std::vector<std::vector<T>> split(const std::vector<T>& all,
+                                             const std::vector<int>& sizes,
                                              const std::vector<int>& offsets)
     {
         std::vector<std::vector<T>> parts;
@@ -395,8 +395,8 @@ private:
         char text[MPI_MAX_ERROR_STRING];
         int length = 0;
         MPI_Error_string(code, text, &length);
-        detail::fail_at_runtime("MpiCommunicator: ", call, " failed: ",
-                                std::string(text, static_cast<std::size_t>(length)));
+        detail::fail_at_runtime("MpiCommunicator: ", call,
+                                " failed: ", std::string(text, static_cast<std::size_t>(length)));
     }
 
     // Checked before the delegated constructor touches MPI, so that a bad deadline is
@@ -404,8 +404,8 @@ private:
     static MPI_Comm positive_deadline(MPI_Comm comm, std::chrono::milliseconds deadline)
     {
         if (deadline.count() <= 0)
-            detail::fail("MpiCommunicator: the deadline must be positive, got ",
-                         deadline.count(), " ms");
+            detail::fail("MpiCommunicator: the deadline must be positive, got ", deadline.count(),
+                         " ms");
         return comm;
     }
 

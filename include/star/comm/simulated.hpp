@@ -62,8 +62,8 @@ public:
         const PerHost<int> all = inner.template local<int>();
         if (all.first_rank() != 0 || all.end_rank() != inner.size())
             detail::fail("SimulatedCluster: the inner communicator must run every host in this "
-                         "process; it runs hosts [", all.first_rank(), ", ", all.end_rank(),
-                         ") of ", inner.size());
+                         "process; it runs hosts [",
+                         all.first_rank(), ", ", all.end_rank(), ") of ", inner.size());
         if (!(std::isfinite(link.latency_seconds) && link.latency_seconds >= 0.0))
             detail::fail("SimulatedCluster: the latency must be finite and not negative, got ",
                          link.latency_seconds);
@@ -103,8 +103,7 @@ public:
                 const auto start = std::chrono::steady_clock::now();
                 step(rank);
                 took[static_cast<std::size_t>(rank)] =
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-                        .count() /
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
                     speedup_;
             }
         });

@@ -56,10 +56,8 @@ public:
         for (index s = 0; s < slices; ++s) {
             const index first = s * slice_keys;
             parts_.emplace_back(q_tokens, q.dimension(1), q.dimension(2));
-            jobs_.push_back(Job{q_,    k_,          v_,          mask_,
-                                transform_, scale, tiles,     tile_tokens,
-                                query_tiles, first, std::min(first + slice_keys, key_count),
-                                parts_.back()});
+            jobs_.push_back(Job{q_, k_, v_, mask_, transform_, scale, tiles, tile_tokens, query_tiles,
+                                first, std::min(first + slice_keys, key_count), parts_.back()});
         }
     }
 

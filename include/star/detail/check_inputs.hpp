@@ -50,7 +50,7 @@ bool all_finite(const T* values, index count)
     using Bits = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int16_t>;
     static_assert(sizeof(Bits) == sizeof(T));
     constexpr Bits magnitude = std::numeric_limits<Bits>::max(); // every bit but the sign
-    constexpr auto exponent = static_cast<Bits>(std::same_as<T, float>            ? 0x7F800000
+    constexpr auto exponent = static_cast<Bits>(std::same_as<T, float>             ? 0x7F800000
                                                 : std::same_as<T, Eigen::bfloat16> ? 0x7F80
                                                                                    : 0x7C00);
     using Batch = xsimd::batch<Bits, Arch>;
@@ -132,8 +132,8 @@ void check_source(const KVPages<KV>& s, const char* name, const char* where)
         fail(where, ": ", name, " has ", s.tokens(), " x ", s.heads(), " x ", s.head_dim(),
              " elements, more than an index can count");
     if (s.tokens() > 0 && s.data() == nullptr)
-        fail(where, ": ", name, " views null memory but has ", s.tokens() * s.heads() * s.head_dim(),
-             " elements");
+        fail(where, ": ", name, " views null memory but has ",
+             s.tokens() * s.heads() * s.head_dim(), " elements");
 }
 
 /// `check_qkv` of keys and values read from K/V sources.

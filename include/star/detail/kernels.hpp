@@ -79,13 +79,10 @@ decltype(auto) with_path(KernelIsa isa, F&& f)
 {
     switch (isa) {
 #if STAR_X86_DISPATCH
-    case KernelIsa::avx512:
-        return f(avx512_path::Entries{});
-    case KernelIsa::avx2:
-        return f(avx2_path::Entries{});
+    case KernelIsa::avx512: return f(avx512_path::Entries{});
+    case KernelIsa::avx2: return f(avx2_path::Entries{});
 #endif
-    default:
-        return f(portable_path::Entries{});
+    default: return f(portable_path::Entries{});
     }
 }
 

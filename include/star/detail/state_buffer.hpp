@@ -23,8 +23,9 @@ inline AttentionState unpack(std::span<const float> buffer, Shape shape)
     AttentionState s(shape.tokens, shape.heads, shape.head_dim);
     const auto expected = static_cast<std::size_t>(s.output.size() + s.lse.size());
     if (buffer.size() != expected)
-        fail_at_runtime("unpack: a state of shape [", shape.tokens, ", ", shape.heads, ", ", shape.head_dim,
-             "] needs ", expected, " floats, the message has ", buffer.size());
+        fail_at_runtime("unpack: a state of shape [", shape.tokens, ", ", shape.heads, ", ",
+                        shape.head_dim, "] needs ", expected, " floats, the message has ",
+                        buffer.size());
     std::copy_n(buffer.begin(), s.output.size(), s.output.data());
     std::copy_n(buffer.begin() + s.output.size(), s.lse.size(), s.lse.data());
     return s;

@@ -84,7 +84,7 @@ inline index decode_splits(index keys, const TileShape& tiles)
 [[noreturn]] inline void overflow(index token, index head, const char* what)
 {
     fail_at_runtime("attention: the ", what, " of query token ", token, ", head ", head,
-         " overflow float (inputs too large for float arithmetic, or not finite)");
+                    " overflow float (inputs too large for float arithmetic, or not finite)");
 }
 
 /// Whether query `i` sees any of the keys `[key_begin, key_end)` under `mask`. Asked only of

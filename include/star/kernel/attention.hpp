@@ -57,15 +57,14 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
 {
     if (q_heads <= 0 || kv_heads <= 0 || head_dim <= 0 || q_heads % kv_heads != 0)
         detail::fail("attention_workspace_bytes: need positive head counts with q_heads a "
-                     "multiple of kv_heads and a positive head_dim, got ", q_heads, ", ",
-                     kv_heads, " and ", head_dim);
+                     "multiple of kv_heads and a positive head_dim, got ",
+                     q_heads, ", ", kv_heads, " and ", head_dim);
     const detail::TileShape tiles;
     const index group = q_heads / kv_heads;
     const index rows = tiles.query_tokens(group) * group;
     const KernelIsa isa = kernel_isa();
     return std::max(detail::tile_workspace_bytes<KV>(isa, rows, tiles.keys, head_dim),
-                    detail::decode_workspace_bytes<KV>(isa, kv_heads, tiles.decode_rows,
-                                                       head_dim));
+                    detail::decode_workspace_bytes<KV>(isa, kv_heads, tiles.decode_rows, head_dim));
 }
 
 /// `attention` (the overload on views, below) over keys and values read in place from K/V

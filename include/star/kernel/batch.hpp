@@ -75,8 +75,7 @@ void run_calls(const std::deque<Call>& calls)
 /// What `attention` checks, for sequence `s` of a batched entry point.
 template <class KV, class T>
 float check_sequence(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
-                     const T& transform, const AttentionOptions& options,
-                     const std::string& where)
+                     const T& transform, const AttentionOptions& options, const std::string& where)
 {
     const float scale = check_qkv(q, k, v, options.scale, where.c_str());
     check_transform(transform, q.dimension(1), q.dimension(0), k.tokens(), where.c_str());
@@ -151,11 +150,12 @@ AttentionState attention_packed(const ConstView3<float>& q, const KVPages<KV>& k
 {
     const index tokens = q.dimension(0);
     if (k.tokens() != tokens || v.tokens() != tokens)
-        detail::fail("attention_packed: q, k and v must hold the same packed tokens, got ",
-                     tokens, ", ", k.tokens(), " and ", v.tokens());
+        detail::fail("attention_packed: q, k and v must hold the same packed tokens, got ", tokens,
+                     ", ", k.tokens(), " and ", v.tokens());
     if (starts.size() < 2)
         detail::fail("attention_packed: starts needs at least 2 entries (0 and the token "
-                     "count), got ", starts.size());
+                     "count), got ",
+                     starts.size());
     if (starts.front() != 0 || starts.back() != tokens)
         detail::fail("attention_packed: starts must run from 0 to the token count ", tokens,
                      ", got ", starts.front(), " to ", starts.back());
@@ -175,10 +175,10 @@ AttentionState attention_packed(const ConstView3<float>& q, const KVPages<KV>& k
         keys.push_back(k.tokens_from(first, count));
         values.push_back(v.tokens_from(first, count));
         // Already checked for finiteness as a whole.
-        scales.push_back(detail::check_sequence(
-            queries.back(), keys.back(), values.back(), transform,
-            AttentionOptions{.scale = options.scale, .check_finite = false},
-            "attention_packed: sequence " + std::to_string(s)));
+        scales.push_back(
+            detail::check_sequence(queries.back(), keys.back(), values.back(), transform,
+                                   AttentionOptions{.scale = options.scale, .check_finite = false},
+                                   "attention_packed: sequence " + std::to_string(s)));
     }
     const KernelIsa isa = kernel_isa();
     std::deque<detail::AttentionCall<KV, M, T>> calls;

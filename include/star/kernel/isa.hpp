@@ -75,7 +75,10 @@ namespace detail {
 /// The state components the OS saves on a context switch (XCR0). A CPU may support
 /// AVX-512 while the kernel does not enable its registers; then the instructions fault.
 STAR_TARGET_BEGIN("xsave")
-inline unsigned long long os_saved_state() noexcept { return static_cast<unsigned long long>(_xgetbv(0)); }
+inline unsigned long long os_saved_state() noexcept
+{
+    return static_cast<unsigned long long>(_xgetbv(0));
+}
 STAR_TARGET_END
 
 /// Features of this CPU, read once with CPUID. xsimd's own detection (Debian's 8.1) checks
@@ -95,8 +98,8 @@ struct CpuFeatures {
         if (!osxsave || !avx)
             return f;
         const unsigned long long xcr0 = os_saved_state();
-        const bool ymm_saved = (xcr0 & 0x6U) == 0x6U;             // SSE and AVX state
-        const bool zmm_saved = (xcr0 & 0xE6U) == 0xE6U;           // plus opmask and ZMM
+        const bool ymm_saved = (xcr0 & 0x6U) == 0x6U;   // SSE and AVX state
+        const bool zmm_saved = (xcr0 & 0xE6U) == 0xE6U; // plus opmask and ZMM
         if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0)
             return f;
         const bool avx2 = (b >> 5) & 1U, avx512f = (b >> 16) & 1U, avx512dq = (b >> 17) & 1U,
@@ -149,16 +152,12 @@ inline std::atomic<int> forced_isa{-1};
 inline bool cpu_supports(KernelIsa isa) noexcept
 {
     switch (isa) {
-    case KernelIsa::portable:
-        return true;
+    case KernelIsa::portable: return true;
 #if STAR_X86_DISPATCH
-    case KernelIsa::avx2:
-        return detail::cpu_features().avx2;
-    case KernelIsa::avx512:
-        return detail::cpu_features().avx512;
+    case KernelIsa::avx2: return detail::cpu_features().avx2;
+    case KernelIsa::avx512: return detail::cpu_features().avx512;
 #else
-    default:
-        return false;
+    default: return false;
 #endif
     }
     return false;

@@ -58,12 +58,12 @@ public:
     /// that `attention` reports a bad view in its own words.
     KVPages(const ConstView3<KV>& contiguous) // NOLINT(google-explicit-constructor): a view is a source
         : base_(contiguous.data()), layout_{contiguous.dimension(0),
-                                             contiguous.dimension(1),
-                                             contiguous.dimension(2),
-                                             std::max<index>(contiguous.dimension(0), 1),
-                                             contiguous.dimension(1) * contiguous.dimension(2),
-                                             contiguous.dimension(2),
-                                             0}
+                                            contiguous.dimension(1),
+                                            contiguous.dimension(2),
+                                            std::max<index>(contiguous.dimension(0), 1),
+                                            contiguous.dimension(1) * contiguous.dimension(2),
+                                            contiguous.dimension(2),
+                                            0}
     {
     }
 
@@ -211,11 +211,11 @@ KVPages<KV> paged_kv(std::span<const std::int32_t> page_table, const KV* pool, i
 /// page may be partly used). `KVCache::keys()` and `values()` are such sources.
 /// \throws star::invalid_argument as KVPages' constructor.
 template <KVElement KV>
-KVPages<KV> paged_kv(std::span<const KV* const> pages, index page_tokens, index tokens,
-                     index heads, index head_dim)
+KVPages<KV> paged_kv(std::span<const KV* const> pages, index page_tokens, index tokens, index heads,
+                     index head_dim)
 {
-    return KVPages<KV>(pages, KVLayout{tokens, heads, head_dim, page_tokens, heads * head_dim,
-                                       head_dim, 0});
+    return KVPages<KV>(
+        pages, KVLayout{tokens, heads, head_dim, page_tokens, heads * head_dim, head_dim, 0});
 }
 
 template <KVElement KV>
@@ -224,7 +224,8 @@ void KVPages<KV>::validate(index pool_pages, bool by_pointer) const
     const KVLayout& l = layout_;
     if (l.heads <= 0 || l.head_dim <= 0 || l.tokens < 0)
         detail::fail("KVPages: need positive heads and head_dim and a token count of at least 0, "
-                     "got ", l.heads, ", ", l.head_dim, " and ", l.tokens);
+                     "got ",
+                     l.heads, ", ", l.head_dim, " and ", l.tokens);
     if (l.page_tokens <= 0)
         detail::fail("KVPages: page_tokens must be positive, got ", l.page_tokens);
     if (l.token_stride < 0 || l.head_stride < 0 || l.page_stride < 0)
@@ -272,14 +273,13 @@ void KVPages<KV>::validate(index pool_pages, bool by_pointer) const
     if (pool_pages > 1 && l.page_stride < page_extent)
         detail::fail("KVPages: pages overlap: page_stride ", l.page_stride,
                      " is less than a page's ", page_extent, " elements");
-    if (!fits(pool_pages, l.page_stride) ||
-        (pool_pages - 1) * l.page_stride > most - page_extent)
+    if (!fits(pool_pages, l.page_stride) || (pool_pages - 1) * l.page_stride > most - page_extent)
         detail::fail("KVPages: offsets in a pool of ", pool_pages, " pages of stride ",
                      l.page_stride, " overflow an index");
     const index needed = (l.tokens + l.page_tokens - 1) / l.page_tokens;
     if (static_cast<index>(table_.size()) < needed)
-        detail::fail("KVPages: ", l.tokens, " tokens in pages of ", l.page_tokens, " need ",
-                     needed, " pages, but the page table has ", table_.size());
+        detail::fail("KVPages: ", l.tokens, " tokens in pages of ", l.page_tokens, " need ", needed,
+                     " pages, but the page table has ", table_.size());
     for (index p = 0; p < needed; ++p) {
         const index page = table_[static_cast<std::size_t>(p)];
         if (page < 0 || page >= pool_pages)

@@ -131,8 +131,7 @@ struct Composed {
     Second second; ///< Applied to what `first` returns.
 
     /// `second(first(score, query_row, key_row, head), query_row, key_row, head)`.
-    [[nodiscard]] float operator()(float score, index query_row, index key_row,
-                                   index head) const
+    [[nodiscard]] float operator()(float score, index query_row, index key_row, index head) const
     {
         const auto once = static_cast<float>(first(score, query_row, key_row, head));
         return static_cast<float>(second(once, query_row, key_row, head));
@@ -179,8 +178,7 @@ inline void check_transform(const Alibi& t, index q_heads, index q_tokens, index
         q_tokens == 0 || k_tokens == 0
             ? 0.0
             : std::max(std::abs(position(t.key_offset, k_tokens - 1) - position(t.query_offset, 0)),
-                       std::abs(position(t.key_offset, 0) -
-                                position(t.query_offset, q_tokens - 1)));
+                       std::abs(position(t.key_offset, 0) - position(t.query_offset, q_tokens - 1)));
     for (std::size_t h = 0; h < t.slopes.size(); ++h) {
         const float slope = t.slopes[h];
         if (!std::isfinite(slope))

@@ -109,8 +109,7 @@ struct TreeReduction {
             const auto received = comm.exchange(buffers, routes);
             comm.for_each_host([&](int rank) {
                 if (routes[rank].receive_from != Route::no_host)
-                    merge_into(running[rank],
-                               detail::unpack(received[rank], running[rank].shape()));
+                    merge_into(running[rank], detail::unpack(received[rank], running[rank].shape()));
             });
         }
         auto result = comm.template local<std::optional<AttentionState>>();

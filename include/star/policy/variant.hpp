@@ -26,9 +26,9 @@ namespace star {
 
 /// A variant's settings as the hosts of a group must agree on them (besides its type).
 struct VariantSettings {
-    index window = -1;         ///< The sliding window in tokens; -1 for none.
-    std::optional<float> cap;  ///< The soft cap; empty for none.
-    std::uint64_t slopes = 0;  ///< A digest of the ALiBi slopes; 0 for none.
+    index window = -1;        ///< The sliding window in tokens; -1 for none.
+    std::optional<float> cap; ///< The soft cap; empty for none.
+    std::uint64_t slopes = 0; ///< A digest of the ALiBi slopes; 0 for none.
 };
 
 /// A Variant policy. With `q` the position of a call's first query row and `k` that of its
@@ -77,10 +77,7 @@ struct SlidingWindow {
     index window = 0;                        ///< Keys a query sees, its own included.
 
     /// `SlidingWindowMask` at the given positions.
-    [[nodiscard]] SlidingWindowMask mask(index q, index k) const noexcept
-    {
-        return {window, q, k};
-    }
+    [[nodiscard]] SlidingWindowMask mask(index q, index k) const noexcept { return {window, q, k}; }
     /// The same window: earlier keys may lie outside it.
     [[nodiscard]] SlidingWindowMask past_mask(index q, index k) const noexcept
     {
@@ -172,8 +169,7 @@ struct WithAlibi {
                          " query heads; give one slope per query head");
         for (std::size_t h = 0; h < slopes.size(); ++h)
             if (!(std::abs(slopes[h]) <= std::numeric_limits<float>::max()))
-                detail::fail("WithAlibi: the slope of head ", h, " is not finite (", slopes[h],
-                             ")");
+                detail::fail("WithAlibi: the slope of head ", h, " is not finite (", slopes[h], ")");
         base.check(q_heads);
     }
     /// `Base`'s settings with a digest of the slopes' bits.

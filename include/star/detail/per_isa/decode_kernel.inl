@@ -51,8 +51,8 @@ struct ScoreBlock {
 /// the value rows beside its own, so that memory is read while the arithmetic runs rather
 /// than when the next loop waits for it.
 template <class S, int Rows, int Keys, class KV>
-inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV* k,
-                           const KV* v, float* scores) noexcept
+inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV* k, const KV* v,
+                           float* scores) noexcept
 {
     const index d = block.head_dim;
     const index ldk = block.k_stride;
@@ -220,9 +220,9 @@ struct DecodePiece {
 /// Scratch memory of one decode task: every KV head's rows at once.
 template <class S, class KV>
 struct DecodeWorkspace {
-    index rows;       // query rows per KV head: query tokens x group
+    index rows; // query rows per KV head: query tokens x group
     index head_dim;
-    index padded_dim; // head_dim rounded up to a vector
+    index padded_dim;           // head_dim rounded up to a vector
     scratch<float> queries;     // [kv head, row, head_dim], scaled
     scratch<float> accumulator; // [kv head, row, padded_dim]
     scratch<float> max;         // [kv head, row]
@@ -237,8 +237,7 @@ struct DecodeWorkspace {
           accumulator(static_cast<std::size_t>(kv_heads * rows * padded_dim), 0.0f),
           max(static_cast<std::size_t>(kv_heads * rows), minus_infinity),
           sum(static_cast<std::size_t>(kv_heads * rows), 0.0f),
-          scores(static_cast<std::size_t>(kv_heads * rows *
-                                          round_up(decode_block_keys, S::width))),
+          scores(static_cast<std::size_t>(kv_heads * rows * round_up(decode_block_keys, S::width))),
           values(values_in_place() ? 0 : static_cast<std::size_t>(decode_block_keys * padded_dim),
                  0.0f)
     {
@@ -347,10 +346,18 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
             if (!keys_follow)
                 prefetch_rows(ws.pieces[static_cast<std::size_t>(p + 1)], step, kv_heads,
                               k_head_stride, v_head_stride, d);
-            const ScoreBlock<KV> block{ws.queries.data(), piece.k_rows, piece.v_rows,
-                                       piece.k_stride, k_head_stride, piece.v_stride,
-                                       v_head_stride, kv_heads, rows, d,
-                                       ws.scores.data() + piece.first, block_stride,
+            const ScoreBlock<KV> block{ws.queries.data(),
+                                       piece.k_rows,
+                                       piece.v_rows,
+                                       piece.k_stride,
+                                       k_head_stride,
+                                       piece.v_stride,
+                                       v_head_stride,
+                                       kv_heads,
+                                       rows,
+                                       d,
+                                       ws.scores.data() + piece.first,
+                                       block_stride,
                                        keys_follow ? step * piece.k_stride : 0};
             dot_scores<S>(block, piece.keys);
         }

@@ -62,7 +62,10 @@ public:
         }
     }
 
-    [[nodiscard]] float rescale(index c) const noexcept { return rescale_[static_cast<std::size_t>(c)]; }
+    [[nodiscard]] float rescale(index c) const noexcept
+    {
+        return rescale_[static_cast<std::size_t>(c)];
+    }
     [[nodiscard]] float sum(index c) const noexcept { return sum_[static_cast<std::size_t>(c)]; }
     /// Memory held, in bytes.
     [[nodiscard]] std::size_t bytes() const noexcept

@@ -65,8 +65,7 @@ void tanh_array(const float* in, float* out, index n) noexcept
 /// rounded inverse instead of dividing adds an ulp to the argument; tanh's relative
 /// condition number, `2x / sinh(2x)`, is at most 1, so it adds at most that to the result.
 template <class S>
-typename S::reg soft_cap_of(typename S::reg x, typename S::reg cap,
-                            typename S::reg inverse) noexcept
+typename S::reg soft_cap_of(typename S::reg x, typename S::reg cap, typename S::reg inverse) noexcept
 {
     return S::mul(cap, tanh_of<S>(S::mul(x, inverse)));
 }
@@ -95,9 +94,9 @@ void transform_tile(const T& transform, const TileScores& tile)
     for (index j = 0; j < tile.keys; ++j) {
         float* row = tile.scores + j * tile.ld;
         for (index r = 0; r < tile.rows; ++r)
-            row[r] = static_cast<float>(transform(row[r], tile.q_first + r / tile.group,
-                                                  tile.k_first + j,
-                                                  tile.first_head + r % tile.group));
+            row[r] =
+                static_cast<float>(transform(row[r], tile.q_first + r / tile.group,
+                                             tile.k_first + j, tile.first_head + r % tile.group));
     }
 }
 
@@ -126,8 +125,8 @@ template <class S>
 void transform_tile(const Alibi& transform, const TileScores& tile) noexcept
 {
     static_assert(alibi_chunk % S::width == 0);
-    const index to_first_key = (transform.key_offset + tile.k_first) -
-                               (transform.query_offset + tile.q_first);
+    const index to_first_key =
+        (transform.key_offset + tile.k_first) - (transform.query_offset + tile.q_first);
     const auto zero = S::broadcast(0.0f);
     for (index chunk = 0; chunk < tile.columns; chunk += alibi_chunk) {
         const index width = std::min(alibi_chunk, tile.columns - chunk); // a whole number of vectors
@@ -182,8 +181,7 @@ void transform_block(const T& transform, const DecodeScores& block)
         for (index r = 0; r < block.rows; ++r) {
             float* row = block.scores + (h * block.rows + r) * block.ld;
             for (index j = 0; j < block.keys; ++j)
-                row[j] = static_cast<float>(transform(row[j], r / block.group,
-                                                      block.k_first + j,
+                row[j] = static_cast<float>(transform(row[j], r / block.group, block.k_first + j,
                                                       h * block.group + r % block.group));
         }
 }
@@ -217,8 +215,9 @@ void transform_block(const Alibi& transform, const DecodeScores& block) noexcept
             float* scores = block.scores + (h * block.rows + r) * block.ld;
             const auto minus_slope = S::broadcast(
                 -transform.slopes[static_cast<std::size_t>(h * block.group + r % block.group)]);
-            const auto first = S::broadcast(static_cast<float>(
-                (transform.key_offset + block.k_first) - (transform.query_offset + r / block.group)));
+            const auto first =
+                S::broadcast(static_cast<float>((transform.key_offset + block.k_first) -
+                                                (transform.query_offset + r / block.group)));
             for (index j = 0; j < n; j += S::width) {
                 const auto distance =
                     S::add(first, S::add(lanes, S::broadcast(static_cast<float>(j))));

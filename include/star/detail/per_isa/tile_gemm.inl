@@ -15,8 +15,8 @@ template <class S>
 inline constexpr int gemm_packets = S::width >= 16 ? 3 : 2;
 
 template <class S, int Rows, int Packets, bool Accumulate, class B>
-inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, float* c,
-                            index ldc, index depth) noexcept
+inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
+                            index depth) noexcept
 {
     typename S::reg acc[std::size_t{Rows}][std::size_t{Packets}];
     // clang-format off
@@ -54,17 +54,16 @@ inline void gemm_micro_tile(const float* a, Strides sa, const B* b, index ldb, f
 /// mode, in every translation unit (about a tenth of a test file's machine code), and the
 /// remainder is only ever the last rows of a call.
 template <class S, int Rows, int Packets, bool Accumulate, class B>
-inline void gemm_remainder_rows(index i, index m, const float* a, Strides sa, const B* b,
-                                index ldb, float* c, index ldc, index depth) noexcept
+inline void gemm_remainder_rows(index i, index m, const float* a, Strides sa, const B* b, index ldb,
+                                float* c, index ldc, index depth) noexcept
 {
     if constexpr (Rows > 0) {
         if (m - i >= Rows) {
-            gemm_micro_tile<S, Rows, Packets, Accumulate>(a + i * sa.row, sa, b, ldb,
-                                                          c + i * ldc, ldc, depth);
+            gemm_micro_tile<S, Rows, Packets, Accumulate>(a + i * sa.row, sa, b, ldb, c + i * ldc,
+                                                          ldc, depth);
             i += Rows;
         }
-        gemm_remainder_rows<S, Rows / 2, Packets, Accumulate>(i, m, a, sa, b, ldb, c, ldc,
-                                                              depth);
+        gemm_remainder_rows<S, Rows / 2, Packets, Accumulate>(i, m, a, sa, b, ldb, c, ldc, depth);
     }
 }
 
@@ -76,8 +75,8 @@ inline void gemm_panel(const float* a, Strides sa, const B* b, index ldb, float*
     static_assert(rows <= 8, "the remainder takes blocks of 4, 2 and 1 rows");
     index i = 0;
     for (; i + rows <= m; i += rows)
-        gemm_micro_tile<S, rows, Packets, Accumulate>(a + i * sa.row, sa, b, ldb, c + i * ldc,
-                                                      ldc, depth);
+        gemm_micro_tile<S, rows, Packets, Accumulate>(a + i * sa.row, sa, b, ldb, c + i * ldc, ldc,
+                                                      depth);
     gemm_remainder_rows<S, 4, Packets, Accumulate>(i, m, a, sa, b, ldb, c, ldc, depth);
 }
 
@@ -86,8 +85,8 @@ inline void gemm_panel(const float* a, Strides sa, const B* b, index ldb, float*
 /// or half, widened as it is loaded: worth it where each row of B is loaded about once (a
 /// few rows of A), not where many row blocks of A load it again.
 template <class S, bool Accumulate, class B>
-STAR_OUT_OF_LINE inline void tile_gemm(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
-                      index m, index n, index depth) noexcept
+STAR_OUT_OF_LINE inline void tile_gemm(const float* a, Strides sa, const B* b, index ldb, float* c,
+                                       index ldc, index m, index n, index depth) noexcept
 {
     const index packets = n / S::width;
     index p = 0;
@@ -95,7 +94,7 @@ STAR_OUT_OF_LINE inline void tile_gemm(const float* a, Strides sa, const B* b, i
     // row block of A streams past it.
     for (; p + gemm_packets<S> <= packets; p += gemm_packets<S>)
         gemm_panel<S, gemm_packets<S>, Accumulate>(a, sa, b + p * S::width, ldb, c + p * S::width,
-                                                ldc, m, depth);
+                                                   ldc, m, depth);
     if (packets - p == 2)
         gemm_panel<S, 2, Accumulate>(a, sa, b + p * S::width, ldb, c + p * S::width, ldc, m, depth);
     else if (packets - p == 1)

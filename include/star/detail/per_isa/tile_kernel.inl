@@ -19,8 +19,8 @@ inline constexpr index row_skew = 64 / sizeof(float);
 template <class S, class KV>
 struct Workspace {
     index head_dim;
-    index padded_dim;       // head_dim rounded up to a vector
-    index values_ld;        // padded_dim + row_skew
+    index padded_dim;           // head_dim rounded up to a vector
+    index values_ld;            // padded_dim + row_skew
     scratch<float> queries_t;   // [head_dim, query rows rounded up to a vector + skew], scaled
     scratch<float> scores_t;    // [keys, query rows rounded up to a vector + skew]
     scratch<float> accumulator; // [rows, padded_dim]
@@ -29,15 +29,14 @@ struct Workspace {
     // rows share a few L1 sets, and the products read each of them many times (once per
     // column panel of Q^T, once per block of query rows). With row_skew: 1.2x faster float
     // prefill on Zen 3.
-    scratch<float> keys;        // [keys, head_dim]
-    scratch<float> values;      // [keys, values_ld], padded
+    scratch<float> keys;   // [keys, head_dim]
+    scratch<float> values; // [keys, values_ld], padded
     OnlineSoftmax<S> softmax;
 
     Workspace(index tile_rows, index tile_keys, index d)
         : head_dim(d), padded_dim(round_up(d, S::width)), values_ld(padded_dim + row_skew),
           queries_t(static_cast<std::size_t>(d * (round_up(tile_rows, S::width) + row_skew))),
-          scores_t(static_cast<std::size_t>(tile_keys *
-                                            (round_up(tile_rows, S::width) + row_skew))),
+          scores_t(static_cast<std::size_t>(tile_keys * (round_up(tile_rows, S::width) + row_skew))),
           accumulator(static_cast<std::size_t>(tile_rows * padded_dim)),
           keys(static_cast<std::size_t>(tile_keys * d)),
           values(static_cast<std::size_t>(tile_keys * values_ld), 0.0f)

@@ -43,9 +43,6 @@ concept FloatAtom = requires(typename A::reg x, const typename A::reg* xs, typen
 // clang-format on
 
 /// `n` rounded up to a whole number of vectors of `width` floats.
-constexpr index round_up(index n, index width) noexcept
-{
-    return (n + width - 1) / width * width;
-}
+constexpr index round_up(index n, index width) noexcept { return (n + width - 1) / width * width; }
 
 } // namespace star::detail

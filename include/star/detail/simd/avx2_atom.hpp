@@ -59,8 +59,7 @@ struct Avx2Atom {
     /// 128-bit add finishes them all.
     static void reduce_add4(const reg* x, float* out) noexcept
     {
-        const __m256 pairs =
-            _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
+        const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
         const __m128 low = _mm256_castps256_ps128(pairs);
         _mm_storeu_ps(out, _mm_add_ps(low, _mm256_extractf128_ps(pairs, 1)));
     }

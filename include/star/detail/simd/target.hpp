@@ -88,7 +88,7 @@
 #endif
 
 #if defined(__clang__)
-#define STAR_TARGET_BEGIN(features)                                                           \
+#define STAR_TARGET_BEGIN(features)                                                                \
     STAR_PRAGMA(clang attribute push(__attribute__((target(features))), apply_to = function))
 #define STAR_TARGET_END STAR_PRAGMA(clang attribute pop)
 #elif defined(__GNUC__)
