@@ -160,8 +160,6 @@ public:
         return {bytes};
     }
 
-    [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return comm_->bytes_sent(); }
-
 protected:
     RankBackend(ModelAttention attention, CountingCommunicator& comm, const Config& model,
                 std::optional<int> hosts, const std::string& kind)
