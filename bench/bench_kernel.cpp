@@ -64,6 +64,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -71,6 +72,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -610,6 +612,10 @@ void star_tile_gemm(star::KernelIsa isa, const float* a, const B* b, float* c, I
     const sd::Strides sa{k, 1};
     switch (isa) {
 #if STAR_X86_DISPATCH
+    case star::KernelIsa::avx512_bf16: // its float product; bf16 x bf16 in BM_StarTileProduct
+        sd::avx512_bf16_path::tile_gemm<sd::avx512_bf16_path::Simd, false>(a, sa, b, n, c, n, m, n,
+                                                                           k);
+        return;
     case star::KernelIsa::avx512:
         sd::avx512_path::tile_gemm<sd::avx512_path::Simd, false>(a, sa, b, n, c, n, m, n, k);
         return;
@@ -629,10 +635,35 @@ void BM_StarTileProduct(benchmark::State& state, star::KernelIsa isa, std::array
     const auto a = random_matrix<float>(m, k, 1);
     const auto b = random_matrix<B>(k, n, 2);
     std::vector<float> c(static_cast<std::size_t>(m * n));
+    std::function<void()> product = [&] {
+        star_tile_gemm(isa, a.data(), b.data(), c.data(), m, n, k);
+    };
+#if STAR_X86_DISPATCH
+    // The avx512_bf16 path multiplies bf16 by bf16 (vdpbf16ps): A rounded to bf16, and both
+    // operands laid out in pairs along the depth, as the kernel stages its tiles.
+    namespace sd = star::detail;
+    using Pairs = sd::Avx512Bf16Product<xsimd::default_arch>;
+    std::vector<sd::bf16_pair> a_pairs, b_pairs;
+    if constexpr (std::is_same_v<B, Eigen::bfloat16>)
+        if (isa == star::KernelIsa::avx512_bf16) {
+            const auto a_bf16 = random_matrix<Eigen::bfloat16>(m, k, 1);
+            a_pairs.resize(static_cast<std::size_t>(m * k / 2));
+            std::memcpy(a_pairs.data(), a_bf16.data(), a_pairs.size() * sizeof(sd::bf16_pair));
+            b_pairs.resize(static_cast<std::size_t>(k / 2 * n));
+            for (Index t = 0; t < k / 2; ++t)
+                Pairs::pair_rows(b.data() + 2 * t * n, b.data() + (2 * t + 1) * n, n,
+                                 b_pairs.data() + t * n, n);
+            product = [&] {
+                sd::avx512_bf16_path::tile_product<Pairs, false>(
+                    a_pairs.data(), sd::Strides{k / 2, 1}, b_pairs.data(), n, c.data(), n, m, n,
+                    k / 2);
+            };
+        }
+#endif
     wait_for_quiet(state);
     const ForeignLoad load;
     for (auto _ : state) {
-        star_tile_gemm(isa, a.data(), b.data(), c.data(), m, n, k);
+        product();
         benchmark::DoNotOptimize(c.data());
         benchmark::ClobberMemory();
     }

@@ -3,6 +3,7 @@
 // the library against.
 
 #include <algorithm>
+#include <concepts>
 #include <cmath>
 #include <cstdlib>
 #include <functional>
@@ -20,6 +21,18 @@ using Visible = std::function<bool(index query, index key)>;
 /// the scaled score `score` of query row `query`, key row `key`, query head `head`.
 using Transform = std::function<double(double score, index query, index key, index head)>;
 
+/// How a kernel call multiplies (kernel/isa.hpp): in float, or in bf16 with the queries and
+/// the probabilities rounded to bf16 (the avx512_bf16 path, bf16 K/V).
+enum class Products { float32, bf16 };
+
+/// How a call with K/V of type `KV` on path `isa` multiplies.
+template <class KV>
+Products products_on(KernelIsa isa)
+{
+    return std::same_as<KV, Eigen::bfloat16> && isa == KernelIsa::avx512_bf16 ? Products::bf16
+                                                                              : Products::float32;
+}
+
 struct ReferenceResult {
     Eigen::Tensor<double, 3, Eigen::RowMajor, index> output;
     Eigen::Tensor<double, 2, Eigen::RowMajor, index> lse;
@@ -32,19 +45,31 @@ struct ReferenceResult {
     // `2 e max|v|` times that and the LSE by `e` times it (a key's error counts in
     // proportion to its weight; the first term bounds the rounding of `score - max`).
     double transformed_magnitude = 0.0;
+    // What the kernel compared with this multiplies in (the reference rounds the queries as
+    // it does; tolerance() allows for the rounded probabilities).
+    Products products = Products::float32;
 };
 
 /// Attention in double, one (query, head) row at a time, with the full score row; each
-/// visible scaled score passes through `transform` when one is given.
+/// visible scaled score passes through `transform` when one is given. `products` says how
+/// the kernel it is compared with multiplies: by default, as a call made now would (the
+/// path kernel_isa() names). For bf16 products the queries are rounded to bf16 first.
 template <class KV>
 ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
                                     const ConstView3<KV>& v, const Visible& visible, double scale,
-                                    const Transform& transform = {})
+                                    const Transform& transform = {},
+                                    Products products = products_on<KV>(kernel_isa()))
 {
     const index lq = q.dimension(0), hq = q.dimension(1), d = q.dimension(2);
     const index lk = k.dimension(0), hkv = k.dimension(1);
     const index group = hq / hkv;
     ReferenceResult r;
+    r.products = products;
+    std::vector<float> rounded_q;
+    if (products == Products::bf16)
+        for (index n = 0; n < q.size(); ++n)
+            rounded_q.push_back(float(Eigen::bfloat16(q.data()[n])));
+    const float* q_data = products == Products::bf16 ? rounded_q.data() : q.data();
     r.output.resize(lq, hq, d);
     r.output.setZero();
     r.lse.resize(lq, hq);
@@ -65,7 +90,7 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
             sees[static_cast<std::size_t>(j)] = visible(i, j) ? 1 : 0;
         for (index h = 0; h < hq; ++h) {
             const index kh = h / group;
-            const float* qi = q.data() + (i * hq + h) * d;
+            const float* qi = q_data + (i * hq + h) * d;
             double* out = r.output.data() + (i * hq + h) * d;
             double max_score = -std::numeric_limits<double>::infinity();
             for (index j = 0; j < lk; ++j) {
@@ -119,6 +144,10 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
 /// is within `transform_ulps` units of rounding of its own magnitude adds that relative
 /// error, weighted as `transformed_magnitude` says; it does not amplify the dot product's
 /// error as long as its slope is at most 1 (soft-capping's is, ALiBi's is exactly 1).
+/// bf16 products round each probability (relatively, by at most 2^-9) for the value
+/// product but not in the normaliser, which moves the output by at most
+/// `2^-9 sum_j p_j |v_j| <= 2^-9 max|v|` (2^-8 allowed, for the float errors beside it);
+/// the LSE sums unrounded probabilities, and the reference rounds the queries as they are.
 struct Tolerance {
     double output;
     double lse;
@@ -131,7 +160,9 @@ inline Tolerance tolerance(const ReferenceResult& r, index head_dim, index key_c
     const double score_error = 4 * u * std::sqrt(double(head_dim)) * r.max_abs_dot +
                                transform_ulps * u * r.transformed_magnitude;
     const double sum_error = 4 * u * (std::sqrt(double(key_count)) + 4);
-    return {(2 * score_error + sum_error) * std::max(1.0, r.max_abs_value) + 1e-7,
+    const double rounded_probabilities = r.products == Products::bf16 ? std::ldexp(1.0, -8) : 0.0;
+    return {(2 * score_error + sum_error + rounded_probabilities) * std::max(1.0, r.max_abs_value) +
+                1e-7,
             score_error + sum_error + 1e-7};
 }
 

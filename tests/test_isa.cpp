@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -41,7 +42,8 @@ TEST(Isa, AnUnknownNameIsAnErrorNamingIt)
     const detail::IsaCap cap = detail::parse_isa_cap("avx1024");
     EXPECT_NE(cap.error.find("STAR_ISA"), std::string::npos) << cap.error;
     EXPECT_NE(cap.error.find("\"avx1024\""), std::string::npos) << cap.error;
-    EXPECT_NE(cap.error.find("portable, avx2 or avx512"), std::string::npos) << cap.error;
+    EXPECT_NE(cap.error.find("portable, avx2, avx512 or avx512_bf16"), std::string::npos)
+        << cap.error;
 }
 
 // CTest runs this file a second time with STAR_ISA=bogus (tests/CMakeLists.txt).
@@ -94,6 +96,10 @@ PathPieces pieces(KernelIsa isa)
     using namespace detail;
     switch (isa) {
 #if STAR_X86_DISPATCH
+    case KernelIsa::avx512_bf16:
+        return {&avx512_bf16_path::exp_array<avx512_bf16_path::Simd>,
+                &avx512_bf16_path::widen_rows<avx512_bf16_path::Simd, Eigen::bfloat16>,
+                &avx512_bf16_path::widen_rows<avx512_bf16_path::Simd, Eigen::half>};
     case KernelIsa::avx512:
         return {&avx512_path::exp_array<avx512_path::Simd>,
                 &avx512_path::widen_rows<avx512_path::Simd, Eigen::bfloat16>,
@@ -194,6 +200,105 @@ TEST_P(EveryPath, HalfWidensExactly)
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, EveryPath, ::testing::ValuesIn(all_kernel_isas), isa_name);
+
+
+#if STAR_X86_DISPATCH
+// The bf16 product atom's pieces (simd/avx512_bf16_atom.hpp), called from its target region.
+using Bf16Product = detail::Avx512Bf16Product<xsimd::default_arch>;
+
+STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c")
+void pair_up_rows(const float* even, const float* odd, detail::bf16_pair* out)
+{
+    Bf16Product::store(
+        out, Bf16Product::pair_up(Bf16Product::simd::load(even), Bf16Product::simd::load(odd)));
+}
+STAR_TARGET_END
+
+std::uint16_t bits_of(Eigen::bfloat16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
+
+// Probabilities are rounded to bf16 for the value product; Eigen's conversion (to nearest,
+// ties to even) is what the reference assumes. Ties, values just beside them, and the
+// range of probabilities, with denormals left out: the hardware takes them as 0.
+TEST(Bf16Atom, PairsRoundToNearestEvenAndInterleave)
+{
+    STAR_SKIP_UNLESS_SUPPORTED(KernelIsa::avx512_bf16);
+    std::vector<float> values;
+    for (std::uint32_t mantissa : {0x00000U, 0x08000U, 0x18000U, 0x07FFFU, 0x08001U, 0x7FFFFU})
+        for (std::uint32_t exponent : {1U, 100U, 126U, 127U, 200U})
+            values.push_back(std::bit_cast<float>(exponent << 23 | mantissa));
+    std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+    while (values.size() % 32 != 0 || values.size() < 512)
+        values.push_back(unit(rng()));
+    for (std::size_t first = 0; first < values.size(); first += 32) {
+        const float* even = values.data() + first;
+        const float* odd = even + 16;
+        detail::bf16_pair pairs[16];
+        pair_up_rows(even, odd, pairs);
+        for (int i = 0; i < 16; ++i) {
+            ASSERT_EQ(pairs[i] & 0xFFFFU, bits_of(Eigen::bfloat16(even[i]))) << even[i];
+            ASSERT_EQ(pairs[i] >> 16, bits_of(Eigen::bfloat16(odd[i]))) << odd[i];
+        }
+    }
+}
+
+TEST(Bf16Atom, RowsPairUpAndPadWithZeros)
+{
+    STAR_SKIP_UNLESS_SUPPORTED(KernelIsa::avx512_bf16);
+    const auto rows = random_tensor<Eigen::bfloat16>(2, 1, 70);
+    const Eigen::bfloat16* even = rows.data();
+    const Eigen::bfloat16* odd = rows.data() + 70;
+    for (const index d : {1, 7, 16, 17, 33, 64, 70}) {
+        for (const bool last : {false, true}) {
+            const index n = detail::round_up(d, 16);
+            std::vector<detail::bf16_pair> out(static_cast<std::size_t>(n + 16), 0xDEADBEEFU);
+            Bf16Product::pair_rows(even, last ? nullptr : odd, d, out.data(), n);
+            for (index c = 0; c < n; ++c) {
+                const auto pair = out[static_cast<std::size_t>(c)];
+                const std::uint32_t want_even = c < d ? bits_of(even[c]) : 0U;
+                const std::uint32_t want_odd = c < d && !last ? bits_of(odd[c]) : 0U;
+                ASSERT_EQ(pair, want_even | want_odd << 16) << "d=" << d << " column " << c;
+            }
+            ASSERT_EQ(out[static_cast<std::size_t>(n)], 0xDEADBEEFU) << "wrote past the row";
+        }
+    }
+}
+
+// Products of bf16 are exact in float, so the atom's product differs from the exact one
+// only by float summation: `depth` terms, bounded by u * depth * sum|a b| (factor 2 of
+// margin for the two products each instruction adds).
+TEST(Bf16Atom, TileProductMatchesTheExactProductOfItsPairs)
+{
+    STAR_SKIP_UNLESS_SUPPORTED(KernelIsa::avx512_bf16);
+    const index m = 13, n = 48, pairs = 37;
+    const auto a = random_tensor<Eigen::bfloat16>(m, 1, 2 * pairs);
+    const auto b = random_tensor<Eigen::bfloat16>(2 * pairs, 1, n);
+    std::vector<detail::bf16_pair> a_pairs(static_cast<std::size_t>(m * pairs));
+    std::vector<detail::bf16_pair> b_pairs(static_cast<std::size_t>(pairs * n));
+    for (index r = 0; r < m; ++r)
+        for (index t = 0; t < pairs; ++t)
+            a_pairs[static_cast<std::size_t>(r * pairs + t)] =
+                bits_of(a(r, 0, 2 * t)) | std::uint32_t{bits_of(a(r, 0, 2 * t + 1))} << 16;
+    for (index t = 0; t < pairs; ++t)
+        Bf16Product::pair_rows(b.data() + 2 * t * n, b.data() + (2 * t + 1) * n, n,
+                               b_pairs.data() + t * n, n);
+    std::vector<float> c(static_cast<std::size_t>(m * n));
+    detail::avx512_bf16_path::tile_product<Bf16Product, false>(
+        a_pairs.data(), detail::Strides{pairs, 1}, b_pairs.data(), n, c.data(), n, m, n, pairs);
+    constexpr double u = std::numeric_limits<float>::epsilon() / 2;
+    for (index r = 0; r < m; ++r)
+        for (index col = 0; col < n; ++col) {
+            double exact = 0.0, magnitude = 0.0;
+            for (index k = 0; k < 2 * pairs; ++k) {
+                const double term = double(float(a(r, 0, k))) * double(float(b(k, 0, col)));
+                exact += term;
+                magnitude += std::abs(term);
+            }
+            EXPECT_NEAR(c[static_cast<std::size_t>(r * n + col)], exact,
+                        2 * u * double(pairs) * magnitude)
+                << "row " << r << " column " << col;
+        }
+}
+#endif
 
 } // namespace
 } // namespace star::test

@@ -9,7 +9,9 @@
 #include <array>
 #include <bit>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
+#include <type_traits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -22,6 +24,7 @@
 #include "simd/atom.hpp"
 #include "simd/avx2_atom.hpp"
 #include "simd/avx512_atom.hpp"
+#include "simd/avx512_bf16_atom.hpp"
 #include "simd/target.hpp"
 #include "simd/xsimd_atom.hpp"
 #include "tile_job.hpp"
@@ -44,6 +47,9 @@ struct Strides {
 // clang-format off
 namespace star::detail::portable_path {
 using Simd = XsimdAtom<xsimd::default_arch>;
+#include "per_isa/products.inl"
+template <class KV>
+using TileMath = FloatTileMath<Simd, KV>;
 #include "per_isa/kernel.inl"
 } // namespace star::detail::portable_path
 
@@ -51,6 +57,9 @@ using Simd = XsimdAtom<xsimd::default_arch>;
 STAR_TARGET_BEGIN("avx2,fma,f16c")
 namespace star::detail::avx2_path {
 using Simd = Avx2Atom<xsimd::default_arch>;
+#include "per_isa/products.inl"
+template <class KV>
+using TileMath = FloatTileMath<Simd, KV>;
 #include "per_isa/kernel.inl"
 } // namespace star::detail::avx2_path
 STAR_TARGET_END
@@ -58,8 +67,26 @@ STAR_TARGET_END
 STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
 namespace star::detail::avx512_path {
 using Simd = Avx512Atom<xsimd::default_arch>;
+#include "per_isa/products.inl"
+template <class KV>
+using TileMath = FloatTileMath<Simd, KV>;
 #include "per_isa/kernel.inl"
 } // namespace star::detail::avx512_path
+STAR_TARGET_END
+
+// The AVX-512 path with bf16 products for bf16 K/V; float and half K/V as on avx512.
+STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c")
+namespace star::detail::avx512_bf16_path {
+using Simd = Avx512Atom<xsimd::default_arch>;
+#include "per_isa/products.inl"
+#include "per_isa/bf16_tile_math.inl"
+template <class KV>
+using TileMath =
+    std::conditional_t<std::same_as<KV, Eigen::bfloat16>,
+                       Bf16TileMath<Simd, Avx512Bf16Product<xsimd::default_arch>>,
+                       FloatTileMath<Simd, KV>>;
+#include "per_isa/kernel.inl"
+} // namespace star::detail::avx512_bf16_path
 STAR_TARGET_END
 #endif
 // clang-format on
@@ -70,6 +97,7 @@ static_assert(FloatAtom<portable_path::Simd>);
 #if STAR_X86_DISPATCH
 static_assert(FloatAtom<avx2_path::Simd>);
 static_assert(FloatAtom<avx512_path::Simd>);
+static_assert(FloatAtom<avx512_bf16_path::Simd>);
 #endif
 
 /// Calls `f` with the entry points (per_isa/kernel.inl's `Entries`) of path `isa`, which
@@ -79,6 +107,7 @@ decltype(auto) with_path(KernelIsa isa, F&& f)
 {
     switch (isa) {
 #if STAR_X86_DISPATCH
+    case KernelIsa::avx512_bf16: return f(avx512_bf16_path::Entries{});
     case KernelIsa::avx512: return f(avx512_path::Entries{});
     case KernelIsa::avx2: return f(avx2_path::Entries{});
 #endif

@@ -35,11 +35,16 @@ enum class KernelIsa {
     avx2,
     /// AVX-512 F, BW, DQ and VL (Intel Skylake-SP, AMD Zen 4 and later).
     avx512,
+    /// avx512 with AVX512_BF16 (Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and
+    /// later): with bf16 K/V, the tile kernel's products are bf16 dot products (`vdpbf16ps`)
+    /// summed in float, the scaled queries and the probabilities rounded to bf16 for them
+    /// (docs/accuracy.md, "bf16 products"); float and half K/V run as on avx512.
+    avx512_bf16,
 };
 
 /// Every path, in the order of `KernelIsa`.
-inline constexpr std::array<KernelIsa, 3> all_kernel_isas{KernelIsa::portable, KernelIsa::avx2,
-                                                          KernelIsa::avx512};
+inline constexpr std::array<KernelIsa, 4> all_kernel_isas{
+    KernelIsa::portable, KernelIsa::avx2, KernelIsa::avx512, KernelIsa::avx512_bf16};
 
 namespace detail {
 
@@ -53,11 +58,12 @@ inline constexpr std::array<IsaDescription, all_kernel_isas.size()> isa_descript
     {"portable", "nothing"},
     {"avx2", "x86-64 with AVX2, FMA and F16C"},
     {"avx512", "x86-64 with AVX512F, AVX512BW, AVX512DQ and AVX512VL"},
+    {"avx512_bf16", "x86-64 with AVX512F, AVX512BW, AVX512DQ, AVX512VL and AVX512_BF16"},
 }};
 
 } // namespace detail
 
-/// The path's name as `STAR_ISA` spells it: "portable", "avx2" or "avx512".
+/// The path's name as `STAR_ISA` spells it: "portable", "avx2", "avx512" or "avx512_bf16".
 constexpr std::string_view name(KernelIsa isa) noexcept
 {
     return detail::isa_descriptions[static_cast<std::size_t>(isa)].name;
@@ -86,6 +92,7 @@ STAR_TARGET_END
 struct CpuFeatures {
     bool avx2 = false;
     bool avx512 = false;
+    bool avx512_bf16 = false;
 
     static CpuFeatures read() noexcept
     {
@@ -106,6 +113,10 @@ struct CpuFeatures {
                    avx512bw = (b >> 30) & 1U, avx512vl = (b >> 31) & 1U;
         f.avx2 = ymm_saved && avx2 && fma && f16c;
         f.avx512 = f.avx2 && zmm_saved && avx512f && avx512dq && avx512bw && avx512vl;
+        const unsigned last_subleaf = a;
+        if (last_subleaf < 1 || __get_cpuid_count(7, 1, &a, &b, &c, &d) == 0)
+            return f;
+        f.avx512_bf16 = f.avx512 && ((a >> 5) & 1U);
         return f;
     }
 };
@@ -119,7 +130,7 @@ inline const CpuFeatures& cpu_features() noexcept
 
 /// What `STAR_ISA` asks for: no cap (unset or empty), a cap, or an error message.
 struct IsaCap {
-    KernelIsa cap = KernelIsa::avx512;
+    KernelIsa cap = all_kernel_isas.back();
     std::string error;
 };
 
@@ -133,7 +144,8 @@ inline IsaCap parse_isa_cap(const char* value)
             return {isa, {}};
     return {KernelIsa::portable,
             "STAR_ISA: unknown kernel path \"" + std::string(value) +
-                "\"; use portable, avx2 or avx512 (or unset it for the best the CPU has)"};
+                "\"; use portable, avx2, avx512 or avx512_bf16 (or unset it for the best the CPU "
+                "has)"};
 }
 
 inline const IsaCap& environment_isa_cap()
@@ -156,6 +168,7 @@ inline bool cpu_supports(KernelIsa isa) noexcept
 #if STAR_X86_DISPATCH
     case KernelIsa::avx2: return detail::cpu_features().avx2;
     case KernelIsa::avx512: return detail::cpu_features().avx512;
+    case KernelIsa::avx512_bf16: return detail::cpu_features().avx512_bf16;
 #else
     default: return false;
 #endif

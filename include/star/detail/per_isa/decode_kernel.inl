@@ -315,13 +315,17 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
     DecodeWorkspace<S, KV> ws(kv_heads, rows, d);
     const index block_stride = round_up(decode_block_keys, S::width);
 
-    // Row r of KV head h is query token r / group, head h * group + r % group.
+    // Row r of KV head h is query token r / group, head h * group + r % group. Queries are
+    // rounded as the path's tile kernel rounds them, so that its results do not depend on
+    // which of the two kernels a call's shape takes.
     for (index h = 0; h < kv_heads; ++h)
         for (index r = 0; r < rows; ++r) {
             const float* src = q.data() + ((r / group) * q_heads + h * group + r % group) * d;
             float* dst = ws.queries.data() + (h * rows + r) * d;
             for (index c = 0; c < d; ++c)
-                dst[c] = job.scale * src[c];
+                dst[c] = job.scale * (TileMath<KV>::queries_in_bf16
+                                          ? static_cast<float>(Eigen::bfloat16(src[c]))
+                                          : src[c]);
         }
 
     for (index k_first = job.key_begin; k_first < job.key_end; k_first += decode_block_keys) {

@@ -1,10 +1,6 @@
-// The kernel's body, in the order its parts need one another. kernels.hpp includes this
-// file once per path, into that path's namespace and target region, with `Simd` naming
-// the path's float atom; it has no include guard.
-#include "exp.inl"
-#include "score_transform.inl"
-#include "online_softmax.inl"
-#include "tile_gemm.inl"
+// The kernel's two entry points. kernels.hpp includes this file once per path, into that
+// path's namespace and target region, after products.inl, with `Simd` naming the path's
+// float atom and `TileMath<KV>` its tile math for each K/V type; it has no include guard.
 #include "tile_kernel.inl"
 #include "decode_kernel.inl"
 

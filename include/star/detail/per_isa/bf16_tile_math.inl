@@ -1,0 +1,129 @@
+// The bf16 tile math: the tile kernel's two products in bf16 with float accumulation, on a
+// bf16 dot-product atom `P` (simd/avx512_bf16_atom.hpp). Included by kernels.hpp into the
+// namespace of a path whose CPU has such an atom, inside its target region, after
+// tile_math.inl; that path names it as its `TileMath` for bf16 K/V.
+//
+// The atom multiplies pairs of bf16 along the product's depth, so each operand is staged
+// with two consecutive elements of the depth in each 32-bit element: Q^T (depth: head_dim)
+// as pairs of rows, K as it is stored (its rows run along head_dim already), and for P V
+// (depth: the tile's keys) the probabilities and the values as pairs of key rows. K and V
+// are bf16 already; the queries and the probabilities are rounded to bf16 (nearest even) as
+// they are staged. Each product of two bf16 is exact in float and summed in float, so what
+// this changes against the float math is those two roundings: docs/accuracy.md, "bf16
+// products", says what they cost. The queries are rounded unscaled, as a bf16 Q would come,
+// and the scale multiplies the float scores as they are stored.
+
+/// Tile products of bf16 K/V on the bf16 dot-product atom `P`.
+template <class S, class P>
+class Bf16TileMath {
+public:
+    static constexpr bool queries_in_bf16 = true;
+
+    Bf16TileMath(index tile_rows, index tile_keys, index d)
+        : head_dim_(d), depth_pairs_((d + 1) / 2), padded_dim_(round_up(d, S::width)),
+          values_ld_(padded_dim_ + row_skew), key_pairs_((tile_keys + 1) / 2),
+          queries_(static_cast<std::size_t>(depth_pairs_ *
+                                            (round_up(tile_rows, S::width) + row_skew))),
+          keys_(static_cast<std::size_t>(tile_keys * depth_pairs_), 0U),
+          values_(static_cast<std::size_t>(key_pairs_ * values_ld_), 0U),
+          probabilities_(static_cast<std::size_t>(key_pairs_ *
+                                                  (round_up(tile_rows, S::width) + row_skew))),
+          value_rows_(static_cast<std::size_t>(tile_keys))
+    {
+    }
+
+    /// Q^T as `[head_dim / 2, ld]` pairs rounded to bf16: column `r < rows` from
+    /// `query_row(r)`, the rest 0 (their results are never read). The scores are multiplied
+    /// by `scale`.
+    template <class QueryRow>
+    void stage_queries(const QueryRow& query_row, index rows, index ld, float scale)
+    {
+        scale_ = scale;
+        std::fill_n(queries_.begin(), depth_pairs_ * ld, bf16_pair{0});
+        for (index r = 0; r < rows; ++r) {
+            const float* src = query_row(r);
+            for (index t = 0; t < depth_pairs_; ++t) {
+                const float odd = 2 * t + 1 < head_dim_ ? src[2 * t + 1] : 0.0f;
+                queries_[static_cast<std::size_t>(t * ld + r)] = pair(src[2 * t], odd);
+            }
+        }
+    }
+
+    /// As FloatTileMath::scores.
+    void scores(const KVPages<Eigen::bfloat16>& k, index head, index first, index count,
+                float* scores, index ld, index columns)
+    {
+        // Key rows copied whole (an odd head_dim leaves its last pair's upper half 0, from
+        // the constructor): a KV head's rows lie far apart in the cache (see FloatTileMath).
+        const index head_offset = head * k.layout().head_stride;
+        auto* rows = reinterpret_cast<Eigen::bfloat16*>(keys_.data());
+        for (index j = 0; j < count;) {
+            const auto run = k.run(first + j, first + count);
+            for (index i = 0; i < run.length; ++i)
+                std::copy_n(run.first + head_offset + i * run.token_stride, head_dim_,
+                            rows + (j + i) * 2 * depth_pairs_);
+            j += run.length;
+        }
+        tile_product<P, false, true>(keys_.data(), Strides{depth_pairs_, 1}, queries_.data(), ld,
+                                     scores, ld, count, columns, depth_pairs_, scale_);
+    }
+
+    /// As FloatTileMath::add_values; `probabilities` has `round_up(rows, S::width)` columns.
+    void add_values(const KVPages<Eigen::bfloat16>& v, index head, index first, index count,
+                    const float* probabilities, index ld, index rows, float* accumulator)
+    {
+        const index head_offset = head * v.layout().head_stride;
+        for (index j = 0; j < count;) {
+            const auto run = v.run(first + j, first + count);
+            for (index i = 0; i < run.length; ++i)
+                value_rows_[static_cast<std::size_t>(j + i)] =
+                    run.first + head_offset + i * run.token_stride;
+            j += run.length;
+        }
+        const index pairs = (count + 1) / 2;
+        const index columns = round_up(rows, S::width);
+        for (index t = 0; t < pairs; ++t) {
+            const bool whole = 2 * t + 1 < count; // else the odd key out pairs with zeros
+            const auto* even = value_rows_[static_cast<std::size_t>(2 * t)];
+            const auto* odd = whole ? value_rows_[static_cast<std::size_t>(2 * t + 1)] : nullptr;
+            P::pair_rows(even, odd, head_dim_, values_.data() + t * values_ld_, padded_dim_);
+            const float* p_even = probabilities + 2 * t * ld;
+            for (index c = 0; c < columns; c += S::width)
+                P::store(probabilities_.data() + t * ld + c,
+                         P::pair_up(S::load(p_even + c),
+                                    whole ? S::load(p_even + ld + c) : S::broadcast(0.0f)));
+        }
+        tile_product<P, true>(probabilities_.data(), Strides{1, ld}, values_.data(), values_ld_,
+                              accumulator, padded_dim_, rows, padded_dim_, pairs);
+    }
+
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(bf16_pair) *
+                   (queries_.size() + keys_.size() + values_.size() + probabilities_.size()) +
+               sizeof(const Eigen::bfloat16*) * value_rows_.size();
+    }
+
+private:
+    /// `even` and `odd` rounded to bf16 (nearest even) in one pair.
+    static bf16_pair pair(float even, float odd) noexcept
+    {
+        const auto bits = [](float x) {
+            return bf16_pair{Eigen::numext::bit_cast<std::uint16_t>(Eigen::bfloat16(x))};
+        };
+        return bits(even) | bits(odd) << 16;
+    }
+
+    index head_dim_;
+    index depth_pairs_; // head_dim / 2, rounded up
+    index padded_dim_;  // head_dim rounded up to a vector
+    index values_ld_;   // padded_dim + row_skew
+    index key_pairs_;   // a tile's keys / 2, rounded up
+    float scale_ = 1.0f;  // of the scores
+    scratch<bf16_pair> queries_;       // [depth_pairs, query rows rounded up to a vector + skew]
+    scratch<bf16_pair> keys_;          // [keys, depth_pairs]
+    scratch<bf16_pair> values_;        // [key_pairs, values_ld], padded with zeros
+    scratch<bf16_pair> probabilities_; // [key_pairs, query rows rounded up + skew]
+    std::vector<const Eigen::bfloat16*> value_rows_; // of the tile's keys
+};

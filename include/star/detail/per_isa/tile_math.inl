@@ -1,0 +1,117 @@
+// How the tile kernel forms its two products, written once over a float atom `S`: the
+// float tile math, which widens K and V to float and multiplies in float. Included by
+// kernels.hpp into one namespace per path, inside that path's target region, after
+// tile_gemm.inl; per_isa/bf16_tile_math.inl is the other kind. A path names the one its
+// kernel uses for each K/V type (`TileMath<KV>`, kernels.hpp).
+//
+// A tile math holds the staged copies of one query tile and one K/V tile, and gives the
+// kernel three steps: stage the queries (scaled), compute a tile's scores `S^T = K Q^T`
+// into a float tile `[keys, columns]`, and add `P V` into a float accumulator from the
+// probabilities the kernel left in that tile. The online softmax between them is float
+// whatever the math.
+
+/// Rows of the scratch tiles that a product walks down (Q^T, the scores, the values) are
+/// one cache line longer than their data: widths are powers of two, and rows 512 B or 1 KB
+/// apart would fall in 8 or 4 of L1's 64 sets, too few to hold a column panel of 128 rows.
+inline constexpr index row_skew = 64 / sizeof(float);
+
+/// Rows `[0, rows)` of `d` elements, `src_stride` apart, widened to float into `dst`,
+/// `dst_stride` apart: whole vectors through the atom's converting load, the rest of a row
+/// (fewer than a vector's width) one by one.
+template <class S, class KV>
+void widen_rows(const KV* src, index src_stride, index rows, index d, float* dst,
+                index dst_stride) noexcept
+{
+    for (index j = 0; j < rows; ++j) {
+        const KV* from = src + j * src_stride;
+        float* to = dst + j * dst_stride;
+        index c = 0;
+        for (; c + S::width <= d; c += S::width)
+            S::store(to + c, S::load(from + c));
+        for (; c < d; ++c)
+            to[c] = static_cast<float>(from[c]);
+    }
+}
+
+/// Rows of keys `[first, first + count)` of `head` of `source`, widened into `dst` as
+/// widen_rows does: one call per run of the source, so a tile of 128 keys over pages of 16
+/// is 8 calls, and a contiguous source one.
+template <class S, class KV>
+void widen_source(const KVPages<KV>& source, index head, index first, index count, float* dst,
+                  index dst_stride) noexcept
+{
+    const index head_offset = head * source.layout().head_stride;
+    for (index j = 0; j < count;) {
+        const auto run = source.run(first + j, first + count);
+        widen_rows<S>(run.first + head_offset, run.token_stride, run.length, source.head_dim(),
+                      dst + j * dst_stride, dst_stride);
+        j += run.length;
+    }
+}
+
+/// Float products: Q^T and K and V tiles copied as float. Keys and values are copied (bf16
+/// and half widened) even when they are float: one KV head's rows lie `kv_heads * d` apart
+/// (4 KB for 8 heads of 128 floats), so a tile's rows share a few L1 sets, and the
+/// products read each of them many times (once per column panel of Q^T, once per block of
+/// query rows). With row_skew: 1.2x faster float prefill on Zen 3.
+template <class S, class KV>
+class FloatTileMath {
+public:
+    /// Whether the queries are rounded to bf16 (the decode kernel does as the tile math does).
+    static constexpr bool queries_in_bf16 = false;
+
+    FloatTileMath(index tile_rows, index tile_keys, index d)
+        : head_dim_(d), padded_dim_(round_up(d, S::width)), values_ld_(padded_dim_ + row_skew),
+          queries_t_(static_cast<std::size_t>(d * (round_up(tile_rows, S::width) + row_skew))),
+          keys_(static_cast<std::size_t>(tile_keys * d)),
+          values_(static_cast<std::size_t>(tile_keys * values_ld_), 0.0f)
+    {
+    }
+
+    /// Q^T `[head_dim, ld]`, scaled: column `r < rows` from `query_row(r)`, the rest 0
+    /// (their results are never read).
+    template <class QueryRow>
+    void stage_queries(const QueryRow& query_row, index rows, index ld, float scale)
+    {
+        std::fill_n(queries_t_.begin(), head_dim_ * ld, 0.0f);
+        for (index r = 0; r < rows; ++r) {
+            const float* src = query_row(r);
+            for (index c = 0; c < head_dim_; ++c)
+                queries_t_[static_cast<std::size_t>(c * ld + r)] = scale * src[c];
+        }
+    }
+
+    /// `scores[j * ld + c]` = key `first + j` of `head` of `k` . staged query `c`, for
+    /// `j < count`, `c < columns`.
+    void scores(const KVPages<KV>& k, index head, index first, index count, float* scores,
+                index ld, index columns)
+    {
+        widen_source<S>(k, head, first, count, keys_.data(), head_dim_);
+        tile_gemm<S, false>(keys_.data(), Strides{head_dim_, 1}, queries_t_.data(), ld, scores, ld,
+                            count, columns, head_dim_);
+    }
+
+    /// `accumulator[r] += sum_j probabilities[j * ld + r] * value_j` for rows `r < rows`
+    /// (`padded_dim` apart) and values `first + j`, `j < count`, of `head` of `v`.
+    void add_values(const KVPages<KV>& v, index head, index first, index count,
+                    const float* probabilities, index ld, index rows, float* accumulator)
+    {
+        widen_source<S>(v, head, first, count, values_.data(), values_ld_);
+        tile_gemm<S, true>(probabilities, Strides{1, ld}, values_.data(), values_ld_, accumulator,
+                           padded_dim_, rows, padded_dim_, count);
+    }
+
+    /// Memory held, in bytes.
+    [[nodiscard]] std::size_t bytes() const noexcept
+    {
+        return sizeof(float) * (queries_t_.size() + keys_.size() + values_.size());
+    }
+
+private:
+    index head_dim_;
+    index padded_dim_; // head_dim rounded up to a vector
+    index values_ld_;  // padded_dim + row_skew
+    scratch<float> queries_t_; // [head_dim, query rows rounded up to a vector + skew], scaled
+    scratch<float> keys_;      // [keys, head_dim]
+    scratch<float> values_;    // [keys, values_ld], padded with zeros
+};

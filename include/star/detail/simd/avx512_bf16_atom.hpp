@@ -1,0 +1,92 @@
+#pragma once
+/// \file
+/// The AVX512-BF16 product atom: one step of tile_product (per_isa/tile_gemm.inl) as
+/// `vdpbf16ps`, which multiplies 16 pairs of bf16 by 16 other pairs and adds both products
+/// of each pair into a float lane. Its operands hold two consecutive elements along the
+/// product's depth in each 32-bit lane ("pairs"); per_isa/bf16_tile_math.inl lays the
+/// kernel's tiles out so. Compiled in a target region (target.hpp); `Tu` keeps translation
+/// units of different `-march` apart, as in avx2_atom.hpp.
+
+#include "target.hpp"
+
+#if STAR_X86_DISPATCH
+#include <immintrin.h>
+
+#include <bit>
+#include <cstdint>
+
+#include <Eigen/Core>
+
+#include "../../tensor.hpp"
+#include "avx512_atom.hpp"
+
+STAR_INTRINSICS_BEGIN // see simd/target.hpp
+namespace star::detail {
+
+STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c")
+
+/// Two bf16 in one 32-bit lane: the one of even depth in the low half.
+using bf16_pair = std::uint32_t;
+
+template <class Tu>
+struct Avx512Bf16Product {
+    using simd = Avx512Atom<Tu>;
+    using a_type = bf16_pair;
+    using b_type = bf16_pair;
+    static constexpr index width = simd::width;
+
+    static __m512i load_b(const bf16_pair* p) noexcept { return _mm512_loadu_si512(p); }
+    static __m512i broadcast_a(bf16_pair a) noexcept
+    {
+        return _mm512_set1_epi32(static_cast<int>(a));
+    }
+    static __m512 madd(__m512i a, __m512i b, __m512 acc) noexcept
+    {
+        return _mm512_dpbf16_ps(acc, std::bit_cast<__m512bh>(a), std::bit_cast<__m512bh>(b));
+    }
+
+    /// Lane `i` of the result pairs `even[i]` and `odd[i]`, each rounded to bf16 to nearest
+    /// even (denormals become 0, as `vdpbf16ps` takes them anyway).
+    static __m512i pair_up(__m512 even, __m512 odd) noexcept
+    {
+        // vcvtne2ps2bf16 puts its second operand's 16 results below the first's; the
+        // permutation interleaves the two halves.
+        const __m512i both = std::bit_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));
+        return _mm512_permutexvar_epi16(interleave_halves(), both);
+    }
+
+    /// Pairs of two bf16 rows: lane `i` of `out[0, n)` pairs `even[i]` and `odd[i]`, with 0
+    /// for `i >= d` (so for the padding of a row rounded up to whole vectors). `odd` may be
+    /// null: the row after the last of an odd count, all zeros.
+    static void pair_rows(const Eigen::bfloat16* even, const Eigen::bfloat16* odd, index d,
+                          bf16_pair* out, index n) noexcept
+    {
+        for (index c = 0; c < n; c += width) {
+            const __mmask16 present = c + width <= d ? __mmask16(0xFFFF)
+                                      : c < d ? __mmask16((1U << (d - c)) - 1U)
+                                              : __mmask16(0);
+            const __m256i low = _mm256_maskz_loadu_epi16(present, even + c);
+            const __m256i high =
+                odd != nullptr ? _mm256_maskz_loadu_epi16(present, odd + c) : _mm256_setzero_si256();
+            const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+            _mm512_storeu_si512(out + c, _mm512_permutexvar_epi16(interleave_halves(), both));
+        }
+    }
+
+    static void store(bf16_pair* p, __m512i pairs) noexcept { _mm512_storeu_si512(p, pairs); }
+
+private:
+    /// Word `2i` from word `i`, word `2i + 1` from word `16 + i`.
+    static __m512i interleave_halves() noexcept
+    {
+        return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    }
+};
+
+STAR_TARGET_END
+
+} // namespace star::detail
+STAR_INTRINSICS_END
+
+#endif
