@@ -263,6 +263,21 @@ TEST(Bf16Atom, RowsPairUpAndPadWithZeros)
     }
 }
 
+TEST(Bf16Atom, QueryRowsRoundToNearestEven)
+{
+    STAR_SKIP_UNLESS_SUPPORTED(KernelIsa::avx512_bf16);
+    const auto rows = random_tensor<float>(1, 1, 70);
+    for (const index d : {1, 15, 16, 17, 70}) {
+        std::vector<Eigen::bfloat16> out(static_cast<std::size_t>(d + 1), Eigen::bfloat16(-1.0f));
+        Bf16Product::round_row(rows.data(), d, out.data());
+        for (index c = 0; c < d; ++c)
+            ASSERT_EQ(bits_of(out[static_cast<std::size_t>(c)]),
+                      bits_of(Eigen::bfloat16(rows.data()[c])))
+                << "d=" << d << " column " << c;
+        ASSERT_EQ(float(out[static_cast<std::size_t>(d)]), -1.0f) << "wrote past the row";
+    }
+}
+
 // Products of bf16 are exact in float, so the atom's product differs from the exact one
 // only by float summation: `depth` terms, bounded by u * depth * sum|a b| (factor 2 of
 // margin for the two products each instruction adds).

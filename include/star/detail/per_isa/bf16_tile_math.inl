@@ -22,13 +22,14 @@ public:
     Bf16TileMath(index tile_rows, index tile_keys, index d)
         : head_dim_(d), depth_pairs_((d + 1) / 2), padded_dim_(round_up(d, S::width)),
           values_ld_(padded_dim_ + row_skew), key_pairs_((tile_keys + 1) / 2),
-          queries_(static_cast<std::size_t>(depth_pairs_ *
-                                            (round_up(tile_rows, S::width) + row_skew))),
+          queries_(
+              static_cast<std::size_t>(depth_pairs_ * (round_up(tile_rows, S::width) + row_skew))),
           keys_(static_cast<std::size_t>(tile_keys * depth_pairs_), 0U),
           values_(static_cast<std::size_t>(key_pairs_ * values_ld_), 0U),
-          probabilities_(static_cast<std::size_t>(key_pairs_ *
-                                                  (round_up(tile_rows, S::width) + row_skew))),
-          value_rows_(static_cast<std::size_t>(tile_keys))
+          probabilities_(
+              static_cast<std::size_t>(key_pairs_ * (round_up(tile_rows, S::width) + row_skew))),
+          value_rows_(static_cast<std::size_t>(tile_keys)),
+          query_row_(static_cast<std::size_t>(2 * depth_pairs_), Eigen::bfloat16(0.0f))
     {
     }
 
@@ -41,11 +42,12 @@ public:
         scale_ = scale;
         std::fill_n(queries_.begin(), depth_pairs_ * ld, bf16_pair{0});
         for (index r = 0; r < rows; ++r) {
-            const float* src = query_row(r);
-            for (index t = 0; t < depth_pairs_; ++t) {
-                const float odd = 2 * t + 1 < head_dim_ ? src[2 * t + 1] : 0.0f;
-                queries_[static_cast<std::size_t>(t * ld + r)] = pair(src[2 * t], odd);
-            }
+            // Rounded in whole vectors, then transposed a pair at a time (an odd head_dim's
+            // last pair has the 0 the constructor left in the row).
+            P::round_row(query_row(r), head_dim_, query_row_.data());
+            for (index t = 0; t < depth_pairs_; ++t)
+                std::memcpy(&queries_[static_cast<std::size_t>(t * ld + r)],
+                            query_row_.data() + 2 * t, sizeof(bf16_pair));
         }
     }
 
@@ -56,12 +58,12 @@ public:
         // Key rows copied whole (an odd head_dim leaves its last pair's upper half 0, from
         // the constructor): a KV head's rows lie far apart in the cache (see FloatTileMath).
         const index head_offset = head * k.layout().head_stride;
-        auto* rows = reinterpret_cast<Eigen::bfloat16*>(keys_.data());
         for (index j = 0; j < count;) {
             const auto run = k.run(first + j, first + count);
             for (index i = 0; i < run.length; ++i)
-                std::copy_n(run.first + head_offset + i * run.token_stride, head_dim_,
-                            rows + (j + i) * 2 * depth_pairs_);
+                std::memcpy(keys_.data() + (j + i) * depth_pairs_,
+                            run.first + head_offset + i * run.token_stride,
+                            sizeof(Eigen::bfloat16) * static_cast<std::size_t>(head_dim_));
             j += run.length;
         }
         tile_product<P, false, true>(keys_.data(), Strides{depth_pairs_, 1}, queries_.data(), ld,
@@ -102,28 +104,21 @@ public:
     {
         return sizeof(bf16_pair) *
                    (queries_.size() + keys_.size() + values_.size() + probabilities_.size()) +
-               sizeof(const Eigen::bfloat16*) * value_rows_.size();
+               sizeof(const Eigen::bfloat16*) * value_rows_.size() +
+               sizeof(Eigen::bfloat16) * query_row_.size();
     }
 
 private:
-    /// `even` and `odd` rounded to bf16 (nearest even) in one pair.
-    static bf16_pair pair(float even, float odd) noexcept
-    {
-        const auto bits = [](float x) {
-            return bf16_pair{Eigen::numext::bit_cast<std::uint16_t>(Eigen::bfloat16(x))};
-        };
-        return bits(even) | bits(odd) << 16;
-    }
-
     index head_dim_;
-    index depth_pairs_; // head_dim / 2, rounded up
-    index padded_dim_;  // head_dim rounded up to a vector
-    index values_ld_;   // padded_dim + row_skew
-    index key_pairs_;   // a tile's keys / 2, rounded up
-    float scale_ = 1.0f;  // of the scores
+    index depth_pairs_;                // head_dim / 2, rounded up
+    index padded_dim_;                 // head_dim rounded up to a vector
+    index values_ld_;                  // padded_dim + row_skew
+    index key_pairs_;                  // a tile's keys / 2, rounded up
+    float scale_ = 1.0f;               // of the scores
     scratch<bf16_pair> queries_;       // [depth_pairs, query rows rounded up to a vector + skew]
     scratch<bf16_pair> keys_;          // [keys, depth_pairs]
     scratch<bf16_pair> values_;        // [key_pairs, values_ld], padded with zeros
     scratch<bf16_pair> probabilities_; // [key_pairs, query rows rounded up + skew]
     std::vector<const Eigen::bfloat16*> value_rows_; // of the tile's keys
+    scratch<Eigen::bfloat16> query_row_;             // one query row, rounded
 };

@@ -83,8 +83,8 @@ public:
 
     /// `scores[j * ld + c]` = key `first + j` of `head` of `k` . staged query `c`, for
     /// `j < count`, `c < columns`.
-    void scores(const KVPages<KV>& k, index head, index first, index count, float* scores,
-                index ld, index columns)
+    void scores(const KVPages<KV>& k, index head, index first, index count, float* scores, index ld,
+                index columns)
     {
         widen_source<S>(k, head, first, count, keys_.data(), head_dim_);
         tile_gemm<S, false>(keys_.data(), Strides{head_dim_, 1}, queries_t_.data(), ld, scores, ld,
@@ -109,8 +109,8 @@ public:
 
 private:
     index head_dim_;
-    index padded_dim_; // head_dim rounded up to a vector
-    index values_ld_;  // padded_dim + row_skew
+    index padded_dim_;         // head_dim rounded up to a vector
+    index values_ld_;          // padded_dim + row_skew
     scratch<float> queries_t_; // [head_dim, query rows rounded up to a vector + skew], scaled
     scratch<float> keys_;      // [keys, head_dim]
     scratch<float> values_;    // [keys, values_ld], padded with zeros

@@ -12,7 +12,6 @@
 #if STAR_X86_DISPATCH
 #include <immintrin.h>
 
-#include <bit>
 #include <cstdint>
 
 #include <Eigen/Core>
@@ -42,7 +41,7 @@ struct Avx512Bf16Product {
     }
     static __m512 madd(__m512i a, __m512i b, __m512 acc) noexcept
     {
-        return _mm512_dpbf16_ps(acc, std::bit_cast<__m512bh>(a), std::bit_cast<__m512bh>(b));
+        return _mm512_dpbf16_ps(acc, as_bf16(a), as_bf16(b));
     }
 
     /// Lane `i` of the result pairs `even[i]` and `odd[i]`, each rounded to bf16 to nearest
@@ -51,7 +50,7 @@ struct Avx512Bf16Product {
     {
         // vcvtne2ps2bf16 puts its second operand's 16 results below the first's; the
         // permutation interleaves the two halves.
-        const __m512i both = std::bit_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));
+        const auto both = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
         return _mm512_permutexvar_epi16(interleave_halves(), both);
     }
 
@@ -62,12 +61,10 @@ struct Avx512Bf16Product {
                           bf16_pair* out, index n) noexcept
     {
         for (index c = 0; c < n; c += width) {
-            const __mmask16 present = c + width <= d ? __mmask16(0xFFFF)
-                                      : c < d ? __mmask16((1U << (d - c)) - 1U)
-                                              : __mmask16(0);
+            const __mmask16 present = first_lanes(d - c);
             const __m256i low = _mm256_maskz_loadu_epi16(present, even + c);
-            const __m256i high =
-                odd != nullptr ? _mm256_maskz_loadu_epi16(present, odd + c) : _mm256_setzero_si256();
+            const __m256i high = odd != nullptr ? _mm256_maskz_loadu_epi16(present, odd + c)
+                                                : _mm256_setzero_si256();
             const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
             _mm512_storeu_si512(out + c, _mm512_permutexvar_epi16(interleave_halves(), both));
         }
@@ -75,7 +72,31 @@ struct Avx512Bf16Product {
 
     static void store(bf16_pair* p, __m512i pairs) noexcept { _mm512_storeu_si512(p, pairs); }
 
+    /// `src[0, n)` rounded to bf16 (nearest even, denormals to 0) into `out[0, n)`.
+    static void round_row(const float* src, index n, Eigen::bfloat16* out) noexcept
+    {
+        for (index c = 0; c < n; c += width) {
+            const __mmask16 present = first_lanes(n - c);
+            const auto rounded =
+                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(present, src + c));
+            _mm256_mask_storeu_epi16(out + c, present, rounded);
+        }
+    }
+
 private:
+    /// The first `lanes` lanes of a vector (none for `lanes <= 0`, all for `>= width`).
+    static __mmask16 first_lanes(index lanes) noexcept
+    {
+        return lanes >= width ? __mmask16(0xFFFF)
+               : lanes > 0    ? __mmask16((1U << lanes) - 1U)
+                              : __mmask16(0);
+    }
+
+    /// The same bits as bf16 lanes. A vector cast, not std::bit_cast: that is a function of
+    /// <bit>, compiled outside the target region, where returning a 512-bit vector changes
+    /// the ABI (GCC refuses it with -Werror=psabi in a unit built for plain x86-64).
+    static __m512bh as_bf16(__m512i x) noexcept { return (__m512bh)x; }
+
     /// Word `2i` from word `i`, word `2i + 1` from word `16 + i`.
     static __m512i interleave_halves() noexcept
     {
