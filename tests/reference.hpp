@@ -9,7 +9,9 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <star/star.hpp>
@@ -133,6 +135,32 @@ ReferenceResult reference_attention(const ConstView3<float>& q, const ConstView3
     }
     return r;
 }
+
+/// References for a loop over the kernel's paths, one per kind of products the paths take
+/// (products_on), each computed once, when a path first needs it: the reference, not the
+/// kernel, is what takes a test's time. `compute(products)` computes one.
+template <class KV>
+class PathReferences {
+public:
+    explicit PathReferences(std::function<ReferenceResult(Products)> compute)
+        : compute_(std::move(compute))
+    {
+    }
+
+    /// The reference for calls on path `isa`.
+    const ReferenceResult& on(KernelIsa isa)
+    {
+        const Products products = products_on<KV>(isa);
+        auto& slot = products == Products::bf16 ? bf16_ : float32_;
+        if (!slot)
+            slot = compute_(products);
+        return *slot;
+    }
+
+private:
+    std::function<ReferenceResult(Products)> compute_;
+    std::optional<ReferenceResult> float32_, bf16_;
+};
 
 /// Float error bounds for comparing the kernel with the reference.
 ///

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -34,15 +33,13 @@ void expect_matches_reference_on(const std::vector<KernelIsa>& isas, const Case&
     const auto k = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
     const auto v = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
     const double scale = 1.0 / std::sqrt(double(c.head_dim));
-    std::optional<ReferenceResult> in_float, in_bf16; // as the paths need them
+    PathReferences<KV> references([&](Products products) {
+        return reference_attention(view(q), view(k), view(v), visible, scale, {}, products);
+    });
 
     for (const KernelIsa isa : isas) {
         SCOPED_TRACE("path " + std::string(name(isa)));
-        const Products products = products_on<KV>(isa);
-        auto& reference = products == Products::bf16 ? in_bf16 : in_float;
-        if (!reference)
-            reference = reference_attention(view(q), view(k), view(v), visible, scale, {}, products);
-        const ReferenceResult& want = *reference;
+        const ReferenceResult& want = references.on(isa);
         const Tolerance tol = tolerance(want, c.head_dim, c.k_tokens);
         const ForcedIsa forced(isa);
         const AttentionState got = attention(view(q), view(k), view(v), mask);

@@ -92,15 +92,19 @@ void expect_paged_matches_reference(const Shape2& s)
     const index offset = s.k_tokens - s.q_tokens; // the queries are the cache's last tokens
     const CausalMask mask{offset, 0};
     const double scale = 1.0 / std::sqrt(double(d));
-    const ReferenceResult want = reference_attention(
-        view(q), view(k), view(v), [&](index i, index j) { return j <= i + offset; }, scale);
-    const Tolerance tol = tolerance(want, d, s.k_tokens);
+    PathReferences<KV> references([&](Products products) {
+        return reference_attention(
+            view(q), view(k), view(v), [&](index i, index j) { return j <= i + offset; }, scale, {},
+            products);
+    });
 
     for (const index page : kPageSizes) {
         SCOPED_TRACE("page_tokens " + std::to_string(page));
         const PagedCopy<KV> pk(k, page), pv(v, page);
         for (const KernelIsa isa : supported_isas()) {
             SCOPED_TRACE("path " + std::string(name(isa)));
+            const ReferenceResult& want = references.on(isa);
+            const Tolerance tol = tolerance(want, d, s.k_tokens);
             const ForcedIsa forced(isa);
             const AttentionState got = attention(view(q), pk.source(), pv.source(), mask);
             const Deviation dev = deviation(got, want);
@@ -658,12 +662,15 @@ void expect_cache_attention_matches(index page_tokens)
         const auto q = random_tensor<float>(c.q_tokens, c.q_heads, d);
         const index offset = cached - c.q_tokens;
         const CausalMask mask{offset, 0};
-        const ReferenceResult want = reference_attention(
-            view(q), view(k), view(v), [&](index i, index j) { return j <= i + offset; },
-            1.0 / std::sqrt(double(d)));
-        const Tolerance tol = tolerance(want, d, cached);
+        PathReferences<KV> references([&](Products products) {
+            return reference_attention(
+                view(q), view(k), view(v), [&](index i, index j) { return j <= i + offset; },
+                1.0 / std::sqrt(double(d)), {}, products);
+        });
         for (const KernelIsa isa : supported_isas()) {
             SCOPED_TRACE("path " + std::string(name(isa)));
+            const ReferenceResult& want = references.on(isa);
+            const Tolerance tol = tolerance(want, d, cached);
             const ForcedIsa forced(isa);
             const AttentionState got = attention(view(q), cache.keys(), cache.values(), mask);
             const Deviation dev = deviation(got, want);

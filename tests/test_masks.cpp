@@ -107,11 +107,14 @@ void expect_kernel_matches_reference(const MaskCase& c, const M& mask, const std
     const auto q = random_tensor<float>(c.q_tokens, c.q_heads, c.head_dim);
     const auto k = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
     const auto v = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
-    const ReferenceResult want = reference_attention(
-        view(q), view(k), view(v), [&](index i, index j) { return mask.visible(i, j); },
-        1.0 / std::sqrt(double(c.head_dim)));
-    const Tolerance tol = tolerance(want, c.head_dim, c.k_tokens);
+    PathReferences<KV> references([&](Products products) {
+        return reference_attention(
+            view(q), view(k), view(v), [&](index i, index j) { return mask.visible(i, j); },
+            1.0 / std::sqrt(double(c.head_dim)), {}, products);
+    });
     for (const KernelIsa isa : supported_isas()) {
+        const ReferenceResult& want = references.on(isa);
+        const Tolerance tol = tolerance(want, c.head_dim, c.k_tokens);
         const ForcedIsa forced(isa);
         const AttentionState got = attention(view(q), view(k), view(v), mask);
         const Deviation dev = deviation(got, want);

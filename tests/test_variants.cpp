@@ -205,12 +205,15 @@ void expect_matches_reference(const Shape& s, const Case& transform_case)
     const std::vector<float> slopes = alibi_slopes(s.q_heads);
     const M mask = make_mask(s, M{});
     const auto transform = transform_case.make(s, slopes);
-    const ReferenceResult want = reference_attention(
-        view(q), view(k), view(v), [&](index i, index j) { return mask.visible(i, j); },
-        1.0 / std::sqrt(double(s.head_dim)), transform_case.reference(s, slopes));
-    const Tolerance tol = tolerance(want, s.head_dim, s.k_tokens, Case::ulps);
+    PathReferences<KV> references([&](Products products) {
+        return reference_attention(
+            view(q), view(k), view(v), [&](index i, index j) { return mask.visible(i, j); },
+            1.0 / std::sqrt(double(s.head_dim)), transform_case.reference(s, slopes), products);
+    });
     for (const KernelIsa isa : supported_isas()) {
         SCOPED_TRACE("path " + std::string(name(isa)));
+        const ReferenceResult& want = references.on(isa);
+        const Tolerance tol = tolerance(want, s.head_dim, s.k_tokens, Case::ulps);
         const ForcedIsa forced(isa);
         const AttentionState got = attention(view(q), view(k), view(v), mask, {}, transform);
         const Deviation dev = deviation(got, want);
