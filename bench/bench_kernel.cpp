@@ -26,7 +26,8 @@
 ///                            load of other processes disturbs far less than two long runs.
 ///  * `BM_TileProduct/star/<isa>/<B>/MxNxK`, `BM_TileProduct/onednn/<type>/MxNxK`  the
 ///                            kernel's register-blocked product (`detail::tile_gemm`: A float,
-///                            B float or bf16 widened as loaded) on every path, beside
+///                            B float or bf16 widened as loaded; on avx512_bf16 with bf16 B,
+///                            bf16 x bf16 on vdpbf16ps, as its tile math runs it) on every path, beside
 ///                            Debian's oneDNN matmul (f32, and bf16 x bf16 -> f32) of the same
 ///                            shapes, one thread: what a mature GEMM gets from this CPU's
 ///                            product units (AMX or AVX512-BF16 where present). Built when
@@ -34,6 +35,10 @@
 ///  * `BM_FiniteCheck/<type>/<how>`  the NaN/Inf check every entry point makes, over the K/V
 ///                            of an 8K-token cache (8 KV heads of 128: 16.8M elements), by the
 ///                            library's `detail::all_finite` and by Eigen's `allFinite()`.
+///
+/// Before the benchmarks, two accuracy checks are printed: the kernel against the naive
+/// baseline, and each path's error with bf16 K/V against exact attention in double (what
+/// the avx512_bf16 path's bf16 products cost; docs/accuracy.md quotes it).
 ///
 /// A summary table (medians over repetitions) is printed at the end. The `other_cores`
 /// counter, the quiet gate and the collecting reporter come from bench_support.hpp (shared
@@ -868,6 +873,101 @@ bool cross_check()
     return ok;
 }
 
+/// Exact causal attention in double of `q` over `k`, `v` (any element type), `[T, H, d]`
+/// with `q_heads / kv_heads` query heads per KV head: the output and the LSE.
+template <class KV>
+std::pair<std::vector<double>, std::vector<double>> exact_causal(const star::Tensor3<float>& q,
+                                                                 const star::Tensor3<KV>& k,
+                                                                 const star::Tensor3<KV>& v)
+{
+    const Index tokens = q.dimension(0), q_heads = q.dimension(1), d = q.dimension(2);
+    const Index kv_heads = k.dimension(1), group = q_heads / kv_heads;
+    const double scale = 1.0 / std::sqrt(double(d));
+    std::vector<double> out(static_cast<std::size_t>(q.size())), lse(tokens * q_heads);
+    std::vector<double> p(static_cast<std::size_t>(tokens));
+    for (Index i = 0; i < tokens; ++i)
+        for (Index h = 0; h < q_heads; ++h) {
+            const float* qi = q.data() + (i * q_heads + h) * d;
+            double max = -std::numeric_limits<double>::infinity();
+            for (Index j = 0; j <= i; ++j) {
+                const KV* kj = k.data() + (j * kv_heads + h / group) * d;
+                double dot = 0.0;
+                for (Index c = 0; c < d; ++c)
+                    dot += double(qi[c]) * double(float(kj[c]));
+                p[j] = scale * dot;
+                max = std::max(max, p[j]);
+            }
+            double sum = 0.0;
+            for (Index j = 0; j <= i; ++j)
+                sum += (p[j] = std::exp(p[j] - max));
+            double* o = out.data() + (i * q_heads + h) * d;
+            for (Index j = 0; j <= i; ++j) {
+                const KV* vj = v.data() + (j * kv_heads + h / group) * d;
+                for (Index c = 0; c < d; ++c)
+                    o[c] += p[j] / sum * double(float(vj[c]));
+            }
+            lse[i * q_heads + h] = max + std::log(sum);
+        }
+    return {std::move(out), std::move(lse)};
+}
+
+/// The cost of bf16 products (the avx512_bf16 path rounds the queries and the probabilities
+/// to bf16), beside the cost of keeping K/V in bf16 at all: with K/V drawn in float and
+/// rounded to bf16, each path's output error against exact attention (in double) over the
+/// same bf16 K/V, and against exact attention over the float K/V before rounding. BM_Path's
+/// heads (32 q / 8 kv, d = 128), causal, T = 512, queries of N(0, 1) and N(0, 16) (sharper
+/// attention: there a few keys take most of the weight). Printed, never judged: the tests
+/// bound the error.
+void print_bf16_accuracy()
+{
+    constexpr Index tokens = 512, q_heads = 32, kv_heads = 8, d = 128;
+    std::printf("bf16 K/V: output error against exact attention (double) over the same bf16 K/V, "
+                "and over\nthe float K/V they were rounded from; 32 q / 8 kv heads, d = %ld, "
+                "causal T = %ld:\n",
+                static_cast<long>(d), static_cast<long>(tokens));
+    std::printf("  %-12s %-8s %14s %14s %14s %14s\n", "path", "q", "max|dO| bf16", "rms|dO| bf16",
+                "max|dLSE| bf16", "rms|dO| float");
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    star::Tensor3<float> k_float(tokens, kv_heads, d), v_float(tokens, kv_heads, d);
+    star::Tensor3<Eigen::bfloat16> k(tokens, kv_heads, d), v(tokens, kv_heads, d);
+    for (Index i = 0; i < k.size(); ++i) {
+        k.data()[i] = Eigen::bfloat16(k_float.data()[i] = normal(rng));
+        v.data()[i] = Eigen::bfloat16(v_float.data()[i] = normal(rng));
+    }
+    for (const float sigma : {1.0f, 4.0f}) {
+        star::Tensor3<float> q(tokens, q_heads, d);
+        for (Index i = 0; i < q.size(); ++i)
+            q.data()[i] = sigma * normal(rng);
+        const auto [out, lse] = exact_causal(q, k, v);
+        const auto unrounded = exact_causal(q, k_float, v_float).first;
+        for (const star::KernelIsa isa : star::all_kernel_isas) {
+            if (!star::cpu_supports(isa))
+                continue;
+            star::detail::forced_isa.store(static_cast<int>(isa));
+            const star::AttentionState got =
+                star::attention(star::view(q), star::view(k), star::view(v), star::CausalMask{});
+            star::detail::forced_isa.store(-1);
+            double max_out = 0.0, squares = 0.0, max_lse = 0.0, squares_float = 0.0;
+            for (Index n = 0; n < got.output.size(); ++n) {
+                const double e = std::abs(got.output.data()[n] - out[n]);
+                const double e_float = got.output.data()[n] - unrounded[n];
+                max_out = std::max(max_out, e);
+                squares += e * e;
+                squares_float += e_float * e_float;
+            }
+            for (Index n = 0; n < got.lse.size(); ++n)
+                max_lse = std::max(max_lse, std::abs(got.lse.data()[n] - lse[n]));
+            const double count = double(got.output.size());
+            std::printf("  %-12s N(0,%-3g) %14.3g %14.3g %14.3g %14.3g\n",
+                        std::string(star::name(isa)).c_str(), double(sigma * sigma), max_out,
+                        std::sqrt(squares / count), max_lse, std::sqrt(squares_float / count));
+        }
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+}
+
 /// Median time and median rate of the series `function_name` with exactly `args`.
 struct Stat {
     bool found = false;
@@ -1282,6 +1382,7 @@ int main(int argc, char** argv)
                 static_cast<long>(kHeads), static_cast<long>(kNaiveMaxTokens),
                 Eigen::SimdInstructionSetsInUse(), Batch::arch_type::name());
     const bool ok = cross_check();
+    print_bf16_accuracy();
 
     register_all();
     const auto options = isatty(STDOUT_FILENO) != 0 ? benchmark::ConsoleReporter::OO_ColorTabular

@@ -70,9 +70,18 @@ public:
                                      scores, ld, count, columns, depth_pairs_, scale_);
     }
 
-    /// As FloatTileMath::add_values; `probabilities` has `round_up(rows, S::width)` columns.
+    /// Where the online softmax leaves the probabilities of keys `j` and `j + 1` for columns
+    /// `[c, c + width)`: rounded and paired for the value product, as it makes them (a
+    /// second pass over the score tile to pair them cost a tenth of the kernel's time).
+    void store_probabilities(float*, index ld, index j, index c, typename S::reg even,
+                             typename S::reg odd) noexcept
+    {
+        P::store(probabilities_.data() + j / 2 * ld + c, P::pair_up(even, odd));
+    }
+
+    /// As FloatTileMath::add_values, with the probabilities store_probabilities paired.
     void add_values(const KVPages<Eigen::bfloat16>& v, index head, index first, index count,
-                    const float* probabilities, index ld, index rows, float* accumulator)
+                    const float*, index ld, index rows, float* accumulator)
     {
         const index head_offset = head * v.layout().head_stride;
         for (index j = 0; j < count;) {
@@ -83,17 +92,11 @@ public:
             j += run.length;
         }
         const index pairs = (count + 1) / 2;
-        const index columns = round_up(rows, S::width);
         for (index t = 0; t < pairs; ++t) {
             const bool whole = 2 * t + 1 < count; // else the odd key out pairs with zeros
             const auto* even = value_rows_[static_cast<std::size_t>(2 * t)];
             const auto* odd = whole ? value_rows_[static_cast<std::size_t>(2 * t + 1)] : nullptr;
             P::pair_rows(even, odd, head_dim_, values_.data() + t * values_ld_, padded_dim_);
-            const float* p_even = probabilities + 2 * t * ld;
-            for (index c = 0; c < columns; c += S::width)
-                P::store(probabilities_.data() + t * ld + c,
-                         P::pair_up(S::load(p_even + c),
-                                    whole ? S::load(p_even + ld + c) : S::broadcast(0.0f)));
         }
         tile_product<P, true>(probabilities_.data(), Strides{1, ld}, values_.data(), values_ld_,
                               accumulator, padded_dim_, rows, padded_dim_, pairs);

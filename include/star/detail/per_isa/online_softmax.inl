@@ -32,10 +32,13 @@ public:
     }
 
     /// `scores` is a tile `[keys, columns]` with row stride `ld`: scaled scores, `-inf`
-    /// where masked. Turns it into unnormalised probabilities in place, folds it into the
-    /// running statistics, and leaves in `rescale(c)` the factor by which query `c`'s
-    /// output accumulator must be multiplied before this tile's `P x V` is added.
-    void absorb(float* scores, index ld, index keys) noexcept
+    /// where masked. Turns it into unnormalised probabilities, handed to `sink` two keys at
+    /// a time (`sink.store_probabilities(scores, ld, j, c, p_j, p_j+1)`, the second 0 past
+    /// the last key) for the value product, folds them into the running statistics, and
+    /// leaves in `rescale(c)` the factor by which query `c`'s output accumulator must be
+    /// multiplied before this tile's `P x V` is added.
+    template <class Sink>
+    void absorb(float* scores, index ld, index keys, Sink& sink) noexcept
     {
         const auto minus_inf = S::broadcast(minus_infinity);
         const auto zero = S::broadcast(0.0f);
@@ -50,11 +53,13 @@ public:
             const auto shift = S::select(S::equal(new_max, minus_inf), zero, new_max);
             const auto factor = exp_of<S>(S::sub(old_max, shift));
             auto tile_sum = zero;
-            for (index j = 0; j < keys; ++j) {
-                float* row = scores + j * ld + c;
-                const auto p = exp_of<S>(S::sub(S::load(row), shift));
-                S::store(row, p);
-                tile_sum = S::add(tile_sum, p);
+            for (index j = 0; j < keys; j += 2) {
+                const auto even = exp_of<S>(S::sub(S::load(scores + j * ld + c), shift));
+                const auto odd = j + 1 < keys
+                                     ? exp_of<S>(S::sub(S::load(scores + (j + 1) * ld + c), shift))
+                                     : zero;
+                sink.store_probabilities(scores, ld, j, c, even, odd);
+                tile_sum = S::add(S::add(tile_sum, even), odd);
             }
             S::store(sum_.data() + c, S::fma(S::load(sum_.data() + c), factor, tile_sum));
             S::store(max_.data() + c, new_max);

@@ -12,15 +12,16 @@
 /// query and the products need no packing of K or of the probabilities.
 template <class S, class KV>
 struct Workspace {
-    index padded_dim;           // head_dim rounded up to a vector
-    scratch<float> scores_t;    // [keys, query rows rounded up to a vector + skew]
+    index padded_dim;        // head_dim rounded up to a vector
+    scratch<float> scores_t; // [keys rounded up to even, query rows rounded up to a vector + skew]
     scratch<float> accumulator; // [rows, padded_dim]
     OnlineSoftmax<S> softmax;
     TileMath<KV> math; // the staged Q, K and V, and the products
 
     Workspace(index tile_rows, index tile_keys, index d)
         : padded_dim(round_up(d, S::width)),
-          scores_t(static_cast<std::size_t>(tile_keys * (round_up(tile_rows, S::width) + row_skew))),
+          scores_t(static_cast<std::size_t>(round_up(tile_keys, 2) *
+                                            (round_up(tile_rows, S::width) + row_skew))),
           accumulator(static_cast<std::size_t>(tile_rows * padded_dim)),
           math(tile_rows, tile_keys, d)
     {
@@ -83,12 +84,12 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
                         std::fill_n(scores + j * ld + t * group, group, minus_infinity);
         }
 
-        ws.softmax.absorb(scores, ld, k_count);
+        ws.softmax.absorb(scores, ld, k_count, ws.math);
         for (index r = 0; r < rows; ++r)
             if (const float f = ws.softmax.rescale(r); f != 1.0f)
                 scale_in_place<S>(ws.accumulator.data() + r * ws.padded_dim, ws.padded_dim, f);
 
-        // O += P V, reading P from the transposed score tile.
+        // O += P V, with P where the softmax left it for the math.
         ws.math.add_values(v, kv_head, k_first, k_count, scores, ld, rows, ws.accumulator.data());
     }
 

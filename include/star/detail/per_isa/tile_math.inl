@@ -91,8 +91,19 @@ public:
                             count, columns, head_dim_);
     }
 
-    /// `accumulator[r] += sum_j probabilities[j * ld + r] * value_j` for rows `r < rows`
-    /// (`padded_dim` apart) and values `first + j`, `j < count`, of `head` of `v`.
+    /// Where the online softmax leaves the probabilities of keys `j` and `j + 1` (0 past the
+    /// tile's last: the score tile has a row past an odd count) for columns `[c, c + width)`:
+    /// here, in place of their scores.
+    static void store_probabilities(float* scores, index ld, index j, index c, typename S::reg even,
+                                    typename S::reg odd) noexcept
+    {
+        S::store(scores + j * ld + c, even);
+        S::store(scores + (j + 1) * ld + c, odd);
+    }
+
+    /// `accumulator[r] += sum_j p[j * ld + r] * value_j` for rows `r < rows` (`padded_dim`
+    /// apart) and values `first + j`, `j < count`, of `head` of `v`, with the probabilities
+    /// `p` store_probabilities left in `scores`.
     void add_values(const KVPages<KV>& v, index head, index first, index count,
                     const float* probabilities, index ld, index rows, float* accumulator)
     {

@@ -39,6 +39,7 @@ struct Avx512Bf16Product {
     {
         return _mm512_set1_epi32(static_cast<int>(a));
     }
+    /// `acc + a[2i] b[2i] + a[2i + 1] b[2i + 1]` in lane `i`, the products exact.
     static __m512 madd(__m512i a, __m512i b, __m512 acc) noexcept
     {
         return _mm512_dpbf16_ps(acc, as_bf16(a), as_bf16(b));
