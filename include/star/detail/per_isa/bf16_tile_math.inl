@@ -81,7 +81,7 @@ public:
 
     /// As FloatTileMath::add_values, with the probabilities store_probabilities paired.
     void add_values(const KVPages<Eigen::bfloat16>& v, index head, index first, index count,
-                    const float*, index ld, index rows, float* accumulator)
+                    const float*, index ld, index rows, const float* rescale, float* accumulator)
     {
         const index head_offset = head * v.layout().head_stride;
         for (index j = 0; j < count;) {
@@ -99,7 +99,7 @@ public:
             P::pair_rows(even, odd, head_dim_, values_.data() + t * values_ld_, padded_dim_);
         }
         tile_product<P, true>(probabilities_.data(), Strides{1, ld}, values_.data(), values_ld_,
-                              accumulator, padded_dim_, rows, padded_dim_, pairs);
+                              accumulator, padded_dim_, rows, padded_dim_, pairs, 1.0f, rescale);
     }
 
     /// Memory held, in bytes.

@@ -35,7 +35,7 @@ public:
     /// where masked. Turns it into unnormalised probabilities, handed to `sink` two keys at
     /// a time (`sink.store_probabilities(scores, ld, j, c, p_j, p_j+1)`, the second 0 past
     /// the last key) for the value product, folds them into the running statistics, and
-    /// leaves in `rescale(c)` the factor by which query `c`'s output accumulator must be
+    /// leaves in `rescale_factors()[c]` the factor by which query `c`'s output accumulator must be
     /// multiplied before this tile's `P x V` is added.
     template <class Sink>
     void absorb(float* scores, index ld, index keys, Sink& sink) noexcept
@@ -67,10 +67,8 @@ public:
         }
     }
 
-    [[nodiscard]] float rescale(index c) const noexcept
-    {
-        return rescale_[static_cast<std::size_t>(c)];
-    }
+    /// `rescale(c)` for every column.
+    [[nodiscard]] const float* rescale_factors() const noexcept { return rescale_.data(); }
     [[nodiscard]] float sum(index c) const noexcept { return sum_[static_cast<std::size_t>(c)]; }
     /// Memory held, in bytes.
     [[nodiscard]] std::size_t bytes() const noexcept

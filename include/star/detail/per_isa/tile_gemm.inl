@@ -36,7 +36,8 @@ inline constexpr int gemm_packets = S::width >= 16 ? 3 : 2;
 
 template <class P, int Rows, int Packets, bool Accumulate, bool Scaled>
 inline void gemm_micro_tile(const typename P::a_type* a, Strides sa, const typename P::b_type* b,
-                            index ldb, float* c, index ldc, index depth, float scale) noexcept
+                            index ldb, float* c, index ldc, index depth, float scale,
+                            const float* row_scales) noexcept
 {
     using S = typename P::simd;
     typename S::reg acc[std::size_t{Rows}][std::size_t{Packets}];
@@ -45,7 +46,9 @@ inline void gemm_micro_tile(const typename P::a_type* a, Strides sa, const typen
     for (int r = 0; r < Rows; ++r)
         STAR_UNROLL
         for (int p = 0; p < Packets; ++p)
-            acc[r][p] = Accumulate ? S::load(c + r * ldc + p * S::width) : S::broadcast(0.0f);
+            acc[r][p] = !Accumulate        ? S::broadcast(0.0f)
+                        : row_scales == nullptr ? S::load(c + r * ldc + p * S::width)
+                        : S::mul(S::load(c + r * ldc + p * S::width), S::broadcast(row_scales[r]));
     // clang-format on
     for (index kk = 0; kk < depth; ++kk) {
         decltype(P::load_b(b)) row[std::size_t{Packets}];
@@ -78,42 +81,48 @@ inline void gemm_micro_tile(const typename P::a_type* a, Strides sa, const typen
 template <class P, int Rows, int Packets, bool Accumulate, bool Scaled>
 inline void gemm_remainder_rows(index i, index m, const typename P::a_type* a, Strides sa,
                                 const typename P::b_type* b, index ldb, float* c, index ldc,
-                                index depth, float scale) noexcept
+                                index depth, float scale, const float* row_scales) noexcept
 {
     if constexpr (Rows > 0) {
         if (m - i >= Rows) {
-            gemm_micro_tile<P, Rows, Packets, Accumulate, Scaled>(a + i * sa.row, sa, b, ldb,
-                                                                  c + i * ldc, ldc, depth, scale);
+            gemm_micro_tile<P, Rows, Packets, Accumulate, Scaled>(
+                a + i * sa.row, sa, b, ldb, c + i * ldc, ldc, depth, scale,
+                row_scales == nullptr ? nullptr : row_scales + i);
             i += Rows;
         }
         gemm_remainder_rows<P, Rows / 2, Packets, Accumulate, Scaled>(i, m, a, sa, b, ldb, c, ldc,
-                                                                      depth, scale);
+                                                                      depth, scale, row_scales);
     }
 }
 
 template <class P, int Packets, bool Accumulate, bool Scaled>
 inline void gemm_panel(const typename P::a_type* a, Strides sa, const typename P::b_type* b,
-                       index ldb, float* c, index ldc, index m, index depth, float scale) noexcept
+                       index ldb, float* c, index ldc, index m, index depth, float scale,
+                       const float* row_scales) noexcept
 {
     constexpr int rows = gemm_rows<typename P::simd>;
     static_assert(rows <= 8, "the remainder takes blocks of 4, 2 and 1 rows");
     index i = 0;
     for (; i + rows <= m; i += rows)
-        gemm_micro_tile<P, rows, Packets, Accumulate, Scaled>(a + i * sa.row, sa, b, ldb,
-                                                              c + i * ldc, ldc, depth, scale);
+        gemm_micro_tile<P, rows, Packets, Accumulate, Scaled>(
+            a + i * sa.row, sa, b, ldb, c + i * ldc, ldc, depth, scale,
+            row_scales == nullptr ? nullptr : row_scales + i);
     gemm_remainder_rows<P, 4, Packets, Accumulate, Scaled>(i, m, a, sa, b, ldb, c, ldc, depth,
-                                                           scale);
+                                                           scale, row_scales);
 }
 
 /// `C[m x n] = A[m x depth] * B[depth x n]` (or `+=` when `Accumulate`) in steps of product
 /// atom `P`; B and C row-major with row strides `ldb`, `ldc` (in their own elements); `n`
 /// must be a multiple of the vector width. When `Scaled` (and not `Accumulate`), C is
-/// `scale * (A * B)`, scaled as it is stored.
+/// `scale * (A * B)`, scaled as it is stored. When accumulating with `row_scales`, row `r`
+/// of C is multiplied by `row_scales[r]` as it is loaded, before the sum: the online
+/// softmax's rescaling of the output, without a pass of its own over C.
 template <class P, bool Accumulate, bool Scaled = false>
 STAR_OUT_OF_LINE inline void tile_product(const typename P::a_type* a, Strides sa,
                                           const typename P::b_type* b, index ldb, float* c,
                                           index ldc, index m, index n, index depth,
-                                          float scale = 1.0f) noexcept
+                                          float scale = 1.0f,
+                                          const float* row_scales = nullptr) noexcept
 {
     static_assert(!(Accumulate && Scaled), "only a product stored afresh is scaled");
     using S = typename P::simd;
@@ -122,14 +131,14 @@ STAR_OUT_OF_LINE inline void tile_product(const typename P::a_type* a, Strides s
     // Column panels outermost: one panel of B (depth x 3 vectors) stays in L1 while every
     // row block of A streams past it.
     for (; p + gemm_packets<S> <= packets; p += gemm_packets<S>)
-        gemm_panel<P, gemm_packets<S>, Accumulate, Scaled>(a, sa, b + p * S::width, ldb,
-                                                           c + p * S::width, ldc, m, depth, scale);
+        gemm_panel<P, gemm_packets<S>, Accumulate, Scaled>(
+            a, sa, b + p * S::width, ldb, c + p * S::width, ldc, m, depth, scale, row_scales);
     if (packets - p == 2)
         gemm_panel<P, 2, Accumulate, Scaled>(a, sa, b + p * S::width, ldb, c + p * S::width, ldc, m,
-                                             depth, scale);
+                                             depth, scale, row_scales);
     else if (packets - p == 1)
         gemm_panel<P, 1, Accumulate, Scaled>(a, sa, b + p * S::width, ldb, c + p * S::width, ldc, m,
-                                             depth, scale);
+                                             depth, scale, row_scales);
 }
 
 /// `tile_product` on float A: B may be float, bf16 or half, widened as it is loaded: worth
@@ -137,7 +146,7 @@ STAR_OUT_OF_LINE inline void tile_product(const typename P::a_type* a, Strides s
 /// of A load it again.
 template <class S, bool Accumulate, class B>
 inline void tile_gemm(const float* a, Strides sa, const B* b, index ldb, float* c, index ldc,
-                      index m, index n, index depth) noexcept
+                      index m, index n, index depth, const float* row_scales = nullptr) noexcept
 {
-    tile_product<FmaProduct<S, B>, Accumulate>(a, sa, b, ldb, c, ldc, m, n, depth);
+    tile_product<FmaProduct<S, B>, Accumulate>(a, sa, b, ldb, c, ldc, m, n, depth, 1.0f, row_scales);
 }

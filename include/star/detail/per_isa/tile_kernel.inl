@@ -85,12 +85,10 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
         }
 
         ws.softmax.absorb(scores, ld, k_count, ws.math);
-        for (index r = 0; r < rows; ++r)
-            if (const float f = ws.softmax.rescale(r); f != 1.0f)
-                scale_in_place<S>(ws.accumulator.data() + r * ws.padded_dim, ws.padded_dim, f);
 
-        // O += P V, with P where the softmax left it for the math.
-        ws.math.add_values(v, kv_head, k_first, k_count, scores, ld, rows, ws.accumulator.data());
+        // O = O * rescale + P V, with P where the softmax left it for the math.
+        ws.math.add_values(v, kv_head, k_first, k_count, scores, ld, rows,
+                           ws.softmax.rescale_factors(), ws.accumulator.data());
     }
 
     for (index r = 0; r < rows; ++r)

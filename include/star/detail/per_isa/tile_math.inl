@@ -101,15 +101,16 @@ public:
         S::store(scores + (j + 1) * ld + c, odd);
     }
 
-    /// `accumulator[r] += sum_j p[j * ld + r] * value_j` for rows `r < rows` (`padded_dim`
-    /// apart) and values `first + j`, `j < count`, of `head` of `v`, with the probabilities
-    /// `p` store_probabilities left in `scores`.
+    /// `accumulator[r] = rescale[r] * accumulator[r] + sum_j p[j * ld + r] * value_j` for
+    /// rows `r < rows` (`padded_dim` apart) and values `first + j`, `j < count`, of `head`
+    /// of `v`, with the probabilities `p` store_probabilities left in `scores`.
     void add_values(const KVPages<KV>& v, index head, index first, index count,
-                    const float* probabilities, index ld, index rows, float* accumulator)
+                    const float* probabilities, index ld, index rows, const float* rescale,
+                    float* accumulator)
     {
         widen_source<S>(v, head, first, count, values_.data(), values_ld_);
         tile_gemm<S, true>(probabilities, Strides{1, ld}, values_.data(), values_ld_, accumulator,
-                           padded_dim_, rows, padded_dim_, count);
+                           padded_dim_, rows, padded_dim_, count, rescale);
     }
 
     /// Memory held, in bytes.
