@@ -35,8 +35,8 @@ public:
     /// where masked. Turns it into unnormalised probabilities, handed to `sink` two keys at
     /// a time (`sink.store_probabilities(scores, ld, j, c, p_j, p_j+1)`, the second 0 past
     /// the last key) for the value product, folds them into the running statistics, and
-    /// leaves in `rescale_factors()[c]` the factor by which query `c`'s output accumulator must be
-    /// multiplied before this tile's `P x V` is added.
+    /// leaves in `rescale_factors()[c]` the factor by which query `c`'s output accumulator
+    /// must be multiplied before this tile's `P x V` is added.
     template <class Sink>
     void absorb(float* scores, index ld, index keys, Sink& sink) noexcept
     {
@@ -67,7 +67,7 @@ public:
         }
     }
 
-    /// `rescale(c)` for every column.
+    /// The factors absorb() left, one per column.
     [[nodiscard]] const float* rescale_factors() const noexcept { return rescale_.data(); }
     [[nodiscard]] float sum(index c) const noexcept { return sum_[static_cast<std::size_t>(c)]; }
     /// Memory held, in bytes.
