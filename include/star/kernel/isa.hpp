@@ -37,7 +37,7 @@ enum class KernelIsa {
     avx512,
     /// avx512 with AVX512_BF16 (Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and
     /// later): with bf16 K/V, the tile kernel's products are bf16 dot products (`vdpbf16ps`)
-    /// summed in float, the scaled queries and the probabilities rounded to bf16 for them
+    /// summed in float, the queries and the probabilities rounded to bf16 for them
     /// (docs/accuracy.md, "bf16 products"); float and half K/V run as on avx512.
     avx512_bf16,
 };

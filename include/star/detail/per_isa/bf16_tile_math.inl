@@ -21,13 +21,13 @@ public:
 
     Bf16TileMath(index tile_rows, index tile_keys, index d)
         : head_dim_(d), depth_pairs_((d + 1) / 2), padded_dim_(round_up(d, S::width)),
-          values_ld_(padded_dim_ + row_skew), key_pairs_((tile_keys + 1) / 2),
+          values_ld_(padded_dim_ + row_skew),
           queries_(
               static_cast<std::size_t>(depth_pairs_ * (round_up(tile_rows, S::width) + row_skew))),
           keys_(static_cast<std::size_t>(tile_keys * depth_pairs_), 0U),
-          values_(static_cast<std::size_t>(key_pairs_ * values_ld_), 0U),
-          probabilities_(
-              static_cast<std::size_t>(key_pairs_ * (round_up(tile_rows, S::width) + row_skew))),
+          values_(static_cast<std::size_t>((tile_keys + 1) / 2 * values_ld_), 0U),
+          probabilities_(static_cast<std::size_t>((tile_keys + 1) / 2 *
+                                                  (round_up(tile_rows, S::width) + row_skew))),
           value_rows_(static_cast<std::size_t>(tile_keys)),
           query_row_(static_cast<std::size_t>(2 * depth_pairs_), Eigen::bfloat16(0.0f))
     {
@@ -116,12 +116,11 @@ private:
     index depth_pairs_;                // head_dim / 2, rounded up
     index padded_dim_;                 // head_dim rounded up to a vector
     index values_ld_;                  // padded_dim + row_skew
-    index key_pairs_;                  // a tile's keys / 2, rounded up
     float scale_ = 1.0f;               // of the scores
     scratch<bf16_pair> queries_;       // [depth_pairs, query rows rounded up to a vector + skew]
     scratch<bf16_pair> keys_;          // [keys, depth_pairs]
-    scratch<bf16_pair> values_;        // [key_pairs, values_ld], padded with zeros
-    scratch<bf16_pair> probabilities_; // [key_pairs, query rows rounded up + skew]
+    scratch<bf16_pair> values_;        // [tile keys / 2 rounded up, values_ld], padded with zeros
+    scratch<bf16_pair> probabilities_; // [tile keys / 2 rounded up, query rows rounded up + skew]
     std::vector<const Eigen::bfloat16*> value_rows_; // of the tile's keys
     scratch<Eigen::bfloat16> query_row_;             // one query row, rounded
 };

@@ -9,7 +9,7 @@
 
 /// Scratch memory of one worker: sized once per task, reused for every tile. The score
 /// tile is stored transposed, `[keys, queries]`, so the softmax runs one SIMD lane per
-/// query and the products need no packing of K or of the probabilities.
+/// query and the float products need no packing of K or of the probabilities.
 template <class S, class KV>
 struct Workspace {
     index padded_dim;        // head_dim rounded up to a vector

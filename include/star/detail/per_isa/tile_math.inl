@@ -5,10 +5,10 @@
 // kernel uses for each K/V type (`TileMath<KV>`, kernels.hpp).
 //
 // A tile math holds the staged copies of one query tile and one K/V tile, and gives the
-// kernel three steps: stage the queries (scaled), compute a tile's scores `S^T = K Q^T`
+// kernel three steps: stage the queries, compute a tile's scores `S^T = K Q^T`
 // into a float tile `[keys, columns]`, and add `P V` into a float accumulator from the
-// probabilities the kernel left in that tile. The online softmax between them is float
-// whatever the math.
+// probabilities the online softmax hands it (store_probabilities). The softmax between
+// them is float whatever the math, and the scores leave the first product scaled.
 
 /// Rows of the scratch tiles that a product walks down (Q^T, the scores, the values) are
 /// one cache line longer than their data: widths are powers of two, and rows 512 B or 1 KB
