@@ -14,13 +14,15 @@
 /// Keys per block: a block's scores for every row of every KV head stay in L1.
 inline constexpr index decode_block_keys = 32;
 
-/// Register blocking of the scores: `Rows x Keys` dot-product accumulators, plus a vector
-/// of each key and one of the query, fit the 16 registers of AVX2 (4 x 3) and the 32 of
-/// AVX-512 (4 x 6). Four rows let reduce_add4 finish four sums at once.
+/// Register blocking of the scores: `Rows` query rows against one key. Four rows let
+/// reduce_add4 finish four sums at once. (Splitting each sum over two accumulators, to have
+/// eight chains of fmas in flight rather than four, measured no faster on Zen 5.)
 template <class S>
 inline constexpr int dot_rows = 4;
-template <class S>
-inline constexpr int dot_keys = S::width >= 16 ? 6 : 3;
+
+/// How many keys ahead a key step asks for the key rows it will read (1, 2 and 4 measured
+/// on Zen 5: the nearest is best; the hardware streams the rest, as the rows come in order).
+inline constexpr index keys_ahead = 1;
 
 /// Where the scores of one block come from and go. Token `j`'s key row for KV head `h` is
 /// at `keys + j * k_stride + h * k_head_stride`, its value row likewise from `values`; the
@@ -45,49 +47,33 @@ struct ScoreBlock {
     index ahead;
 };
 
-/// `scores[r * lds + j] = q_r . k_j` for `Rows` query rows (`d` apart) and `Keys` key rows
-/// (`block.k_stride` apart) from `k`: whole vectors multiplied along d, lanes summed at the
-/// end. While it walks the key rows, it asks for the rows `block.ahead` further on and for
-/// the value rows beside its own, so that memory is read while the arithmetic runs rather
-/// than when the next loop waits for it.
-template <class S, int Rows, int Keys, class KV>
+/// `scores[r * lds] = q_r . k` for `Rows` query rows (`d` apart) and the key row `k`:
+/// whole vectors multiplied along d, lanes summed at the end. It asks for the key row
+/// `block.ahead` further on and for the value row beside its own, so that memory is read
+/// while the arithmetic runs rather than when the next loop waits for it.
+template <class S, int Rows, class KV>
 inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV* k, const KV* v,
                            float* scores) noexcept
 {
     const index d = block.head_dim;
-    const index ldk = block.k_stride;
-    typename S::reg acc[std::size_t{Keys}][std::size_t{Rows}];
-    // clang-format off
+    typename S::reg acc[std::size_t{Rows}];
     STAR_UNROLL
-    for (int j = 0; j < Keys; ++j)
+    for (int r = 0; r < Rows; ++r)
+        acc[r] = S::broadcast(0.0f);
+    const auto multiply = [&](index c) {
+        const auto key = S::load(k + c);
         STAR_UNROLL
         for (int r = 0; r < Rows; ++r)
-            acc[j][r] = S::broadcast(0.0f);
-    // clang-format on
-    const auto multiply = [&](index c) {
-        typename S::reg key[std::size_t{Keys}];
-        STAR_UNROLL
-        for (int j = 0; j < Keys; ++j)
-            key[j] = S::load(k + j * ldk + c);
-        STAR_UNROLL
-        for (int r = 0; r < Rows; ++r) {
-            const auto query = S::load(q + r * d + c);
-            STAR_UNROLL
-            for (int j = 0; j < Keys; ++j)
-                acc[j][r] = S::fma(query, key[j], acc[j][r]);
-        }
+            acc[r] = S::fma(S::load(q + r * d + c), key, acc[r]);
     };
-    // Whole cache lines first, each with its requests (a line holds 2 AVX2 vectors of
-    // float, 4 of bf16), then what is left of d.
+    // Whole cache lines first, each with its requests (a line holds 1 AVX-512 vector of
+    // float, 2 of bf16 or of AVX2 float, 4 of AVX2 bf16), then what is left of d.
     constexpr index line_vectors = std::max<index>(1, 64 / (S::width * sizeof(KV)));
     constexpr index line = line_vectors * S::width;
     index c = 0;
     for (; c + line <= d; c += line) {
-        STAR_UNROLL
-        for (int j = 0; j < Keys; ++j) {
-            __builtin_prefetch(k + j * ldk + block.ahead + c);
-            __builtin_prefetch(v + j * block.v_stride + c);
-        }
+        __builtin_prefetch(k + block.ahead + c);
+        __builtin_prefetch(v + c);
         STAR_UNROLL
         for (index n = 0; n < line_vectors; ++n)
             multiply(c + n * S::width);
@@ -95,29 +81,28 @@ inline void dot_micro_tile(const ScoreBlock<KV>& block, const float* q, const KV
     for (; c + S::width <= d; c += S::width)
         multiply(c);
 
-    STAR_UNROLL
-    for (int j = 0; j < Keys; ++j) {
-        float sums[std::size_t{Rows}];
-        if constexpr (Rows == 4)
-            S::reduce_add4(acc[j], sums);
-        else {
-            STAR_UNROLL
-            for (int r = 0; r < Rows; ++r)
-                sums[r] = S::reduce_add(acc[j][r]);
-        }
+    float sums[std::size_t{Rows}];
+    if constexpr (Rows == 4)
+        S::reduce_add4(acc, sums);
+    else {
         STAR_UNROLL
-        for (int r = 0; r < Rows; ++r) {
-            for (index t = c; t < d; ++t) // a head_dim that is not a whole number of vectors
-                sums[r] += q[r * d + t] * static_cast<float>(k[j * ldk + t]);
-            scores[r * block.ld + j] = sums[r];
-        }
+        for (int r = 0; r < Rows; ++r)
+            sums[r] = S::reduce_add(acc[r]);
+    }
+    STAR_UNROLL
+    for (int r = 0; r < Rows; ++r) {
+        for (index t = c; t < d; ++t) // a head_dim that is not a whole number of vectors
+            sums[r] += q[r * d + t] * static_cast<float>(k[t]);
+        scores[r * block.ld] = sums[r];
     }
 }
 
-/// `Keys` keys from key `j` against every row of every head. Heads are the inner loop so
-/// that memory is read in the order it lies, `[token, head, d]`: a few pages at a time,
-/// which matters where a TLB miss is dear (as in a virtual machine).
-template <class S, int Keys, class KV>
+/// Key `j` against every row of every head. Heads are the inner loop and keys the outer,
+/// so that memory is read in the order it lies, `[token, head, d]`, front to back: only
+/// then does the hardware's prefetcher stream it at full speed. Reading a few keys of one
+/// head at a time (the rows a few KB apart, then the next head's beside them) held one
+/// thread below two thirds of the streaming bandwidth on Zen 5, arithmetic or none.
+template <class S, class KV>
 inline void dot_key_step(const ScoreBlock<KV>& block, index j) noexcept
 {
     constexpr int step = dot_rows<S>;
@@ -129,35 +114,18 @@ inline void dot_key_step(const ScoreBlock<KV>& block, index j) noexcept
         float* scores = block.scores + h * block.rows * block.ld + j;
         index r = 0;
         for (; r + step <= block.rows; r += step)
-            dot_micro_tile<S, step, Keys>(block, q + r * d, k, v, scores + r * block.ld);
+            dot_micro_tile<S, step>(block, q + r * d, k, v, scores + r * block.ld);
         const int left = static_cast<int>(block.rows - r);
         q += r * d;
         scores += r * block.ld;
-        // Up to 3 rows left: 2 and 1 (see dot_remainder_keys for why not a shape each).
+        // Up to 3 rows left: 2 and 1, two shapes where a shape per remainder would be three.
         if (left >= 2) {
-            dot_micro_tile<S, 2, Keys>(block, q, k, v, scores);
+            dot_micro_tile<S, 2>(block, q, k, v, scores);
             q += 2 * d;
             scores += 2 * block.ld;
         }
         if (left % 2 == 1)
-            dot_micro_tile<S, 1, Keys>(block, q, k, v, scores);
-    }
-}
-
-/// The last `keys` keys of a block, fewer than a step's, in steps of `Keys`, then of half
-/// as many, down to 1: three shapes cover every remainder (5 = 4 + 1) where a shape per
-/// remainder would be 5. Every shape is compiled for every path and K/V type in every
-/// translation unit that calls `attention`, and the remainder is a block's last few keys.
-template <class S, int Keys, class KV>
-inline void dot_remainder_keys(index keys, const ScoreBlock<KV>& block, index j) noexcept
-{
-    if constexpr (Keys > 0) {
-        if (keys >= Keys) {
-            dot_key_step<S, Keys>(block, j);
-            j += Keys;
-            keys -= Keys;
-        }
-        dot_remainder_keys<S, Keys / 2>(keys, block, j);
+            dot_micro_tile<S, 1>(block, q, k, v, scores);
     }
 }
 
@@ -166,12 +134,8 @@ template <class S, class KV>
 STAR_OUT_OF_LINE inline void dot_scores(const ScoreBlock<KV>& block, index keys) noexcept
 {
     static_assert(dot_rows<S> == 4, "dot_key_step finishes up to 3 leftover rows");
-    static_assert(dot_keys<S> <= 8, "the remainder takes steps of 4, 2 and 1 keys");
-    constexpr int step = dot_keys<S>;
-    index j = 0;
-    for (; j + step <= keys; j += step)
-        dot_key_step<S, step>(block, j);
-    dot_remainder_keys<S, static_cast<int>(std::bit_floor(unsigned(step - 1)))>(keys - j, block, j);
+    for (index j = 0; j < keys; ++j)
+        dot_key_step<S>(block, j);
 }
 
 /// Folds one block of a row's scores (`n` of them, a whole number of vectors, `-inf` where
@@ -342,13 +306,12 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
         // block's memory keeps to one of K and V, and the first asks for the second's rows.
         for (index p = 0; p < pieces; ++p) {
             const DecodePiece<KV>& piece = ws.pieces[static_cast<std::size_t>(p)];
-            // Each key step asks for the next step's key rows where the run has them. Where
-            // it ends (a page's end), the next piece is elsewhere: its first rows are asked
-            // for here, a piece ahead.
-            constexpr index step = dot_keys<S>;
-            const bool keys_follow = piece.k_run_left - piece.keys >= step;
+            // Each key asks for the key rows `keys_ahead` further on where the run has them.
+            // Where it ends (a page's end), the next piece is elsewhere: its first rows are
+            // asked for here, a piece ahead.
+            const bool keys_follow = piece.k_run_left - piece.keys >= keys_ahead;
             if (!keys_follow)
-                prefetch_rows(ws.pieces[static_cast<std::size_t>(p + 1)], step, kv_heads,
+                prefetch_rows(ws.pieces[static_cast<std::size_t>(p + 1)], keys_ahead, kv_heads,
                               k_head_stride, v_head_stride, d);
             const ScoreBlock<KV> block{ws.queries.data(),
                                        piece.k_rows,
@@ -362,7 +325,7 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
                                        d,
                                        ws.scores.data() + piece.first,
                                        block_stride,
-                                       keys_follow ? step * piece.k_stride : 0};
+                                       keys_follow ? keys_ahead * piece.k_stride : 0};
             dot_scores<S>(block, piece.keys);
         }
         if constexpr (!std::same_as<T, NoTransform>)
