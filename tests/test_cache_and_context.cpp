@@ -63,7 +63,7 @@ TEST(KVCache, LaterAppendsMustKeepTheHeadLayout)
 // ---- Pages
 
 static_assert(KVCache<float>::default_page_tokens % 128 == 0,
-              "pages of the default size must not cut the kernel's 32-key blocks or 128-key tiles");
+              "pages of the default size must not cut the kernel's 64-key blocks or 128-key tiles");
 
 bool same_bytes(const Tensor3<float>& a, const Tensor3<float>& b)
 {

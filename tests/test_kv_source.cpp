@@ -145,7 +145,7 @@ TEST(PagedKV, OnePageIsBitIdenticalToContiguous)
     }
 }
 
-// The decode kernel reads a block of 32 keys across page ends in pieces, one per page, and
+// The decode kernel reads a block of 64 keys across page ends in pieces, one per page, and
 // adds each piece's values to the same accumulators key by key: pages of any size give the
 // bits of the contiguous cache. Head dims 64 (values read in place) and 40 (values widened
 // into a buffer first), a single query and 3 (12 rows per KV head), float and bf16.
@@ -633,7 +633,7 @@ TEST(KVSourceErrors, TokensFromMustLieInTheSource)
 // tokens. Against the double-precision reference always; bit for bit against the same K/V
 // laid out contiguously where the pages are a multiple of 128 tokens: the tile kernel
 // copies each 128-key tile run by run into the same buffer, and the decode kernel's
-// 32-key blocks and the split-KV slices (whole 128-key tiles) then start where they do
+// 64-key blocks and the split-KV slices (whole 128-key tiles) then start where they do
 // over the contiguous tensor, so the arithmetic and its order are the same. Pages of 7
 // cut the decode kernel's blocks, which changes the order of the sums: equal up to
 // rounding.

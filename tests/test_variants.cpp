@@ -226,7 +226,7 @@ void expect_matches_reference(const Shape& s, const Case& transform_case)
 }
 
 // Awkward sizes for each kernel: head_dim no multiple of any vector width, token counts no
-// multiple of a tile (128 keys, 256 rows) or a decode block (32 keys), grouped-query ratios
+// multiple of a tile (128 keys, 256 rows) or a decode block (64 keys), grouped-query ratios
 // of 1 and more, the non-power-of-two head counts of ALiBi's second rule.
 std::vector<Shape> shapes()
 {

@@ -37,7 +37,7 @@ class KVCache {
 
 public:
     /// Tokens per page unless the constructor is told otherwise: 256, a multiple of the
-    /// decode kernel's 32-key blocks and of the tile kernel's 128-key tiles, so that page
+    /// decode kernel's 64-key blocks and of the tile kernel's 128-key tiles, so that page
     /// ends cut neither (attention over the cache then gives bit for bit the result over the
     /// same K/V laid out contiguously), and large enough that a page of even one head of
     /// head_dim 64 in bf16 (32 KiB) is read at memory speed, yet small enough that the one

@@ -13,11 +13,37 @@
 // products", says what they cost. The queries are rounded unscaled, as a bf16 Q would come,
 // and the scale multiplies the float scores as they are stored.
 
+/// The decode kernel's dot product of a query row and a key row (decode_kernel.inl) on the
+/// bf16 dot-product atom `P`: the query rounded to bf16, unscaled, as the tile math rounds
+/// it, and the key read as it is stored: consecutive elements of a row are pairs already.
+template <class S, class P>
+struct Bf16Dot {
+    using query_type = Eigen::bfloat16;
+    /// Elements of the rows one madd takes: a vector of pairs.
+    static constexpr index step = 2 * S::width;
+
+    /// A query row as madd reads it: rounded to bf16, unscaled.
+    static void stage(const float* src, index d, float, Eigen::bfloat16* dst) noexcept
+    {
+        P::round_row(src, d, dst);
+    }
+    /// `acc` plus the products of `step` elements of a query row and of a key row, exact,
+    /// summed two by two into its lanes.
+    static typename S::reg madd(const Eigen::bfloat16* q, const Eigen::bfloat16* k,
+                                typename S::reg acc) noexcept
+    {
+        return P::madd(P::load_pairs(q), P::load_pairs(k), acc);
+    }
+    /// The score of a finished dot product: scaled here, as the tile math scales its scores.
+    static float score(float dot, float scale) noexcept { return dot * scale; }
+};
+
 /// Tile products of bf16 K/V on the bf16 dot-product atom `P`.
 template <class S, class P>
 class Bf16TileMath {
 public:
-    static constexpr bool queries_in_bf16 = true;
+    /// How the decode kernel multiplies: as this math does (see FloatTileMath).
+    using decode_dot = Bf16Dot<S, P>;
 
     Bf16TileMath(index tile_rows, index tile_keys, index d)
         : head_dim_(d), depth_pairs_((d + 1) / 2), padded_dim_(round_up(d, S::width)),

@@ -49,6 +49,30 @@ void widen_source(const KVPages<KV>& source, index head, index first, index coun
     }
 }
 
+/// The decode kernel's dot product of a query row and a key row (decode_kernel.inl) on
+/// float: the query staged as float, scaled, and the key widened to float as it is loaded.
+template <class S, class KV>
+struct FmaDot {
+    using query_type = float;
+    /// Elements of the rows one madd takes.
+    static constexpr index step = S::width;
+
+    /// A query row as madd reads it: `scale * src`.
+    static void stage(const float* src, index d, float scale, float* dst) noexcept
+    {
+        for (index c = 0; c < d; ++c)
+            dst[c] = scale * src[c];
+    }
+    /// `acc` plus the products of `step` elements of a query row and of a key row, summed
+    /// into its lanes.
+    static typename S::reg madd(const float* q, const KV* k, typename S::reg acc) noexcept
+    {
+        return S::fma(S::load(q), S::load(k), acc);
+    }
+    /// The score of a finished dot product: the query was scaled as it was staged.
+    static float score(float dot, float) noexcept { return dot; }
+};
+
 /// Float products: Q^T and K and V tiles copied as float. Keys and values are copied (bf16
 /// and half widened) even when they are float: one KV head's rows lie `kv_heads * d` apart
 /// (4 KB for 8 heads of 128 floats), so a tile's rows share a few L1 sets, and the
@@ -57,8 +81,9 @@ void widen_source(const KVPages<KV>& source, index head, index first, index coun
 template <class S, class KV>
 class FloatTileMath {
 public:
-    /// Whether the queries are rounded to bf16 (the decode kernel does as the tile math does).
-    static constexpr bool queries_in_bf16 = false;
+    /// How the decode kernel multiplies: as this math does, so that a call's result does not
+    /// depend on which of the two kernels its shape takes.
+    using decode_dot = FmaDot<S, KV>;
 
     FloatTileMath(index tile_rows, index tile_keys, index d)
         : head_dim_(d), padded_dim_(round_up(d, S::width)), values_ld_(padded_dim_ + row_skew),

@@ -35,6 +35,8 @@ struct Avx512Bf16Product {
     static constexpr index width = simd::width;
 
     static __m512i load_b(const bf16_pair* p) noexcept { return _mm512_loadu_si512(p); }
+    /// `2 * width` consecutive bf16 of a row, which are `width` pairs as they lie.
+    static __m512i load_pairs(const Eigen::bfloat16* p) noexcept { return _mm512_loadu_si512(p); }
     static __m512i broadcast_a(bf16_pair a) noexcept
     {
         return _mm512_set1_epi32(static_cast<int>(a));
