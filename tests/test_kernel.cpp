@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "isa_paths.hpp"
 #include "reference.hpp"
 
@@ -248,6 +250,55 @@ TEST(Kernel, Bfloat16KeysAndValues)
 {
     expect_matches_reference<Eigen::bfloat16>({1000, 1000, 8, 2, 64}, CausalMask{}, causal);
     expect_matches_reference<Eigen::bfloat16>({65, 65, 8, 1, 128}, NoMask{}, everything);
+}
+
+// bf16 queries are widened once and attended as float: on every path, the result is that
+// of the widened queries bit for bit, for prefill and decode shapes, views and sources.
+TEST(Kernel, Bfloat16QueriesGiveTheResultOfThoseQueriesWidened)
+{
+    const auto k = random_tensor<Eigen::bfloat16>(301, 2, 72);
+    const auto v = random_tensor<Eigen::bfloat16>(301, 2, 72);
+    const auto same_bits = [](const AttentionState& got, const AttentionState& want) {
+        ASSERT_EQ(got.output.size(), want.output.size());
+        EXPECT_TRUE(std::equal(got.output.data(), got.output.data() + got.output.size(),
+                               want.output.data()));
+        EXPECT_TRUE(std::equal(got.lse.data(), got.lse.data() + got.lse.size(), want.lse.data()));
+    };
+    for (const KernelIsa isa : supported_isas()) {
+        SCOPED_TRACE("path " + std::string(name(isa)));
+        const ForcedIsa forced(isa);
+        for (const index q_tokens : {1, 3, 301}) {
+            SCOPED_TRACE(q_tokens);
+            const auto q = random_tensor<Eigen::bfloat16>(q_tokens, 8, 72);
+            const Tensor3<float> widened = q.cast<float>();
+            const CausalMask mask{301 - q_tokens, 0};
+            const AttentionState want = attention(view(widened), view(k), view(v), mask);
+            same_bits(attention(view(q), view(k), view(v), mask), want);
+            same_bits(attention(view(q), KVPages<Eigen::bfloat16>(view(k)),
+                                KVPages<Eigen::bfloat16>(view(v)), mask),
+                      want);
+        }
+    }
+}
+
+TEST(Kernel, Bfloat16QueriesAreCheckedAsFloatOnesAre)
+{
+    const auto k = random_tensor<Eigen::bfloat16>(9, 2, 8);
+    auto q = random_tensor<Eigen::bfloat16>(4, 2, 8);
+    q(2, 1, 5) = Eigen::bfloat16(std::numeric_limits<float>::quiet_NaN());
+    expect_error([&] { (void)attention(view(q), view(k), view(k)); },
+                 "attention: q holds a non-finite value (nan) at token 2, head 1, element 5");
+    expect_error(
+        [&] {
+            (void)attention(view(q), KVPages<Eigen::bfloat16>(view(k)),
+                            KVPages<Eigen::bfloat16>(view(k)));
+        },
+        "attention: q holds a non-finite value (nan) at token 2, head 1, element 5");
+    const auto q3 = random_tensor<Eigen::bfloat16>(4, 3, 8);
+    expect_error([&] { (void)attention(view(q3), view(k), view(k)); },
+                 "attention: q has 3 heads, not a multiple of the 2 kv heads");
+    const auto q0 = random_tensor<Eigen::bfloat16>(4, 0, 8);
+    expect_error([&] { (void)attention(view(q0), view(k), view(k)); }, "attention: q has 0 heads");
 }
 
 TEST(Kernel, HalfKeysAndValues)

@@ -96,7 +96,7 @@ AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const
 /// Each visible scaled score passes through `transform` (score_transform.hpp: `SoftCap`,
 /// `Alibi`, or one of the caller's own) before the softmax; the default leaves it as is.
 ///
-/// Shapes: `q` is `[Lq, Hq, d]` (float), `k` and `v` are `[Lk, Hkv, d]` (float, bf16 or
+/// Shapes: `q` is `[Lq, Hq, d]` (float; bf16 in the overloads below), `k` and `v` are `[Lk, Hkv, d]` (float, bf16 or
 /// half), with `Hq` a multiple of `Hkv` (query head `h` uses KV head `h / (Hq / Hkv)`).
 /// Returns the normalised output `[Lq, Hq, d]` and the natural-log LSE `[Lq, Hq]` of the
 /// scaled scores; rows that see no key get output 0 and `lse = -inf`.
@@ -121,6 +121,45 @@ AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
     // The view's own words for a bad view (a source is described by its layout instead).
     (void)detail::check_qkv(q, k, v, options.scale, "attention");
     return attention(q, KVPages<KV>(k), KVPages<KV>(v), mask, options, transform);
+}
+
+namespace detail {
+/// bf16 queries checked as float ones are, and widened to float.
+inline Tensor3<float> widened_queries(const ConstView3<Eigen::bfloat16>& q,
+                                      const AttentionOptions& options)
+{
+    check_tensor(q, "q", "attention");
+    if (options.check_finite)
+        check_finite(q, "q", 0, "attention");
+    return q.cast<float>();
+}
+} // namespace detail
+
+/// `attention` of bf16 queries, as a model that runs in bf16 projects them, over K/V
+/// sources. The queries are widened to float once, one pass over `q` (the kernel makes one
+/// per key tile), then attended as above: the result is that of the widened queries, bit
+/// for bit. The path with bf16 products (avx512_bf16) rounds float queries to bf16 for
+/// them, so there bf16 queries lose nothing to the widening. The widened copy is transient,
+/// as large as the output.
+/// \throws star::error as the overload on float queries does, naming `q` the same way.
+template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
+AttentionState attention(const ConstView3<Eigen::bfloat16>& q, const KVPages<KV>& k,
+                         const KVPages<KV>& v, const M& mask = {},
+                         const AttentionOptions& options = {}, const T& transform = {})
+{
+    const Tensor3<float> widened = detail::widened_queries(q, options);
+    return attention(view(widened), k, v, mask, options, transform);
+}
+
+/// `attention` of bf16 queries over K/V views: as the overload on sources above.
+/// \throws star::error as the overload on float queries does.
+template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
+AttentionState attention(const ConstView3<Eigen::bfloat16>& q, const ConstView3<KV>& k,
+                         const ConstView3<KV>& v, const M& mask = {},
+                         const AttentionOptions& options = {}, const T& transform = {})
+{
+    const Tensor3<float> widened = detail::widened_queries(q, options);
+    return attention(view(widened), k, v, mask, options, transform);
 }
 
 } // namespace star
