@@ -117,10 +117,11 @@ void write_row(const TileJob<KV, M, T>& job, index token, index head, const floa
     const index d = job.q.dimension(2);
     float* o = job.out.output.data() + (token * job.q.dimension(1) + head) * d;
     if (sum > 0.0f) {
+        // No early exit, so that the loop is vectorised: a row is a handful of vectors.
         bool finite = true;
         for (index c = 0; c < d; ++c) {
             o[c] = acc[c] / sum;
-            finite = finite && std::isfinite(o[c]);
+            finite &= std::isfinite(o[c]);
         }
         if (!finite)
             overflow(token, head, "output");
