@@ -41,6 +41,11 @@ template <class T>
 concept KVElement =
     std::same_as<T, float> || std::same_as<T, Eigen::bfloat16> || std::same_as<T, Eigen::half>;
 
+/// Element types accepted for the queries of the kernel's `attention`: float, or bf16 as a
+/// model that runs in bf16 projects them.
+template <class T>
+concept QueryElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16>;
+
 namespace detail {
 
 /// A number for each K/V element type, the same in every program, so that hosts in

@@ -23,8 +23,8 @@ namespace star::detail {
 template <class KV, class M, class T>
 class AttentionCall {
 public:
-    AttentionCall(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
-                  const M& mask, const T& transform, float scale, KernelIsa isa)
+    AttentionCall(const Queries& q, const KVPages<KV>& k, const KVPages<KV>& v, const M& mask,
+                  const T& transform, float scale, KernelIsa isa)
         : q_(q), k_(k), v_(v), mask_(mask), transform_(transform),
           tile_task_(detail::tile_task<KV, M, T>(isa)),
           decode_task_(detail::decode_task<KV, M, T>(isa))
@@ -90,7 +90,7 @@ public:
 
 private:
     using Job = TileJob<KV, M, T>;
-    ConstView3<float> q_;
+    Queries q_;
     KVPages<KV> k_;
     KVPages<KV> v_;
     M mask_;

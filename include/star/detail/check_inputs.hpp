@@ -137,8 +137,8 @@ void check_source(const KVPages<KV>& s, const char* name, const char* where)
 }
 
 /// `check_qkv` of keys and values read from K/V sources.
-template <KVElement KV>
-float check_qkv(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
+template <class Q, KVElement KV>
+float check_qkv(const ConstView3<Q>& q, const KVPages<KV>& k, const KVPages<KV>& v,
                 std::optional<float> scale, const char* where)
 {
     check_tensor(q, "q", where);
@@ -171,8 +171,8 @@ void check_finite_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const
 }
 
 /// Checks the shapes of one attention call and returns the softmax scale to use.
-template <class KV>
-float check_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
+template <class Q, class KV>
+float check_qkv(const ConstView3<Q>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
                 std::optional<float> scale, const char* where)
 {
     // In a view's own words first; the rest is the same for every source.

@@ -32,6 +32,45 @@ struct TileShape {
     }
 };
 
+/// The queries of a call, `[tokens, heads, head_dim]`: float, or bf16 as a model that runs
+/// in bf16 projects them. The kernels read them a row at a time as they stage a tile, so a
+/// bf16 row is widened then (per_isa/tile_kernel.inl, `query_row`), into a row's buffer,
+/// and the tensor is never copied whole.
+class Queries {
+public:
+    Queries(const ConstView3<float>& q) noexcept // NOLINT: a view is its queries
+        : float_(q.data()), tokens_(q.dimension(0)), heads_(q.dimension(1)), dim_(q.dimension(2))
+    {
+    }
+    Queries(const ConstView3<Eigen::bfloat16>& q) noexcept // NOLINT: as above
+        : bf16_(q.data()), tokens_(q.dimension(0)), heads_(q.dimension(1)), dim_(q.dimension(2))
+    {
+    }
+
+    /// Tokens (0), heads (1) or head_dim (2), as a view's `dimension`.
+    [[nodiscard]] index dimension(int i) const noexcept
+    {
+        return i == 0 ? tokens_ : i == 1 ? heads_ : dim_;
+    }
+    /// The row of `token` and `head` if the queries are float, else null.
+    [[nodiscard]] const float* float_row(index token, index head) const noexcept
+    {
+        return float_ == nullptr ? nullptr : float_ + (token * heads_ + head) * dim_;
+    }
+    /// The row of `token` and `head` if the queries are bf16, else null.
+    [[nodiscard]] const Eigen::bfloat16* bf16_row(index token, index head) const noexcept
+    {
+        return bf16_ == nullptr ? nullptr : bf16_ + (token * heads_ + head) * dim_;
+    }
+
+private:
+    const float* float_ = nullptr; // one of the two
+    const Eigen::bfloat16* bf16_ = nullptr;
+    index tokens_;
+    index heads_;
+    index dim_;
+};
+
 /// One `attention` call, or one slice of its keys under split-KV, as its tasks see it.
 /// Task `t` takes KV head `t % kv_heads` and the pair of query tiles `t / kv_heads` and its
 /// mirror from the other end, so that under a causal mask every task carries about the
@@ -40,7 +79,7 @@ struct TileShape {
 /// score, so it sees a slice's scores as it would the whole's.
 template <class KV, class M, class T>
 struct TileJob {
-    const ConstView3<float>& q;
+    Queries q;
     const KVPages<KV>& k; // read run by run: see KVPages::run
     const KVPages<KV>& v;
     const M& mask;

@@ -75,8 +75,8 @@ std::size_t attention_workspace_bytes(index q_heads, index kv_heads, index head_
 /// same. `k` and `v` may have different layouts but must have the same tokens, heads and
 /// head_dim; to pair a contiguous view with another source, pass it as `KVPages<KV>(view)`.
 /// \throws star::error as the overload on views does.
-template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
-AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
+template <QueryElement Q, KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
+AttentionState attention(const ConstView3<Q>& q, const KVPages<KV>& k, const KVPages<KV>& v,
                          const M& mask = {}, const AttentionOptions& options = {},
                          const T& transform = {})
 {
@@ -87,7 +87,8 @@ AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const
         detail::check_finite(k, "k", 0, "attention");
         detail::check_finite(v, "v", 0, "attention");
     }
-    detail::AttentionCall<KV, M, T> call(q, k, v, mask, transform, scale, kernel_isa());
+    detail::AttentionCall<KV, M, T> call(detail::Queries(q), k, v, mask, transform, scale,
+                                         kernel_isa());
     detail::parallel_for(index{0}, call.tasks(), [&](index t) { call.run(t); });
     return call.result();
 }
@@ -96,8 +97,12 @@ AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const
 /// Each visible scaled score passes through `transform` (score_transform.hpp: `SoftCap`,
 /// `Alibi`, or one of the caller's own) before the softmax; the default leaves it as is.
 ///
-/// Shapes: `q` is `[Lq, Hq, d]` (float; bf16 in the overloads below), `k` and `v` are `[Lk, Hkv, d]` (float, bf16 or
-/// half), with `Hq` a multiple of `Hkv` (query head `h` uses KV head `h / (Hq / Hkv)`).
+/// Shapes: `q` is `[Lq, Hq, d]`, `k` and `v` are `[Lk, Hkv, d]`, with `Hq` a multiple of
+/// `Hkv` (query head `h` uses KV head `h / (Hq / Hkv)`). `q` is float or bf16 (as a model
+/// that runs in bf16 projects it: each row is widened to float as the kernel stages it, no
+/// copy of the whole; the result is that of the widened queries, bit for bit, and the path
+/// with bf16 products loses nothing, since it rounds float queries to bf16 anyway); `k` and
+/// `v` are float, bf16 or half.
 /// Returns the normalised output `[Lq, Hq, d]` and the natural-log LSE `[Lq, Hq]` of the
 /// scaled scores; rows that see no key get output 0 and `lse = -inf`.
 /// Query tiles are scheduled in pairs from both ends, so under a causal mask every task
@@ -113,53 +118,14 @@ AttentionState attention(const ConstView3<float>& q, const KVPages<KV>& k, const
 /// rejects (a `SoftCap` cap that is not finite and positive; `Alibi` slopes not one per
 /// query head, not finite, or so steep that a penalty would overflow float), or a
 /// `STAR_ISA` that names no path; star::runtime_failure when the arithmetic overflows float.
-template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
-AttentionState attention(const ConstView3<float>& q, const ConstView3<KV>& k,
-                         const ConstView3<KV>& v, const M& mask = {},
-                         const AttentionOptions& options = {}, const T& transform = {})
+template <QueryElement Q, KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
+AttentionState attention(const ConstView3<Q>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
+                         const M& mask = {}, const AttentionOptions& options = {},
+                         const T& transform = {})
 {
     // The view's own words for a bad view (a source is described by its layout instead).
     (void)detail::check_qkv(q, k, v, options.scale, "attention");
     return attention(q, KVPages<KV>(k), KVPages<KV>(v), mask, options, transform);
-}
-
-namespace detail {
-/// bf16 queries checked as float ones are, and widened to float.
-inline Tensor3<float> widened_queries(const ConstView3<Eigen::bfloat16>& q,
-                                      const AttentionOptions& options)
-{
-    check_tensor(q, "q", "attention");
-    if (options.check_finite)
-        check_finite(q, "q", 0, "attention");
-    return q.cast<float>();
-}
-} // namespace detail
-
-/// `attention` of bf16 queries, as a model that runs in bf16 projects them, over K/V
-/// sources. The queries are widened to float once, one pass over `q` (the kernel makes one
-/// per key tile), then attended as above: the result is that of the widened queries, bit
-/// for bit. The path with bf16 products (avx512_bf16) rounds float queries to bf16 for
-/// them, so there bf16 queries lose nothing to the widening. The widened copy is transient,
-/// as large as the output.
-/// \throws star::error as the overload on float queries does, naming `q` the same way.
-template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
-AttentionState attention(const ConstView3<Eigen::bfloat16>& q, const KVPages<KV>& k,
-                         const KVPages<KV>& v, const M& mask = {},
-                         const AttentionOptions& options = {}, const T& transform = {})
-{
-    const Tensor3<float> widened = detail::widened_queries(q, options);
-    return attention(view(widened), k, v, mask, options, transform);
-}
-
-/// `attention` of bf16 queries over K/V views: as the overload on sources above.
-/// \throws star::error as the overload on float queries does.
-template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
-AttentionState attention(const ConstView3<Eigen::bfloat16>& q, const ConstView3<KV>& k,
-                         const ConstView3<KV>& v, const M& mask = {},
-                         const AttentionOptions& options = {}, const T& transform = {})
-{
-    const Tensor3<float> widened = detail::widened_queries(q, options);
-    return attention(view(widened), k, v, mask, options, transform);
 }
 
 } // namespace star

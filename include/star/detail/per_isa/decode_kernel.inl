@@ -208,6 +208,7 @@ struct DecodeWorkspace {
     scratch<float> sum;               // [kv head, row]
     scratch<float> scores;            // [kv head, row, block keys]
     scratch<float> values;            // [block keys, padded_dim], when V can't be read in place
+    scratch<float> query_row;         // [head_dim]: a bf16 query row, widened
     std::array<DecodePiece<KV>, decode_block_keys + 1> pieces; // the block's, the next's first
 
     DecodeWorkspace(index kv_heads, index rows_per_head, index d)
@@ -218,7 +219,8 @@ struct DecodeWorkspace {
           sum(static_cast<std::size_t>(kv_heads * rows), 0.0f),
           scores(static_cast<std::size_t>(kv_heads * rows * round_up(decode_block_keys, S::width))),
           values(values_in_place() ? 0 : static_cast<std::size_t>(decode_block_keys * padded_dim),
-                 0.0f)
+                 0.0f),
+          query_row(static_cast<std::size_t>(d))
     {
     }
 
@@ -229,8 +231,8 @@ struct DecodeWorkspace {
     [[nodiscard]] std::size_t bytes() const noexcept
     {
         return sizeof(DecodeQuery<KV>) * queries.size() +
-               sizeof(float) *
-                   (accumulator.size() + max.size() + sum.size() + scores.size() + values.size());
+               sizeof(float) * (accumulator.size() + max.size() + sum.size() + scores.size() +
+                                values.size() + query_row.size());
     }
 };
 
@@ -298,8 +300,9 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
     // Row r of KV head h is query token r / group, head h * group + r % group.
     for (index h = 0; h < kv_heads; ++h)
         for (index r = 0; r < rows; ++r)
-            DecodeDot<KV>::stage(q.data() + ((r / group) * q_heads + h * group + r % group) * d, d,
-                                 job.scale, ws.queries.data() + (h * rows + r) * d);
+            DecodeDot<KV>::stage(
+                query_row<S>(q, r / group, h * group + r % group, ws.query_row.data()), d,
+                job.scale, ws.queries.data() + (h * rows + r) * d);
 
     for (index k_first = job.key_begin; k_first < job.key_end; k_first += decode_block_keys) {
         const index k_count = std::min(decode_block_keys, job.key_end - k_first);

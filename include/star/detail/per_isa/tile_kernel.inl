@@ -15,6 +15,7 @@ struct Workspace {
     index padded_dim;        // head_dim rounded up to a vector
     scratch<float> scores_t; // [keys rounded up to even, query rows rounded up to a vector + skew]
     scratch<float> accumulator; // [rows, padded_dim]
+    scratch<float> query_row;   // [head_dim]: a bf16 query row, widened
     OnlineSoftmax<S> softmax;
     TileMath<KV> math; // the staged Q, K and V, and the products
 
@@ -23,17 +24,28 @@ struct Workspace {
           scores_t(static_cast<std::size_t>(round_up(tile_keys, 2) *
                                             (round_up(tile_rows, S::width) + row_skew))),
           accumulator(static_cast<std::size_t>(tile_rows * padded_dim)),
-          math(tile_rows, tile_keys, d)
+          query_row(static_cast<std::size_t>(d)), math(tile_rows, tile_keys, d)
     {
     }
 
     /// Memory held, in bytes.
     [[nodiscard]] std::size_t bytes() const noexcept
     {
-        return sizeof(float) * (scores_t.size() + accumulator.size()) + softmax.bytes() +
-               math.bytes();
+        return sizeof(float) * (scores_t.size() + accumulator.size() + query_row.size()) +
+               softmax.bytes() + math.bytes();
     }
 };
+
+/// Query row `token`, `head` as float: in place, or a bf16 row widened into `buffer` (room
+/// for head_dim floats) through the atom's converting load.
+template <class S>
+const float* query_row(const Queries& q, index token, index head, float* buffer) noexcept
+{
+    if (const float* row = q.float_row(token, head))
+        return row;
+    widen_rows<S>(q.bf16_row(token, head), 0, 1, q.dimension(2), buffer, 0);
+    return buffer;
+}
 
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
 /// against the job's keys that its mask allows, written into the job's output.
@@ -54,10 +66,9 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
     const index first_head = kv_head * group;
     const index tile_keys = job.tiles.keys;
 
-    const index d = q.dimension(2);
     ws.math.stage_queries(
         [&](index r) {
-            return q.data() + ((q_first + r / group) * q_heads + first_head + r % group) * d;
+            return query_row<S>(q, q_first + r / group, first_head + r % group, ws.query_row.data());
         },
         rows, ld, job.scale);
     std::fill_n(ws.accumulator.begin(), rows * ws.padded_dim, 0.0f);
