@@ -24,6 +24,10 @@
 ///                            per score, which the summary sets beside the kernel's own per
 ///                            score computed (BM_Transform/none/prefill) - a ratio that the
 ///                            load of other processes disturbs far less than two long runs.
+///  * `BM_Output/<new_state|into_float|into_bf16>`  a causal bf16 prefill of 2K tokens (best
+///                            path, one thread, BM_Path's heads), its result in a new state
+///                            (`attention`) or in reused caller memory, float or bf16
+///                            (`attention_into`): the cost of fresh output memory.
 ///  * `BM_TileProduct/star/<isa>/<B>/MxNxK`, `BM_TileProduct/onednn/<type>/MxNxK`  the
 ///                            kernel's register-blocked product (`detail::tile_gemm`: A float,
 ///                            B float or bf16 widened as loaded; on avx512_bf16 with bf16 B,
@@ -385,6 +389,58 @@ void BM_Transform(benchmark::State& state, TransformKind kind, bool decode)
         });
     };
     run(); // warm-up, as in BM_Path
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state)
+        run();
+    report_foreign_load(state, load);
+}
+
+/// Where BM_Output's result goes.
+enum class OutputKind { new_state, into_float, into_bf16 };
+
+constexpr std::array<std::pair<OutputKind, const char*>, 3> kOutputs{
+    {{OutputKind::new_state, "new_state"},
+     {OutputKind::into_float, "into_float"},
+     {OutputKind::into_bf16, "into_bf16"}}};
+
+/// `BM_Output/<kind>`: a causal bf16 prefill of kTransformPrefillTokens on the best path,
+/// one thread, its result in a new state (`attention`), or in float or bf16 memory of the
+/// caller's, reused from call to call (`attention_into`): what the first touch of fresh
+/// output memory costs, side by side.
+void BM_Output(benchmark::State& state, OutputKind kind)
+{
+    const Index tokens = kTransformPrefillTokens;
+    const PathInputs<Eigen::bfloat16>& in = path_inputs<Eigen::bfloat16>(tokens, tokens);
+    const star::AttentionOptions options{.check_finite = false};
+    star::Tensor3<float> output(tokens, kPathQHeads, kPathHeadDim);
+    star::Tensor3<Eigen::bfloat16> rounded(tokens, kPathQHeads, kPathHeadDim);
+    star::Tensor2f lse(tokens, kPathQHeads);
+    tbb::task_arena arena(1);
+    const auto run = [&] {
+        arena.execute([&] {
+            const auto q = star::view(in.q);
+            const auto k = star::view(in.k);
+            const auto v = star::view(in.v);
+            switch (kind) {
+            case OutputKind::new_state: {
+                star::AttentionState out = star::attention(q, k, v, star::CausalMask{}, options);
+                benchmark::DoNotOptimize(out.output.data());
+                break;
+            }
+            case OutputKind::into_float:
+                star::attention_into(star::View3<float>(output), star::View2f(lse), q, k, v,
+                                     star::CausalMask{}, options);
+                break;
+            case OutputKind::into_bf16:
+                star::attention_into(star::View3<Eigen::bfloat16>(rounded), star::View2f(lse), q, k,
+                                     v, star::CausalMask{}, options);
+                break;
+            }
+            benchmark::ClobberMemory();
+        });
+    };
+    run(); // warm-up, as in BM_Path; it also touches the reused buffers once
     wait_for_quiet(state);
     const ForeignLoad load;
     for (auto _ : state)
@@ -1315,6 +1371,12 @@ void register_all()
                 ->UseRealTime()
                 ->MinTime(kMinTime)
                 ->Repetitions(kRepetitions);
+    for (const auto& [kind, name] : kOutputs)
+        benchmark::RegisterBenchmark((std::string("BM_Output/") + name).c_str(), &BM_Output, kind)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime()
+            ->MinTime(kMinTime)
+            ->Repetitions(kRepetitions);
     for (const auto& [kind, name] : kTransforms)
         if (kind != TransformKind::none)
             benchmark::RegisterBenchmark((std::string("BM_TransformTile/") + name).c_str(),

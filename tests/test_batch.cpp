@@ -171,6 +171,41 @@ TEST_P(Batch, PackedSequencesAreEachAttendedAlone)
     EXPECT_LE(dev.lse, tol.lse);
 }
 
+// bf16 queries, as a model running in bf16 projects them: each sequence of a batch and of
+// a packed call is what attention gives its queries alone, bit for bit.
+TEST_P(Batch, Bfloat16QueriesAreAttendedAsAloneToo)
+{
+    const ForcedIsa forced(GetParam());
+    const std::vector<Request> requests = mixed_requests();
+    std::vector<Tensor3<Eigen::bfloat16>> queries;
+    for (const Request& r : requests)
+        queries.push_back(r.q.cast<Eigen::bfloat16>());
+    std::vector<BatchedSequence<float, NoMask, NoTransform, Eigen::bfloat16>> batch;
+    for (std::size_t s = 0; s < requests.size(); ++s)
+        batch.push_back({view(queries[s]), view(requests[s].k), view(requests[s].v)});
+    const std::vector<AttentionState> together = attention_batch(batch);
+    ASSERT_EQ(together.size(), requests.size());
+    for (std::size_t s = 0; s < requests.size(); ++s)
+        EXPECT_TRUE(same_bits(
+            together[s], attention(view(queries[s]), view(requests[s].k), view(requests[s].v))))
+            << "sequence " << s;
+
+    const std::vector<index> starts = {0, 130, 131, 431};
+    const auto q = random_tensor<Eigen::bfloat16>(431, 6, 36);
+    const auto k = random_tensor<Eigen::bfloat16>(431, 2, 36);
+    const auto v = random_tensor<Eigen::bfloat16>(431, 2, 36);
+    const AttentionState packed =
+        attention_packed(view(q), view(k), view(v), std::span<const index>(starts));
+    for (std::size_t s = 0; s + 1 < starts.size(); ++s) {
+        const index first = starts[s], count = starts[s + 1] - first;
+        EXPECT_TRUE(same_bits(rows_of(packed, first, count),
+                              attention(token_slice(view(q), first, count),
+                                        token_slice(view(k), first, count),
+                                        token_slice(view(v), first, count), CausalMask{})))
+            << "packed sequence " << s;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryPath, Batch, ::testing::ValuesIn(supported_isas()), isa_name);
 
 TEST(BatchThreads, ResultsDoNotDependOnTheThreadCount)

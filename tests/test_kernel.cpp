@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <type_traits>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -299,6 +302,154 @@ TEST(Kernel, Bfloat16QueriesAreCheckedAsFloatOnesAre)
                  "attention: q has 3 heads, not a multiple of the 2 kv heads");
     const auto q0 = random_tensor<Eigen::bfloat16>(4, 0, 8);
     expect_error([&] { (void)attention(view(q0), view(k), view(k)); }, "attention: q has 0 heads");
+}
+
+// attention_into writes what attention returns: bit for bit into float memory, rounded
+// once into bf16 memory, on every path, for prefill and decode shapes with and without
+// split keys, views and sources, float and bf16 queries. The memory is filled with NaN
+// first, so that a row left unwritten would show.
+TEST(Kernel, IntoCallerMemoryGivesWhatAttentionReturns)
+{
+    const auto k = random_tensor<Eigen::bfloat16>(1100, 2, 72);
+    const auto v = random_tensor<Eigen::bfloat16>(1100, 2, 72);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const auto same = [](const auto* got, const float* want, index count) {
+        for (index i = 0; i < count; ++i)
+            if (std::bit_cast<std::uint32_t>(static_cast<float>(got[i])) !=
+                std::bit_cast<std::uint32_t>(
+                    static_cast<float>(static_cast<std::remove_cvref_t<decltype(got[i])>>(want[i]))))
+                return false;
+        return true;
+    };
+    for (const KernelIsa isa : supported_isas()) {
+        SCOPED_TRACE("path " + std::string(name(isa)));
+        const ForcedIsa forced(isa);
+        // 1 and 3 tokens: the decode kernel, its keys split; 20: one query tile, keys
+        // split; 301: several tiles.
+        for (const index q_tokens : {1, 3, 20, 301}) {
+            SCOPED_TRACE(q_tokens);
+            const auto q = random_tensor<Eigen::bfloat16>(q_tokens, 8, 72);
+            const Tensor3<float> q_float = q.cast<float>();
+            const CausalMask mask{1100 - q_tokens, 0};
+            const AttentionState want = attention(view(q_float), view(k), view(v), mask);
+            Tensor3<float> output(q_tokens, 8, 72);
+            Tensor3<Eigen::bfloat16> rounded(q_tokens, 8, 72);
+            Tensor2f lse(q_tokens, 8);
+            const auto expect_written = [&](const char* what) {
+                SCOPED_TRACE(what);
+                EXPECT_TRUE(same(output.data(), want.output.data(), want.output.size()));
+                EXPECT_TRUE(same(rounded.data(), want.output.data(), want.output.size()));
+                EXPECT_TRUE(same(lse.data(), want.lse.data(), want.lse.size()));
+                output.setConstant(nan);
+                rounded.setConstant(Eigen::bfloat16(nan));
+                lse.setConstant(nan);
+            };
+            output.setConstant(nan);
+            rounded.setConstant(Eigen::bfloat16(nan));
+            lse.setConstant(nan);
+            attention_into(View3<float>(output), View2f(lse), view(q_float), view(k), view(v), mask);
+            attention_into(View3<Eigen::bfloat16>(rounded), View2f(lse), view(q_float), view(k),
+                           view(v), mask);
+            expect_written("float queries, views");
+            attention_into(View3<float>(output), View2f(lse), view(q), view(k), view(v), mask);
+            attention_into(View3<Eigen::bfloat16>(rounded), View2f(lse), view(q),
+                           KVPages<Eigen::bfloat16>(view(k)), KVPages<Eigen::bfloat16>(view(v)),
+                           mask);
+            expect_written("bf16 queries, views and sources");
+        }
+    }
+}
+
+// A bad output is refused before anything is written: a wrong shape, null memory, or
+// memory that overlaps the other output or an input (which the kernel would overwrite
+// before reading it), through a paged source too.
+TEST(Kernel, IntoCallerMemoryChecksItsOutputs)
+{
+    const auto q = random_tensor<float>(4, 4, 8);
+    auto k = random_tensor<float>(32, 2, 8);
+    const auto v = random_tensor<float>(32, 2, 8);
+    Tensor3<float> output(4, 4, 8);
+    Tensor2f lse(4, 4);
+    output.setConstant(7.0f);
+    lse.setConstant(7.0f);
+    const auto untouched = [&] {
+        const auto is_seven = [](float x) { return x == 7.0f; };
+        EXPECT_TRUE(std::all_of(output.data(), output.data() + output.size(), is_seven));
+        EXPECT_TRUE(std::all_of(lse.data(), lse.data() + lse.size(), is_seven));
+    };
+    const auto into = [&](const View3<float>& o, const View2f& l, const ConstView3<float>& queries) {
+        attention_into(o, l, queries, view(k), view(v));
+    };
+    expect_error([&] { into(View3<float>(output.data(), 4, 4, 7), View2f(lse), view(q)); },
+                 "attention_into: output is [4, 4, 7] but the queries need [4, 4, 8]");
+    expect_error([&] { into(View3<float>(output), View2f(lse.data(), 4, 2), view(q)); },
+                 "attention_into: lse is [4, 2] but the queries need [4, 4]");
+    expect_error([&] { into(View3<float>(nullptr, 4, 4, 8), View2f(lse), view(q)); },
+                 "attention_into: output views null memory but has 128 elements");
+    expect_error([&] { into(View3<float>(output), View2f(nullptr, 4, 4), view(q)); },
+                 "attention_into: lse views null memory but has 16 elements");
+    expect_error([&] { into(View3<float>(output), View2f(output.data() + 100, 4, 4), view(q)); },
+                 "attention_into: output and lse overlap");
+    untouched();
+    // In place over the queries, as an engine reusing its buffers might try.
+    Tensor3<float> q_copy = q;
+    expect_error(
+        [&] { into(View3<float>(q_copy), View2f(lse), ConstView3<float>(q_copy.data(), 4, 4, 8)); },
+        "attention_into: output overlaps q: the kernel would overwrite inputs it has yet to read");
+    EXPECT_TRUE(std::equal(q_copy.data(), q_copy.data() + q_copy.size(), q.data()));
+    expect_error([&] { into(View3<float>(k.data() + 5, 4, 4, 8), View2f(lse), view(q)); },
+                 "attention_into: output overlaps k");
+    expect_error(
+        [&] {
+            into(View3<float>(output), View2f(const_cast<float*>(v.data()) + 490, 4, 4), view(q));
+        },
+        "attention_into: lse overlaps v");
+    // Keys in pages 3, 0, 2, 1 of a pool: only the bytes of a page the source uses count.
+    std::vector<float> pool(static_cast<std::size_t>(4 * 8 * 2 * 8 + 200));
+    const std::vector<std::int32_t> table{3, 0, 2, 1};
+    const auto paged = paged_kv<float>(table, pool.data(), 4, 8, 32, 2, 8);
+    const auto into_paged = [&](float* o) {
+        attention_into(View3<float>(o, 4, 4, 8), View2f(lse), view(q), paged, paged);
+    };
+    expect_error([&] { into_paged(pool.data() + 3 * 128 + 100); }, "output overlaps k");
+    into_paged(pool.data() + 4 * 128); // past the pool's last page
+    // A failed finiteness check writes nothing either.
+    output.setConstant(7.0f);
+    lse.setConstant(7.0f);
+    k(3, 1, 2) = std::numeric_limits<float>::infinity();
+    expect_error([&] { into(View3<float>(output), View2f(lse), view(q)); },
+                 "attention_into: k holds a non-finite value (inf) at token 3, head 1, element 2");
+    untouched();
+}
+
+// A float result beyond bf16's range (slightly smaller than float's) is an overflow of
+// a bf16 output, on the path that writes rows and on the merge of split keys alike: one
+// key of value 3.4e38 takes all the weight.
+TEST(Kernel, IntoBfloat16MemoryRefusesWhatBfloat16CannotHold)
+{
+    for (const index keys : {8, 1100}) {
+        SCOPED_TRACE(keys);
+        Tensor3<float> q(1, 2, 8);
+        q.setConstant(1.0f);
+        auto k = random_tensor<float>(keys, 1, 8);
+        Tensor3<float> v(keys, 1, 8);
+        v.setZero();
+        for (index c = 0; c < 8; ++c) {
+            k(keys / 2, 0, c) = 100.0f;
+            v(keys / 2, 0, c) = 3.4e38f;
+        }
+        Tensor3<float> output(1, 2, 8);
+        Tensor3<Eigen::bfloat16> rounded(1, 2, 8);
+        Tensor2f lse(1, 2);
+        attention_into(View3<float>(output), View2f(lse), view(q), view(k), view(v));
+        EXPECT_EQ(output(0, 1, 7), 3.4e38f);
+        expect_error(
+            [&] {
+                attention_into(View3<Eigen::bfloat16>(rounded), View2f(lse), view(q), view(k),
+                               view(v));
+            },
+            "attention: the output of query token 0, head 0 overflow bf16");
+    }
 }
 
 TEST(Kernel, HalfKeysAndValues)

@@ -86,8 +86,38 @@ inline void merge_into(AttentionState& acc, const AttentionState& part)
     }
 }
 
-/// The state over the union of the key sets of `parts`, in one max-stabilised pass:
+namespace detail {
+
+/// Row `r` (token-major: `token * heads + head`) of the merge of `parts`, written into the
+/// `head_dim` floats at `o`; returns its LSE. One max-stabilised pass:
 /// `m = max lse_i, lse = m + log sum exp(lse_i - m), o = sum exp(lse_i - lse) o_i`.
+inline float merge_row(std::span<const AttentionState> parts, index r, float* o)
+{
+    const index d = parts.front().output.dimension(2);
+    Eigen::Map<Eigen::VectorXf> row(o, d);
+    row.setZero();
+    float m = -std::numeric_limits<float>::infinity();
+    for (const auto& p : parts)
+        m = std::max(m, p.lse.data()[r]);
+    if (m == -std::numeric_limits<float>::infinity())
+        return m;
+    float total = 0.0f;
+    for (const auto& p : parts)
+        total += std::exp(p.lse.data()[r] - m);
+    // Weights relative to m, not to the rounded lse: near |lse| = 1000 a float lse is
+    // off by up to 3e-5, and exp(lse_i - lse) would carry that into every weight.
+    for (const auto& p : parts) {
+        const float w = std::exp(p.lse.data()[r] - m) / total;
+        if (w != 0.0f)
+            row += w * Eigen::Map<const Eigen::VectorXf>(p.output.data() + r * d, d);
+    }
+    return m + std::log(total);
+}
+
+} // namespace detail
+
+/// The state over the union of the key sets of `parts`, in one max-stabilised pass
+/// per row (detail::merge_row).
 inline AttentionState merge(std::span<const AttentionState> parts)
 {
     if (parts.empty())
@@ -97,26 +127,8 @@ inline AttentionState merge(std::span<const AttentionState> parts)
     const Shape s = parts.front().shape();
     AttentionState result(s.tokens, s.heads, s.head_dim);
     const index rows = result.lse.size();
-    const index d = s.head_dim;
-    for (index r = 0; r < rows; ++r) {
-        float m = -std::numeric_limits<float>::infinity();
-        for (const auto& p : parts)
-            m = std::max(m, p.lse.data()[r]);
-        if (m == -std::numeric_limits<float>::infinity())
-            continue;
-        float total = 0.0f;
-        for (const auto& p : parts)
-            total += std::exp(p.lse.data()[r] - m);
-        // Weights relative to m, not to the rounded lse: near |lse| = 1000 a float lse is
-        // off by up to 3e-5, and exp(lse_i - lse) would carry that into every weight.
-        Eigen::Map<Eigen::VectorXf> o(result.output.data() + r * d, d);
-        for (const auto& p : parts) {
-            const float w = std::exp(p.lse.data()[r] - m) / total;
-            if (w != 0.0f)
-                o += w * Eigen::Map<const Eigen::VectorXf>(p.output.data() + r * d, d);
-        }
-        result.lse.data()[r] = m + std::log(total);
-    }
+    for (index r = 0; r < rows; ++r)
+        result.lse.data()[r] = detail::merge_row(parts, r, result.output.data() + r * s.head_dim);
     return result;
 }
 

@@ -36,6 +36,15 @@ using Tensor2f = Eigen::Tensor<float, 2, Eigen::RowMajor, index>;
 template <class T>
 using ConstView3 = Eigen::TensorMap<const Tensor3<T>>;
 
+/// Writable view of caller memory laid out as `[tokens, heads, head_dim]`: where
+/// `attention_into` writes its output. Over an owning tensor: `View3<float>(tensor)`.
+template <class T>
+using View3 = Eigen::TensorMap<Tensor3<T>>;
+
+/// Writable view of caller memory laid out as `[tokens, heads]`: where `attention_into`
+/// writes the LSE.
+using View2f = Eigen::TensorMap<Tensor2f>;
+
 /// Element types accepted for keys and values.
 template <class T>
 concept KVElement =
@@ -45,6 +54,11 @@ concept KVElement =
 /// model that runs in bf16 projects them.
 template <class T>
 concept QueryElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16>;
+
+/// Element types `attention_into` writes its output in: float, or bf16 as a model that
+/// runs in bf16 feeds it to its next projection.
+template <class T>
+concept OutputElement = std::same_as<T, float> || std::same_as<T, Eigen::bfloat16>;
 
 namespace detail {
 

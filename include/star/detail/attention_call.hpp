@@ -14,26 +14,26 @@
 #include "../state.hpp"
 #include "../tensor.hpp"
 #include "kernels.hpp"
+#include "outputs.hpp"
 #include "tile_job.hpp"
 
 namespace star::detail {
 
-/// The tasks of one kernel call on checked inputs. Its jobs refer to its own members, so it
-/// neither moves nor copies; it must outlive the running of its tasks.
+/// The tasks of one kernel call on checked inputs, writing into `out` (sized for the
+/// queries). Its jobs refer to its own members, so it neither moves nor copies; it must
+/// outlive the running of its tasks, and `finish` must follow them.
 template <class KV, class M, class T>
 class AttentionCall {
 public:
     AttentionCall(const Queries& q, const KVPages<KV>& k, const KVPages<KV>& v, const M& mask,
-                  const T& transform, float scale, KernelIsa isa)
-        : q_(q), k_(k), v_(v), mask_(mask), transform_(transform),
+                  const T& transform, float scale, KernelIsa isa, const Outputs& out)
+        : q_(q), k_(k), v_(v), mask_(mask), transform_(transform), out_(out),
           tile_task_(detail::tile_task<KV, M, T>(isa)),
           decode_task_(detail::decode_task<KV, M, T>(isa))
     {
         const index q_tokens = q.dimension(0);
-        if (q_tokens == 0) {
-            parts_.emplace_back(0, q.dimension(1), q.dimension(2));
+        if (q_tokens == 0)
             return;
-        }
         const index kv_heads = k.heads();
         const index group = q.dimension(1) / kv_heads;
         const TileShape tiles;
@@ -47,17 +47,21 @@ public:
         // a pair of query tiles.
         tasks_per_job_ = decode_ ? 1 : (query_tiles + 1) / 2 * kv_heads;
         // Split-KV: one state per slice of the keys, then the exact merge. Slices are whole
-        // tiles, so the tiles are the same as without splitting.
+        // tiles, so the tiles are the same as without splitting. A single slice writes
+        // straight into `out`.
         const index slice_tiles = (key_count + splits * tiles.keys - 1) / (splits * tiles.keys);
         const index slice_keys = std::max<index>(1, slice_tiles * tiles.keys);
         const index slices = std::max<index>(1, (key_count + slice_keys - 1) / slice_keys);
-        parts_.reserve(static_cast<std::size_t>(slices)); // jobs refer to the parts
         jobs_.reserve(static_cast<std::size_t>(slices));
+        if (slices > 1)
+            parts_.reserve(static_cast<std::size_t>(slices));
         for (index s = 0; s < slices; ++s) {
             const index first = s * slice_keys;
-            parts_.emplace_back(q_tokens, q.dimension(1), q.dimension(2));
-            jobs_.push_back(Job{q_, k_, v_, mask_, transform_, scale, tiles, tile_tokens, query_tiles,
-                                first, std::min(first + slice_keys, key_count), parts_.back()});
+            if (slices > 1)
+                parts_.push_back(unfilled_state(q_tokens, q.dimension(1), q.dimension(2)));
+            jobs_.push_back(Job{q_, k_, v_, mask_, transform_, scale, tiles, tile_tokens,
+                                query_tiles, first, std::min(first + slice_keys, key_count),
+                                slices > 1 ? Outputs(parts_.back()) : out_});
         }
     }
 
@@ -80,12 +84,12 @@ public:
             tile_task_(job, task % tasks_per_job_);
     }
 
-    /// The call's output and LSE, once every task has run: the parts merged exactly.
-    [[nodiscard]] AttentionState result()
+    /// Completes the call's output once every task has run: merges the parts exactly,
+    /// if the keys were split.
+    void finish() const
     {
-        if (parts_.size() == 1)
-            return std::move(parts_.front());
-        return merge(parts_);
+        if (!parts_.empty())
+            merge_parts(out_, parts_);
     }
 
 private:
@@ -95,11 +99,12 @@ private:
     KVPages<KV> v_;
     M mask_;
     T transform_;
+    Outputs out_;
     TileTask<KV, M, T> tile_task_;
     DecodeTask<KV, M, T> decode_task_;
     bool decode_ = false;
     index tasks_per_job_ = 1;
-    std::vector<AttentionState> parts_;
+    std::vector<AttentionState> parts_; // reserved before the jobs refer to them
     std::vector<Job> jobs_;
 };
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -180,6 +181,68 @@ float check_qkv(const ConstView3<Q>& q, const ConstView3<KV>& k, const ConstView
     check_tensor(k, "k", where);
     check_tensor(v, "v", where);
     return check_qkv(q, KVPages<KV>(k), KVPages<KV>(v), scale, where);
+}
+
+/// Whether the `bytes` at `a` and the `other_bytes` at `b` share a byte. Compared as
+/// addresses, since the two need not lie in one object.
+inline bool overlap(const void* a, std::size_t bytes, const void* b, std::size_t other_bytes)
+{
+    const auto first = reinterpret_cast<std::uintptr_t>(a);
+    const auto other = reinterpret_cast<std::uintptr_t>(b);
+    return bytes > 0 && other_bytes > 0 && first < other + other_bytes && other < first + bytes;
+}
+
+/// Whether the `bytes` at `p` share a byte with a row of `s`: page by page, each page's
+/// span from its first row to its last.
+template <KVElement KV>
+bool overlap(const void* p, std::size_t bytes, const KVPages<KV>& s)
+{
+    const index head_span = (s.heads() - 1) * s.layout().head_stride + s.head_dim();
+    for (index t = 0; t < s.tokens();) {
+        const auto run = s.run(t, s.tokens());
+        const index elements = (run.length - 1) * run.token_stride + head_span;
+        if (overlap(p, bytes, run.first, static_cast<std::size_t>(elements) * sizeof(KV)))
+            return true;
+        t += run.length;
+    }
+    return false;
+}
+
+/// Checks where `attention_into` writes: `output` `[Lq, Hq, d]` and `lse` `[Lq, Hq]` for
+/// the checked queries `q`, in memory of their own, apart from each other and from q, k
+/// and v (the kernel would overwrite inputs it has yet to read).
+template <class O, class Q, KVElement KV>
+void check_outputs(const View3<O>& output, const View2f& lse, const ConstView3<Q>& q,
+                   const KVPages<KV>& k, const KVPages<KV>& v, const char* where)
+{
+    if (output.dimension(0) != q.dimension(0) || output.dimension(1) != q.dimension(1) ||
+        output.dimension(2) != q.dimension(2))
+        fail(where, ": output is [", output.dimension(0), ", ", output.dimension(1), ", ",
+             output.dimension(2), "] but the queries need [", q.dimension(0), ", ", q.dimension(1),
+             ", ", q.dimension(2), "]");
+    if (lse.dimension(0) != q.dimension(0) || lse.dimension(1) != q.dimension(1))
+        fail(where, ": lse is [", lse.dimension(0), ", ", lse.dimension(1),
+             "] but the queries need [", q.dimension(0), ", ", q.dimension(1), "]");
+    if (output.size() > 0 && output.data() == nullptr)
+        fail(where, ": output views null memory but has ", output.size(), " elements");
+    if (lse.size() > 0 && lse.data() == nullptr)
+        fail(where, ": lse views null memory but has ", lse.size(), " elements");
+    const auto output_bytes = static_cast<std::size_t>(output.size()) * sizeof(O);
+    const auto lse_bytes = static_cast<std::size_t>(lse.size()) * sizeof(float);
+    const auto q_bytes = static_cast<std::size_t>(q.size()) * sizeof(Q);
+    if (overlap(output.data(), output_bytes, lse.data(), lse_bytes))
+        fail(where, ": output and lse overlap");
+    const auto refuse_overlap = [&](const char* name, const void* memory, std::size_t bytes) {
+        const char* input = overlap(memory, bytes, q.data(), q_bytes) ? "q"
+                            : overlap(memory, bytes, k)               ? "k"
+                            : overlap(memory, bytes, v)               ? "v"
+                                                                      : nullptr;
+        if (input != nullptr)
+            fail(where, ": ", name, " overlaps ", input,
+                 ": the kernel would overwrite inputs it has yet to read");
+    };
+    refuse_overlap("output", output.data(), output_bytes);
+    refuse_overlap("lse", lse.data(), lse_bytes);
 }
 
 } // namespace star::detail

@@ -12,6 +12,7 @@
 #include "../kernel/score_transform.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
+#include "outputs.hpp"
 
 namespace star::detail {
 
@@ -90,7 +91,7 @@ struct TileJob {
     index query_tiles;
     index key_begin;
     index key_end;
-    AttentionState& out;
+    Outputs out;
 };
 
 /// Split-KV (flash-decoding): a call with a single query tile (a decode step, a short
@@ -116,14 +117,6 @@ inline index decode_splits(index keys, const TileShape& tiles)
 {
     constexpr index target_tasks = 32;
     return std::clamp<index>(keys / (2 * tiles.keys), 1, target_tasks);
-}
-
-/// Finite inputs can still overflow float: a score `scale * q.k` beyond 3.4e38, or an
-/// output `sum p * v` beyond it. The result would be garbage, so it is an error.
-[[noreturn]] inline void overflow(index token, index head, const char* what)
-{
-    fail_at_runtime("attention: the ", what, " of query token ", token, ", head ", head,
-                    " overflow float (inputs too large for float arithmetic, or not finite)");
 }
 
 /// Whether query `i` sees any of the keys `[key_begin, key_end)` under `mask`. Asked only of
@@ -153,24 +146,16 @@ template <class KV, class M, class T>
 void write_row(const TileJob<KV, M, T>& job, index token, index head, const float* acc, float max,
                float sum)
 {
-    const index d = job.q.dimension(2);
-    float* o = job.out.output.data() + (token * job.q.dimension(1) + head) * d;
     if (sum > 0.0f) {
-        // No early exit, so that the loop is vectorised: a row is a handful of vectors.
-        bool finite = true;
-        for (index c = 0; c < d; ++c) {
-            o[c] = acc[c] / sum;
-            finite &= std::isfinite(o[c]);
-        }
-        if (!finite)
-            overflow(token, head, "output");
+        if (!job.out.write_row(token, head, acc, sum))
+            overflow(token, head, "output", job.out.element_name());
         job.out.lse(token, head) = max + std::log(sum);
         return;
     }
     if (max != minus_infinity ||
         sees_a_key(job.mask, token, job.key_begin, job.key_end, job.tiles.keys))
         overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
-    std::fill_n(o, d, 0.0f);             // the row sees no key
+    job.out.zero_row(token, head);       // the row sees no key
     job.out.lse(token, head) = minus_infinity;
 }
 

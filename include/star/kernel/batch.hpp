@@ -20,6 +20,7 @@
 
 #include "../detail/attention_call.hpp"
 #include "../detail/check_inputs.hpp"
+#include "../detail/outputs.hpp"
 #include "../detail/parallel.hpp"
 #include "../state.hpp"
 #include "../tensor.hpp"
@@ -31,16 +32,17 @@
 
 namespace star {
 
-/// One sequence of `attention_batch`: its queries `q` `[Lq, Hq, d]`, the keys and values it
-/// attends to `[Lk, Hkv, d]` (a contiguous view or any K/V source: a paged cache, a
-/// strided view; kv_source.hpp), and its own mask and transform, as `attention` takes them.
-template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
+/// One sequence of `attention_batch`: its queries `q` `[Lq, Hq, d]` (float, or bf16 as
+/// `attention` takes them), the keys and values it attends to `[Lk, Hkv, d]` (a contiguous
+/// view or any K/V source: a paged cache, a strided view; kv_source.hpp), and its own mask
+/// and transform, as `attention` takes them.
+template <KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform, QueryElement Q = float>
 struct BatchedSequence {
-    ConstView3<float> q; ///< Queries `[Lq, Hq, d]`.
-    KVPages<KV> k;       ///< Keys `[Lk, Hkv, d]`, from any K/V source.
-    KVPages<KV> v;       ///< Values `[Lk, Hkv, d]`, from any K/V source.
-    M mask{};            ///< Which keys each query sees, rows counted in this sequence's q and k.
-    T transform{};       ///< Applied to each visible scaled score.
+    ConstView3<Q> q; ///< Queries `[Lq, Hq, d]`.
+    KVPages<KV> k;   ///< Keys `[Lk, Hkv, d]`, from any K/V source.
+    KVPages<KV> v;   ///< Values `[Lk, Hkv, d]`, from any K/V source.
+    M mask{};        ///< Which keys each query sees, rows counted in this sequence's q and k.
+    T transform{};   ///< Applied to each visible scaled score.
 
     /// Not assignable: an Eigen TensorMap's assignment copies elements into the memory it
     /// views instead of viewing other memory, so assigning a sequence would not replace
@@ -72,21 +74,6 @@ void run_calls(const std::deque<Call>& calls)
     });
 }
 
-/// What `attention` checks, for sequence `s` of a batched entry point.
-template <class KV, class T>
-float check_sequence(const ConstView3<float>& q, const KVPages<KV>& k, const KVPages<KV>& v,
-                     const T& transform, const AttentionOptions& options, const std::string& where)
-{
-    const float scale = check_qkv(q, k, v, options.scale, where.c_str());
-    check_transform(transform, q.dimension(1), q.dimension(0), k.tokens(), where.c_str());
-    if (options.check_finite) {
-        check_finite(q, "q", 0, where.c_str());
-        check_finite(k, "k", 0, where.c_str());
-        check_finite(v, "v", 0, where.c_str());
-    }
-    return scale;
-}
-
 } // namespace detail
 
 /// Attention of every sequence of `batch`, each over its own keys and values under its
@@ -97,37 +84,40 @@ float check_sequence(const ConstView3<float>& q, const KVPages<KV>& k, const KVP
 /// \throws star::error naming the sequence, for anything `attention` rejects in it; every
 /// sequence is checked before any is computed. star::runtime_failure when the arithmetic
 /// of a sequence overflows float.
-template <KVElement KV, Mask M, ScoreTransform T>
-std::vector<AttentionState> attention_batch(std::span<const BatchedSequence<KV, M, T>> batch,
+template <KVElement KV, Mask M, ScoreTransform T, QueryElement Q>
+std::vector<AttentionState> attention_batch(std::span<const BatchedSequence<KV, M, T, Q>> batch,
                                             const AttentionOptions& options = {})
 {
     std::vector<float> scales;
     scales.reserve(batch.size());
     for (std::size_t s = 0; s < batch.size(); ++s) {
         const auto& sequence = batch[s];
-        scales.push_back(detail::check_sequence(sequence.q, sequence.k, sequence.v,
-                                                sequence.transform, options,
-                                                "attention_batch: sequence " + std::to_string(s)));
+        const std::string where = "attention_batch: sequence " + std::to_string(s);
+        scales.push_back(detail::check_call(sequence.q, sequence.k, sequence.v, options,
+                                            sequence.transform, where.c_str()));
     }
+    std::vector<AttentionState> results;
+    results.reserve(batch.size()); // never reallocated: the calls write into them
+    for (const auto& sequence : batch)
+        results.push_back(detail::unfilled_state(sequence.q.dimension(0), sequence.q.dimension(1),
+                                                 sequence.q.dimension(2)));
     const KernelIsa isa = kernel_isa();
     std::deque<detail::AttentionCall<KV, M, T>> calls; // calls never move: jobs refer to them
     for (std::size_t s = 0; s < batch.size(); ++s)
         calls.emplace_back(batch[s].q, batch[s].k, batch[s].v, batch[s].mask, batch[s].transform,
-                           scales[s], isa);
+                           scales[s], isa, detail::Outputs(results[s]));
     detail::run_calls(calls);
-    std::vector<AttentionState> results;
-    results.reserve(batch.size());
-    for (auto& call : calls)
-        results.push_back(call.result());
+    for (const auto& call : calls)
+        call.finish();
     return results;
 }
 
 /// `attention_batch` of the sequences of a vector.
-template <KVElement KV, Mask M, ScoreTransform T>
-std::vector<AttentionState> attention_batch(const std::vector<BatchedSequence<KV, M, T>>& batch,
+template <KVElement KV, Mask M, ScoreTransform T, QueryElement Q>
+std::vector<AttentionState> attention_batch(const std::vector<BatchedSequence<KV, M, T, Q>>& batch,
                                             const AttentionOptions& options = {})
 {
-    return attention_batch(std::span<const BatchedSequence<KV, M, T>>(batch), options);
+    return attention_batch(std::span<const BatchedSequence<KV, M, T, Q>>(batch), options);
 }
 
 /// Self-attention of sequences packed one after another along the tokens of `q`, `k` and
@@ -142,11 +132,10 @@ std::vector<AttentionState> attention_batch(const std::vector<BatchedSequence<KV
 /// \throws star::error if `starts` is not as above or q, k and v differ in token count,
 /// for anything `attention` rejects (naming the sequence), and star::runtime_failure when
 /// the arithmetic overflows float.
-template <KVElement KV, Mask M = CausalMask, ScoreTransform T = NoTransform>
-AttentionState attention_packed(const ConstView3<float>& q, const KVPages<KV>& k,
-                                const KVPages<KV>& v, std::span<const index> starts,
-                                const M& mask = {}, const AttentionOptions& options = {},
-                                const T& transform = {})
+template <QueryElement Q, KVElement KV, Mask M = CausalMask, ScoreTransform T = NoTransform>
+AttentionState attention_packed(const ConstView3<Q>& q, const KVPages<KV>& k, const KVPages<KV>& v,
+                                std::span<const index> starts, const M& mask = {},
+                                const AttentionOptions& options = {}, const T& transform = {})
 {
     const index tokens = q.dimension(0);
     if (k.tokens() != tokens || v.tokens() != tokens)
@@ -164,9 +153,9 @@ AttentionState attention_packed(const ConstView3<float>& q, const KVPages<KV>& k
             detail::fail("attention_packed: starts must not decrease, got ", starts[s - 1],
                          " then ", starts[s], " at entry ", s);
     // Whole-tensor checks first (a view of a wrong shape names the tensor, not a sequence).
-    detail::check_sequence(q, k, v, NoTransform{}, options, "attention_packed");
+    detail::check_call(q, k, v, options, NoTransform{}, "attention_packed");
     const std::size_t sequences = starts.size() - 1;
-    std::vector<ConstView3<float>> queries;
+    std::vector<ConstView3<Q>> queries;
     std::vector<KVPages<KV>> keys, values;
     std::vector<float> scales;
     for (std::size_t s = 0; s < sequences; ++s) {
@@ -175,32 +164,29 @@ AttentionState attention_packed(const ConstView3<float>& q, const KVPages<KV>& k
         keys.push_back(k.tokens_from(first, count));
         values.push_back(v.tokens_from(first, count));
         // Already checked for finiteness as a whole.
+        const std::string where = "attention_packed: sequence " + std::to_string(s);
         scales.push_back(
-            detail::check_sequence(queries.back(), keys.back(), values.back(), transform,
-                                   AttentionOptions{.scale = options.scale, .check_finite = false},
-                                   "attention_packed: sequence " + std::to_string(s)));
+            detail::check_call(queries.back(), keys.back(), values.back(),
+                               AttentionOptions{.scale = options.scale, .check_finite = false},
+                               transform, where.c_str()));
     }
+    // Each sequence writes its own rows of the packed result.
+    AttentionState out = detail::unfilled_state(tokens, q.dimension(1), q.dimension(2));
+    const detail::Outputs packed(out);
     const KernelIsa isa = kernel_isa();
     std::deque<detail::AttentionCall<KV, M, T>> calls;
     for (std::size_t s = 0; s < sequences; ++s)
-        calls.emplace_back(queries[s], keys[s], values[s], mask, transform, scales[s], isa);
+        calls.emplace_back(queries[s], keys[s], values[s], mask, transform, scales[s], isa,
+                           packed.from_token(starts[s]));
     detail::run_calls(calls);
-
-    AttentionState out(tokens, q.dimension(1), q.dimension(2));
-    for (std::size_t s = 0; s < sequences; ++s) {
-        const AttentionState part = calls[s].result();
-        const index first = starts[s], count = starts[s + 1] - starts[s];
-        const index row = q.dimension(1) * q.dimension(2);
-        std::copy_n(part.output.data(), count * row, out.output.data() + first * row);
-        std::copy_n(part.lse.data(), count * q.dimension(1),
-                    out.lse.data() + first * q.dimension(1));
-    }
+    for (const auto& call : calls)
+        call.finish();
     return out;
 }
 
 /// `attention_packed` of contiguous `k` and `v`.
-template <KVElement KV, Mask M = CausalMask, ScoreTransform T = NoTransform>
-AttentionState attention_packed(const ConstView3<float>& q, const ConstView3<KV>& k,
+template <QueryElement Q, KVElement KV, Mask M = CausalMask, ScoreTransform T = NoTransform>
+AttentionState attention_packed(const ConstView3<Q>& q, const ConstView3<KV>& k,
                                 const ConstView3<KV>& v, std::span<const index> starts,
                                 const M& mask = {}, const AttentionOptions& options = {},
                                 const T& transform = {})
