@@ -4,6 +4,8 @@
 
 #include <tbb/task_arena.h>
 
+#include <algorithm>
+
 #include "reference.hpp"
 
 namespace star::test {
@@ -55,6 +57,27 @@ TEST(Global, SameResultOnOneThreadAndOnMany)
         ASSERT_EQ(one.output.data()[n], many.output.data()[n]);
     for (index n = 0; n < one.lse.size(); ++n)
         ASSERT_EQ(one.lse.data()[n], many.lse.data()[n]);
+}
+
+// The exact baseline of a model that runs in bf16: its bf16 queries attended as attention
+// takes them, the result that of the widened queries bit for bit, with and without a
+// variant.
+TEST(Global, Bfloat16QueriesGiveTheResultOfThoseQueriesWidened)
+{
+    const auto q = random_tensor<Eigen::bfloat16>(300, 8, 64);
+    const Tensor3<float> widened = q.cast<float>();
+    const auto k = random_tensor<Eigen::bfloat16>(300, 2, 64);
+    const auto v = random_tensor<Eigen::bfloat16>(300, 2, 64);
+    const auto expect_same = [](const AttentionState& got, const AttentionState& want) {
+        ASSERT_EQ(got.output.size(), want.output.size());
+        EXPECT_TRUE(std::equal(got.output.data(), got.output.data() + got.output.size(),
+                               want.output.data()));
+        EXPECT_TRUE(std::equal(got.lse.data(), got.lse.data() + got.lse.size(), want.lse.data()));
+    };
+    expect_same(global_attention(view(q), view(k), view(v)),
+                global_attention(view(widened), view(k), view(v)));
+    expect_same(global_attention(view(q), view(k), view(v), SlidingWindow{50}),
+                global_attention(view(widened), view(k), view(v), SlidingWindow{50}));
 }
 
 } // namespace

@@ -18,12 +18,13 @@ struct GlobalOptions {
     AttentionOptions attention{};
 };
 
-/// Exact attention of one layer over one sequence: `q` `[L, Hq, d]`, `k`/`v` `[L, Hkv, d]`.
-/// Causal self-attention requires as many queries as keys; for a query chunk that follows
-/// cached keys, call `attention` with a `CausalMask` carrying the offset.
+/// Exact attention of one layer over one sequence: `q` `[L, Hq, d]` (float or bf16, as
+/// `attention` takes it), `k`/`v` `[L, Hkv, d]`. Causal self-attention requires as many
+/// queries as keys; for a query chunk that follows cached keys, call `attention` with a
+/// `CausalMask` carrying the offset.
 /// \throws star::error as `attention`, and when causal with `q` and `k` token counts differing.
-template <KVElement KV>
-AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
+template <QueryElement Q, KVElement KV>
+AttentionState global_attention(const ConstView3<Q>& q, const ConstView3<KV>& k,
                                 const ConstView3<KV>& v, const GlobalOptions& options = {})
 {
     if (!options.causal)
@@ -39,8 +40,8 @@ AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>
 /// (every variant is causal).
 /// \throws star::error as `attention`, when `q` and `k` token counts differ, when
 /// `options.causal` is false, and when the variant rejects its settings.
-template <KVElement KV, Variant V>
-AttentionState global_attention(const ConstView3<float>& q, const ConstView3<KV>& k,
+template <QueryElement Q, KVElement KV, Variant V>
+AttentionState global_attention(const ConstView3<Q>& q, const ConstView3<KV>& k,
                                 const ConstView3<KV>& v, const V& variant,
                                 const GlobalOptions& options = {})
 {
