@@ -460,17 +460,19 @@ void transform_tile_on(star::KernelIsa isa, const T& transform, float* scores, I
 #if STAR_X86_DISPATCH
     case star::KernelIsa::avx512:
         sd::avx512_path::transform_tile<sd::avx512_path::Simd>(
-            transform, sd::avx512_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+            transform,
+            sd::avx512_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000, rows});
         return;
     case star::KernelIsa::avx2:
         sd::avx2_path::transform_tile<sd::avx2_path::Simd>(
-            transform, sd::avx2_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+            transform,
+            sd::avx2_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000, rows});
         return;
 #endif
     default:
         sd::portable_path::transform_tile<sd::portable_path::Simd>(
             transform,
-            sd::portable_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000});
+            sd::portable_path::TileScores{scores, ld, keys, rows, rows, group, 0, 0, 1000, rows});
     }
 }
 

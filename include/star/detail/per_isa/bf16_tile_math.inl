@@ -36,6 +36,66 @@ struct Bf16Dot {
     }
     /// The score of a finished dot product: scaled here, as the tile math scales its scores.
     static float score(float dot, float scale) noexcept { return dot * scale; }
+
+    /// A decode block's value product on bf16 pairs, as the tile math forms it: the
+    /// probabilities rounded and paired as the softmax makes them, the value rows paired
+    /// key by key (vdpbf16ps sums along the keys). On Zen 5 this made a bf16 decode step
+    /// from memory 1.07x faster than widening V to float as it is loaded.
+    class Values {
+    public:
+        Values(index ld, index block_keys, index d)
+            : head_dim_(d), padded_dim_(round_up(d, S::width)), values_ld_(padded_dim_ + row_skew),
+              probabilities_(static_cast<std::size_t>((block_keys + 1) / 2 * ld)),
+              values_(static_cast<std::size_t>((block_keys + 1) / 2 * values_ld_), 0U),
+              value_rows_(static_cast<std::size_t>(block_keys))
+        {
+        }
+
+        /// As Bf16TileMath::store_probabilities.
+        void store_probabilities(float*, index ld, index j, index c, typename S::reg even,
+                                 typename S::reg odd) noexcept
+        {
+            P::store(probabilities_.data() + j / 2 * ld + c, P::pair_up(even, odd));
+        }
+
+        /// As FmaDot::Values::add, with the probabilities store_probabilities paired.
+        template <class Piece>
+        void add(const Piece* pieces, index count, index head_offset, const float*, index ld,
+                 index column, index rows, const float* rescale, float* acc) noexcept
+        {
+            index keys = 0;
+            for (index p = 0; p < count; ++p) {
+                for (index i = 0; i < pieces[p].keys; ++i)
+                    value_rows_[static_cast<std::size_t>(pieces[p].first + i)] =
+                        pieces[p].v_rows + head_offset + i * pieces[p].v_stride;
+                keys = pieces[p].first + pieces[p].keys;
+            }
+            const index pairs = (keys + 1) / 2;
+            for (index t = 0; t < pairs; ++t) // the odd key out pairs with zeros
+                P::pair_rows(value_rows_[static_cast<std::size_t>(2 * t)],
+                             2 * t + 1 < keys ? value_rows_[static_cast<std::size_t>(2 * t + 1)]
+                                              : nullptr,
+                             head_dim_, values_.data() + t * values_ld_, padded_dim_);
+            tile_product<P, true>(probabilities_.data() + column, Strides{1, ld}, values_.data(),
+                                  values_ld_, acc, padded_dim_, rows, padded_dim_, pairs, 1.0f,
+                                  rescale);
+        }
+
+        /// Memory held, in bytes.
+        [[nodiscard]] std::size_t bytes() const noexcept
+        {
+            return sizeof(bf16_pair) * (probabilities_.size() + values_.size()) +
+                   sizeof(const Eigen::bfloat16*) * value_rows_.size();
+        }
+
+    private:
+        index head_dim_;
+        index padded_dim_;
+        index values_ld_;                  // padded_dim + row_skew
+        scratch<bf16_pair> probabilities_; // [block keys / 2 rounded up, ld]
+        scratch<bf16_pair> values_;        // [block keys / 2 rounded up, values_ld], zero padded
+        std::vector<const Eigen::bfloat16*> value_rows_; // of the block's keys, for the head
+    };
 };
 
 /// Tile products of bf16 K/V on the bf16 dot-product atom `P`.

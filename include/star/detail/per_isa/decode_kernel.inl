@@ -9,7 +9,9 @@
 // `[token, head, d]`, reading 1/Hkv of each token's memory. Here vectors run along
 // head_dim instead, a task takes a slice of the cache's tokens for every KV head at once
 // (so its memory is read front to back), and bf16/half K and V are widened as they are
-// loaded, never copied.
+// loaded. A block's scores are stored as the tile kernel stores its tile, `[key, row]`,
+// with the rows of every KV head side by side, so the tile kernel's online softmax and
+// transforms serve it as they are, one SIMD lane per query row.
 
 /// How a decode step multiplies a query row by a key row: as the path's tile math does
 /// (`FmaDot` in tile_math.inl, `Bf16Dot` in bf16_tile_math.inl).
@@ -17,6 +19,10 @@ template <class KV>
 using DecodeDot = typename TileMath<KV>::decode_dot;
 template <class KV>
 using DecodeQuery = typename DecodeDot<KV>::query_type;
+/// How a decode step adds P x V: as the path's tile math does (FmaDot::Values,
+/// Bf16Dot::Values).
+template <class KV>
+using DecodeValues = typename DecodeDot<KV>::Values;
 
 /// Keys per block: a block's scores for every row of every KV head stay in L1. Each block
 /// costs every row a fold into its running max and sum; 64 keys rather than 32 made bf16
@@ -35,8 +41,8 @@ inline constexpr index keys_ahead = 1;
 
 /// Where the scores of one block come from and go. Token `j`'s key row for KV head `h` is
 /// at `keys + j * k_stride + h * k_head_stride`, its value row likewise from `values`; the
-/// queries of head `h` are `rows` rows from `queries + h * rows * head_dim`, their scores
-/// `rows` rows of `ld` from `scores + h * rows * ld`.
+/// queries of head `h` are `rows` rows from `queries + h * rows * head_dim`, and the score
+/// of key `j` and row `r` of head `h` is at `scores + j * ld + h * rows + r`.
 template <class KV>
 struct ScoreBlock {
     const DecodeQuery<KV>* queries; // as DecodeDot<KV>::stage leaves them
@@ -57,7 +63,7 @@ struct ScoreBlock {
     index ahead;
 };
 
-/// `scores[r * lds] = q_r . k` for `Rows` query rows (`d` apart) and the key row `k`:
+/// `scores[r] = q_r . k` for `Rows` query rows (`d` apart) and the key row `k`:
 /// whole vectors multiplied along d, lanes summed at the end. It asks for the key row
 /// `block.ahead` further on and for the value row beside its own, so that memory is read
 /// while the arithmetic runs rather than when the next loop waits for it.
@@ -108,7 +114,7 @@ template <class S, int Rows, class KV>
     for (int r = 0; r < Rows; ++r) {
         for (index t = c; t < d; ++t) // a head_dim that is not a whole number of vectors
             sums[r] += static_cast<float>(q[r * d + t]) * static_cast<float>(k[t]);
-        scores[r * block.ld] = DecodeDot<KV>::score(sums[r], block.scale);
+        scores[r] = DecodeDot<KV>::score(sums[r], block.scale);
     }
 }
 
@@ -126,18 +132,18 @@ inline void dot_key_step(const ScoreBlock<KV>& block, index j) noexcept
         const DecodeQuery<KV>* q = block.queries + h * block.rows * d;
         const KV* k = block.keys + j * block.k_stride + h * block.k_head_stride;
         const KV* v = block.values + j * block.v_stride + h * block.v_head_stride;
-        float* scores = block.scores + h * block.rows * block.ld + j;
+        float* scores = block.scores + j * block.ld + h * block.rows;
         index r = 0;
         for (; r + step <= block.rows; r += step)
-            dot_micro_tile<S, step>(block, q + r * d, k, v, scores + r * block.ld);
+            dot_micro_tile<S, step>(block, q + r * d, k, v, scores + r);
         const int left = static_cast<int>(block.rows - r);
         q += r * d;
-        scores += r * block.ld;
+        scores += r;
         // Up to 3 rows left: 2 and 1, two shapes where a shape per remainder would be three.
         if (left >= 2) {
             dot_micro_tile<S, 2>(block, q, k, v, scores);
             q += 2 * d;
-            scores += 2 * block.ld;
+            scores += 2;
         }
         if (left % 2 == 1)
             dot_micro_tile<S, 1>(block, q, k, v, scores);
@@ -151,35 +157,6 @@ STAR_OUT_OF_LINE inline void dot_scores(const ScoreBlock<KV>& block, index keys)
     static_assert(dot_rows<S> == 4, "dot_key_step finishes up to 3 leftover rows");
     for (index j = 0; j < keys; ++j)
         dot_key_step<S>(block, j);
-}
-
-/// Folds one block of a row's scores (`n` of them, a whole number of vectors, `-inf` where
-/// masked or past the last key) into its running maximum and sum, turning them into
-/// unnormalised probabilities in place. Returns the factor by which the row's accumulator
-/// must be multiplied before the block's `P x V` is added.
-template <class S>
-inline float absorb_row(float* scores, index n, float& max, float& sum) noexcept
-{
-    auto block_max = S::broadcast(minus_infinity);
-    for (index j = 0; j < n; j += S::width)
-        block_max = S::max(block_max, S::load(scores + j));
-    alignas(64) float lanes[S::width];
-    S::store(lanes, block_max);
-    const float new_max = std::max(max, *std::max_element(lanes, lanes + S::width));
-    // A row that has seen no key keeps max = -inf; shifting it by 0 instead makes its
-    // exp(-inf) = 0 rather than exp(-inf + inf) = NaN.
-    const float shift = new_max == minus_infinity ? 0.0f : new_max;
-    const auto shift_lanes = S::broadcast(shift);
-    auto block_sum = S::broadcast(0.0f);
-    for (index j = 0; j < n; j += S::width) {
-        const auto p = exp_of<S>(S::sub(S::load(scores + j), shift_lanes));
-        S::store(scores + j, p);
-        block_sum = S::add(block_sum, p);
-    }
-    const float factor = std::exp(max - shift);
-    sum = sum * factor + S::reduce_add(block_sum);
-    max = new_max;
-    return factor;
 }
 
 /// A piece of a decode block that lies within one run of K and one of V: `keys` keys from
@@ -196,43 +173,40 @@ struct DecodePiece {
     index k_run_left;
 };
 
-/// Scratch memory of one decode task: every KV head's rows at once.
+/// Scratch memory of one decode task: every KV head's rows at once, as the columns of one
+/// score block.
 template <class S, class KV>
 struct DecodeWorkspace {
     index rows; // query rows per KV head: query tokens x group
     index head_dim;
     index padded_dim;                 // head_dim rounded up to a vector
+    index columns;                    // every KV head's rows, rounded up to a vector
+    index ld;                         // of the scores: columns + skew
     scratch<DecodeQuery<KV>> queries; // [kv head, row, head_dim], as DecodeDot<KV>::stage leaves them
     scratch<float> accumulator;       // [kv head, row, padded_dim]
-    scratch<float> max;               // [kv head, row]
-    scratch<float> sum;               // [kv head, row]
-    scratch<float> scores;            // [kv head, row, block keys]
-    scratch<float> values;            // [block keys, padded_dim], when V can't be read in place
+    scratch<float> scores;            // [block keys rounded up to even, ld]; padding columns 0
     scratch<float> query_row;         // [head_dim]: a bf16 query row, widened
+    OnlineSoftmax<S> softmax;         // of every column
+    DecodeValues<KV> values;
     std::array<DecodePiece<KV>, decode_block_keys + 1> pieces; // the block's, the next's first
 
     DecodeWorkspace(index kv_heads, index rows_per_head, index d)
         : rows(rows_per_head), head_dim(d), padded_dim(round_up(d, S::width)),
+          columns(round_up(kv_heads * rows, S::width)), ld(columns + row_skew),
           queries(static_cast<std::size_t>(kv_heads * rows * d)),
           accumulator(static_cast<std::size_t>(kv_heads * rows * padded_dim), 0.0f),
-          max(static_cast<std::size_t>(kv_heads * rows), minus_infinity),
-          sum(static_cast<std::size_t>(kv_heads * rows), 0.0f),
-          scores(static_cast<std::size_t>(kv_heads * rows * round_up(decode_block_keys, S::width))),
-          values(values_in_place() ? 0 : static_cast<std::size_t>(decode_block_keys * padded_dim),
-                 0.0f),
-          query_row(static_cast<std::size_t>(d))
+          scores(static_cast<std::size_t>(round_up(decode_block_keys, 2) * ld), 0.0f),
+          query_row(static_cast<std::size_t>(d)), values(ld, decode_block_keys, d)
     {
+        softmax.reset(columns);
     }
-
-    /// V rows that are whole vectors are read straight from the cache, widened as loaded.
-    [[nodiscard]] bool values_in_place() const { return head_dim == padded_dim; }
 
     /// Memory held, in bytes.
     [[nodiscard]] std::size_t bytes() const noexcept
     {
         return sizeof(DecodeQuery<KV>) * queries.size() +
-               sizeof(float) * (accumulator.size() + max.size() + sum.size() + scores.size() +
-                                values.size() + query_row.size());
+               sizeof(float) * (accumulator.size() + scores.size() + query_row.size()) +
+               softmax.bytes() + values.bytes();
     }
 };
 
@@ -295,7 +269,6 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
     const index k_head_stride = job.k.layout().head_stride;
     const index v_head_stride = job.v.layout().head_stride;
     DecodeWorkspace<S, KV> ws(kv_heads, rows, d);
-    const index block_stride = round_up(decode_block_keys, S::width);
 
     // Row r of KV head h is query token r / group, head h * group + r % group.
     for (index h = 0; h < kv_heads; ++h)
@@ -335,61 +308,39 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
                                        kv_heads,
                                        rows,
                                        d,
-                                       ws.scores.data() + piece.first,
-                                       block_stride,
+                                       ws.scores.data() + piece.first * ws.ld,
+                                       ws.ld,
                                        job.scale,
                                        keys_follow ? keys_ahead * piece.k_stride : 0};
             dot_scores<S>(block, piece.keys);
         }
+        float* scores = ws.scores.data();
         if constexpr (!std::same_as<T, NoTransform>)
-            transform_block<S>(job.transform, DecodeScores{ws.scores.data(), block_stride, k_count,
-                                                           rows, group, kv_heads, k_first});
-        // -inf past the block's last key (a whole number of vectors is absorbed) and where
-        // the mask hides a key from a row's token.
-        for (index row = 0; row < kv_heads * rows; ++row) {
-            float* scores = ws.scores.data() + row * block_stride;
-            std::fill(scores + k_count, scores + block_stride, minus_infinity);
-            if (coverage == Coverage::partial)
-                for (index j = 0; j < k_count; ++j)
-                    if (!mask.visible(row % rows / group, k_first + j))
-                        scores[j] = minus_infinity;
-        }
+            transform_tile<S>(job.transform, TileScores{scores, ws.ld, k_count, kv_heads * rows,
+                                                        ws.columns, group, 0, 0, k_first, rows});
+        if (coverage == Coverage::partial)
+            for (index j = 0; j < k_count; ++j)
+                for (index t = 0; t < q_tokens; ++t)
+                    if (!mask.visible(t, k_first + j))
+                        for (index h = 0; h < kv_heads; ++h)
+                            std::fill_n(scores + j * ws.ld + h * rows + t * group, group,
+                                        minus_infinity);
 
-        for (index h = 0; h < kv_heads; ++h) {
-            float* scores = ws.scores.data() + h * rows * block_stride;
-            float* acc = ws.accumulator.data() + h * rows * ws.padded_dim;
-            for (index r = 0; r < rows; ++r) {
-                const auto row = static_cast<std::size_t>(h * rows + r);
-                const float factor = absorb_row<S>(scores + r * block_stride, block_stride,
-                                                   ws.max[row], ws.sum[row]);
-                if (factor != 1.0f)
-                    scale_in_place<S>(acc + r * ws.padded_dim, ws.padded_dim, factor);
-            }
-            // The product accumulates key by key from what `acc` holds, so taking the
-            // block's keys in pieces gives the same bits as taking them at once.
-            for (index p = 0; p < pieces; ++p) {
-                const DecodePiece<KV>& piece = ws.pieces[static_cast<std::size_t>(p)];
-                const KV* v_head = piece.v_rows + h * v_head_stride;
-                if (ws.values_in_place())
-                    tile_gemm<S, true>(scores + piece.first, Strides{block_stride, 1}, v_head,
-                                       piece.v_stride, acc, ws.padded_dim, rows, ws.padded_dim,
-                                       piece.keys);
-                else
-                    widen_rows<S>(v_head, piece.v_stride, piece.keys, d,
-                                  ws.values.data() + piece.first * ws.padded_dim, ws.padded_dim);
-            }
-            if (!ws.values_in_place())
-                tile_gemm<S, true>(scores, Strides{block_stride, 1}, ws.values.data(),
-                                   ws.padded_dim, acc, ws.padded_dim, rows, ws.padded_dim, k_count);
-        }
+        ws.softmax.absorb(scores, ws.ld, k_count, ws.values);
+
+        // O = O * rescale + P V, head by head, with P where the softmax left it.
+        for (index h = 0; h < kv_heads; ++h)
+            ws.values.add(ws.pieces.data(), pieces, h * v_head_stride, scores, ws.ld, h * rows,
+                          rows, ws.softmax.rescale_factors() + h * rows,
+                          ws.accumulator.data() + h * rows * ws.padded_dim);
     }
 
     for (index h = 0; h < kv_heads; ++h)
         for (index r = 0; r < rows; ++r) {
-            const auto row = static_cast<std::size_t>(h * rows + r);
+            const index column = h * rows + r;
             write_row(job, r / group, h * group + r % group,
-                      ws.accumulator.data() + (h * rows + r) * ws.padded_dim, ws.max[row],
-                      ws.sum[row]);
+                      ws.accumulator.data() + column * ws.padded_dim, ws.softmax.max(column),
+                      ws.softmax.sum(column));
         }
 }
 

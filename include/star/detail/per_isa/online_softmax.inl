@@ -8,18 +8,6 @@
 // scores. The kernel stores a score tile with one column per query, so every operation
 // here is vertical: one SIMD lane per query, no horizontal reductions.
 
-/// `values[0..n) *= factor`.
-template <class S>
-void scale_in_place(float* values, index n, float factor) noexcept
-{
-    const auto factor_lanes = S::broadcast(factor);
-    index i = 0;
-    for (; i + S::width <= n; i += S::width)
-        S::store(values + i, S::mul(S::load(values + i), factor_lanes));
-    for (; i < n; ++i)
-        values[i] *= factor;
-}
-
 /// Running softmax statistics of `columns` queries (a multiple of the vector width).
 template <class S>
 class OnlineSoftmax {

@@ -70,10 +70,13 @@ typename S::reg soft_cap_of(typename S::reg x, typename S::reg cap, typename S::
     return S::mul(cap, tanh_of<S>(S::mul(x, inverse)));
 }
 
-/// The tile kernel's scores, transposed (tile_kernel.inl): key `j` of the tile is row `j`
-/// (`ld` apart), column `r` is query token `q_first + r / group` at query head
-/// `first_head + r % group`. `columns` is `rows` rounded up to a vector; padding columns
-/// are transformed too, their results never read.
+/// The kernels' scores, transposed: key `j` of the tile is row `j` (`ld` apart), and the
+/// columns are query rows in blocks of `head_rows`, one block per KV head: column `c` is
+/// row `r = c % head_rows` of block `b = c / head_rows`, query token `q_first + r / group`
+/// at query head `first_head + b * group + r % group`. The tile kernel's tile is one block
+/// (one KV head); a decode step's holds every KV head (decode_kernel.inl). `columns` is
+/// `rows` rounded up to a vector; padding columns are transformed too, their results
+/// never read.
 struct TileScores {
     float* scores;
     index ld;
@@ -84,6 +87,13 @@ struct TileScores {
     index q_first;
     index first_head;
     index k_first;
+    index head_rows;
+
+    [[nodiscard]] index token(index c) const noexcept { return q_first + c % head_rows / group; }
+    [[nodiscard]] index head(index c) const noexcept
+    {
+        return first_head + c / head_rows * group + c % head_rows % group;
+    }
 };
 
 /// A transform of the caller's own, one call per score of the tile's real rows and keys
@@ -95,8 +105,7 @@ void transform_tile(const T& transform, const TileScores& tile)
         float* row = tile.scores + j * tile.ld;
         for (index r = 0; r < tile.rows; ++r)
             row[r] =
-                static_cast<float>(transform(row[r], tile.q_first + r / tile.group,
-                                             tile.k_first + j, tile.first_head + r % tile.group));
+                static_cast<float>(transform(row[r], tile.token(r), tile.k_first + j, tile.head(r)));
     }
 }
 
@@ -135,10 +144,9 @@ void transform_tile(const Alibi& transform, const TileScores& tile) noexcept
         for (index c = 0; c < width; ++c) {
             const index r = chunk + c;
             const bool real = r < tile.rows;
-            minus_slope[c] =
-                real ? -transform.slopes[static_cast<std::size_t>(tile.first_head + r % tile.group)]
-                     : 0.0f;
-            first[c] = real ? static_cast<float>(to_first_key - r / tile.group) : 0.0f;
+            minus_slope[c] = real ? -transform.slopes[static_cast<std::size_t>(tile.head(r))] : 0.0f;
+            first[c] =
+                real ? static_cast<float>(to_first_key - (tile.token(r) - tile.q_first)) : 0.0f;
         }
         for (index j = 0; j < tile.keys; ++j) {
             float* row = tile.scores + j * tile.ld + chunk;
@@ -157,79 +165,4 @@ void transform_tile(const Composed<First, Second>& transform, const TileScores& 
 {
     transform_tile<S>(transform.first, tile);
     transform_tile<S>(transform.second, tile);
-}
-
-/// The decode kernel's scores (decode_kernel.inl): row `r` of KV head `h` is at
-/// `scores + (h * rows + r) * ld`, query token `r / group` at query head
-/// `h * group + r % group`; its entry `j` is key `k_first + j`. Entries from `keys` up to
-/// the next whole vector are transformed too and overwritten after.
-struct DecodeScores {
-    float* scores;
-    index ld;
-    index keys;
-    index rows;
-    index group;
-    index kv_heads;
-    index k_first;
-};
-
-/// A transform of the caller's own, one call per score of the block's real keys.
-template <class S, class T>
-void transform_block(const T& transform, const DecodeScores& block)
-{
-    for (index h = 0; h < block.kv_heads; ++h)
-        for (index r = 0; r < block.rows; ++r) {
-            float* row = block.scores + (h * block.rows + r) * block.ld;
-            for (index j = 0; j < block.keys; ++j)
-                row[j] = static_cast<float>(transform(row[j], r / block.group, block.k_first + j,
-                                                      h * block.group + r % block.group));
-        }
-}
-
-template <class S>
-void transform_block(const SoftCap& transform, const DecodeScores& block) noexcept
-{
-    const auto cap = S::broadcast(transform.cap);
-    const auto inverse = S::broadcast(1.0f / transform.cap);
-    const index n = round_up(block.keys, S::width);
-    for (index row = 0; row < block.kv_heads * block.rows; ++row) {
-        float* scores = block.scores + row * block.ld;
-        for (index j = 0; j < n; j += S::width)
-            S::store(scores + j, soft_cap_of<S>(S::load(scores + j), cap, inverse));
-    }
-}
-
-/// As for the tile, distances are `|first + j|` with `first` exact in integers, rounded to
-/// float (exact below 2^24 tokens); here `j` runs along the lanes.
-template <class S>
-void transform_block(const Alibi& transform, const DecodeScores& block) noexcept
-{
-    alignas(64) float lane[S::width];
-    for (index l = 0; l < S::width; ++l)
-        lane[l] = static_cast<float>(l);
-    const auto lanes = S::load(lane);
-    const auto zero = S::broadcast(0.0f);
-    const index n = round_up(block.keys, S::width);
-    for (index h = 0; h < block.kv_heads; ++h)
-        for (index r = 0; r < block.rows; ++r) {
-            float* scores = block.scores + (h * block.rows + r) * block.ld;
-            const auto minus_slope = S::broadcast(
-                -transform.slopes[static_cast<std::size_t>(h * block.group + r % block.group)]);
-            const auto first =
-                S::broadcast(static_cast<float>((transform.key_offset + block.k_first) -
-                                                (transform.query_offset + r / block.group)));
-            for (index j = 0; j < n; j += S::width) {
-                const auto distance =
-                    S::add(first, S::add(lanes, S::broadcast(static_cast<float>(j))));
-                const auto magnitude = S::max(distance, S::sub(zero, distance));
-                S::store(scores + j, S::fma(minus_slope, magnitude, S::load(scores + j)));
-            }
-        }
-}
-
-template <class S, class First, class Second>
-void transform_block(const Composed<First, Second>& transform, const DecodeScores& block)
-{
-    transform_block<S>(transform.first, block);
-    transform_block<S>(transform.second, block);
 }

@@ -86,7 +86,7 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
         ws.math.scores(k, kv_head, k_first, k_count, scores, ld, columns);
         if constexpr (!std::same_as<T, NoTransform>)
             transform_tile<S>(job.transform, TileScores{scores, ld, k_count, rows, columns, group,
-                                                        q_first, first_head, k_first});
+                                                        q_first, first_head, k_first, columns});
 
         if (coverage == Coverage::partial) {
             for (index j = 0; j < k_count; ++j)

@@ -71,6 +71,66 @@ struct FmaDot {
     }
     /// The score of a finished dot product: the query was scaled as it was staged.
     static float score(float dot, float) noexcept { return dot; }
+
+    /// A decode block's value product on float, as the float tile math forms it: the
+    /// probabilities left in place of the scores, V widened as it is loaded. V is read
+    /// where it lies, not copied as the tile math copies it: a value row serves only the
+    /// few query rows of its KV head, so a copy would cost more than it saves. A head_dim
+    /// that is not a whole number of vectors is widened into a block of its own first.
+    class Values {
+    public:
+        Values(index, index block_keys, index d)
+            : head_dim_(d), padded_dim_(round_up(d, S::width)),
+              widened_(d == padded_dim_ ? 0 : static_cast<std::size_t>(block_keys * padded_dim_),
+                       0.0f)
+        {
+        }
+
+        /// As FloatTileMath::store_probabilities: in place of the scores.
+        static void store_probabilities(float* scores, index ld, index j, index c,
+                                        typename S::reg even, typename S::reg odd) noexcept
+        {
+            S::store(scores + j * ld + c, even);
+            S::store(scores + (j + 1) * ld + c, odd);
+        }
+
+        /// `acc[r] = rescale[r] * acc[r] + sum_j p[j * ld + column + r] * value_j` for rows
+        /// `r < rows` (`padded_dim` apart): the block's keys in `pieces[0, count)` (each
+        /// with `first`, `keys`, `v_rows` and `v_stride`: its value rows, `head_offset`
+        /// further on for the KV head), the probabilities where store_probabilities left
+        /// them in `scores`.
+        template <class Piece>
+        void add(const Piece* pieces, index count, index head_offset, const float* scores, index ld,
+                 index column, index rows, const float* rescale, float* acc) noexcept
+        {
+            if (widened_.empty()) {
+                // Key by key from what `acc` holds, so the pieces give the same bits as one.
+                for (index p = 0; p < count; ++p)
+                    tile_gemm<S, true>(scores + pieces[p].first * ld + column, Strides{1, ld},
+                                       pieces[p].v_rows + head_offset, pieces[p].v_stride, acc,
+                                       padded_dim_, rows, padded_dim_, pieces[p].keys,
+                                       p == 0 ? rescale : nullptr);
+                return;
+            }
+            index keys = 0;
+            for (index p = 0; p < count; ++p) {
+                widen_rows<S>(pieces[p].v_rows + head_offset, pieces[p].v_stride, pieces[p].keys,
+                              head_dim_, widened_.data() + pieces[p].first * padded_dim_,
+                              padded_dim_);
+                keys = pieces[p].first + pieces[p].keys;
+            }
+            tile_gemm<S, true>(scores + column, Strides{1, ld}, widened_.data(), padded_dim_, acc,
+                               padded_dim_, rows, padded_dim_, keys, rescale);
+        }
+
+        /// Memory held, in bytes.
+        [[nodiscard]] std::size_t bytes() const noexcept { return sizeof(float) * widened_.size(); }
+
+    private:
+        index head_dim_;
+        index padded_dim_;
+        scratch<float> widened_; // [block keys, padded_dim] when V is not read in place
+    };
 };
 
 /// Float products: Q^T and K and V tiles copied as float. Keys and values are copied (bf16

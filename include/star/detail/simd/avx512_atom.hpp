@@ -48,20 +48,21 @@ struct Avx512Atom {
     static mask unordered(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
     static reg select(mask m, reg a, reg b) noexcept { return _mm512_mask_blend_ps(m, b, a); }
     static float reduce_add(reg x) noexcept { return _mm512_reduce_add_ps(x); }
-    /// Four sums at once: each vector folded to 256 bits, then pairwise sums of lanes
-    /// interleave the four, so that one 128-bit add finishes them all.
+    /// Four sums at once: the vectors paired and added within each 128-bit lane (unpack,
+    /// then shuffle), so that every add serves all four sums, then the lanes folded: 13
+    /// instructions, where folding each vector to 256 bits first and finishing with hadds
+    /// took about 20.
     static void reduce_add4(const reg* x, float* out) noexcept
     {
-        __m256 half[4];
-        for (int i = 0; i < 4; ++i) {
-            const __m512d bits = _mm512_castps_pd(x[i]);
-            half[i] = _mm256_add_ps(_mm512_castps512_ps256(x[i]),
-                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(bits, 1)));
-        }
-        const __m256 pairs =
-            _mm256_hadd_ps(_mm256_hadd_ps(half[0], half[1]), _mm256_hadd_ps(half[2], half[3]));
-        const __m128 low = _mm256_castps256_ps128(pairs);
-        _mm_storeu_ps(out, _mm_add_ps(low, _mm256_extractf128_ps(pairs, 1)));
+        // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3], then [a, b, c, d] parts.
+        const reg ab = _mm512_add_ps(_mm512_unpacklo_ps(x[0], x[1]), _mm512_unpackhi_ps(x[0], x[1]));
+        const reg cd = _mm512_add_ps(_mm512_unpacklo_ps(x[2], x[3]), _mm512_unpackhi_ps(x[2], x[3]));
+        const reg parts =
+            _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+        const __m256 half =
+            _mm256_add_ps(_mm512_castps512_ps256(parts),
+                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(parts), 1)));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1)));
     }
     static reg round(reg x) noexcept
     {
