@@ -53,6 +53,27 @@ void* allocate(std::size_t bytes)
     throw std::bad_alloc();
 }
 
+// The caches' pages are aligned to a cache line (operator new with an alignment).
+void* allocate_aligned(std::size_t bytes, std::align_val_t alignment)
+{
+    if (allocations_until_failure.load(std::memory_order_relaxed) >= 0 &&
+        allocations_until_failure.fetch_sub(1, std::memory_order_relaxed) == 0)
+        throw std::bad_alloc();
+    const auto align = static_cast<std::size_t>(alignment);
+    if (void* p = std::aligned_alloc(align, (bytes + align - 1) / align * align)) {
+#ifdef STAR_TEST_COUNTS_BYTES
+        const std::size_t now =
+            live_bytes.fetch_add(malloc_usable_size(p), std::memory_order_relaxed) +
+            malloc_usable_size(p);
+        std::size_t peak = peak_live_bytes.load(std::memory_order_relaxed);
+        while (now > peak && !peak_live_bytes.compare_exchange_weak(peak, now))
+            ;
+#endif
+        return p;
+    }
+    throw std::bad_alloc();
+}
+
 void release(void* p) noexcept
 {
 #ifdef STAR_TEST_COUNTS_BYTES
@@ -72,6 +93,18 @@ void* operator new[](std::size_t bytes) { return allocate(bytes); }
 [[gnu::noinline]] void operator delete[](void* p) noexcept { release(p); }
 [[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { release(p); }
 [[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept { release(p); }
+void* operator new(std::size_t bytes, std::align_val_t a) { return allocate_aligned(bytes, a); }
+void* operator new[](std::size_t bytes, std::align_val_t a) { return allocate_aligned(bytes, a); }
+[[gnu::noinline]] void operator delete(void* p, std::align_val_t) noexcept { release(p); }
+[[gnu::noinline]] void operator delete[](void* p, std::align_val_t) noexcept { release(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t, std::align_val_t) noexcept
+{
+    release(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, std::size_t, std::align_val_t) noexcept
+{
+    release(p);
+}
 
 namespace star::test {
 namespace {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -229,8 +230,13 @@ public:
 
 private:
     // Pages of K and of V: page p of K at keys[p], of V at values[p] = keys[p] + elements,
-    // one allocation of 2 * elements owned through keys[p].
+    // one allocation of 2 * elements owned through keys[p]. Aligned to a cache line (so V
+    // too when a page's K is a whole number of lines): operator new alone gives 16 bytes,
+    // and the kernel's vector loads from rows that straddle lines cost a thread streaming
+    // a cache about a fifth of its read speed (Zen 5, one thread: 33 GB/s against 41).
     struct Pages {
+        static constexpr std::align_val_t alignment{64};
+
         index elements = 0; // of one page of K (or of V)
         std::vector<KV*> keys;
         std::vector<KV*> values;
@@ -248,9 +254,12 @@ private:
         }
         ~Pages()
         {
-            std::allocator<KV> allocator;
             for (KV* page : keys)
-                allocator.deallocate(page, 2 * static_cast<std::size_t>(elements));
+                ::operator delete(page, bytes(), alignment);
+        }
+        [[nodiscard]] std::size_t bytes() const noexcept
+        {
+            return 2 * static_cast<std::size_t>(elements) * sizeof(KV);
         }
         void swap(Pages& other) noexcept
         {
@@ -264,9 +273,8 @@ private:
         {
             elements = page_elements;
             reserve(count);
-            std::allocator<KV> allocator;
             while (keys.size() < count) {
-                KV* page = allocator.allocate(2 * static_cast<std::size_t>(elements));
+                auto* page = static_cast<KV*>(::operator new(bytes(), alignment));
                 keys.push_back(page); // cannot throw: reserved
                 values.push_back(page + elements);
             }
