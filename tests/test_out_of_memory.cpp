@@ -34,44 +34,25 @@ std::atomic<long> allocations_until_failure{-1};
 std::atomic<std::size_t> live_bytes{0};
 std::atomic<std::size_t> peak_live_bytes{0};
 
-void* allocate(std::size_t bytes)
+// Memory from malloc (`alignment` 0) or aligned_alloc, failed when asked to, counted.
+void* allocate(std::size_t bytes, std::size_t alignment = 0)
 {
     if (allocations_until_failure.load(std::memory_order_relaxed) >= 0 &&
         allocations_until_failure.fetch_sub(1, std::memory_order_relaxed) == 0)
         throw std::bad_alloc();
-    if (void* p = std::malloc(bytes == 0 ? 1 : bytes)) {
-#ifdef STAR_TEST_COUNTS_BYTES
-        const std::size_t now =
-            live_bytes.fetch_add(malloc_usable_size(p), std::memory_order_relaxed) +
-            malloc_usable_size(p);
-        std::size_t peak = peak_live_bytes.load(std::memory_order_relaxed);
-        while (now > peak && !peak_live_bytes.compare_exchange_weak(peak, now))
-            ;
-#endif
-        return p;
-    }
-    throw std::bad_alloc();
-}
-
-// The caches' pages are aligned to a cache line (operator new with an alignment).
-void* allocate_aligned(std::size_t bytes, std::align_val_t alignment)
-{
-    if (allocations_until_failure.load(std::memory_order_relaxed) >= 0 &&
-        allocations_until_failure.fetch_sub(1, std::memory_order_relaxed) == 0)
+    void* p = alignment == 0
+                  ? std::malloc(bytes == 0 ? 1 : bytes)
+                  : std::aligned_alloc(alignment, (bytes + alignment - 1) / alignment * alignment);
+    if (p == nullptr)
         throw std::bad_alloc();
-    const auto align = static_cast<std::size_t>(alignment);
-    if (void* p = std::aligned_alloc(align, (bytes + align - 1) / align * align)) {
 #ifdef STAR_TEST_COUNTS_BYTES
-        const std::size_t now =
-            live_bytes.fetch_add(malloc_usable_size(p), std::memory_order_relaxed) +
-            malloc_usable_size(p);
-        std::size_t peak = peak_live_bytes.load(std::memory_order_relaxed);
-        while (now > peak && !peak_live_bytes.compare_exchange_weak(peak, now))
-            ;
+    const std::size_t now = live_bytes.fetch_add(malloc_usable_size(p), std::memory_order_relaxed) +
+                            malloc_usable_size(p);
+    std::size_t peak = peak_live_bytes.load(std::memory_order_relaxed);
+    while (now > peak && !peak_live_bytes.compare_exchange_weak(peak, now))
+        ;
 #endif
-        return p;
-    }
-    throw std::bad_alloc();
+    return p;
 }
 
 void release(void* p) noexcept
@@ -93,8 +74,15 @@ void* operator new[](std::size_t bytes) { return allocate(bytes); }
 [[gnu::noinline]] void operator delete[](void* p) noexcept { release(p); }
 [[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { release(p); }
 [[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept { release(p); }
-void* operator new(std::size_t bytes, std::align_val_t a) { return allocate_aligned(bytes, a); }
-void* operator new[](std::size_t bytes, std::align_val_t a) { return allocate_aligned(bytes, a); }
+// The caches' pages are aligned to a cache line (operator new with an alignment).
+void* operator new(std::size_t bytes, std::align_val_t a)
+{
+    return allocate(bytes, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t bytes, std::align_val_t a)
+{
+    return allocate(bytes, static_cast<std::size_t>(a));
+}
 [[gnu::noinline]] void operator delete(void* p, std::align_val_t) noexcept { release(p); }
 [[gnu::noinline]] void operator delete[](void* p, std::align_val_t) noexcept { release(p); }
 [[gnu::noinline]] void operator delete(void* p, std::size_t, std::align_val_t) noexcept
