@@ -255,7 +255,7 @@ private:
         ~Pages()
         {
             for (KV* page : keys)
-                ::operator delete(page, bytes(), alignment);
+                ::operator delete(page, alignment);
         }
         [[nodiscard]] std::size_t bytes() const noexcept
         {

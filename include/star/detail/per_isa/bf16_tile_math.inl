@@ -39,15 +39,21 @@ struct Bf16Dot {
 
     /// A decode block's value product on bf16 pairs, as the tile math forms it: the
     /// probabilities rounded and paired as the softmax makes them, the value rows paired
-    /// key by key (vdpbf16ps sums along the keys). On Zen 5 this made a bf16 decode step
-    /// from memory 1.07x faster than widening V to float as it is loaded.
+    /// key by key (vdpbf16ps sums along the keys). A head_dim of whole 64-column chunks
+    /// (64, 128, 256: every model's) pairs the rows in registers as it multiplies, read
+    /// where they lie, its sums in the atom's interleaved order until `finish`; other
+    /// head_dims pair them into a block first, in column order, for tile_product.
     class Values {
     public:
         Values(index ld, index block_keys, index d)
             : head_dim_(d), padded_dim_(round_up(d, S::width)), values_ld_(padded_dim_ + row_skew),
+              in_registers_(d % chunk == 0),
               probabilities_(static_cast<std::size_t>((block_keys + 1) / 2 * ld)),
-              values_(static_cast<std::size_t>((block_keys + 1) / 2 * values_ld_), 0U),
-              value_rows_(static_cast<std::size_t>(block_keys))
+              values_(in_registers_ ? 0
+                                    : static_cast<std::size_t>((block_keys + 1) / 2 * values_ld_),
+                      0U),
+              value_rows_(static_cast<std::size_t>(block_keys)),
+              zeros_(in_registers_ ? static_cast<std::size_t>(d) : 0, Eigen::bfloat16(0.0f))
         {
         }
 
@@ -71,6 +77,21 @@ struct Bf16Dot {
                 keys = pieces[p].first + pieces[p].keys;
             }
             const index pairs = (keys + 1) / 2;
+            if (in_registers_) {
+                index r = 0;
+                for (; r + 4 <= rows; r += 4)
+                    add_rows<4>(probabilities_.data() + column + r, ld, keys, rescale + r,
+                                acc + r * padded_dim_);
+                if (rows - r >= 2) {
+                    add_rows<2>(probabilities_.data() + column + r, ld, keys, rescale + r,
+                                acc + r * padded_dim_);
+                    r += 2;
+                }
+                if (r < rows)
+                    add_rows<1>(probabilities_.data() + column + r, ld, keys, rescale + r,
+                                acc + r * padded_dim_);
+                return;
+            }
             for (index t = 0; t < pairs; ++t) // the odd key out pairs with zeros
                 P::pair_rows(value_rows_[static_cast<std::size_t>(2 * t)],
                              2 * t + 1 < keys ? value_rows_[static_cast<std::size_t>(2 * t + 1)]
@@ -81,20 +102,79 @@ struct Bf16Dot {
                                   rescale);
         }
 
+        /// Puts the `rows` accumulator rows at `acc` (`padded_dim` apart) in column order,
+        /// once every block is added.
+        void finish(float* acc, index rows) const noexcept
+        {
+            if (in_registers_)
+                for (index r = 0; r < rows; ++r)
+                    for (index c = 0; c < head_dim_; c += chunk / 2)
+                        P::restore_order(acc + r * padded_dim_ + c);
+        }
+
         /// Memory held, in bytes.
         [[nodiscard]] std::size_t bytes() const noexcept
         {
             return sizeof(bf16_pair) * (probabilities_.size() + values_.size()) +
-                   sizeof(const Eigen::bfloat16*) * value_rows_.size();
+                   sizeof(const Eigen::bfloat16*) * value_rows_.size() +
+                   sizeof(Eigen::bfloat16) * zeros_.size();
         }
 
     private:
+        /// Columns one step of add_rows multiplies: two `interleave`s, four vectors of sums.
+        static constexpr index chunk = 4 * S::width;
+
+        /// `acc[r] = rescale[r] * acc[r] + sum_t p[r + t * ld] . pair_t` for `Rows` rows,
+        /// the pairs made from value_rows_ in registers, a chunk of columns at a time.
+        template <int Rows>
+        void add_rows(const bf16_pair* p, index ld, index keys, const float* rescale,
+                      float* acc) const noexcept
+        {
+            const index pairs = (keys + 1) / 2;
+            for (index c = 0; c < head_dim_; c += chunk) {
+                typename S::reg sums[std::size_t{Rows}][4];
+                STAR_UNROLL
+                for (int r = 0; r < Rows; ++r) {
+                    const auto factor = S::broadcast(rescale[r]);
+                    STAR_UNROLL
+                    for (int v = 0; v < 4; ++v)
+                        sums[r][v] =
+                            S::mul(S::load(acc + r * padded_dim_ + c + v * S::width), factor);
+                }
+                for (index t = 0; t < pairs; ++t) {
+                    const Eigen::bfloat16* even = value_rows_[static_cast<std::size_t>(2 * t)] + c;
+                    const Eigen::bfloat16* odd =
+                        2 * t + 1 < keys ? value_rows_[static_cast<std::size_t>(2 * t + 1)] + c
+                                         : zeros_.data() + c; // the odd key out
+                    decltype(P::broadcast_a(0)) values[4];
+                    P::interleave(even, odd, values[0], values[1]);
+                    P::interleave(even + chunk / 2, odd + chunk / 2, values[2], values[3]);
+                    STAR_UNROLL
+                    for (int r = 0; r < Rows; ++r) {
+                        const auto probability = P::broadcast_a(p[r + t * ld]);
+                        STAR_UNROLL
+                        for (int v = 0; v < 4; ++v)
+                            sums[r][v] = P::madd(probability, values[v], sums[r][v]);
+                    }
+                }
+                // clang-format off
+                STAR_UNROLL
+                for (int r = 0; r < Rows; ++r)
+                    STAR_UNROLL
+                    for (int v = 0; v < 4; ++v)
+                        S::store(acc + r * padded_dim_ + c + v * S::width, sums[r][v]);
+                // clang-format on
+            }
+        }
+
         index head_dim_;
         index padded_dim_;
-        index values_ld_;                  // padded_dim + row_skew
+        index values_ld_; // padded_dim + row_skew
+        bool in_registers_;
         scratch<bf16_pair> probabilities_; // [block keys / 2 rounded up, ld]
-        scratch<bf16_pair> values_;        // [block keys / 2 rounded up, values_ld], zero padded
+        scratch<bf16_pair> values_; // [block keys / 2 rounded up, values_ld], zero padded, or none
         std::vector<const Eigen::bfloat16*> value_rows_; // of the block's keys, for the head
+        scratch<Eigen::bfloat16> zeros_;                 // [head_dim]: the odd key out's partner
     };
 };
 

@@ -335,6 +335,7 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
                           ws.accumulator.data() + h * rows * ws.padded_dim);
     }
 
+    ws.values.finish(ws.accumulator.data(), kv_heads * rows);
     for (index h = 0; h < kv_heads; ++h)
         for (index r = 0; r < rows; ++r) {
             const index column = h * rows + r;

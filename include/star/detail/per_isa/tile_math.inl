@@ -123,6 +123,9 @@ struct FmaDot {
                                padded_dim_, rows, padded_dim_, keys, rescale);
         }
 
+        /// The accumulator rows are in column order already.
+        void finish(float*, index) const noexcept {}
+
         /// Memory held, in bytes.
         [[nodiscard]] std::size_t bytes() const noexcept { return sizeof(float) * widened_.size(); }
 

@@ -75,6 +75,34 @@ struct Avx512Bf16Product {
 
     static void store(bf16_pair* p, __m512i pairs) noexcept { _mm512_storeu_si512(p, pairs); }
 
+    /// Pairs of 32 columns of two bf16 rows, as `vpunpcklwd` and `vpunpckhwd` make them in
+    /// each 128-bit lane: `low` pairs columns 0-3, 8-11, 16-19 and 24-27, `high` columns
+    /// 4-7, 12-15, 20-23 and 28-31. Two instructions for 32 pairs, where pairing them in
+    /// column order (pair_rows) takes a permutation and a store for every 16; a product of
+    /// such pairs leaves its sums in this order, and `restore_order` puts them back.
+    static void interleave(const Eigen::bfloat16* even, const Eigen::bfloat16* odd, __m512i& low,
+                           __m512i& high) noexcept
+    {
+        const __m512i e = _mm512_loadu_si512(even);
+        const __m512i o = _mm512_loadu_si512(odd);
+        low = _mm512_unpacklo_epi16(e, o);
+        high = _mm512_unpackhi_epi16(e, o);
+    }
+
+    /// The 32 floats at `row`, sums over pairs `interleave` made (`low`'s 16 lanes, then
+    /// `high`'s), put back in column order: column `k` is in lane `4 (k / 8) + k % 4` of
+    /// `low` if `k % 8 < 4`, else of `high`.
+    static void restore_order(float* row) noexcept
+    {
+        alignas(64) static constexpr std::int32_t order[32] = {
+            0, 1, 2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+            8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+        const __m512 low = _mm512_loadu_ps(row);
+        const __m512 high = _mm512_loadu_ps(row + 16);
+        _mm512_storeu_ps(row, _mm512_permutex2var_ps(low, _mm512_load_si512(order), high));
+        _mm512_storeu_ps(row + 16, _mm512_permutex2var_ps(low, _mm512_load_si512(order + 16), high));
+    }
+
     /// `src[0, n)` rounded to bf16 (nearest even, denormals to 0) into `out[0, n)`.
     static void round_row(const float* src, index n, Eigen::bfloat16* out) noexcept
     {
