@@ -40,7 +40,7 @@ struct Bf16Dot {
     /// A decode block's value product on bf16 pairs, as the tile math forms it: the
     /// probabilities rounded and paired as the softmax makes them, the value rows paired
     /// key by key (vdpbf16ps sums along the keys). A head_dim of whole 64-column chunks
-    /// (64, 128, 256: every model's) pairs the rows in registers as it multiplies, read
+    /// (the usual 64, 128 and 256) pairs the rows in registers as it multiplies, read
     /// where they lie, its sums in the atom's interleaved order until `finish`; other
     /// head_dims pair them into a block first, in column order, for tile_product.
     class Values {

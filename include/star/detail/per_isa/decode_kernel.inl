@@ -177,8 +177,6 @@ struct DecodePiece {
 /// score block.
 template <class S, class KV>
 struct DecodeWorkspace {
-    index rows; // query rows per KV head: query tokens x group
-    index head_dim;
     index padded_dim;                 // head_dim rounded up to a vector
     index columns;                    // every KV head's rows, rounded up to a vector
     index ld;                         // of the scores: columns + skew
@@ -191,10 +189,9 @@ struct DecodeWorkspace {
     std::array<DecodePiece<KV>, decode_block_keys + 1> pieces; // the block's, the next's first
 
     DecodeWorkspace(index kv_heads, index rows_per_head, index d)
-        : rows(rows_per_head), head_dim(d), padded_dim(round_up(d, S::width)),
-          columns(round_up(kv_heads * rows, S::width)), ld(columns + row_skew),
-          queries(static_cast<std::size_t>(kv_heads * rows * d)),
-          accumulator(static_cast<std::size_t>(kv_heads * rows * padded_dim), 0.0f),
+        : padded_dim(round_up(d, S::width)), columns(round_up(kv_heads * rows_per_head, S::width)),
+          ld(columns + row_skew), queries(static_cast<std::size_t>(kv_heads * rows_per_head * d)),
+          accumulator(static_cast<std::size_t>(kv_heads * rows_per_head * padded_dim), 0.0f),
           scores(static_cast<std::size_t>(round_up(decode_block_keys, 2) * ld), 0.0f),
           query_row(static_cast<std::size_t>(d)), values(ld, decode_block_keys, d)
     {
