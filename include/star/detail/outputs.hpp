@@ -4,6 +4,7 @@
 /// `attention` returns, or the caller's own (`attention_into`), whose output rows may be
 /// float or bf16 (the LSE is always float).
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 #include <vector>
