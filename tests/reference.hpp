@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <concepts>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <limits>
@@ -222,6 +224,18 @@ inline Deviation deviation(const AttentionState& s, const ReferenceResult& r)
         dev.lse = std::max(dev.lse, std::abs(a - b));
     }
     return dev;
+}
+
+/// Whether two states hold the same shape and the same bits: bits, not values, so -inf and
+/// NaN compare too (an empty tensor may have no memory, which memcmp must not be given).
+inline bool same_bits(const AttentionState& a, const AttentionState& b)
+{
+    const auto same = [](const float* x, const float* y, index n) {
+        return n == 0 || std::memcmp(x, y, sizeof(float) * static_cast<std::size_t>(n)) == 0;
+    };
+    return a.shape() == b.shape() && a.lse.size() == b.lse.size() &&
+           same(a.output.data(), b.output.data(), a.output.size()) &&
+           same(a.lse.data(), b.lse.data(), a.lse.size());
 }
 
 /// Fresh inputs every run; the seed is printed so that a failure can be replayed with

@@ -10,7 +10,6 @@
 
 #include <tbb/task_arena.h>
 
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -22,20 +21,6 @@
 
 namespace star::test {
 namespace {
-
-// Bits, not values: -inf and NaN compare too. An empty tensor may have no memory at all,
-// which memcmp must not be given.
-bool same_memory(const float* a, const float* b, index count)
-{
-    return count == 0 || std::memcmp(a, b, sizeof(float) * static_cast<std::size_t>(count)) == 0;
-}
-
-bool same_bits(const AttentionState& a, const AttentionState& b)
-{
-    return a.shape() == b.shape() && a.lse.size() == b.lse.size() &&
-           same_memory(a.output.data(), b.output.data(), a.output.size()) &&
-           same_memory(a.lse.data(), b.lse.data(), a.lse.size());
-}
 
 // The rows [first, first + count) of a state, as a state of their own.
 AttentionState rows_of(const AttentionState& s, index first, index count)

@@ -21,16 +21,6 @@
 namespace star::test {
 namespace {
 
-bool same_bits(const AttentionState& a, const AttentionState& b)
-{
-    const auto same = [](const float* x, const float* y, index n) {
-        return n == 0 || std::memcmp(x, y, sizeof(float) * static_cast<std::size_t>(n)) == 0;
-    };
-    return a.shape() == b.shape() && a.lse.size() == b.lse.size() &&
-           same(a.output.data(), b.output.data(), a.output.size()) &&
-           same(a.lse.data(), b.lse.data(), a.lse.size());
-}
-
 /// The tokens of `t` copied into a pool of pages of `page_tokens`, `[page, token, head, d]`,
 /// through a shuffled page table that uses each pool page at most once. Every element the
 /// sequence does not own (spare pages, the tail of the last page) is NaN, so a read past

@@ -127,7 +127,8 @@ AttentionState attention(const ConstView3<Q>& q, const KVPages<KV>& k, const KVP
 /// \throws star::error as `attention` does, and when `output` or `lse` does not have the
 /// queries' shape, views null memory, or overlaps the other or q, k or v; nothing is
 /// written then. star::runtime_failure when the arithmetic overflows float (or a bf16
-/// output): the contents of `output` and `lse` are then unspecified.
+/// output), and std::bad_alloc when a task's scratch memory runs out: the contents of
+/// `output` and `lse` are then unspecified.
 template <OutputElement O, QueryElement Q, KVElement KV, Mask M = NoMask, ScoreTransform T = NoTransform>
 void attention_into(const View3<O>& output, const View2f& lse, const ConstView3<Q>& q,
                     const KVPages<KV>& k, const KVPages<KV>& v, const M& mask = {},
