@@ -105,6 +105,35 @@ TEST(Ring, Bfloat16KeysAndValues)
         expect_ring_is_exact(s, 4, {.layout = layout});
 }
 
+// A model that runs in bf16 projects bf16 queries: ring takes them as the kernel does, each
+// host's result bit for bit that of the same queries widened to float, in both layouts and
+// under a variant.
+TEST(Ring, Bfloat16QueriesGiveTheResultOfThoseQueriesWidened)
+{
+    const auto q = random_tensor<Eigen::bfloat16>(517, 8, 32);
+    const Tensor3<float> widened = q.cast<float>();
+    const auto k = random_tensor<Eigen::bfloat16>(517, 2, 32);
+    const auto v = random_tensor<Eigen::bfloat16>(517, 2, 32);
+    const auto expect_same = [&](const auto& ring, const std::string& what) {
+        LocalCommunicator comm(4);
+        const auto got = ring.run(comm, view(q), view(k), view(v));
+        const auto want = ring.run(comm, view(widened), view(k), view(v));
+        for (int r = 0; r < 4; ++r) {
+            ASSERT_EQ(got[r].size(), want[r].size()) << what;
+            for (std::size_t n = 0; n < got[r].size(); ++n) {
+                EXPECT_EQ(got[r][n].tokens, want[r][n].tokens) << what;
+                EXPECT_TRUE(same_bits(got[r][n].state, want[r][n].state))
+                    << what << ", host " << r << ", shard " << n;
+            }
+        }
+    };
+    for (const RingLayout layout : {RingLayout::plain, RingLayout::zigzag}) {
+        expect_same(RingAttention({.layout = layout}), name_of(layout));
+        expect_same(BasicRingAttention({.layout = layout}, SlidingWindow{100}),
+                    std::string(name_of(layout)) + ", sliding window");
+    }
+}
+
 TEST(Ring, ExplicitScale)
 {
     const auto s = random_sequence<float>(200, 4, 1, 16, 0.3);

@@ -712,6 +712,72 @@ TEST(DefaultStarAttention, RunsThePapersMethod)
 }
 
 // =============================================================================================
+// bf16 queries
+
+// One layer of a bf16 model: its context and its query steps, the queries `Q`.
+template <class Q>
+struct Bf16Layer {
+    Tensor3<Q> q;
+    Tensor3<Eigen::bfloat16> k, v;
+    std::vector<Tensor3<Q>> step_q;
+    std::vector<Tensor3<Eigen::bfloat16>> step_k, step_v;
+};
+
+// Both phases of `star` on `hosts` in-process hosts: the assembled phase-1 outputs, then the
+// query host's result of each step.
+template <class S, class Q>
+std::vector<AttentionState> run_both_phases(const S& star, int hosts, const Bf16Layer<Q>& layer)
+{
+    const Shape shape{layer.q.dimension(0), layer.q.dimension(1), layer.q.dimension(2)};
+    const StarPlan plan = star.plan(shape.tokens, hosts);
+    LocalCommunicator comm(hosts);
+    auto caches = comm.local<KVCache<Eigen::bfloat16>>();
+    std::vector<AttentionState> results{assemble(
+        star.encode_context(comm, plan, caches, view(layer.q), view(layer.k), view(layer.v)), shape)};
+    for (std::size_t s = 0; s < layer.step_q.size(); ++s)
+        results.push_back(*star.attend_query(comm, plan, caches, view(layer.step_q[s]),
+                                             view(layer.step_k[s]),
+                                             view(layer.step_v[s]))[plan.query_host()]);
+    return results;
+}
+
+// A model that runs in bf16 projects bf16 queries: both phases take them as the kernel does,
+// each result bit for bit that of the same queries widened to float, with a computed and a
+// received anchor, and under a positional variant (which places each cache run on its own).
+TEST(Bfloat16Queries, BothPhasesGiveTheResultOfThoseQueriesWidened)
+{
+    const index context = 517, q_heads = 8, kv_heads = 2, d = 32;
+    Bf16Layer<Eigen::bfloat16> bf16{random_tensor<Eigen::bfloat16>(context, q_heads, d),
+                                    random_tensor<Eigen::bfloat16>(context, kv_heads, d),
+                                    random_tensor<Eigen::bfloat16>(context, kv_heads, d),
+                                    {},
+                                    {},
+                                    {}};
+    for (const index tokens : {5, 1, 1}) {
+        bf16.step_q.push_back(random_tensor<Eigen::bfloat16>(tokens, q_heads, d));
+        bf16.step_k.push_back(random_tensor<Eigen::bfloat16>(tokens, kv_heads, d));
+        bf16.step_v.push_back(random_tensor<Eigen::bfloat16>(tokens, kv_heads, d));
+    }
+    Bf16Layer<float> widened{bf16.q.cast<float>(), bf16.k, bf16.v, {}, bf16.step_k, bf16.step_v};
+    for (const auto& q : bf16.step_q)
+        widened.step_q.push_back(q.cast<float>());
+
+    const auto expect_same = [&](const auto& star, int hosts, const std::string& what) {
+        const auto got = run_both_phases(star, hosts, bf16);
+        const auto want = run_both_phases(star, hosts, widened);
+        ASSERT_EQ(got.size(), want.size());
+        for (std::size_t n = 0; n < got.size(); ++n)
+            EXPECT_TRUE(same_bits(got[n], want[n]))
+                << what << (n == 0 ? ", phase 1" : ", step " + std::to_string(n));
+    };
+    expect_same(StarAttention(FixedBlocks{100}, FirstTokens{}, RoundRobin{}, TreeReduction{}), 3,
+                "computed anchor, tree");
+    expect_same(StarAttention(FixedBlocks{100}, FirstTokens{{}, AnchorSource::receive},
+                              Contiguous{}, GatherToQueryHost{}, {}, SlidingWindow{150}),
+                4, "received anchor, sliding window");
+}
+
+// =============================================================================================
 // Bad configurations
 
 TEST(StarErrors, BlockSizeZero)

@@ -115,15 +115,15 @@ void star_equals_in_process(star::MpiCommunicator& mpi, const M& merge, const st
 
 // Across processes a host holds only its own blocks (and the anchor when it computes it),
 // as a deployment does: phase 1 and the query over MPI must still give bit for bit what the
-// in-process run over the whole context gives.
-template <star::KVElement KV>
+// in-process run over the whole context gives. The queries are `Q`, float or bf16.
+template <star::KVElement KV, star::QueryElement Q = float>
 void per_host_contexts_equal_in_process(star::MpiCommunicator& mpi, star::AnchorSource source,
                                         const std::string& name)
 {
     const int rank = mpi.rank(), hosts = mpi.size();
     const star::index context = 517, q_heads = 4, kv_heads = 2, d = 24;
     std::mt19937_64 rng(99);
-    const auto q = random_tensor(context, q_heads, d, rng);
+    const star::Tensor3<Q> q = random_tensor(context, q_heads, d, rng).cast<Q>();
     const auto k32 = random_tensor(context, kv_heads, d, rng);
     const auto v32 = random_tensor(context, kv_heads, d, rng);
     const star::Tensor3<KV> k = k32.cast<KV>(), v = v32.cast<KV>();
@@ -131,7 +131,7 @@ void per_host_contexts_equal_in_process(star::MpiCommunicator& mpi, star::Anchor
         star::FixedBlocks{100}, star::FirstTokens{{}, source});
     const star::StarPlan plan = star_attention.plan(context, hosts);
 
-    auto contexts = mpi.local<star::HostContext<KV>>();
+    auto contexts = mpi.local<star::HostContext<KV, Q>>();
     const auto hold = [&](star::TokenRange r) {
         contexts[rank].add(r.begin, star::token_slice(star::view(q), r.begin, r.size()),
                            star::token_slice(star::view(k), r.begin, r.size()),
@@ -153,7 +153,7 @@ void per_host_contexts_equal_in_process(star::MpiCommunicator& mpi, star::Anchor
                                                         star::view(k), star::view(v));
     expect_identical(mpi_p1[rank], local_p1[rank], rank, name + " phase 1");
 
-    const auto nq = random_tensor(3, q_heads, d, rng);
+    const star::Tensor3<Q> nq = random_tensor(3, q_heads, d, rng).cast<Q>();
     const star::Tensor3<KV> nk = random_tensor(3, kv_heads, d, rng).cast<KV>();
     const star::Tensor3<KV> nv = random_tensor(3, kv_heads, d, rng).cast<KV>();
     const auto mpi_out = star_attention.attend_query(mpi, plan, mpi_caches, star::view(nq),
@@ -262,12 +262,14 @@ void star_with_one_rank_changed(star::MpiCommunicator& mpi, const std::string& c
         run_star<Eigen::bfloat16, star::GatherToQueryHost>(mpi, s);
 }
 
+// Queries of type `Q` (float, or bf16 as a bf16 model projects them).
+template <class Q = float>
 void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout,
                             const std::string& name)
 {
     const int rank = mpi.rank();
     std::mt19937_64 rng(7);
-    const auto q = random_tensor(333, 4, 2 * 8, rng);
+    const star::Tensor3<Q> q = random_tensor(333, 4, 2 * 8, rng).cast<Q>();
     const auto k = random_tensor(333, 2, 2 * 8, rng);
     const auto v = random_tensor(333, 2, 2 * 8, rng);
     const star::RingAttention ring({.layout = layout});
@@ -275,6 +277,22 @@ void ring_equals_in_process(star::MpiCommunicator& mpi, star::RingLayout layout,
     const auto over_mpi = ring.run(mpi, star::view(q), star::view(k), star::view(v));
     const auto in_process = ring.run(local, star::view(q), star::view(k), star::view(v));
     expect_identical(over_mpi[rank], in_process[rank], rank, name);
+}
+
+// Ring Attention with bf16 queries on some ranks and float on the others: the agreement must
+// report it (nothing on the wire differs, but the ranks would round their rows differently).
+void ring_with_query_type(star::MpiCommunicator& mpi, bool bf16)
+{
+    std::mt19937_64 rng(7);
+    const auto q = random_tensor(120, 4, 16, rng);
+    const star::Tensor3<Eigen::bfloat16> q_bf16 = q.cast<Eigen::bfloat16>();
+    const auto k = random_tensor(120, 2, 16, rng);
+    const auto v = random_tensor(120, 2, 16, rng);
+    const star::RingAttention ring;
+    if (bf16)
+        (void)ring.run(mpi, star::view(q_bf16), star::view(k), star::view(v));
+    else
+        (void)ring.run(mpi, star::view(q), star::view(k), star::view(v));
 }
 
 // Ring Attention under a sliding window of `window` tokens: a rank given another window must
@@ -422,6 +440,8 @@ int main(int argc, char** argv)
                 ring_with_window(mpi, rank == chosen_rank ? 65 : 64);
             else if (mode == "--mismatch-cap")
                 star_with_cap(mpi, rank == chosen_rank ? 30.0f : 50.0f);
+            else if (mode == "--mismatch-query-type")
+                ring_with_query_type(mpi, rank == chosen_rank);
             else if (mode == "--mismatch-ring-layout")
                 ring_equals_in_process(
                     mpi, rank == chosen_rank ? star::RingLayout::zigzag : star::RingLayout::plain,
@@ -446,14 +466,17 @@ int main(int argc, char** argv)
         star_equals_in_process(mpi, star::TreeReduction{}, "star/tree");
         per_host_contexts_equal_in_process<float>(mpi, star::AnchorSource::compute,
                                                   "star/per-host, computed anchor");
-        per_host_contexts_equal_in_process<Eigen::bfloat16>(mpi, star::AnchorSource::receive,
-                                                            "star/per-host bf16, received anchor");
+        per_host_contexts_equal_in_process<Eigen::bfloat16, Eigen::bfloat16>(
+            mpi, star::AnchorSource::receive,
+            "star/per-host bf16 with bf16 queries, received anchor");
         // The same with a deadline: every collective is then polled against the clock.
         star::MpiCommunicator patient(MPI_COMM_WORLD, std::chrono::milliseconds(60000));
         deadline_is_checked(mpi, patient);
         star_equals_in_process(patient, star::TreeReduction{}, "star/tree, with a deadline");
         ring_equals_in_process(mpi, star::RingLayout::plain, "ring/plain");
         ring_equals_in_process(mpi, star::RingLayout::zigzag, "ring/zig-zag");
+        ring_equals_in_process<Eigen::bfloat16>(mpi, star::RingLayout::zigzag,
+                                                "ring/zig-zag, bf16 queries");
         exchanges_equal_in_process<float>(mpi, "float");
         exchanges_equal_in_process<Eigen::bfloat16>(mpi, "bf16");
         exchanges_equal_in_process<float>(patient, "float, with a deadline");

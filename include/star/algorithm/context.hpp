@@ -13,39 +13,41 @@
 
 namespace star {
 
-/// Q/K/V of the tokens `[first_token, first_token + q.dimension(0))` of the context.
-template <KVElement KV>
+/// Q/K/V of the tokens `[first_token, first_token + q.dimension(0))` of the context, the
+/// queries float or bf16 (`Q`), as the kernel takes them.
+template <KVElement KV, QueryElement Q = float>
 struct ContextPiece {
-    index first_token = 0;                 ///< Context position of the piece's first token.
-    ConstView3<float> q{nullptr, 0, 0, 0}; ///< Queries `[tokens, Hq, head_dim]`.
-    ConstView3<KV> k{nullptr, 0, 0, 0};    ///< Keys `[tokens, Hkv, head_dim]`.
-    ConstView3<KV> v{nullptr, 0, 0, 0};    ///< Values `[tokens, Hkv, head_dim]`.
+    index first_token = 0;              ///< Context position of the piece's first token.
+    ConstView3<Q> q{nullptr, 0, 0, 0};  ///< Queries `[tokens, Hq, head_dim]`.
+    ConstView3<KV> k{nullptr, 0, 0, 0}; ///< Keys `[tokens, Hkv, head_dim]`.
+    ConstView3<KV> v{nullptr, 0, 0, 0}; ///< Values `[tokens, Hkv, head_dim]`.
 };
 
 /// Q/K/V of one token range, as views into a `HostContext`'s memory.
-template <KVElement KV>
+template <KVElement KV, QueryElement Q = float>
 struct ContextSlice {
-    ConstView3<float> q; ///< Queries `[tokens, Hq, head_dim]`.
-    ConstView3<KV> k;    ///< Keys `[tokens, Hkv, head_dim]`.
-    ConstView3<KV> v;    ///< Values `[tokens, Hkv, head_dim]`.
+    ConstView3<Q> q;  ///< Queries `[tokens, Hq, head_dim]`.
+    ConstView3<KV> k; ///< Keys `[tokens, Hkv, head_dim]`.
+    ConstView3<KV> v; ///< Values `[tokens, Hkv, head_dim]`.
 };
 
 /// The pieces of the context one host holds: in-process every host can see the whole
 /// context (one piece from token 0); across processes a host holds the pieces it needs.
-template <KVElement KV>
+/// The queries are float or bf16 (`Q`); a bf16 model's projections give bf16 ones.
+template <KVElement KV, QueryElement Q = float>
 class HostContext {
 public:
     /// Holds no piece.
     HostContext() = default;
 
     /// The whole context `q`/`k`/`v`, from token 0.
-    HostContext(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v)
+    HostContext(const ConstView3<Q>& q, const ConstView3<KV>& k, const ConstView3<KV>& v)
     {
         add(0, q, k, v);
     }
 
     /// Adds the tokens `[first_token, first_token + q.dimension(0))`.
-    void add(index first_token, const ConstView3<float>& q, const ConstView3<KV>& k,
+    void add(index first_token, const ConstView3<Q>& q, const ConstView3<KV>& k,
              const ConstView3<KV>& v)
     {
         if (q.dimension(0) != k.dimension(0) || k.dimension(0) != v.dimension(0))
@@ -83,7 +85,7 @@ public:
     }
 
     /// Views of `range`, which must lie inside one piece.
-    [[nodiscard]] ContextSlice<KV> slice(TokenRange range) const
+    [[nodiscard]] ContextSlice<KV, Q> slice(TokenRange range) const
     {
         for (const auto& p : pieces_) {
             const index offset = range.begin - p.first_token;
@@ -97,15 +99,15 @@ public:
     }
 
 private:
-    std::vector<ContextPiece<KV>> pieces_;
+    std::vector<ContextPiece<KV, Q>> pieces_;
 };
 
 namespace detail {
 
 /// A host's query heads, KV heads and head_dim as settings the hosts must agree on
 /// (`check_agreement`); unknown where it holds no piece of the context.
-template <KVElement KV>
-std::array<std::int64_t, 3> head_settings(const HostContext<KV>& context)
+template <KVElement KV, QueryElement Q>
+std::array<std::int64_t, 3> head_settings(const HostContext<KV, Q>& context)
 {
     if (context.empty())
         return {unknown_setting, unknown_setting, unknown_setting};

@@ -74,12 +74,13 @@ public:
     }
 
     /// Causal self-attention of a sequence of `tokens` tokens. `contexts[r]` must hold host
-    /// `r`'s shards (see `shards`). Returns each host's outputs for its query shards.
+    /// `r`'s shards (see `shards`), its queries float or bf16. Returns each host's outputs
+    /// for its query shards.
     /// \throws star::error on a bad number of tokens or hosts, Q/K/V the kernel rejects, or
     /// a context that lacks one of its host's shards.
-    template <KVElement KV, Communicator C>
+    template <KVElement KV, QueryElement Q, Communicator C>
     PerHost<std::vector<RangeOutput>> run(C& comm, index tokens,
-                                          const PerHost<HostContext<KV>>& contexts) const
+                                          const PerHost<HostContext<KV, Q>>& contexts) const
     {
         const int hosts = comm.size();
         const auto layout = shards(tokens, hosts);
@@ -101,7 +102,7 @@ public:
             for (const TokenRange& range : layout[static_cast<std::size_t>(rank)]) {
                 if (range.empty())
                     continue;
-                const ContextSlice<KV> s = contexts[rank].slice(range);
+                const ContextSlice<KV, Q> s = contexts[rank].slice(range);
                 detail::check_qkv(s.q, s.k, s.v, options_.attention.scale, "RingAttention::run");
                 if (options_.attention.check_finite)
                     detail::check_finite_qkv(s.q, s.k, s.v, range.begin,
@@ -133,7 +134,7 @@ public:
                     for (RangeOutput& out : partial[rank]) {
                         if (kv_range.empty() || kv_range.begin > out.tokens.end - 1)
                             continue; // keys all in the future of these queries
-                        const ContextSlice<KV> own = contexts[rank].slice(out.tokens);
+                        const ContextSlice<KV, Q> own = contexts[rank].slice(out.tokens);
                         const index row = own.k.dimension(1) * own.k.dimension(2);
                         const auto held = [&](const std::vector<KV>& buffer) {
                             return ConstView3<KV>(buffer.data() + offset * row, kv_range.size(),
@@ -162,22 +163,22 @@ public:
         return partial;
     }
 
-    /// In-process: every host sees the whole sequence `q` `[L, Hq, d]`, `k`/`v`
-    /// `[L, Hkv, d]`.
+    /// In-process: every host sees the whole sequence `q` `[L, Hq, d]` (float or bf16),
+    /// `k`/`v` `[L, Hkv, d]`.
     /// \throws star::error as the other overload, and if `q` and `k` have different token
     /// counts.
-    template <KVElement KV, Communicator C>
-    PerHost<std::vector<RangeOutput>> run(C& comm, const ConstView3<float>& q,
-                                          const ConstView3<KV>& k, const ConstView3<KV>& v) const
+    template <QueryElement Q, KVElement KV, Communicator C>
+    PerHost<std::vector<RangeOutput>> run(C& comm, const ConstView3<Q>& q, const ConstView3<KV>& k,
+                                          const ConstView3<KV>& v) const
     {
         detail::check_qkv(q, k, v, options_.attention.scale, "RingAttention::run");
         if (q.dimension(0) != k.dimension(0))
             detail::fail("RingAttention::run: causal self-attention needs as many queries as keys, "
                          "got ",
                          q.dimension(0), " and ", k.dimension(0));
-        auto contexts = comm.template local<HostContext<KV>>();
+        auto contexts = comm.template local<HostContext<KV, Q>>();
         for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
-            contexts[r] = HostContext<KV>(q, k, v);
+            contexts[r] = HostContext<KV, Q>(q, k, v);
         return run(comm, q.dimension(0), contexts);
     }
 
@@ -188,9 +189,10 @@ public:
 
 private:
     // Every host must run the same configuration: a host whose K/V have another type or
-    // heads would read what travels round the ring with the wrong layout.
-    template <KVElement KV, Communicator C>
-    void agree(C& comm, index tokens, const PerHost<HostContext<KV>>& contexts) const
+    // heads would read what travels round the ring with the wrong layout, and one whose
+    // queries have another type would compute its rows to another rounding.
+    template <KVElement KV, QueryElement Q, Communicator C>
+    void agree(C& comm, index tokens, const PerHost<HostContext<KV, Q>>& contexts) const
     {
         static constexpr const char* names[] = {"the number of tokens",
                                                 "the layout (0 plain, 1 zig-zag)",
@@ -203,7 +205,8 @@ private:
                                                 "the Variant policy (digest of its type)",
                                                 "the variant's window (-1: none)",
                                                 "the variant's soft cap (bits)",
-                                                "the variant's ALiBi slopes (digest)"};
+                                                "the variant's ALiBi slopes (digest)",
+                                                "the query element type (1 float, 2 bf16)"};
         const std::int64_t variant_digest = detail::type_digest<V>();
         const VariantSettings variant = variant_.settings();
         auto settings = comm.template local<std::vector<std::int64_t>>();
@@ -220,7 +223,8 @@ private:
                            variant_digest,
                            variant.window,
                            detail::float_setting(variant.cap),
-                           static_cast<std::int64_t>(variant.slopes)};
+                           static_cast<std::int64_t>(variant.slopes),
+                           detail::element_code<Q>()};
         }
         detail::check_agreement(comm, settings, names, "RingAttention::run");
     }

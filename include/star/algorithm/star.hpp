@@ -207,14 +207,15 @@ public:
     /// Phase 1 for one layer: every host attends over each of its blocks with the block's
     /// anchor (the anchor's own outputs are never computed) and appends the block's K/V to
     /// its cache. Returns each host's block outputs. `contexts[r]` holds what host `r` has
-    /// of the context: its blocks, and the anchor tokens when the anchor is computed.
-    template <KVElement KV, Communicator C>
+    /// of the context: its blocks, and the anchor tokens when the anchor is computed; the
+    /// queries float or bf16.
+    template <KVElement KV, QueryElement Q, Communicator C>
     PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
                                                      PerHost<KVCache<KV>>& caches,
-                                                     const PerHost<HostContext<KV>>& contexts) const
+                                                     const PerHost<HostContext<KV, Q>>& contexts) const
     {
         check_group(comm, plan);
-        agree<KV>(comm, plan, "StarAttention::encode_context", [&](int rank) {
+        agree<KV, Q>(comm, plan, "StarAttention::encode_context", [&](int rank) {
             const auto [q_heads, kv_heads, head_dim] = detail::head_settings(contexts[rank]);
             return LayerShape{0, q_heads, kv_heads, head_dim};
         });
@@ -228,7 +229,7 @@ public:
         auto outputs = comm.template local<std::vector<RangeOutput>>();
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
-                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks()[i]);
+                const ContextSlice<KV, Q> block = contexts[rank].slice(plan.blocks()[i]);
                 if (attention_.check_finite)
                     check_finite(block, plan.blocks()[i].begin,
                                  "StarAttention::encode_context: host ", rank);
@@ -258,7 +259,7 @@ public:
         auto blocks_kv = comm.template local<std::vector<ConstView3<KV>>>();
         comm.for_each_host([&](int rank) {
             for (const std::size_t i : plan.blocks_of(rank)) {
-                const ContextSlice<KV> block = contexts[rank].slice(plan.blocks()[i]);
+                const ContextSlice<KV, Q> block = contexts[rank].slice(plan.blocks()[i]);
                 blocks_kv[rank].push_back(block.k);
                 blocks_kv[rank].push_back(block.v);
             }
@@ -269,36 +270,35 @@ public:
     }
 
     /// Phase 1 in-process, every host seeing the whole context `q`/`k`/`v`
-    /// (`[L, Hq, d]` and `[L, Hkv, d]`).
-    template <KVElement KV, Communicator C>
+    /// (`[L, Hq, d]`, float or bf16, and `[L, Hkv, d]`).
+    template <QueryElement Q, KVElement KV, Communicator C>
     PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
                                                      PerHost<KVCache<KV>>& caches,
-                                                     const ConstView3<float>& q,
-                                                     const ConstView3<KV>& k,
+                                                     const ConstView3<Q>& q, const ConstView3<KV>& k,
                                                      const ConstView3<KV>& v) const
     {
         detail::check_qkv(q, k, v, attention_.scale, "StarAttention::encode_context");
         if (q.dimension(0) != plan.context_tokens() || k.dimension(0) != plan.context_tokens())
             detail::fail("StarAttention::encode_context: the plan is for ", plan.context_tokens(),
                          " context tokens, q has ", q.dimension(0), " and k ", k.dimension(0));
-        auto contexts = comm.template local<HostContext<KV>>();
+        auto contexts = comm.template local<HostContext<KV, Q>>();
         for (int r = contexts.first_rank(); r < contexts.end_rank(); ++r)
-            contexts[r] = HostContext<KV>(q, k, v);
+            contexts[r] = HostContext<KV, Q>(q, k, v);
         return encode_context(comm, plan, caches, contexts);
     }
 
     /// Phase 2 for one layer, also one decode step (`Lq = 1`): the query `q` `[Lq, Hq, d]`
-    /// with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every host; each attends
+    /// (float or bf16) with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every host; each attends
     /// to all its cached keys (no causal mask: the query follows the whole context), the
     /// query host also to `k`/`v` causally; the partials are merged exactly by the Merge
     /// policy, and the query host alone appends `k`/`v` to its cache.
     /// Returns the merged state at the query host (and wherever the Merge policy puts it).
     /// \throws star::error on shapes that disagree with the query or the caches; a failed
     /// call changes no cache.
-    template <KVElement KV, Communicator C>
+    template <QueryElement Q, KVElement KV, Communicator C>
     PerHost<std::optional<AttentionState>> attend_query(C& comm, const StarPlan& plan,
                                                         PerHost<KVCache<KV>>& caches,
-                                                        const ConstView3<float>& q,
+                                                        const ConstView3<Q>& q,
                                                         const ConstView3<KV>& k,
                                                         const ConstView3<KV>& v) const
     {
@@ -308,8 +308,8 @@ public:
             detail::fail("StarAttention::attend_query: q has ", q.dimension(0),
                          " tokens but k has ", k.dimension(0));
         if (attention_.check_finite)
-            check_finite(ContextSlice<KV>{q, k, v}, 0, "StarAttention::attend_query: query");
-        const index position = agree_on_query(
+            check_finite(ContextSlice<KV, Q>{q, k, v}, 0, "StarAttention::attend_query: query");
+        const index position = agree_on_query<Q>(
             comm, plan, caches,
             LayerShape{q.dimension(0), q.dimension(1), k.dimension(1), q.dimension(2)});
         variant_.check(q.dimension(1));
@@ -441,7 +441,7 @@ private:
     // only collective besides the merge. When every host is in this process they all run
     // this very call, with one query, plan and object, so they cannot disagree: no
     // collective at all.
-    template <KVElement KV, Communicator C>
+    template <QueryElement Q, KVElement KV, Communicator C>
     index agree_on_query(C& comm, const StarPlan& plan, const PerHost<KVCache<KV>>& caches,
                          const LayerShape& shape) const
     {
@@ -456,7 +456,7 @@ private:
         if (position.first_rank() == 0 && position.end_rank() == comm.size())
             return position[plan.query_host()][0];
         const auto payloads = detail::check_agreement_in_step(
-            comm, settings<KV>(comm, plan, [&](int) { return shape; }), position, setting_names,
+            comm, settings<KV, Q>(comm, plan, [&](int) { return shape; }), position, setting_names,
             "StarAttention::attend_query");
         const auto& from_query_host =
             payloads[payloads.first_rank()][static_cast<std::size_t>(plan.query_host())];
@@ -510,22 +510,22 @@ private:
         }
     };
 
-    template <KVElement KV, class... Where>
-    static void check_finite(const ContextSlice<KV>& s, index first_token, const Where&... where)
+    template <KVElement KV, QueryElement Q, class... Where>
+    static void check_finite(const ContextSlice<KV, Q>& s, index first_token, const Where&... where)
     {
         detail::check_finite_qkv(s.q, s.k, s.v, first_token, where...);
     }
 
-    template <KVElement KV>
-    static std::pair<ConstView3<KV>, ConstView3<KV>> kv_of(const ContextSlice<KV>& s)
+    template <KVElement KV, QueryElement Q>
+    static std::pair<ConstView3<KV>, ConstView3<KV>> kv_of(const ContextSlice<KV, Q>& s)
     {
         return {s.k, s.v};
     }
 
     // The owners of the anchor tokens broadcast them, block by block, to every host.
-    template <KVElement KV, Communicator C>
+    template <KVElement KV, QueryElement Q, Communicator C>
     static AnchorKV<KV> receive_anchor(C& comm, const StarPlan& plan,
-                                       const PerHost<HostContext<KV>>& contexts)
+                                       const PerHost<HostContext<KV, Q>>& contexts)
     {
         AnchorKV<KV> anchor{comm.template local<std::vector<KV>>(),
                             comm.template local<std::vector<KV>>()};
@@ -539,7 +539,7 @@ private:
             auto keys = comm.template local<std::vector<KV>>();
             auto values = comm.template local<std::vector<KV>>();
             if (keys.holds(root)) {
-                const ContextSlice<KV> s = contexts[root].slice(part);
+                const ContextSlice<KV, Q> s = contexts[root].slice(part);
                 keys[root].assign(s.k.data(), s.k.data() + s.k.size());
                 values[root].assign(s.v.data(), s.v.data() + s.v.size());
             }
@@ -556,8 +556,9 @@ private:
     // Every host must run the same configuration; across processes nothing else checks it,
     // and a difference gives wrong results (a received anchor read with the wrong type or
     // heads) or a hang (hosts calling different collectives). The plan stands for the
-    // Block, Anchor and Partition policies; the Merge policy, the scale, the K/V type and
-    // `shape_of(rank)`, each local host's shapes, complete it.
+    // Block, Anchor and Partition policies; the Merge policy, the scale, the K/V and query
+    // types and `shape_of(rank)`, each local host's shapes, complete it. (Queries of another
+    // type break nothing on the wire, but a host would compute its part to another rounding.)
     static constexpr const char* setting_names[] = {"the number of context tokens",
                                                     "the query host",
                                                     "the number of blocks",
@@ -576,10 +577,11 @@ private:
                                                     "the Variant policy (digest of its type)",
                                                     "the variant's window (-1: none)",
                                                     "the variant's soft cap (bits)",
-                                                    "the variant's ALiBi slopes (digest)"};
+                                                    "the variant's ALiBi slopes (digest)",
+                                                    "the query element type (1 float, 2 bf16)"};
 
     // Each local host's values of `setting_names`.
-    template <KVElement KV, Communicator C, class ShapeOf>
+    template <KVElement KV, QueryElement Q, Communicator C, class ShapeOf>
     PerHost<std::vector<std::int64_t>> settings(C& comm, const StarPlan& plan,
                                                 ShapeOf&& shape_of) const
     {
@@ -616,17 +618,18 @@ private:
                          variant_digest,
                          variant.window,
                          detail::float_setting(variant.cap),
-                         static_cast<std::int64_t>(variant.slopes)};
+                         static_cast<std::int64_t>(variant.slopes),
+                         detail::element_code<Q>()};
         }
         return values;
     }
 
     // Phase 1's check, each host with its own shapes: a gather and a broadcast, once per
     // layer and context.
-    template <KVElement KV, Communicator C, class ShapeOf>
+    template <KVElement KV, QueryElement Q, Communicator C, class ShapeOf>
     void agree(C& comm, const StarPlan& plan, const char* where, ShapeOf&& shape_of) const
     {
-        detail::check_agreement(comm, settings<KV>(comm, plan, shape_of), setting_names, where);
+        detail::check_agreement(comm, settings<KV, Q>(comm, plan, shape_of), setting_names, where);
     }
 
     template <Communicator C>

@@ -162,8 +162,8 @@ float check_qkv(const ConstView3<Q>& q, const KVPages<KV>& k, const KVPages<KV>&
 }
 
 /// `check_finite` of the q, k and v of one range of tokens.
-template <class KV, class... Where>
-void check_finite_qkv(const ConstView3<float>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
+template <class Q, class KV, class... Where>
+void check_finite_qkv(const ConstView3<Q>& q, const ConstView3<KV>& k, const ConstView3<KV>& v,
                       index first_token, const Where&... where)
 {
     check_finite(q, "q", first_token, where...);
