@@ -107,6 +107,12 @@ TEST_P(KernelPath, CausalGroupedQueryAttentionOfAwkwardSize)
     expect_matches_reference_on<Eigen::bfloat16>({GetParam()}, {301, 301, 8, 2, 72}, CausalMask{},
                                                  causal);
     expect_matches_reference_on<float>({GetParam()}, {301, 301, 8, 2, 72}, CausalMask{}, causal);
+    // An odd head_dim, no multiple of any vector: the bf16 products pair the columns, the
+    // last pair half zero, and the rows are staged a vector's width at a time, the last
+    // block short (180 rows in the last tile).
+    expect_matches_reference_on<Eigen::bfloat16>({GetParam()}, {301, 301, 8, 2, 37}, CausalMask{},
+                                                 causal);
+    expect_matches_reference_on<float>({GetParam()}, {301, 301, 8, 2, 37}, CausalMask{}, causal);
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, KernelPath, ::testing::ValuesIn(all_kernel_isas), isa_name);
@@ -221,7 +227,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecodeSweep,
                          ::testing::Combine(::testing::Values(DecodeRows{1, 1}, DecodeRows{3, 1},
                                                               DecodeRows{1, 4}, DecodeRows{3, 4},
                                                               DecodeRows{3, 5}, DecodeRows{1, 16}),
-                                            ::testing::Values<index>(20, 72, 128),
+                                            ::testing::Values<index>(20, 37, 72, 128),
                                             ::testing::Values<index>(41, 2600)),
                          decode_name);
 

@@ -195,25 +195,34 @@ public:
           probabilities_(static_cast<std::size_t>((tile_keys + 1) / 2 *
                                                   (round_up(tile_rows, S::width) + row_skew))),
           value_rows_(static_cast<std::size_t>(tile_keys)),
-          query_row_(static_cast<std::size_t>(2 * depth_pairs_), Eigen::bfloat16(0.0f))
+          query_block_(static_cast<std::size_t>(S::width * 2 * depth_pairs_), Eigen::bfloat16(0.0f))
     {
     }
 
     /// Q^T as `[head_dim / 2, ld]` pairs rounded to bf16: column `r < rows` from
-    /// `query_row(r)`, the rest 0 (their results are never read). The scores are multiplied
-    /// by `scale`.
+    /// `query_row(r)`, the columns up to the next whole vector 0 (their results are never
+    /// read). The scores are multiplied by `scale`.
     template <class QueryRow>
     void stage_queries(const QueryRow& query_row, index rows, index ld, float scale)
     {
         scale_ = scale;
-        std::fill_n(queries_.begin(), depth_pairs_ * ld, bf16_pair{0});
-        for (index r = 0; r < rows; ++r) {
-            // Rounded in whole vectors, then transposed a pair at a time (an odd head_dim's
-            // last pair has the 0 the constructor left in the row).
-            P::round_row(query_row(r), head_dim_, query_row_.data());
+        // A vector's width of rows at a time, rounded in whole vectors into a block, then
+        // transposed a pair at a time (an odd head_dim's last pair has the 0 the constructor
+        // left in each row), so that the lines of Q^T the block fills stay in L1 meanwhile
+        // (as FloatTileMath::stage_queries).
+        const index row_length = 2 * depth_pairs_;
+        for (index first = 0; first < rows; first += S::width) {
+            for (index r = 0; r < S::width; ++r) {
+                Eigen::bfloat16* row = query_block_.data() + r * row_length;
+                if (first + r < rows)
+                    P::round_row(query_row(first + r), head_dim_, row);
+                else
+                    std::fill_n(row, row_length, Eigen::bfloat16(0.0f));
+            }
             for (index t = 0; t < depth_pairs_; ++t)
-                std::memcpy(&queries_[static_cast<std::size_t>(t * ld + r)],
-                            query_row_.data() + 2 * t, sizeof(bf16_pair));
+                for (index r = 0; r < S::width; ++r)
+                    std::memcpy(&queries_[static_cast<std::size_t>(t * ld + first + r)],
+                                query_block_.data() + r * row_length + 2 * t, sizeof(bf16_pair));
         }
     }
 
@@ -274,7 +283,7 @@ public:
         return sizeof(bf16_pair) *
                    (queries_.size() + keys_.size() + values_.size() + probabilities_.size()) +
                sizeof(const Eigen::bfloat16*) * value_rows_.size() +
-               sizeof(Eigen::bfloat16) * query_row_.size();
+               sizeof(Eigen::bfloat16) * query_block_.size();
     }
 
 private:
@@ -288,5 +297,6 @@ private:
     scratch<bf16_pair> values_;        // [tile keys / 2 rounded up, values_ld], padded with zeros
     scratch<bf16_pair> probabilities_; // [tile keys / 2 rounded up, query rows rounded up + skew]
     std::vector<const Eigen::bfloat16*> value_rows_; // of the tile's keys
-    scratch<Eigen::bfloat16> query_row_;             // one query row, rounded
+    scratch<Eigen::bfloat16> query_block_; // [vector width, head_dim rounded up to even]: rows
+                                           // being staged, rounded
 };

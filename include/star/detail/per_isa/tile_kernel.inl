@@ -114,8 +114,12 @@ void attend_tile_pair(const TileJob<KV, M, T>& job, index task)
     const index kv_heads = job.k.heads();
     const index group = job.q.dimension(1) / kv_heads;
     const index q_tokens = job.q.dimension(0);
-    const index kv_head = task % kv_heads;
-    const index pair = task / kv_heads;
+    // A KV head's tasks are consecutive, so that a thread walks one head's K/V again and
+    // again while they are in its caches, not every head's in turn (one thread over 4K
+    // tokens of 8 KV heads: float prefill 1.03x-1.09x faster on Zen 5).
+    const index pairs = (job.query_tiles + 1) / 2;
+    const index kv_head = task / pairs;
+    const index pair = task % pairs;
     Workspace<S, KV> ws(job.tile_tokens * group, job.tiles.keys, job.q.dimension(2));
     const auto run_tile = [&](index tile) {
         const index first = tile * job.tile_tokens;

@@ -151,21 +151,35 @@ public:
     FloatTileMath(index tile_rows, index tile_keys, index d)
         : head_dim_(d), padded_dim_(round_up(d, S::width)), values_ld_(padded_dim_ + row_skew),
           queries_t_(static_cast<std::size_t>(d * (round_up(tile_rows, S::width) + row_skew))),
+          query_block_(static_cast<std::size_t>(S::width * d)),
           keys_(static_cast<std::size_t>(tile_keys * d)),
           values_(static_cast<std::size_t>(tile_keys * values_ld_), 0.0f)
     {
     }
 
-    /// Q^T `[head_dim, ld]`, scaled: column `r < rows` from `query_row(r)`, the rest 0
-    /// (their results are never read).
+    /// Q^T `[head_dim, ld]`, scaled: column `r < rows` from `query_row(r)`, the columns up
+    /// to the next whole vector 0 (their results are never read).
     template <class QueryRow>
     void stage_queries(const QueryRow& query_row, index rows, index ld, float scale)
     {
-        std::fill_n(queries_t_.begin(), head_dim_ * ld, 0.0f);
-        for (index r = 0; r < rows; ++r) {
-            const float* src = query_row(r);
+        // A vector's width of rows at a time, scaled into a block first: the lines of Q^T
+        // that the block fills then stay in L1 while it is transposed into them. Row by row,
+        // each element of a row went to another line of a Q^T larger than L1.
+        for (index first = 0; first < rows; first += S::width) {
+            for (index r = 0; r < S::width; ++r) {
+                float* row = query_block_.data() + r * head_dim_;
+                if (first + r < rows) {
+                    const float* src = query_row(first + r);
+                    for (index c = 0; c < head_dim_; ++c)
+                        row[c] = scale * src[c];
+                } else {
+                    std::fill_n(row, head_dim_, 0.0f);
+                }
+            }
             for (index c = 0; c < head_dim_; ++c)
-                queries_t_[static_cast<std::size_t>(c * ld + r)] = scale * src[c];
+                for (index r = 0; r < S::width; ++r)
+                    queries_t_[static_cast<std::size_t>(c * ld + first + r)] =
+                        query_block_[static_cast<std::size_t>(r * head_dim_ + c)];
         }
     }
 
@@ -204,14 +218,16 @@ public:
     /// Memory held, in bytes.
     [[nodiscard]] std::size_t bytes() const noexcept
     {
-        return sizeof(float) * (queries_t_.size() + keys_.size() + values_.size());
+        return sizeof(float) *
+               (queries_t_.size() + query_block_.size() + keys_.size() + values_.size());
     }
 
 private:
     index head_dim_;
-    index padded_dim_;         // head_dim rounded up to a vector
-    index values_ld_;          // padded_dim + row_skew
-    scratch<float> queries_t_; // [head_dim, query rows rounded up to a vector + skew], scaled
-    scratch<float> keys_;      // [keys, head_dim]
-    scratch<float> values_;    // [keys, values_ld], padded with zeros
+    index padded_dim_;           // head_dim rounded up to a vector
+    index values_ld_;            // padded_dim + row_skew
+    scratch<float> queries_t_;   // [head_dim, query rows rounded up to a vector + skew], scaled
+    scratch<float> query_block_; // [vector width, head_dim]: rows being staged, scaled
+    scratch<float> keys_;        // [keys, head_dim]
+    scratch<float> values_;      // [keys, values_ld], padded with zeros
 };
