@@ -336,9 +336,9 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
     for (index h = 0; h < kv_heads; ++h)
         for (index r = 0; r < rows; ++r) {
             const index column = h * rows + r;
-            write_row(job, r / group, h * group + r % group,
-                      ws.accumulator.data() + column * ws.padded_dim, ws.softmax.max(column),
-                      ws.softmax.sum(column));
+            write_result_row<S>(job, r / group, h * group + r % group,
+                                ws.accumulator.data() + column * ws.padded_dim,
+                                ws.softmax.max(column), ws.softmax.sum(column));
         }
 }
 

@@ -47,6 +47,38 @@ const float* query_row(const Queries& q, index token, index head, float* buffer)
     return buffer;
 }
 
+/// Row `(token, head)` of the job's output and LSE, as write_row (tile_job.hpp) writes it,
+/// a float output row divided in whole vectors: the same bits (a division is correctly
+/// rounded either way), where write_row's scalar loop took 4% of a bf16 prefill.
+template <class S, class KV, class M, class T>
+void write_result_row(const TileJob<KV, M, T>& job, index token, index head, const float* acc,
+                      float max, float sum)
+{
+    float* out = job.out.float_row(token, head);
+    if (out == nullptr || !(sum > 0.0f)) {
+        write_row(job, token, head, acc, max, sum);
+        return;
+    }
+    const index d = job.q.dimension(2);
+    const auto divisor = S::broadcast(sum);
+    const auto zero = S::broadcast(0.0f);
+    auto not_finite = zero; // stays 0 unless a value is infinite or NaN, which times 0 is NaN
+    index c = 0;
+    for (; c + S::width <= d; c += S::width) {
+        const auto value = S::div(S::load(acc + c), divisor);
+        S::store(out + c, value);
+        not_finite = S::fma(value, zero, not_finite);
+    }
+    bool finite = S::reduce_add(not_finite) == 0.0f;
+    for (; c < d; ++c) {
+        out[c] = acc[c] / sum;
+        finite &= std::isfinite(out[c]);
+    }
+    if (!finite)
+        overflow(token, head, "output", job.out.element_name());
+    job.out.lse(token, head) = max + std::log(sum);
+}
+
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
 /// against the job's keys that its mask allows, written into the job's output.
 template <class S, class KV, class M, class T>
@@ -103,8 +135,9 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
     }
 
     for (index r = 0; r < rows; ++r)
-        write_row(job, q_first + r / group, first_head + r % group,
-                  ws.accumulator.data() + r * ws.padded_dim, ws.softmax.max(r), ws.softmax.sum(r));
+        write_result_row<S>(job, q_first + r / group, first_head + r % group,
+                            ws.accumulator.data() + r * ws.padded_dim, ws.softmax.max(r),
+                            ws.softmax.sum(r));
 }
 
 /// Task `task` of the job (see TileJob): one query tile and its mirror, one KV head.
