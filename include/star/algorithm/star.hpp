@@ -288,10 +288,10 @@ public:
     }
 
     /// Phase 2 for one layer, also one decode step (`Lq = 1`): the query `q` `[Lq, Hq, d]`
-    /// (float or bf16) with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every host; each attends
-    /// to all its cached keys (no causal mask: the query follows the whole context), the
-    /// query host also to `k`/`v` causally; the partials are merged exactly by the Merge
-    /// policy, and the query host alone appends `k`/`v` to its cache.
+    /// (float or bf16) with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every
+    /// host; each attends to all its cached keys (no causal mask: the query follows the whole
+    /// context), the query host also to `k`/`v` causally; the partials are merged exactly by
+    /// the Merge policy, and the query host alone appends `k`/`v` to its cache.
     /// Returns the merged state at the query host (and wherever the Merge policy puts it).
     /// \throws star::error on shapes that disagree with the query or the caches; a failed
     /// call changes no cache.
