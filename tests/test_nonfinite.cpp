@@ -259,6 +259,40 @@ TEST(NonFinite, Bf16AndHalfKeysAreCheckedToo)
                  "v holds a non-finite value (inf) at token 2, head 0, element 4");
 }
 
+// bf16 queries are checked as float ones are, wherever they are taken: by Ring, naming the
+// host that holds the bad one, and by both phases of Star, which then change no cache.
+TEST(NonFinite, Bf16QueriesAreCheckedInRingAndStar)
+{
+    Layer layer(40), query(3);
+    Tensor3<Eigen::bfloat16> q = layer.q.cast<Eigen::bfloat16>();
+    q(25, 0, 3) = Eigen::bfloat16(nan); // plain layout on 4 hosts: tokens 20..29 on host 2
+    LocalCommunicator comm(4);
+    expect_error([&] { (void)RingAttention{}.run(comm, view(q), view(layer.k), view(layer.v)); },
+                 "host 2: q holds a non-finite value (nan) at token 25, head 0, element 3");
+
+    const StarAttention<> star(FixedBlocks{10});
+    const StarPlan plan = star.plan(40, 4);
+    auto caches = comm.local<KVCache<float>>();
+    q(25, 0, 3) = Eigen::bfloat16(inf); // blocks of 10 on 4 hosts: block 2 on host 2
+    expect_error(
+        [&] { (void)star.encode_context(comm, plan, caches, view(q), view(layer.k), view(layer.v)); },
+        "host 2: q holds a non-finite value (inf)");
+    for (int r = 0; r < 4; ++r)
+        EXPECT_EQ(caches[r].tokens(), 0) << "host " << r;
+
+    q(25, 0, 3) = Eigen::bfloat16(0.5f);
+    (void)star.encode_context(comm, plan, caches, view(q), view(layer.k), view(layer.v));
+    Tensor3<Eigen::bfloat16> query_q = query.q.cast<Eigen::bfloat16>();
+    query_q(1, 2, 0) = Eigen::bfloat16(-inf);
+    expect_error(
+        [&] {
+            (void)star.attend_query(comm, plan, caches, view(query_q), view(query.k), view(query.v));
+        },
+        "query: q holds a non-finite value (-inf) at token 1, head 2, element 0");
+    for (int r = 0; r < 4; ++r)
+        EXPECT_EQ(caches[r].tokens(), 10) << "host " << r;
+}
+
 // The bit test behind every check, on each element type: every position of lengths around
 // and between the SIMD widths (the vector part and the scalar tail), each kind of bad value,
 // and the values next to it that are finite (the largest, subnormals, negative zero).
