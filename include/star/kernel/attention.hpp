@@ -122,8 +122,8 @@ AttentionState attention(const ConstView3<Q>& q, const KVPages<KV>& k, const KVP
 /// `attention` returns, bit for bit; a bf16 one holds it rounded to bf16 (as a model that
 /// runs in bf16 feeds it to the next projection; the LSE stays float). Nothing is
 /// allocated for the result, so a loop that reuses its buffers never pays for fresh memory:
-/// the first touch of a new 64 MB output (a 4K-token prefill of 32 heads of 128) costs about
-/// 20 ms of page faults on a VM, as much as 5-10% of the attention itself.
+/// on a VM the page faults of a new output's first touch made a 2K-token prefill (32 heads
+/// of 128, one thread) 1.13x to 1.68x slower (docs/performance.md, "Fresh memory").
 /// \throws star::error as `attention` does, and when `output` or `lse` does not have the
 /// queries' shape, views null memory, or overlaps the other or q, k or v; nothing is
 /// written then. star::runtime_failure when the arithmetic overflows float (or a bf16
