@@ -87,6 +87,7 @@ using WidenHalf = void (*)(const Eigen::half*, index, index, index, float*, inde
 
 struct PathPieces {
     ExpFunction exp;
+    ExpFunction softmax_exp;
     WidenBf16 widen_bf16;
     WidenHalf widen_half;
 };
@@ -98,19 +99,23 @@ PathPieces pieces(KernelIsa isa)
 #if STAR_X86_DISPATCH
     case KernelIsa::avx512_bf16:
         return {&avx512_bf16_path::exp_array<avx512_bf16_path::Simd>,
+                &avx512_bf16_path::softmax_exp_array<avx512_bf16_path::Simd>,
                 &avx512_bf16_path::widen_rows<avx512_bf16_path::Simd, Eigen::bfloat16>,
                 &avx512_bf16_path::widen_rows<avx512_bf16_path::Simd, Eigen::half>};
     case KernelIsa::avx512:
         return {&avx512_path::exp_array<avx512_path::Simd>,
+                &avx512_path::softmax_exp_array<avx512_path::Simd>,
                 &avx512_path::widen_rows<avx512_path::Simd, Eigen::bfloat16>,
                 &avx512_path::widen_rows<avx512_path::Simd, Eigen::half>};
     case KernelIsa::avx2:
         return {&avx2_path::exp_array<avx2_path::Simd>,
+                &avx2_path::softmax_exp_array<avx2_path::Simd>,
                 &avx2_path::widen_rows<avx2_path::Simd, Eigen::bfloat16>,
                 &avx2_path::widen_rows<avx2_path::Simd, Eigen::half>};
 #endif
     default:
         return {&portable_path::exp_array<portable_path::Simd>,
+                &portable_path::softmax_exp_array<portable_path::Simd>,
                 &portable_path::widen_rows<portable_path::Simd, Eigen::bfloat16>,
                 &portable_path::widen_rows<portable_path::Simd, Eigen::half>};
     }
@@ -157,6 +162,52 @@ TEST_P(EveryPath, ExpAtTheEdgesOfItsRange)
     EXPECT_EQ(y[6], inf);
     EXPECT_EQ(y[7], inf);
     EXPECT_TRUE(std::isnan(y[8]));
+}
+
+// The softmax's exp sees score - max <= 0 only, and its error matters against the sum it
+// joins, at least 1: a relative error of (1.25 |x| + 3) 2^-24 (rounding log2 e and
+// x log2 e, and the polynomial's 2.5 ulp), an absolute one of 3 2^-24 (exp.inl).
+TEST_P(EveryPath, SoftmaxExpIsWithinItsBound)
+{
+    STAR_SKIP_UNLESS_SUPPORTED(GetParam());
+    std::vector<float> x;
+    for (float t = -88.0f; t <= 0.0f; t += 0.00731f)
+        x.push_back(t);
+    for (int i = 0; i < 3000; ++i)
+        x.push_back(-static_cast<float>(i) * 1e-5f);
+    std::vector<float> y(x.size());
+    pieces(GetParam()).softmax_exp(x.data(), y.data(), static_cast<index>(x.size()));
+    double worst_relative = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const double exact = std::exp(static_cast<double>(x[i]));
+        if (exact < static_cast<double>(std::numeric_limits<float>::min())) {
+            ASSERT_LE(y[i], std::numeric_limits<float>::min()) << "exp(" << x[i] << ")";
+            continue;
+        }
+        const double relative = std::abs(y[i] - exact) / exact;
+        const double bound = (1.25 * std::abs(x[i]) + 3) * 0x1p-24;
+        worst_relative = std::max(worst_relative, relative / bound);
+        ASSERT_LE(relative, bound) << "exp(" << x[i] << ") = " << y[i];
+        ASSERT_LE(std::abs(y[i] - exact), 3 * 0x1p-24) << "exp(" << x[i] << ") = " << y[i];
+    }
+    std::cout << "worst error: " << worst_relative << " of the bound\n";
+}
+
+TEST_P(EveryPath, SoftmaxExpOfMaskedAndLargestScores)
+{
+    STAR_SKIP_UNLESS_SUPPORTED(GetParam());
+    const float inf = std::numeric_limits<float>::infinity();
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> x{0.0f, -0.0f, -inf, -1000.0f, -87.5f, -88.0f, nan};
+    std::vector<float> y(x.size());
+    pieces(GetParam()).softmax_exp(x.data(), y.data(), static_cast<index>(x.size()));
+    EXPECT_EQ(y[0], 1.0f); // a row's largest score weighs exactly 1
+    EXPECT_EQ(y[1], 1.0f);
+    EXPECT_EQ(y[2], 0.0f); // masked scores
+    EXPECT_EQ(y[3], 0.0f);
+    EXPECT_LE(y[4], std::numeric_limits<float>::min());
+    EXPECT_LE(y[5], std::numeric_limits<float>::min());
+    EXPECT_TRUE(std::isnan(y[6]));
 }
 
 // Every one of the 65536 bit patterns, in rows whose length is no multiple of any vector

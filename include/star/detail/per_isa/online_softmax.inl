@@ -39,13 +39,13 @@ public:
             // A query that has seen no key yet keeps max = -inf; shifting it by 0 instead
             // makes its exp(-inf) = 0 rather than exp(-inf + inf) = NaN.
             const auto shift = S::select(S::equal(new_max, minus_inf), zero, new_max);
-            const auto factor = exp_of<S>(S::sub(old_max, shift));
+            const auto factor = softmax_exp<S>(S::sub(old_max, shift));
             auto tile_sum = zero;
             for (index j = 0; j < keys; j += 2) {
-                const auto even = exp_of<S>(S::sub(S::load(scores + j * ld + c), shift));
-                const auto odd = j + 1 < keys
-                                     ? exp_of<S>(S::sub(S::load(scores + (j + 1) * ld + c), shift))
-                                     : zero;
+                const auto even = softmax_exp<S>(S::sub(S::load(scores + j * ld + c), shift));
+                const auto odd =
+                    j + 1 < keys ? softmax_exp<S>(S::sub(S::load(scores + (j + 1) * ld + c), shift))
+                                 : zero;
                 sink.store_probabilities(scores, ld, j, c, even, odd);
                 tile_sum = S::add(S::add(tile_sum, even), odd);
             }

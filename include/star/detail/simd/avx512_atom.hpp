@@ -92,6 +92,13 @@ struct Avx512Atom {
         const reg e_r = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0f));
         return _mm512_maskz_scalef_ps(kept, e_r, n);
     }
+    /// `p 2^n` for whole `n <= 0` by `vscalefps`; 0 where `2^n` is no normal float (`-inf`
+    /// too, whatever `p`), NaN where `n` is: softmax_exp's power of two (exp.inl).
+    static reg times_pow2(reg p, reg n) noexcept
+    {
+        const __mmask16 normal = _mm512_cmp_ps_mask(n, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+        return _mm512_maskz_scalef_ps(normal, p, n);
+    }
     /// 2^n for whole n in [-126, 127]: n + 127 is the biased exponent.
     static reg pow2(reg n) noexcept
     {
