@@ -26,6 +26,8 @@ struct Case {
     index kv_heads;
     index head_dim;
     float logit_scale = 1.0f; // multiplies q, hence every score
+    float key_ramp = 0.0f;    // key j is multiplied by 1 + key_ramp j: scores grow along keys
+    bool heads_apart = false; // query head h is multiplied by h: its scores grow h times as fast
 };
 
 /// The kernel on each of `isas` against one double-precision reference: the reference,
@@ -34,8 +36,17 @@ template <class KV, class M>
 void expect_matches_reference_on(const std::vector<KernelIsa>& isas, const Case& c, const M& mask,
                                  const Visible& visible)
 {
-    const auto q = random_tensor<float>(c.q_tokens, c.q_heads, c.head_dim, c.logit_scale);
-    const auto k = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
+    auto q = random_tensor<float>(c.q_tokens, c.q_heads, c.head_dim, c.logit_scale);
+    if (c.heads_apart)
+        for (index t = 0; t < c.q_tokens; ++t)
+            for (index h = 0; h < c.q_heads; ++h)
+                for (index i = 0; i < c.head_dim; ++i)
+                    q(t, h, i) *= float(h);
+    auto k = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
+    for (index j = 0; j < c.k_tokens; ++j)
+        for (index h = 0; h < c.kv_heads; ++h)
+            for (index i = 0; i < c.head_dim; ++i)
+                k(j, h, i) = KV(float(k(j, h, i)) * (1.0f + c.key_ramp * float(j)));
     const auto v = random_tensor<KV>(c.k_tokens, c.kv_heads, c.head_dim);
     const double scale = 1.0 / std::sqrt(double(c.head_dim));
     PathReferences<KV> references([&](Products products) {
@@ -464,6 +475,25 @@ TEST(Kernel, ExtremeLogitsDoNotOverflow)
     // Scores up to several hundred: exp would overflow float without max-stabilisation.
     expect_matches_reference<float>({257, 257, 4, 2, 64, 100.0f}, CausalMask{}, causal);
     expect_matches_reference<float>({65, 500, 2, 2, 128, 100.0f}, NoMask{}, everything);
+    expect_matches_reference<Eigen::bfloat16>({257, 257, 4, 2, 64, 100.0f}, CausalMask{}, causal);
+    expect_matches_reference<Eigen::bfloat16>({65, 500, 2, 2, 128, 100.0f}, NoMask{}, everything);
+}
+
+// The online softmax takes a tile against the shift it has where its scores exceed it by
+// at most the headroom (OnlineSoftmax::headroom) and raises the shift, in a second pass,
+// where they exceed it by more. Keys that grow along the sequence make the scores rise
+// from one tile to the next, by hundreds by the last (a weight that overflows float if
+// the shift is not raised), the more the higher the query head (head 0's stay 0): some
+// columns of a vector must raise the shift while others need not. Every path, float and
+// bf16 K/V, the decode kernel too.
+TEST(Kernel, ScoresRisingAlongTheKeysRaiseTheShift)
+{
+    const Case rising{300, 700, 8, 2, 64, 1.0f, 0.1f, true};
+    expect_matches_reference<Eigen::bfloat16>(rising, CausalMask{}, causal);
+    expect_matches_reference<float>(rising, CausalMask{}, causal);
+    const Case decode{3, 2000, 8, 2, 128, 1.0f, 0.03f, true};
+    expect_matches_reference<Eigen::bfloat16>(decode, NoMask{}, everything);
+    expect_matches_reference<float>(decode, NoMask{}, everything);
 }
 
 TEST(Kernel, CausalMaskWithOffsetsForAQueryAfterCachedKeys)

@@ -139,20 +139,20 @@ bool sees_a_key(const M& mask, index i, index key_begin, index key_end, index ti
 }
 
 /// Writes row `(token, head)` of the job's output and LSE from its accumulator `acc`
-/// (`head_dim` floats) and its softmax statistics: the largest score `max` and the sum
-/// `sum` of `exp(score - max)`. A row that saw no key gets 0 and `lse = -inf`; one whose
-/// arithmetic overflowed is an error.
+/// (`head_dim` floats) and its softmax statistics: its shift (OnlineSoftmax: `-inf` if it
+/// saw no score, else near its largest score) and the sum `sum` of `exp(score - shift)`. A
+/// row that saw no key gets 0 and `lse = -inf`; one whose arithmetic overflowed is an error.
 template <class KV, class M, class T>
-void write_row(const TileJob<KV, M, T>& job, index token, index head, const float* acc, float max,
+void write_row(const TileJob<KV, M, T>& job, index token, index head, const float* acc, float shift,
                float sum)
 {
     if (sum > 0.0f) {
         if (!job.out.write_row(token, head, acc, sum))
             overflow(token, head, "output", job.out.element_name());
-        job.out.lse(token, head) = max + std::log(sum);
+        job.out.lse(token, head) = shift + std::log(sum);
         return;
     }
-    if (max != minus_infinity ||
+    if (shift != minus_infinity ||
         sees_a_key(job.mask, token, job.key_begin, job.key_end, job.tiles.keys))
         overflow(token, head, "scores"); // a score of +inf (or NaN) left no usable weight
     job.out.zero_row(token, head);       // the row sees no key

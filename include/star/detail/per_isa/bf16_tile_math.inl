@@ -57,6 +57,7 @@ struct Bf16Dot {
         {
         }
 
+        static constexpr bool probabilities_in_place = false;
         /// As Bf16TileMath::store_probabilities.
         void store_probabilities(float*, index ld, index j, index c, typename S::reg even,
                                  typename S::reg odd) noexcept
@@ -253,6 +254,8 @@ public:
     {
         P::store(probabilities_.data() + j / 2 * ld + c, P::pair_up(even, odd));
     }
+    /// The scores stay as they are: the softmax may take a tile in one pass.
+    static constexpr bool probabilities_in_place = false;
 
     /// As FloatTileMath::add_values, with the probabilities store_probabilities paired.
     void add_values(const KVPages<Eigen::bfloat16>& v, index head, index first, index count,

@@ -338,7 +338,7 @@ void attend_key_slice(const TileJob<KV, M, T>& job)
             const index column = h * rows + r;
             write_result_row<S>(job, r / group, h * group + r % group,
                                 ws.accumulator.data() + column * ws.padded_dim,
-                                ws.softmax.max(column), ws.softmax.sum(column));
+                                ws.softmax.shift(column), ws.softmax.sum(column));
         }
 }
 

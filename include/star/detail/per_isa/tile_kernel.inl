@@ -52,11 +52,11 @@ const float* query_row(const Queries& q, index token, index head, float* buffer)
 /// rounded either way), where write_row's scalar loop took 4% of a bf16 prefill.
 template <class S, class KV, class M, class T>
 void write_result_row(const TileJob<KV, M, T>& job, index token, index head, const float* acc,
-                      float max, float sum)
+                      float shift, float sum)
 {
     float* out = job.out.float_row(token, head);
     if (out == nullptr || !(sum > 0.0f)) {
-        write_row(job, token, head, acc, max, sum);
+        write_row(job, token, head, acc, shift, sum);
         return;
     }
     const index d = job.q.dimension(2);
@@ -76,7 +76,7 @@ void write_result_row(const TileJob<KV, M, T>& job, index token, index head, con
     }
     if (!finite)
         overflow(token, head, "output", job.out.element_name());
-    job.out.lse(token, head) = max + std::log(sum);
+    job.out.lse(token, head) = shift + std::log(sum);
 }
 
 /// Attention of query tokens `[q_first, q_first + q_count)` of the heads sharing `kv_head`
@@ -136,7 +136,7 @@ void attend_query_tile(const TileJob<KV, M, T>& job, index kv_head, index q_firs
 
     for (index r = 0; r < rows; ++r)
         write_result_row<S>(job, q_first + r / group, first_head + r % group,
-                            ws.accumulator.data() + r * ws.padded_dim, ws.softmax.max(r),
+                            ws.accumulator.data() + r * ws.padded_dim, ws.softmax.shift(r),
                             ws.softmax.sum(r));
 }
 

@@ -86,6 +86,7 @@ struct FmaDot {
         {
         }
 
+        static constexpr bool probabilities_in_place = true;
         /// As FloatTileMath::store_probabilities: in place of the scores.
         static void store_probabilities(float* scores, index ld, index j, index c,
                                         typename S::reg even, typename S::reg odd) noexcept
@@ -196,6 +197,8 @@ public:
     /// Where the online softmax leaves the probabilities of keys `j` and `j + 1` (0 past the
     /// tile's last: the score tile has a row past an odd count) for columns `[c, c + width)`:
     /// here, in place of their scores.
+    /// The softmax stores the probabilities over the scores (see OnlineSoftmax::absorb).
+    static constexpr bool probabilities_in_place = true;
     static void store_probabilities(float* scores, index ld, index j, index c, typename S::reg even,
                                     typename S::reg odd) noexcept
     {

@@ -37,6 +37,7 @@ concept FloatAtom = requires(typename A::reg x, const typename A::reg* xs, typen
     { A::less(x, x) } -> std::same_as<typename A::mask>;
     { A::unordered(x, x) } -> std::same_as<typename A::mask>;
     { A::select(m, x, x) } -> std::same_as<typename A::reg>; // m ? first : second
+    { A::any(m) } -> std::same_as<bool>;                       // m true in some lane
     { A::reduce_add(x) } -> std::same_as<float>;               // the sum of the lanes
     A::reduce_add4(xs, out);                                  // out[i] = reduce_add(xs[i]), i < 4
 };

@@ -49,6 +49,7 @@ struct Avx2Atom {
     static mask less(reg a, reg b) noexcept { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
     static mask unordered(reg a, reg b) noexcept { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
     static reg select(mask m, reg a, reg b) noexcept { return _mm256_blendv_ps(b, a, m); }
+    static bool any(mask m) noexcept { return _mm256_movemask_ps(m) != 0; }
     static float reduce_add(reg x) noexcept
     {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));

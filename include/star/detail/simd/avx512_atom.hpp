@@ -47,6 +47,7 @@ struct Avx512Atom {
     static mask less(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
     static mask unordered(reg a, reg b) noexcept { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
     static reg select(mask m, reg a, reg b) noexcept { return _mm512_mask_blend_ps(m, b, a); }
+    static bool any(mask m) noexcept { return m != 0; }
     static float reduce_add(reg x) noexcept { return _mm512_reduce_add_ps(x); }
     /// Four sums at once: the vectors paired and added within each 128-bit lane (unpack,
     /// then shuffle), so that every add serves all four sums, then the lanes folded: 13

@@ -57,6 +57,7 @@ struct XsimdAtom {
     static mask less(reg a, reg b) noexcept { return a < b; }
     static mask unordered(reg a, reg b) noexcept { return xsimd::isnan(a) || xsimd::isnan(b); }
     static reg select(mask m, reg a, reg b) noexcept { return xsimd::select(m, a, b); }
+    static bool any(mask m) noexcept { return xsimd::any(m); }
     static float reduce_add(reg x) noexcept { return xsimd::hadd(x); }
     static void reduce_add4(const reg* x, float* out) noexcept
     {
