@@ -44,17 +44,17 @@ typename S::reg exp_of(typename S::reg x) noexcept
     }
 }
 
-/// `e^x` for the online softmax, whose `x` is a score minus a maximum at least as large
-/// (`x <= 0`, `-inf` where masked, NaN through): `2^y`, `y = x log2(e)`, as `2^n 2^r` with
-/// `n` whole, `|r| <= 1/2` and a degree-5 polynomial for `2^r` (minimax in relative error,
-/// its leading coefficient 1 so that `exp(0)` is exactly 1). Rounding `y` and log2(e) to
-/// float costs a relative error of `1.25 |x| 2^-24`, the polynomial 2.5 ulp: an absolute
-/// error of at most `e^x (1.25 |x| + 3) 2^-24 <= 3 2^-24` against the 1 a row's largest
-/// score weighs, so the softmax's sum is as exact as its own rounding makes it, where
-/// Cephes' exact range reduction and
-/// degree-6 polynomial (exp_of) took about 6 instructions per vector more, 5% of a bf16
-/// prefill. Atoms without `round` and `pow2` (xsimd's) use their own exp. Needs the atom's
-/// `round` and `pow2`, or its `times_pow2` where it has one.
+/// `e^x` for the online softmax, whose `x` is a score minus the query's shift: at most
+/// `OnlineSoftmax::headroom` (8), `-inf` where masked, NaN through. `2^y`, `y = x log2(e)`,
+/// as `2^n 2^r` with `n` whole, `|r| <= 1/2` and a degree-5 polynomial for `2^r` (minimax in
+/// relative error, its leading coefficient 1 so that `exp(0)` is exactly 1). Rounding `y`
+/// and log2(e) to float costs a relative error of `1.25 |x| 2^-24`, the polynomial 2.5 ulp:
+/// at most `(1.25 |x| + 3) 2^-24` of each weight, and against the row's sum, at least its
+/// largest weight and at least 1, at most `13 2^-24`: the sum is as exact as its own
+/// rounding makes it, where Cephes' exact range reduction and degree-6 polynomial (exp_of)
+/// took about 6 instructions per vector more, 5% of a bf16 prefill. Needs the atom's
+/// `round` and `pow2`, or its `times_pow2` where it has one; atoms without `round`
+/// (xsimd's) use their own exp.
 template <class S>
 typename S::reg softmax_exp(typename S::reg x) noexcept
 {

@@ -93,7 +93,7 @@ struct Avx512Atom {
         const reg e_r = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0f));
         return _mm512_maskz_scalef_ps(kept, e_r, n);
     }
-    /// `p 2^n` for whole `n <= 0` by `vscalefps`; 0 where `2^n` is no normal float (`-inf`
+    /// `p 2^n` for whole `n <= 127` by `vscalefps`; 0 where `2^n` is no normal float (`-inf`
     /// too, whatever `p`), NaN where `n` is: softmax_exp's power of two (exp.inl).
     static reg times_pow2(reg p, reg n) noexcept
     {
