@@ -98,41 +98,54 @@ PathPieces pieces(KernelIsa isa)
     switch (isa) {
 #if STAR_X86_DISPATCH
     case KernelIsa::avx512_bf16:
-        return {&avx512_bf16_path::exp_array<avx512_bf16_path::Simd>,
-                &avx512_bf16_path::softmax_exp_array<avx512_bf16_path::Simd>,
+        return {&avx512_bf16_path::exp_array<avx512_bf16_path::Simd,
+                                             &avx512_bf16_path::exp_of<avx512_bf16_path::Simd>>,
+                &avx512_bf16_path::exp_array<avx512_bf16_path::Simd,
+                                             &avx512_bf16_path::softmax_exp<avx512_bf16_path::Simd>>,
                 &avx512_bf16_path::widen_rows<avx512_bf16_path::Simd, Eigen::bfloat16>,
                 &avx512_bf16_path::widen_rows<avx512_bf16_path::Simd, Eigen::half>};
     case KernelIsa::avx512:
-        return {&avx512_path::exp_array<avx512_path::Simd>,
-                &avx512_path::softmax_exp_array<avx512_path::Simd>,
-                &avx512_path::widen_rows<avx512_path::Simd, Eigen::bfloat16>,
-                &avx512_path::widen_rows<avx512_path::Simd, Eigen::half>};
+        return {
+            &avx512_path::exp_array<avx512_path::Simd, &avx512_path::exp_of<avx512_path::Simd>>,
+            &avx512_path::exp_array<avx512_path::Simd, &avx512_path::softmax_exp<avx512_path::Simd>>,
+            &avx512_path::widen_rows<avx512_path::Simd, Eigen::bfloat16>,
+            &avx512_path::widen_rows<avx512_path::Simd, Eigen::half>};
     case KernelIsa::avx2:
-        return {&avx2_path::exp_array<avx2_path::Simd>,
-                &avx2_path::softmax_exp_array<avx2_path::Simd>,
+        return {&avx2_path::exp_array<avx2_path::Simd, &avx2_path::exp_of<avx2_path::Simd>>,
+                &avx2_path::exp_array<avx2_path::Simd, &avx2_path::softmax_exp<avx2_path::Simd>>,
                 &avx2_path::widen_rows<avx2_path::Simd, Eigen::bfloat16>,
                 &avx2_path::widen_rows<avx2_path::Simd, Eigen::half>};
 #endif
     default:
-        return {&portable_path::exp_array<portable_path::Simd>,
-                &portable_path::softmax_exp_array<portable_path::Simd>,
-                &portable_path::widen_rows<portable_path::Simd, Eigen::bfloat16>,
-                &portable_path::widen_rows<portable_path::Simd, Eigen::half>};
+        return {
+            &portable_path::exp_array<portable_path::Simd, &portable_path::exp_of<portable_path::Simd>>,
+            &portable_path::exp_array<portable_path::Simd,
+                                      &portable_path::softmax_exp<portable_path::Simd>>,
+            &portable_path::widen_rows<portable_path::Simd, Eigen::bfloat16>,
+            &portable_path::widen_rows<portable_path::Simd, Eigen::half>};
     }
 }
 
 class EveryPath : public ::testing::TestWithParam<KernelIsa> {};
 
-// The softmax takes exp of (score - running max) <= 0 and of (old max - new max) <= 0, so
-// that range is swept densely; the rest of the float range is checked for its limits.
+/// `[from, to]` in steps of `step`, then `near_zero` points from 0 down in steps of
+/// `near_zero_step`: the inputs near 0 weigh most in a softmax's sum.
+std::vector<float> exp_sweep(float from, float to, float step, int near_zero, float near_zero_step)
+{
+    std::vector<float> x;
+    for (float t = from; t <= to; t += step)
+        x.push_back(t);
+    for (int i = 0; i < near_zero; ++i)
+        x.push_back(-static_cast<float>(i) * near_zero_step);
+    return x;
+}
+
+// exp_of serves the score transforms (tanh) and the xsimd path's softmax: its whole range
+// where the result is a normal float is swept.
 TEST_P(EveryPath, ExpIsWithinTwoUlpOfTheExactValue)
 {
     STAR_SKIP_UNLESS_SUPPORTED(GetParam());
-    std::vector<float> x;
-    for (float t = -87.3f; t <= 88.0f; t += 0.0137f)
-        x.push_back(t);
-    for (int i = 0; i < 2000; ++i)
-        x.push_back(-static_cast<float>(i) * 1e-4f); // near 0, where the sum is made
+    const std::vector<float> x = exp_sweep(-87.3f, 88.0f, 0.0137f, 2000, 1e-4f);
     std::vector<float> y(x.size());
     pieces(GetParam()).exp(x.data(), y.data(), static_cast<index>(x.size()));
     double worst_ulps = 0;
@@ -171,11 +184,7 @@ TEST_P(EveryPath, ExpAtTheEdgesOfItsRange)
 TEST_P(EveryPath, SoftmaxExpIsWithinItsBound)
 {
     STAR_SKIP_UNLESS_SUPPORTED(GetParam());
-    std::vector<float> x;
-    for (float t = -88.0f; t <= 8.0f; t += 0.00731f)
-        x.push_back(t);
-    for (int i = 0; i < 3000; ++i)
-        x.push_back(-static_cast<float>(i) * 1e-5f);
+    const std::vector<float> x = exp_sweep(-88.0f, 8.0f, 0.00731f, 3000, 1e-5f);
     std::vector<float> y(x.size());
     pieces(GetParam()).softmax_exp(x.data(), y.data(), static_cast<index>(x.size()));
     double worst_relative = 0;

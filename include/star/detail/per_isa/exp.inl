@@ -81,36 +81,19 @@ typename S::reg softmax_exp(typename S::reg x) noexcept
     }
 }
 
-/// `out[i] = softmax_exp(in[i])` for `i < n`: how the tests reach one path's softmax_exp.
-template <class S>
-void softmax_exp_array(const float* in, float* out, index n) noexcept
-{
-    index i = 0;
-    for (; i + S::width <= n; i += S::width)
-        S::store(out + i, softmax_exp<S>(S::load(in + i)));
-    if (i < n) {
-        float padded[S::width] = {};
-        for (index j = i; j < n; ++j)
-            padded[j - i] = in[j];
-        S::store(padded, softmax_exp<S>(S::load(padded)));
-        for (index j = i; j < n; ++j)
-            out[j] = padded[j - i];
-    }
-}
-
-/// `out[i] = e^in[i]` for `i < n`, through `exp_of` (a short tail through a padded vector):
-/// how the tests reach one path's exp from code compiled for another.
-template <class S>
+/// `out[i] = Exp(in[i])` for `i < n`, `Exp` one of the exps above (a short tail through a
+/// padded vector): how the tests reach one path's exps from code compiled for another.
+template <class S, typename S::reg (*Exp)(typename S::reg) noexcept>
 void exp_array(const float* in, float* out, index n) noexcept
 {
     index i = 0;
     for (; i + S::width <= n; i += S::width)
-        S::store(out + i, exp_of<S>(S::load(in + i)));
+        S::store(out + i, Exp(S::load(in + i)));
     if (i < n) {
         float padded[S::width] = {};
         for (index j = i; j < n; ++j)
             padded[j - i] = in[j];
-        S::store(padded, exp_of<S>(S::load(padded)));
+        S::store(padded, Exp(S::load(padded)));
         for (index j = i; j < n; ++j)
             out[j] = padded[j - i];
     }
