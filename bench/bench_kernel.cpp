@@ -4,6 +4,9 @@
 ///
 ///  * `BM_FmaPeak/chains:N`   single-core FP32 FMA peak, probed with `xsimd::batch<float>` at
 ///                            the default (compile-time best) arch, N independent chains.
+///  * `BM_Bf16DotPeak/chains:N`  the same for the bf16 dot product of the avx512_bf16 path
+///                            (`vdpbf16ps`), where the CPU has it: the summary gives its peak
+///                            over the FMA peak, which tells whether the path pays here.
 ///  * `BM_GlobalCausal/T/d/threads`  exact causal `star::global_attention(q, k, v)`.
 ///  * `BM_NaiveEigen/T/d`     naive Eigen baseline (full T x T score matrix), single thread.
 ///  * `BM_ReadBandwidth/N`    streaming read of 1 GiB on N threads (the decode bound).
@@ -190,6 +193,58 @@ void BM_FmaPeak(benchmark::State& state)
         flops, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kAvgThreads);
     state.SetLabel(std::string(Batch::arch_type::name()) + " x" + std::to_string(Batch::size));
 }
+
+#if STAR_X86_DISPATCH
+// The avx512_bf16 path's product step (`vdpbf16ps`: 16 lanes, two bf16 products each) in
+// independent chains, as the FMA probe runs its FMAs: the path pays only where this unit
+// outruns the float FMA, and CPUs differ (docs/performance.md).
+STAR_INTRINSICS_BEGIN
+STAR_TARGET_BEGIN("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c")
+template <std::size_t Chains>
+__attribute__((noinline)) void bf16_dot_chains(std::array<float, Chains>& sums,
+                                               star::detail::bf16_pair pair, std::int64_t steps)
+{
+    using Product = star::detail::Avx512Bf16Product<xsimd::default_arch>;
+    const __m512i a = Product::broadcast_a(pair);
+    __m512 acc[Chains];
+    STAR_UNROLL
+    for (std::size_t c = 0; c < Chains; ++c)
+        acc[c] = _mm512_set1_ps(static_cast<float>(c));
+    for (std::int64_t s = 0; s < steps; ++s)
+        STAR_UNROLL
+    for (std::size_t c = 0; c < Chains; ++c)
+        acc[c] = Product::madd(a, a, acc[c]);
+    STAR_UNROLL
+    for (std::size_t c = 0; c < Chains; ++c)
+        sums[c] = _mm512_reduce_add_ps(acc[c]);
+}
+STAR_TARGET_END
+STAR_INTRINSICS_END
+
+/// Lanes of one `vdpbf16ps` times its two products per lane.
+constexpr double kBf16DotMultiplies = 32.0;
+
+template <std::size_t Chains>
+void BM_Bf16DotPeak(benchmark::State& state)
+{
+    // Both halves of the pair 2^-10: each step adds 2^-19 to a lane, so the sums stay small
+    // and normal however long the probe runs.
+    star::detail::bf16_pair pair = 0x3A803A80U;
+    benchmark::DoNotOptimize(pair);
+    std::array<float, Chains> sums{};
+    wait_for_quiet(state);
+    const ForeignLoad load;
+    for (auto _ : state) {
+        bf16_dot_chains<Chains>(sums, pair, kFmaInner);
+        benchmark::DoNotOptimize(sums.data());
+    }
+    report_foreign_load(state, load);
+    const double flops =
+        2.0 * kBf16DotMultiplies * static_cast<double>(Chains) * static_cast<double>(kFmaInner);
+    state.counters["FLOPS"] = benchmark::Counter(
+        flops, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kAvgThreads);
+}
+#endif
 
 // ----------------------------------------------------------------------------------------
 // Inputs, shared by the kernel and the naive baseline of one (T, d)
@@ -1163,6 +1218,36 @@ void print_tile_products_summary(const std::map<std::string, Series>& all, doubl
     std::printf("\n");
 }
 
+/// The bf16 dot-product probe beside the FMA peak, one thread and two.
+void print_bf16_dot_summary(const std::map<std::string, Series>& all, double peak,
+                            double two_thread_peak)
+{
+    if (!star::cpu_supports(star::KernelIsa::avx512_bf16)) {
+        std::printf("bf16 dot probe (vdpbf16ps): skipped, this CPU lacks %s\n\n",
+                    std::string(star::required_features(star::KernelIsa::avx512_bf16)).c_str());
+        return;
+    }
+    std::printf("bf16 dot probe (vdpbf16ps, 32 multiply-adds each), %lld per chain per iteration:\n",
+                static_cast<long long>(kFmaInner));
+    double best[3] = {0.0, 0.0, 0.0}; // by threads
+    for (const auto& [key, s] : all) {
+        const std::size_t colon = s.function_name.find("chains:");
+        if (s.function_name.rfind("BM_Bf16DotPeak", 0) != 0 || colon == std::string::npos)
+            continue;
+        const double gflops = median(s.counter("FLOPS")) * 1e-9;
+        std::printf("  %-10s threads=%d  %8.1f GFLOP/s   (other processes: %.2f cores)\n",
+                    s.function_name.substr(colon).c_str(), s.threads, gflops,
+                    median(s.counter("other_cores")));
+        if (s.threads >= 1 && s.threads <= 2)
+            best[s.threads] = std::max(best[s.threads], gflops);
+    }
+    if (peak > 0.0)
+        std::printf("  => bf16 dot peak / FP32 FMA peak: %.2f one thread", best[1] / peak);
+    if (two_thread_peak > 0.0 && best[2] > 0.0)
+        std::printf(", %.2f two", best[2] / two_thread_peak);
+    std::printf("\n\n");
+}
+
 void print_summary(const std::map<std::string, Series>& all)
 {
     std::printf("\n==================================== Summary (medians of %d repetitions) "
@@ -1213,6 +1298,7 @@ void print_summary(const std::map<std::string, Series>& all)
     if (two_threads > 0.0 && peak > 0.0)
         std::printf("  2-thread aggregate / 1-thread peak = %.2f\n", two_threads / peak);
     std::printf("  => single-core peak used below: %.1f GFLOP/s (%s)\n\n", peak, peak_name.c_str());
+    print_bf16_dot_summary(all, peak, two_threads);
     print_paths_summary(all, peak, two_threads);
     print_tile_products_summary(all, peak);
     print_transforms_summary(all);
@@ -1304,6 +1390,21 @@ void register_all()
     register_fma<24>(1);
     // Both cores at once: should be ~2x if the 2 vCPUs are separate physical cores.
     register_fma<12>(2);
+#if STAR_X86_DISPATCH
+    if (star::cpu_supports(star::KernelIsa::avx512_bf16)) {
+        const auto dot = [](const char* name, auto* function, int threads) {
+            auto* b = benchmark::RegisterBenchmark(name, function);
+            b->MinTime(kFmaMinTime)->Repetitions(kFmaRepetitions)->UseRealTime();
+            if (threads > 1)
+                b->Threads(threads);
+        };
+        dot("BM_Bf16DotPeak/chains:8", &BM_Bf16DotPeak<8>, 1);
+        dot("BM_Bf16DotPeak/chains:12", &BM_Bf16DotPeak<12>, 1);
+        dot("BM_Bf16DotPeak/chains:16", &BM_Bf16DotPeak<16>, 1);
+        dot("BM_Bf16DotPeak/chains:24", &BM_Bf16DotPeak<24>, 1);
+        dot("BM_Bf16DotPeak/chains:12", &BM_Bf16DotPeak<12>, 2);
+    }
+#endif
 
     const auto finite_check = [](const char* name, auto* function) {
         for (const auto& [how, label] : {std::pair{FiniteCheck::library, "library"},

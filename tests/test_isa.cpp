@@ -68,9 +68,33 @@ TEST(Isa, TheChosenPathIsTheBestTheCpuHasUnderTheCap)
     EXPECT_LE(chosen, cap.cap);
     for (const KernelIsa isa : all_kernel_isas)
         if (isa > chosen && isa <= cap.cap) {
-            EXPECT_FALSE(cpu_supports(isa)) << name(isa) << " is supported and allowed";
+            const bool passed_over_as_slower =
+                isa == KernelIsa::avx512_bf16 && !bf16_products_outrun_float();
+            EXPECT_TRUE(!cpu_supports(isa) || passed_over_as_slower)
+                << name(isa) << " is supported, allowed and not slower";
         }
-    std::cout << "kernel path: " << name(chosen) << "\n";
+    std::cout << "kernel path: " << name(chosen)
+              << (bf16_products_outrun_float() ? " (bf16 products outrun float here)" : "") << "\n";
+}
+
+// The choice on CPUs this one is not: every combination of supported paths, caps and bf16
+// product speeds.
+TEST(Isa, Avx512Bf16IsTakenOnlyWhereItsProductsOutrunFloat)
+{
+    const auto up_to = [](KernelIsa top) { return [top](KernelIsa isa) { return isa <= top; }; };
+    using detail::preferred_isa;
+    constexpr KernelIsa no_cap = KernelIsa::avx512_bf16;
+    // An AMD Zen 4 or 5: the bf16 products pay.
+    EXPECT_EQ(preferred_isa(no_cap, up_to(KernelIsa::avx512_bf16), true), KernelIsa::avx512_bf16);
+    // An Intel Emerald Rapids: they do not, and bf16 K/V stay on avx512's float products.
+    EXPECT_EQ(preferred_isa(no_cap, up_to(KernelIsa::avx512_bf16), false), KernelIsa::avx512);
+    // The speed of a product the CPU lacks changes nothing.
+    EXPECT_EQ(preferred_isa(no_cap, up_to(KernelIsa::avx512), true), KernelIsa::avx512);
+    EXPECT_EQ(preferred_isa(no_cap, up_to(KernelIsa::avx2), false), KernelIsa::avx2);
+    // The cap holds whatever the CPU has.
+    EXPECT_EQ(preferred_isa(KernelIsa::avx2, up_to(KernelIsa::avx512_bf16), true), KernelIsa::avx2);
+    EXPECT_EQ(preferred_isa(KernelIsa::portable, up_to(KernelIsa::avx512_bf16), true),
+              KernelIsa::portable);
 }
 
 TEST(Isa, ForcingAPathOverridesTheChoice)

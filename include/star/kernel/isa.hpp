@@ -38,7 +38,8 @@ enum class KernelIsa {
     /// avx512 with AVX512_BF16 (Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and
     /// later): with bf16 K/V, the tile kernel's products are bf16 dot products (`vdpbf16ps`)
     /// summed in float, the queries and the probabilities rounded to bf16 for them
-    /// (docs/accuracy.md, "bf16 products"); float and half K/V run as on avx512.
+    /// (docs/accuracy.md, "bf16 products"); float and half K/V run as on avx512. Taken only
+    /// where those products outrun float ones (`bf16_products_outrun_float`).
     avx512_bf16,
 };
 
@@ -93,11 +94,22 @@ struct CpuFeatures {
     bool avx2 = false;
     bool avx512 = false;
     bool avx512_bf16 = false;
+    /// Whether `vdpbf16ps` (32 multiply-adds) outruns the float FMA (16) here. The manuals
+    /// do not say; bench_kernel's probes measured it: on AMD Zen 4 and 5 it issues as often
+    /// as an FMA, twice the FLOPs, but on Intel Emerald Rapids it reached 0.48 of the float
+    /// FMA peak (one fourth of the FMA's issue rate), and oneDNN's bf16 matmul 0.6 of its
+    /// float one. Intel's bf16 unit is AMX; its other AVX512_BF16 cores (Cooper Lake,
+    /// Sapphire and Granite Rapids) are taken to be alike.
+    bool fast_bf16_dot = false;
 
     static CpuFeatures read() noexcept
     {
         CpuFeatures f;
         unsigned a = 0, b = 0, c = 0, d = 0;
+        if (__get_cpuid(0, &a, &b, &c, &d) == 0)
+            return f;
+        // "AuthenticAMD", as CPUID spells it across EBX, EDX, ECX.
+        const bool amd = b == 0x68747541U && d == 0x69746E65U && c == 0x444D4163U;
         if (__get_cpuid(1, &a, &b, &c, &d) == 0)
             return f;
         const bool fma = (c >> 12) & 1U, osxsave = (c >> 27) & 1U, avx = (c >> 28) & 1U,
@@ -117,6 +129,7 @@ struct CpuFeatures {
         if (last_subleaf < 1 || __get_cpuid_count(7, 1, &a, &b, &c, &d) == 0)
             return f;
         f.avx512_bf16 = f.avx512 && ((a >> 5) & 1U);
+        f.fast_bf16_dot = f.avx512_bf16 && amd;
         return f;
     }
 };
@@ -176,8 +189,39 @@ inline bool cpu_supports(KernelIsa isa) noexcept
     return false;
 }
 
+/// Whether this CPU multiplies bf16 faster than float: then, with bf16 K/V, the avx512_bf16
+/// path's bf16 products are worth their rounding (docs/accuracy.md, "bf16 products"). True
+/// on AMD Zen 4 and later; false on Intel's AVX512_BF16 CPUs, whose `vdpbf16ps` runs at
+/// half the float FMA's FLOP rate (measured on Emerald Rapids), and wherever AVX512_BF16 is
+/// missing.
+inline bool bf16_products_outrun_float() noexcept
+{
+#if STAR_X86_DISPATCH
+    return detail::cpu_features().fast_bf16_dot;
+#else
+    return false;
+#endif
+}
+
+namespace detail {
+
+/// The best path under `cap` of a CPU that supports the paths `supports` says it does and
+/// on which the bf16 products do or do not pay.
+template <class Supports>
+KernelIsa preferred_isa(KernelIsa cap, Supports supports, bool bf16_products_pay) noexcept
+{
+    KernelIsa best = KernelIsa::portable;
+    for (const KernelIsa isa : all_kernel_isas)
+        if (isa <= cap && supports(isa) && (isa != KernelIsa::avx512_bf16 || bf16_products_pay))
+            best = isa;
+    return best;
+}
+
+} // namespace detail
+
 /// The path `attention` takes: the best one the CPU supports, capped by the environment
-/// variable `STAR_ISA` (read once per process).
+/// variable `STAR_ISA` (read once per process). avx512_bf16 counts as better than avx512
+/// only where `bf16_products_outrun_float()`; elsewhere bf16 K/V stay in float products.
 /// \throws star::error if `STAR_ISA` names no path.
 inline KernelIsa kernel_isa()
 {
@@ -186,11 +230,7 @@ inline KernelIsa kernel_isa()
     const detail::IsaCap& cap = detail::environment_isa_cap();
     if (!cap.error.empty())
         detail::fail_at_runtime(cap.error);
-    KernelIsa best = KernelIsa::portable;
-    for (const KernelIsa isa : all_kernel_isas)
-        if (isa <= cap.cap && cpu_supports(isa))
-            best = isa;
-    return best;
+    return detail::preferred_isa(cap.cap, cpu_supports, bf16_products_outrun_float());
 }
 
 } // namespace star
