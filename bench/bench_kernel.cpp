@@ -210,10 +210,11 @@ __attribute__((noinline)) void bf16_dot_chains(std::array<float, Chains>& sums,
     STAR_UNROLL
     for (std::size_t c = 0; c < Chains; ++c)
         acc[c] = _mm512_set1_ps(static_cast<float>(c));
-    for (std::int64_t s = 0; s < steps; ++s)
+    for (std::int64_t s = 0; s < steps; ++s) {
         STAR_UNROLL
-    for (std::size_t c = 0; c < Chains; ++c)
-        acc[c] = Product::madd(a, a, acc[c]);
+        for (std::size_t c = 0; c < Chains; ++c)
+            acc[c] = Product::madd(a, a, acc[c]);
+    }
     STAR_UNROLL
     for (std::size_t c = 0; c < Chains; ++c)
         sums[c] = _mm512_reduce_add_ps(acc[c]);

@@ -77,8 +77,7 @@ TEST(Isa, TheChosenPathIsTheBestTheCpuHasUnderTheCap)
               << (bf16_products_outrun_float() ? " (bf16 products outrun float here)" : "") << "\n";
 }
 
-// The choice on CPUs this one is not: every combination of supported paths, caps and bf16
-// product speeds.
+// The choice on CPUs this one is not, under caps and with or without fast bf16 products.
 TEST(Isa, Avx512Bf16IsTakenOnlyWhereItsProductsOutrunFloat)
 {
     const auto up_to = [](KernelIsa top) { return [top](KernelIsa isa) { return isa <= top; }; };

@@ -95,11 +95,12 @@ struct CpuFeatures {
     bool avx512 = false;
     bool avx512_bf16 = false;
     /// Whether `vdpbf16ps` (32 multiply-adds) outruns the float FMA (16) here. The manuals
-    /// do not say; bench_kernel's probes measured it: on AMD Zen 4 and 5 it issues as often
-    /// as an FMA, twice the FLOPs, but on Intel Emerald Rapids it reached 0.48 of the float
-    /// FMA peak (one fourth of the FMA's issue rate), and oneDNN's bf16 matmul 0.6 of its
-    /// float one. Intel's bf16 unit is AMX; its other AVX512_BF16 cores (Cooper Lake,
-    /// Sapphire and Granite Rapids) are taken to be alike.
+    /// do not say; bench_kernel measured it: on AMD Zen 5 the avx512_bf16 path's bf16
+    /// prefill reached 1.46x the float FMA peak, but on Intel Emerald Rapids `vdpbf16ps`
+    /// itself reached 0.48 of it (one issued for every four FMAs), and oneDNN's bf16 matmul
+    /// 0.6 of its float one. Zen 4 is taken to be as Zen 5, and Intel's other AVX512_BF16
+    /// cores (Cooper Lake, Sapphire and Granite Rapids) as Emerald Rapids: Intel's bf16
+    /// unit is AMX.
     bool fast_bf16_dot = false;
 
     static CpuFeatures read() noexcept
