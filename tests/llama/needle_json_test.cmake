@@ -1,6 +1,6 @@
 # `llama <model> needle --json FILE --published eval.json` on one real sample: the file must
 # hold one row per setting with the measured accuracy and the published figure beside it.
-# Run with cmake -P; LLAMA, MODEL and OUT defined by the test (tests/llama/CMakeLists.txt).
+# Run with cmake -P; LLAMA, MODEL and OUT defined by the test (tests/llama/tests.cmake).
 foreach(var LLAMA MODEL OUT)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "needle_json_test.cmake: -D${var}=... missing")

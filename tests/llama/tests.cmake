@@ -4,9 +4,13 @@
 # is not instrumented), and the library calls these tests make are covered there by the
 # library's own tests. (The tsan preset's `llama` label filter did not catch them:
 # gtest_discover_tests gave them the `unit` label only.)
+# Included by tests/CMakeLists.txt (see there why): paths are this file's directory and a
+# binary directory of its own.
 if(CMAKE_CXX_FLAGS MATCHES "-fsanitize=thread")
   return()
 endif()
+set(STAR_LLAMA_BINARY_DIR ${CMAKE_CURRENT_BINARY_DIR}/llama)
+file(MAKE_DIRECTORY ${STAR_LLAMA_BINARY_DIR})
 find_package(nlohmann_json 3 QUIET)
 if(NOT nlohmann_json_FOUND)
   if(DEFINED ENV{CI})
@@ -30,7 +34,7 @@ endfunction()
 
 # ---------------------------------------------------------------------------------------------
 # Unit tests: one executable per tests/llama/test_*.cpp, on tiny models the tests write.
-file(GLOB STAR_LLAMA_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/test_*.cpp)
+file(GLOB STAR_LLAMA_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/test_*.cpp)
 foreach(source IN LISTS STAR_LLAMA_TEST_SOURCES)
   get_filename_component(name ${source} NAME_WE)
   star_llama_test(${name} ${source})
@@ -42,7 +46,7 @@ endforeach()
 # The command line itself: a bad model path is a message and exit code 1, never a crash.
 if(STAR_BUILD_EXAMPLES)
   add_test(NAME llama_cli_rejects_a_missing_model
-    COMMAND $<TARGET_FILE:llama> ${CMAKE_CURRENT_BINARY_DIR}/no-such-model generate --prompt hi)
+    COMMAND $<TARGET_FILE:llama> ${STAR_LLAMA_BINARY_DIR}/no-such-model generate --prompt hi)
   set_tests_properties(llama_cli_rejects_a_missing_model PROPERTIES
     LABELS "unit;llama"
     PASS_REGULAR_EXPRESSION "llama: .*no-such-model: no such file or directory")
@@ -71,7 +75,7 @@ if(NOT EXISTS "${STAR_MODELS_DIR}/needle-byte-llama/model.safetensors")
   return()
 endif()
 
-star_llama_test(llama_model_tests model_tests.cpp)
+star_llama_test(llama_model_tests ${CMAKE_CURRENT_LIST_DIR}/model_tests.cpp)
 get_filename_component(models_dir "${STAR_MODELS_DIR}" ABSOLUTE)
 target_compile_definitions(llama_model_tests PRIVATE "STAR_MODELS_DIR=\"${models_dir}\"")
 gtest_discover_tests(llama_model_tests
@@ -81,7 +85,7 @@ gtest_discover_tests(llama_model_tests
 # The command line on the real model: `logits` exits non-zero above the tolerance.
 if(STAR_BUILD_EXAMPLES)
   # Bad input to the command line: exit code 1 and a message, never a crash, hang or pass.
-  star_llama_test(llama_cli_tests cli_tests.cpp)
+  star_llama_test(llama_cli_tests ${CMAKE_CURRENT_LIST_DIR}/cli_tests.cpp)
   target_compile_definitions(llama_cli_tests PRIVATE "STAR_MODELS_DIR=\"${models_dir}\""
                                                      "LLAMA_CLI=\"$<TARGET_FILE:llama>\"")
   add_dependencies(llama_cli_tests llama)
@@ -102,16 +106,16 @@ if(STAR_BUILD_EXAMPLES)
     COMMAND ${CMAKE_COMMAND}
       -DLLAMA=$<TARGET_FILE:llama>
       -DMODEL=${models_dir}/needle-byte-llama
-      -DOUT=${CMAKE_CURRENT_BINARY_DIR}/needle_json_test.json
-      -P ${CMAKE_CURRENT_SOURCE_DIR}/needle_json_test.cmake)
-  set(no_length ${CMAKE_CURRENT_BINARY_DIR}/eval_without_length.json)
+      -DOUT=${STAR_LLAMA_BINARY_DIR}/needle_json_test.json
+      -P ${CMAKE_CURRENT_LIST_DIR}/needle_json_test.cmake)
+  set(no_length ${STAR_LLAMA_BINARY_DIR}/eval_without_length.json)
   file(WRITE ${no_length} "[{\"global\": 100.0}]\n")
   set(bad_needle_options
-    "published_file_is_missing\;--published\;${CMAKE_CURRENT_BINARY_DIR}/no-such-eval.json\;--published: .*no-such-eval.json: cannot open"
+    "published_file_is_missing\;--published\;${STAR_LLAMA_BINARY_DIR}/no-such-eval.json\;--published: .*no-such-eval.json: cannot open"
     "published_file_is_not_json\;--published\;${models_dir}/needle-byte-llama/needles.jsonl\;--published: .*needles.jsonl: not valid JSON"
     "published_file_is_not_a_table\;--published\;${models_dir}/needle-byte-llama/config.json\;--published: .* must hold an array"
     "published_entry_has_no_length\;--published\;${no_length}\;--published: .*: every entry needs an integer length"
-    "json_path_is_unwritable\;--json\;${CMAKE_CURRENT_BINARY_DIR}/no-such-dir/out.json\;--json: cannot write")
+    "json_path_is_unwritable\;--json\;${STAR_LLAMA_BINARY_DIR}/no-such-dir/out.json\;--json: cannot write")
   foreach(case IN LISTS bad_needle_options)
     list(GET case 0 what)
     list(GET case 1 option)
@@ -156,7 +160,7 @@ if(STAR_BUILD_EXAMPLES)
         add_test(NAME llama_ranks_${ranks}_${what}
           COMMAND ${CMAKE_COMMAND} -DLLAMA=$<TARGET_FILE:llama> -DMPIEXEC=${MPIEXEC_EXECUTABLE}
                   -DRANKS=${ranks} -DCOLUMNS=${columns} "-DALONE=${alone}" "-DACROSS=${across}"
-                  -P ${CMAKE_CURRENT_SOURCE_DIR}/across_ranks.cmake)
+                  -P ${CMAKE_CURRENT_LIST_DIR}/across_ranks.cmake)
         set_tests_properties(llama_ranks_${ranks}_${what} PROPERTIES
           LABELS "model;mpi" TIMEOUT 600)
       endforeach()
@@ -171,7 +175,7 @@ if(STAR_BUILD_EXAMPLES)
     set(failures
       # Settings every rank accepts (the default, global, is refused across ranks, and rank 0
       # saying so could end the job before rank 1 reports its missing file).
-      "bad_model_on_one_rank\;${mpiexec}|-n|1|$<TARGET_FILE:llama>|${stories}|${generate}|--attention|ring|:|-n|1|$<TARGET_FILE:llama>|${CMAKE_CURRENT_BINARY_DIR}/no-such-model|${generate}|--attention|ring\;rank 1 failed: .*no-such-model: no such file"
+      "bad_model_on_one_rank\;${mpiexec}|-n|1|$<TARGET_FILE:llama>|${stories}|${generate}|--attention|ring|:|-n|1|$<TARGET_FILE:llama>|${STAR_LLAMA_BINARY_DIR}/no-such-model|${generate}|--attention|ring\;rank 1 failed: .*no-such-model: no such file"
       "ranks_disagree\;${mpiexec}|-n|1|$<TARGET_FILE:llama>|${stories}|${generate}|--attention|star:b=L/4|:|-n|1|$<TARGET_FILE:llama>|${stories}|${generate}|--attention|star:b=L/2\;failed: StarAttention::encode_context: the hosts disagree on"
       "killed_rank\;${mpiexec}|-n|1|$<TARGET_FILE:llama>|${needle}|${long_needle}|:|-n|1|timeout|-s|KILL|3|$<TARGET_FILE:llama>|${needle}|${long_needle}\;exited on signal 9"
       # What cannot run across ranks is refused with the reason.
