@@ -10,6 +10,7 @@
 #   -O2 -march=native                    compiled, linked and run
 #   -O2 -march=sapphirerapids            compiled only: AVX-512 (and bf16) in the unit's own
 #                                        target, where GCC 12 reports its intrinsics
+#   -O2 -march=native -DSTAR_NO_DISPATCH compiled only: the portable path alone
 # and with MPI_INCLUDES, tests/consumer/mpi_main.cpp (star/comm/mpi.hpp) once, compiled only.
 set(STAR_TEST_NAME consumer_warnings)
 include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
@@ -29,7 +30,8 @@ foreach(dir IN LISTS DEPENDENCY_INCLUDES)
   list(APPEND includes -isystem ${dir})
 endforeach()
 
-set(variants "plain|-O2|run" "native|-O2,-march=native|run" "avx512|-O2,-march=sapphirerapids|compile")
+set(variants "plain|-O2|run" "native|-O2,-march=native|run" "avx512|-O2,-march=sapphirerapids|compile"
+             "no-dispatch|-O2,-march=native,-DSTAR_NO_DISPATCH|compile")
 foreach(compiler IN LISTS COMPILERS)
   get_filename_component(compiler_name ${compiler} NAME)
   foreach(variant IN LISTS variants)

@@ -30,6 +30,7 @@ function(star_llama_test name source)
   target_link_libraries(${name} PRIVATE
     StarAttention::star nlohmann_json::nlohmann_json GTest::gtest_main)
   star_project_target(${name})
+  star_portable_path_when_sanitized(${name} ${source})
 endfunction()
 
 # ---------------------------------------------------------------------------------------------

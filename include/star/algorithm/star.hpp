@@ -148,67 +148,22 @@ private:
     AnchorSource anchor_source_;
 };
 
-/// Star Attention over the hosts of a `Communicator`, composed of four policies: `B` cuts
-/// the context into blocks (`Block`), `A` picks the earlier keys each block also sees
-/// (`Anchor`), `P` gives the blocks to hosts and names the query host (`Partition`), and `M`
-/// brings the phase-2 partial states together (`Merge`), and `V` says what attention computes
-/// (`Variant`: plain causal by default). The defaults are the paper's method.
-///
-/// For each layer: `plan` once per context, `encode_context` (phase 1) to fill every host's
-/// `KVCache`, then `attend_query` (phase 2) for the query and for each decode step. The object
-/// holds only its policies and the softmax scale; the state lives in the caches.
-template <Block B = FixedBlocks, Anchor A = FirstTokens, Partition P = Contiguous,
-          Merge M = GatherToQueryHost, Variant V = Causal>
-class StarAttention {
+namespace detail {
+
+/// Everything StarAttention does once it has a plan. None of it depends on the Block, Anchor
+/// or Partition policy, which only make the plan, so StarAttentions that differ in those
+/// share one copy of the phases' code: the Llama example's 36 combinations of policies
+/// compile 3 copies of it (one per Merge policy) rather than 36.
+template <Merge M, Variant V>
+class StarPhases {
 public:
-    /// Default-built policies and scale: with the default policies, the paper's method (one
-    /// block per host, the first block as every other block's anchor, the last host asks
-    /// the query, partial states gathered to it).
-    StarAttention() = default;
-    /// The given policies, softmax scale and finiteness check (`attention`, e.g.
-    /// `{.scale = 0.125f}`) and variant.
-    explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
-                           AttentionOptions attention = {}, V variant = {})
-        : block_(std::move(block)), anchor_(std::move(anchor)), partition_(std::move(partition)),
-          merge_(std::move(merge)), variant_(std::move(variant)), attention_(attention)
+    StarPhases() = default;
+    StarPhases(M merge, V variant, AttentionOptions attention)
+        : merge_(std::move(merge)), variant_(std::move(variant)), attention_(attention)
     {
     }
 
-    /// Cuts a context of `context_tokens` tokens into blocks, gives them to `hosts` hosts
-    /// and picks their anchors. Every host must compute the same plan.
-    /// \throws star::error for an empty context, zero hosts, a bad block size, an anchor
-    /// larger than the context, a query host or block owner out of range.
-    [[nodiscard]] StarPlan plan(index context_tokens, int hosts) const
-    {
-        if (hosts <= 0)
-            detail::fail("StarAttention: the number of hosts must be at least 1, got ", hosts);
-        if (context_tokens <= 0)
-            detail::fail("StarAttention: the context must hold at least 1 token, got ",
-                         context_tokens);
-        anchor_.check(context_tokens);
-        std::vector<TokenRange> blocks;
-        if constexpr (requires { block_.blocks(context_tokens, hosts); })
-            blocks = block_.blocks(context_tokens, hosts);
-        else
-            blocks = block_.blocks(context_tokens);
-        // Before the partition and anchor policies read them.
-        detail::check_blocks(blocks, context_tokens, "StarAttention: the block policy's plan");
-        std::vector<int> owner = partition_.assign(blocks, hosts);
-        if (owner.size() != blocks.size())
-            detail::fail("StarAttention: the partition assigned ", owner.size(), " of ",
-                         blocks.size(), " blocks");
-        std::vector<TokenRange> anchors;
-        for (std::size_t i = 0; i < blocks.size(); ++i)
-            anchors.push_back(anchor_.anchor_for(blocks, static_cast<index>(i)));
-        return StarPlan(context_tokens, hosts, partition_.query_host(hosts), std::move(blocks),
-                        std::move(owner), std::move(anchors), anchor_.source());
-    }
-
-    /// Phase 1 for one layer: every host attends over each of its blocks with the block's
-    /// anchor (the anchor's own outputs are never computed) and appends the block's K/V to
-    /// its cache. Returns each host's block outputs. `contexts[r]` holds what host `r` has
-    /// of the context: its blocks, and the anchor tokens when the anchor is computed; the
-    /// queries float or bf16.
+    // As StarAttention::encode_context.
     template <KVElement KV, QueryElement Q, Communicator C>
     PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
                                                      PerHost<KVCache<KV>>& caches,
@@ -269,8 +224,7 @@ public:
         return outputs;
     }
 
-    /// Phase 1 in-process, every host seeing the whole context `q`/`k`/`v`
-    /// (`[L, Hq, d]`, float or bf16, and `[L, Hkv, d]`).
+    // As StarAttention::encode_context.
     template <QueryElement Q, KVElement KV, Communicator C>
     PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
                                                      PerHost<KVCache<KV>>& caches,
@@ -287,14 +241,7 @@ public:
         return encode_context(comm, plan, caches, contexts);
     }
 
-    /// Phase 2 for one layer, also one decode step (`Lq = 1`): the query `q` `[Lq, Hq, d]`
-    /// (float or bf16) with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every
-    /// host; each attends to all its cached keys (no causal mask: the query follows the whole
-    /// context), the query host also to `k`/`v` causally; the partials are merged exactly by
-    /// the Merge policy, and the query host alone appends `k`/`v` to its cache.
-    /// Returns the merged state at the query host (and wherever the Merge policy puts it).
-    /// \throws star::error on shapes that disagree with the query or the caches; a failed
-    /// call changes no cache.
+    // As StarAttention::attend_query.
     template <QueryElement Q, KVElement KV, Communicator C>
     PerHost<std::optional<AttentionState>> attend_query(C& comm, const StarPlan& plan,
                                                         PerHost<KVCache<KV>>& caches,
@@ -374,16 +321,7 @@ public:
         return merged;
     }
 
-    /// The most memory host `host` allocates in phase 1 (one `encode_context` call) besides
-    /// its cache and its inputs, for a layer of `heads`, with K/V stored as `KV`, on
-    /// `threads` threads:
-    /// - the outputs of its blocks (what `encode_context` returns for it);
-    /// - one block-sized partial state for the anchor, merged in and dropped block by block;
-    /// - one kernel workspace per thread (`attention_workspace_bytes`);
-    /// - a received anchor's K/V, plus the one block of it in flight.
-    /// It is a sum of block-, anchor- and tile-sized terms: with the blocks a host owns fixed,
-    /// it does not grow with the context length. No L x L (or L x b) buffer is ever built.
-    /// \throws star::error if `host` is out of range or the shapes are invalid.
+    // As StarAttention::phase1_working_bytes.
     template <KVElement KV>
     [[nodiscard]] std::size_t phase1_working_bytes(const StarPlan& plan, int host,
                                                    const HeadShape& heads, int threads) const
@@ -415,17 +353,8 @@ public:
                    attention_workspace_bytes<KV>(q_heads, kv_heads, head_dim);
     }
 
-    /// The Block policy.
-    [[nodiscard]] const B& block_policy() const noexcept { return block_; }
-    /// The Anchor policy.
-    [[nodiscard]] const A& anchor_policy() const noexcept { return anchor_; }
-    /// The Partition policy.
-    [[nodiscard]] const P& partition_policy() const noexcept { return partition_; }
-    /// The Merge policy.
     [[nodiscard]] const M& merge_policy() const noexcept { return merge_; }
-    /// The Variant policy.
     [[nodiscard]] const V& variant() const noexcept { return variant_; }
-    /// The softmax scale and the finiteness check it was made with.
     [[nodiscard]] const AttentionOptions& attention_options() const noexcept { return attention_; }
 
 private:
@@ -640,12 +569,149 @@ private:
                          " hosts but the communicator has ", comm.size());
     }
 
-    B block_{};
-    A anchor_{};
-    P partition_{};
     M merge_{};
     V variant_{};
     AttentionOptions attention_;
+};
+
+} // namespace detail
+
+/// Star Attention over the hosts of a `Communicator`, composed of four policies: `B` cuts
+/// the context into blocks (`Block`), `A` picks the earlier keys each block also sees
+/// (`Anchor`), `P` gives the blocks to hosts and names the query host (`Partition`), and `M`
+/// brings the phase-2 partial states together (`Merge`), and `V` says what attention computes
+/// (`Variant`: plain causal by default). The defaults are the paper's method.
+///
+/// For each layer: `plan` once per context, `encode_context` (phase 1) to fill every host's
+/// `KVCache`, then `attend_query` (phase 2) for the query and for each decode step. The object
+/// holds only its policies and the softmax scale; the state lives in the caches.
+template <Block B = FixedBlocks, Anchor A = FirstTokens, Partition P = Contiguous,
+          Merge M = GatherToQueryHost, Variant V = Causal>
+class StarAttention {
+public:
+    /// Default-built policies and scale: with the default policies, the paper's method (one
+    /// block per host, the first block as every other block's anchor, the last host asks
+    /// the query, partial states gathered to it).
+    StarAttention() = default;
+    /// The given policies, softmax scale and finiteness check (`attention`, e.g.
+    /// `{.scale = 0.125f}`) and variant.
+    explicit StarAttention(B block, A anchor = {}, P partition = {}, M merge = {},
+                           AttentionOptions attention = {}, V variant = {})
+        : block_(std::move(block)), anchor_(std::move(anchor)), partition_(std::move(partition)),
+          phases_(std::move(merge), std::move(variant), attention)
+    {
+    }
+
+    /// Cuts a context of `context_tokens` tokens into blocks, gives them to `hosts` hosts
+    /// and picks their anchors. Every host must compute the same plan.
+    /// \throws star::error for an empty context, zero hosts, a bad block size, an anchor
+    /// larger than the context, a query host or block owner out of range.
+    [[nodiscard]] StarPlan plan(index context_tokens, int hosts) const
+    {
+        if (hosts <= 0)
+            detail::fail("StarAttention: the number of hosts must be at least 1, got ", hosts);
+        if (context_tokens <= 0)
+            detail::fail("StarAttention: the context must hold at least 1 token, got ",
+                         context_tokens);
+        anchor_.check(context_tokens);
+        std::vector<TokenRange> blocks;
+        if constexpr (requires { block_.blocks(context_tokens, hosts); })
+            blocks = block_.blocks(context_tokens, hosts);
+        else
+            blocks = block_.blocks(context_tokens);
+        // Before the partition and anchor policies read them.
+        detail::check_blocks(blocks, context_tokens, "StarAttention: the block policy's plan");
+        std::vector<int> owner = partition_.assign(blocks, hosts);
+        if (owner.size() != blocks.size())
+            detail::fail("StarAttention: the partition assigned ", owner.size(), " of ",
+                         blocks.size(), " blocks");
+        std::vector<TokenRange> anchors;
+        for (std::size_t i = 0; i < blocks.size(); ++i)
+            anchors.push_back(anchor_.anchor_for(blocks, static_cast<index>(i)));
+        return StarPlan(context_tokens, hosts, partition_.query_host(hosts), std::move(blocks),
+                        std::move(owner), std::move(anchors), anchor_.source());
+    }
+
+    /// Phase 1 for one layer: every host attends over each of its blocks with the block's
+    /// anchor (the anchor's own outputs are never computed) and appends the block's K/V to
+    /// its cache. Returns each host's block outputs. `contexts[r]` holds what host `r` has
+    /// of the context: its blocks, and the anchor tokens when the anchor is computed; the
+    /// queries float or bf16.
+    template <KVElement KV, QueryElement Q, Communicator C>
+    PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
+                                                     PerHost<KVCache<KV>>& caches,
+                                                     const PerHost<HostContext<KV, Q>>& contexts) const
+    {
+        return phases_.encode_context(comm, plan, caches, contexts);
+    }
+
+    /// Phase 1 in-process, every host seeing the whole context `q`/`k`/`v`
+    /// (`[L, Hq, d]`, float or bf16, and `[L, Hkv, d]`).
+    template <QueryElement Q, KVElement KV, Communicator C>
+    PerHost<std::vector<RangeOutput>> encode_context(C& comm, const StarPlan& plan,
+                                                     PerHost<KVCache<KV>>& caches,
+                                                     const ConstView3<Q>& q, const ConstView3<KV>& k,
+                                                     const ConstView3<KV>& v) const
+    {
+        return phases_.encode_context(comm, plan, caches, q, k, v);
+    }
+
+    /// Phase 2 for one layer, also one decode step (`Lq = 1`): the query `q` `[Lq, Hq, d]`
+    /// (float or bf16) with its own keys and values `k`/`v` `[Lq, Hkv, d]` goes to every
+    /// host; each attends to all its cached keys (no causal mask: the query follows the whole
+    /// context), the query host also to `k`/`v` causally; the partials are merged exactly by
+    /// the Merge policy, and the query host alone appends `k`/`v` to its cache.
+    /// Returns the merged state at the query host (and wherever the Merge policy puts it).
+    /// \throws star::error on shapes that disagree with the query or the caches; a failed
+    /// call changes no cache.
+    template <QueryElement Q, KVElement KV, Communicator C>
+    PerHost<std::optional<AttentionState>> attend_query(C& comm, const StarPlan& plan,
+                                                        PerHost<KVCache<KV>>& caches,
+                                                        const ConstView3<Q>& q,
+                                                        const ConstView3<KV>& k,
+                                                        const ConstView3<KV>& v) const
+    {
+        return phases_.attend_query(comm, plan, caches, q, k, v);
+    }
+
+    /// The most memory host `host` allocates in phase 1 (one `encode_context` call) besides
+    /// its cache and its inputs, for a layer of `heads`, with K/V stored as `KV`, on
+    /// `threads` threads:
+    /// - the outputs of its blocks (what `encode_context` returns for it);
+    /// - one block-sized partial state for the anchor, merged in and dropped block by block;
+    /// - one kernel workspace per thread (`attention_workspace_bytes`);
+    /// - a received anchor's K/V, plus the one block of it in flight.
+    /// It is a sum of block-, anchor- and tile-sized terms: with the blocks a host owns fixed,
+    /// it does not grow with the context length. No L x L (or L x b) buffer is ever built.
+    /// \throws star::error if `host` is out of range or the shapes are invalid.
+    template <KVElement KV>
+    [[nodiscard]] std::size_t phase1_working_bytes(const StarPlan& plan, int host,
+                                                   const HeadShape& heads, int threads) const
+    {
+        return phases_.template phase1_working_bytes<KV>(plan, host, heads, threads);
+    }
+
+    /// The Block policy.
+    [[nodiscard]] const B& block_policy() const noexcept { return block_; }
+    /// The Anchor policy.
+    [[nodiscard]] const A& anchor_policy() const noexcept { return anchor_; }
+    /// The Partition policy.
+    [[nodiscard]] const P& partition_policy() const noexcept { return partition_; }
+    /// The Merge policy.
+    [[nodiscard]] const M& merge_policy() const noexcept { return phases_.merge_policy(); }
+    /// The Variant policy.
+    [[nodiscard]] const V& variant() const noexcept { return phases_.variant(); }
+    /// The softmax scale and the finiteness check it was made with.
+    [[nodiscard]] const AttentionOptions& attention_options() const noexcept
+    {
+        return phases_.attention_options();
+    }
+
+private:
+    B block_{};
+    A anchor_{};
+    P partition_{};
+    detail::StarPhases<M, V> phases_;
 };
 
 } // namespace star

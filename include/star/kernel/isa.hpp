@@ -7,7 +7,8 @@
 /// path the CPU and the operating system support. So a program built for plain x86-64 uses
 /// AVX2 or AVX-512 where they are present, and `-march=native` only changes the code
 /// around the kernel. The environment variable `STAR_ISA` caps the choice, for tests and
-/// benchmarks: `STAR_ISA=portable` runs the portable path on any CPU.
+/// benchmarks: `STAR_ISA=portable` runs the portable path on any CPU. A program built with
+/// `STAR_NO_DISPATCH` defined has the portable path alone (detail/simd/target.hpp).
 
 #include <array>
 #include <atomic>
@@ -174,7 +175,9 @@ inline std::atomic<int> forced_isa{-1};
 
 } // namespace detail
 
-/// Whether this CPU, and the operating system, can run the kernel's path `isa`.
+/// Whether this CPU, and the operating system, can run the kernel's path `isa`; false for
+/// every path but the portable one where the paths are not compiled (other instruction set
+/// families, or `STAR_NO_DISPATCH`: detail/simd/target.hpp).
 inline bool cpu_supports(KernelIsa isa) noexcept
 {
     switch (isa) {

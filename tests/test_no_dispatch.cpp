@@ -1,0 +1,60 @@
+// STAR_NO_DISPATCH (detail/simd/target.hpp): the portable path compiled alone, for this
+// unit's own -march, and taken by every call, whatever the CPU has.
+
+#ifndef STAR_NO_DISPATCH // the sanitizer builds define it for this file already
+#define STAR_NO_DISPATCH
+#endif
+
+#include <gtest/gtest.h>
+
+#include "reference.hpp"
+
+namespace star::test {
+namespace {
+
+TEST(NoDispatch, ThePortablePathIsTheOnlyOne)
+{
+    EXPECT_EQ(kernel_isa(), KernelIsa::portable);
+    for (const KernelIsa isa : all_kernel_isas)
+        EXPECT_EQ(cpu_supports(isa), isa == KernelIsa::portable) << name(isa);
+    EXPECT_FALSE(bf16_products_outrun_float());
+}
+
+template <class KV>
+void expect_matches_reference(index tokens, index q_heads, index kv_heads, index d)
+{
+    const auto q = random_tensor<float>(tokens, q_heads, d);
+    const auto k = random_tensor<KV>(tokens, kv_heads, d);
+    const auto v = random_tensor<KV>(tokens, kv_heads, d);
+    const AttentionState got = global_attention(view(q), view(k), view(v));
+    const ReferenceResult want = reference_attention(
+        view(q), view(k), view(v), [](index i, index j) { return j <= i; },
+        1.0 / std::sqrt(double(d)));
+    const Deviation dev = deviation(got, want);
+    const Tolerance tol = tolerance(want, d, tokens);
+    EXPECT_TRUE(dev.all_finite);
+    EXPECT_LE(dev.output, tol.output);
+    EXPECT_LE(dev.lse, tol.lse);
+}
+
+// Prefill (tiles) and a decode step (a few query rows), every K/V element type.
+TEST(NoDispatch, AttentionMatchesTheReference)
+{
+    expect_matches_reference<float>(301, 8, 2, 72);
+    expect_matches_reference<Eigen::bfloat16>(130, 4, 1, 64);
+    expect_matches_reference<Eigen::half>(97, 4, 4, 80);
+
+    const auto q = random_tensor<float>(1, 8, 128);
+    const auto k = random_tensor<Eigen::bfloat16>(700, 2, 128);
+    const auto v = random_tensor<Eigen::bfloat16>(700, 2, 128);
+    const AttentionState got = global_attention(view(q), view(k), view(v), {false, {}});
+    const ReferenceResult want = reference_attention(
+        view(q), view(k), view(v), [](index, index) { return true; }, 1.0 / std::sqrt(128.0));
+    const Deviation dev = deviation(got, want);
+    const Tolerance tol = tolerance(want, 128, 700);
+    EXPECT_LE(dev.output, tol.output);
+    EXPECT_LE(dev.lse, tol.lse);
+}
+
+} // namespace
+} // namespace star::test
