@@ -10,11 +10,14 @@
 ///  * `BM_GlobalCausal/T/d/threads`  exact causal `star::global_attention(q, k, v)`.
 ///  * `BM_NaiveEigen/T/d`     naive Eigen baseline (full T x T score matrix), single thread.
 ///  * `BM_ReadBandwidth/N`    streaming read of 1 GiB on N threads (the decode bound).
-///  * `BM_Path/<isa>/<kv>/prefill|decode/N`  every kernel path this CPU has (STAR_ISA's
-///                            names), float and bf16 K/V, 32 q / 8 kv heads of 128: causal
-///                            prefill of 4K tokens (GFLOP/s), and one decode step over a
-///                            32K-token cache (GB/s of K/V read), on N threads, written into
-///                            float memory reused from call to call (`attention_into`).
+///  * `BM_Path/<isa>/<kv>/prefill|decode|decode_cached/N`  every kernel path this CPU has
+///                            (STAR_ISA's names), float and bf16 K/V, 32 q / 8 kv heads of
+///                            128: causal prefill of 4K tokens (GFLOP/s), one decode step over
+///                            a 32K-token cache (GB/s of K/V read), on N threads, and the same
+///                            step over a 128-token cache that stays in L2, on one (decode_cached:
+///                            what the step's instructions allow, where memory is not the limit;
+///                            above the streaming read, decode is bound by memory), written
+///                            into float memory reused from call to call (`attention_into`).
 ///  * `BM_KVSource/<kv>/decode|prefill/contiguous|paged:P`  K/V read in place from a paged
 ///                            cache (pages of P tokens, shuffled) beside the same K/V laid out
 ///                            contiguously: one decode step over 16K tokens, a causal prefill
@@ -335,6 +338,12 @@ constexpr Index kPathKvHeads = 8;
 constexpr Index kPathHeadDim = 128;
 constexpr Index kPathPrefillTokens = 4096;
 constexpr Index kDecodeCacheTokens = 32768;
+/// 1 MiB of float K/V (half a MiB of bf16): within the L2 of a core of Zen 4/5 and of
+/// Sapphire/Emerald Rapids, two decode blocks.
+constexpr Index kCachedDecodeTokens = 128;
+
+/// What BM_Path runs.
+enum class PathWork { prefill, decode, decode_cached };
 
 template <class KV>
 struct PathInputs {
@@ -364,15 +373,19 @@ const PathInputs<KV>& path_inputs(Index q_tokens, Index kv_tokens)
     return *slot;
 }
 
-/// `BM_Path/<isa>/<kv>/prefill|decode/threads:N`: causal prefill of kPathPrefillTokens, or
-/// one decode step (1 query token after kDecodeCacheTokens cached ones), on path `isa`.
-/// Prefill reports FLOPS; decode reports the K/V bytes read per second.
+/// `BM_Path/<isa>/<kv>/prefill|decode|decode_cached/threads:N`: causal prefill of
+/// kPathPrefillTokens, or one decode step (1 query token after kDecodeCacheTokens cached
+/// ones, or kCachedDecodeTokens), on path `isa`. Prefill reports FLOPS; decode reports the
+/// K/V bytes read per second.
 template <class KV>
-void BM_Path(benchmark::State& state, star::KernelIsa isa, bool decode)
+void BM_Path(benchmark::State& state, star::KernelIsa isa, PathWork work)
 {
     const int threads = static_cast<int>(state.range(0));
+    const bool decode = work != PathWork::prefill;
     const Index q_tokens = decode ? 1 : kPathPrefillTokens;
-    const Index kv_tokens = decode ? kDecodeCacheTokens : kPathPrefillTokens;
+    const Index kv_tokens = work == PathWork::decode          ? kDecodeCacheTokens
+                            : work == PathWork::decode_cached ? kCachedDecodeTokens
+                                                              : kPathPrefillTokens;
     const PathInputs<KV>& in = path_inputs<KV>(q_tokens, kv_tokens);
     star::detail::forced_isa.store(static_cast<int>(isa));
     const star::CausalMask mask{kv_tokens - q_tokens, 0};
@@ -1127,10 +1140,10 @@ void print_paths_summary(const std::map<std::string, Series>& all, double peak,
         std::printf("Streaming read, %ld thread(s): %.1f GB/s\n", threads, gbs);
     std::printf(
         "\nKernel paths, %ld q / %ld kv heads, d = %ld; prefill: causal T = %ld; decode: 1 token "
-        "over %ld cached\n",
+        "over %ld cached (decode_cached: over %ld)\n",
         static_cast<long>(kPathQHeads), static_cast<long>(kPathKvHeads),
         static_cast<long>(kPathHeadDim), static_cast<long>(kPathPrefillTokens),
-        static_cast<long>(kDecodeCacheTokens));
+        static_cast<long>(kDecodeCacheTokens), static_cast<long>(kCachedDecodeTokens));
     std::printf("%-34s %3s %10s %12s %10s %8s\n", "path/kv/work", "thr", "ms", "rate", "of bound",
                 "other");
     for (const auto& [key, s] : all) {
@@ -1141,12 +1154,13 @@ void print_paths_summary(const std::map<std::string, Series>& all, double peak,
         const double rate = median(s.counter(decode ? "BYTES" : "FLOPS")) * 1e-9;
         const double bound = decode ? (bandwidth.count(threads) != 0 ? bandwidth[threads] : 0.0)
                                     : (threads == 1 ? peak : two_thread_peak);
-        std::printf("%-34s %3ld %10.2f %7.1f %s %9.2f %8.2f\n", s.function_name.c_str() + 8,
+        std::printf("%-34s %3ld %10.3f %7.1f %s %9.2f %8.2f\n", s.function_name.c_str() + 8,
                     threads, median(s.real_time), rate, decode ? "GB/s" : "GF/s",
                     bound > 0 ? rate / bound : 0.0, median(s.counter("other_cores")));
     }
     std::printf("(of bound: prefill / FP32 FMA peak of as many cores; decode / streaming read of as "
-                "many threads)\n\n");
+                "many threads;\n decode_cached above 1: that path's decode is bound by memory, "
+                "not by its instructions)\n\n");
 }
 
 /// Each score transform's time over that of none, for the same work in the same run.
@@ -1429,22 +1443,26 @@ void register_all()
             ->MinTime(kMinTime)
             ->Repetitions(kRepetitions);
     // Paths side by side: for each kind of work, every path of this CPU back to back.
-    for (const bool decode : {false, true})
+    constexpr std::array<std::pair<PathWork, const char*>, 3> works{
+        {{PathWork::prefill, "/prefill"},
+         {PathWork::decode, "/decode"},
+         {PathWork::decode_cached, "/decode_cached"}}};
+    for (const auto& [work, tail] : works)
         for (const int threads : kThreads)
             for (const star::KernelIsa isa : star::all_kernel_isas) {
-                if (!star::cpu_supports(isa))
+                // 128 cached tokens split over two threads time the split, not the step.
+                if (!star::cpu_supports(isa) || (work == PathWork::decode_cached && threads != 1))
                     continue;
-                const std::string tail = std::string("/") + (decode ? "decode" : "prefill");
                 const std::string isa_name(star::name(isa));
                 benchmark::RegisterBenchmark(("BM_Path/" + isa_name + "/float" + tail).c_str(),
-                                             &BM_Path<float>, isa, decode)
+                                             &BM_Path<float>, isa, work)
                     ->Arg(threads)
                     ->Unit(benchmark::kMillisecond)
                     ->UseRealTime()
                     ->MinTime(kMinTime)
                     ->Repetitions(kRepetitions);
                 benchmark::RegisterBenchmark(("BM_Path/" + isa_name + "/bf16" + tail).c_str(),
-                                             &BM_Path<Eigen::bfloat16>, isa, decode)
+                                             &BM_Path<Eigen::bfloat16>, isa, work)
                     ->Arg(threads)
                     ->Unit(benchmark::kMillisecond)
                     ->UseRealTime()

@@ -201,7 +201,8 @@ TEST(Kernel, OneTileQuerySplitsTheKeysAndMergesExactly)
 }
 
 // The decode kernel (at most 16 query rows per KV head) on every grouped-query ratio, head
-// sizes that are not whole vectors, caches shorter than a block (of an odd count, so bf16
+// sizes that are not whole vectors and 128 (which its scores take as a constant, the others
+// at run time: detail's dot_fixed_head_dim), caches shorter than a block (of an odd count, so bf16
 // value products pair the last key with zeros) and long enough to split, and a causal mask
 // that cuts through a block of keys.
 struct DecodeRows {
